@@ -1,0 +1,1 @@
+"""Config-table I/O and the Optuna tuner, installed as `monarchrt_ops.autotune`."""

@@ -1,0 +1,33 @@
+"""monarchrt_ops: Monarch-structured operators for PyTorch.
+
+Public API (see README.md): :func:`monarch_attention`, :func:`monarch_attention_with_lse`,
+:func:`write_kv_cache`, :func:`monarch_attention_kv_cache`, and the layout helpers
+:func:`to_tiles` / :func:`from_tiles`. The torch ops live under ``torch.ops.monarchrt``.
+Importing this package initialises no GPU and queries no device.
+"""
+
+from . import ops
+from .attention import (
+    make_tiling,
+    monarch_attention,
+    monarch_attention_kv_cache,
+    monarch_attention_with_lse,
+    write_kv_cache,
+)
+from .layout import Tiling, from_tile_sequence, from_tiles, to_tile_sequence, to_tiles
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Tiling",
+    "from_tile_sequence",
+    "from_tiles",
+    "make_tiling",
+    "monarch_attention",
+    "monarch_attention_kv_cache",
+    "monarch_attention_with_lse",
+    "ops",
+    "to_tile_sequence",
+    "to_tiles",
+    "write_kv_cache",
+]

@@ -1,0 +1,295 @@
+"""Public Monarch attention functions: validation, then one call of the torch op."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import ops
+from .layout import Tiling, from_tile_sequence, to_tile_sequence
+from .registry import backend_names
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+MAX_HEAD_DIM = 256  # the reference takes any size; kernels state narrower limits via supports()
+
+
+def _check_int(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def _check_tensor(name: str, x) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be (B, S, nh, d), got shape {tuple(x.shape)}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}.dtype={x.dtype} is not supported; use one of {FLOAT_DTYPES}")
+    return x
+
+
+def _check_frame_shape(frame_shape) -> tuple[int, int]:
+    if not (isinstance(frame_shape, (tuple, list)) and len(frame_shape) == 2):
+        raise TypeError(f"frame_shape must be a pair (H, W) of ints, got {frame_shape!r}")
+    h, w = frame_shape
+    return _check_int("frame_shape[0] (H)", h), _check_int("frame_shape[1] (W)", w)
+
+
+def make_tiling(frame_shape, f_tied: int = 1, h_reduce: int = 1, w_reduce: int = 1) -> Tiling:
+    """Validated :class:`Tiling` (raises ValueError/TypeError naming the bad value)."""
+    h, w = _check_frame_shape(frame_shape)
+    for name, value in (("f_tied", f_tied), ("h_reduce", h_reduce), ("w_reduce", w_reduce)):
+        _check_int(name, value)
+    if h % h_reduce:
+        raise ValueError(f"H={h} is not divisible by h_reduce={h_reduce}")
+    if w % w_reduce:
+        raise ValueError(f"W={w} is not divisible by w_reduce={w_reduce}")
+    return Tiling(h, w, f_tied, h_reduce, w_reduce)
+
+
+def _check_seq(name: str, seq: int, tiling: Tiling) -> int:
+    hw = tiling.tokens_per_frame
+    if seq == 0 or seq % hw:
+        raise ValueError(f"{name}: S={seq} is not a positive multiple of H*W={hw} ({tiling.frame_h}x{tiling.frame_w})")
+    frames = seq // hw
+    if frames % tiling.f_tied:
+        raise ValueError(f"{name}: {frames} frames are not divisible by f_tied={tiling.f_tied}")
+    return frames
+
+
+def _check_qkv(q, k, v) -> None:
+    q, k, v = (_check_tensor(n, x) for n, x in (("q", q), ("k", k), ("v", v)))
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    for what, i in (("batch", 0), ("heads", 2), ("head_dim", 3)):
+        if q.shape[i] != k.shape[i]:
+            raise ValueError(f"q and k differ in {what}: {q.shape[i]} vs {k.shape[i]}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    d = q.shape[3]
+    if not 1 <= d <= MAX_HEAD_DIM:
+        raise ValueError(f"head_dim={d} is not supported; use 1..{MAX_HEAD_DIM}")
+
+
+def _check_scale(sm_scale, head_dim: int) -> float:
+    if sm_scale is None:
+        return head_dim**-0.5
+    if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)):
+        raise TypeError(f"sm_scale must be a float or None, got {type(sm_scale).__name__}")
+    if not (math.isfinite(sm_scale) and sm_scale > 0):
+        raise ValueError(f"sm_scale={sm_scale} must be a positive finite number")
+    return float(sm_scale)
+
+
+def _check_backend(backend) -> str:
+    if backend is None:
+        return ""
+    names = backend_names("attention")
+    if backend not in names:
+        raise ValueError(f"backend={backend!r} is not one of {names} (or None for automatic)")
+    return backend
+
+
+def monarch_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    frame_shape: tuple[int, int],
+    *,
+    f_tied: int = 1,
+    h_reduce: int = 1,
+    w_reduce: int = 1,
+    sm_scale: float | None = None,
+    causal_block_frames: int | None = None,
+    num_iters: int = 1,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Monarch attention (MonarchRT / VMonarch) on video tokens in natural order.
+
+    Args:
+        q: ``(B, Sq, nh, d)``; ``Sq`` a multiple of ``H*W`` (and of ``f_tied`` frames).
+        k, v: ``(B, Skv, nh, d)``; ``Skv`` may differ from ``Sq`` (attention over a KV slice).
+        frame_shape: ``(H, W)`` tokens per frame after patchify, e.g. ``(30, 52)``.
+        f_tied, h_reduce, w_reduce: tiling (SPEC 1): a tile has ``f_tied*H/h_reduce`` rows and
+            ``W/w_reduce`` columns. H must divide by h_reduce, W by w_reduce.
+        sm_scale: softmax scale, default ``d ** -0.5``; kept in full precision.
+        causal_block_frames: block-causal mask in frames (``Sq == Skv`` required, a multiple of
+            f_tied): query frame block ``t // c`` sees key frames of blocks ``<= t // c``.
+        num_iters: alternating updates (1 = MonarchRT; > 1 = VMonarch/MonarchAttention style).
+        backend: 'reference', 'triton', 'cuda' or None (automatic; see ``python -m monarchrt_ops info``).
+
+    Returns:
+        ``(B, Sq, nh, d)`` in q's dtype.
+
+    Inputs must be finite: NaN/inf are not checked (that would need a device sync) and propagate.
+    Non-contiguous inputs are accepted. Raises TypeError/ValueError for bad input before any kernel
+    runs, and ValueError when an explicit ``backend`` cannot run the call.
+
+    Example:
+        >>> q = k = v = torch.randn(1, 2 * 6 * 10, 2, 16)
+        >>> monarch_attention(q, k, v, (6, 10)).shape
+        torch.Size([1, 120, 2, 16])
+    """
+    out, _ = monarch_attention_with_lse(
+        q, k, v, frame_shape, f_tied=f_tied, h_reduce=h_reduce, w_reduce=w_reduce, sm_scale=sm_scale,
+        causal_block_frames=causal_block_frames, num_iters=num_iters, backend=backend,
+    )
+    return out
+
+
+def monarch_attention_with_lse(
+    q, k, v, frame_shape, *, f_tied=1, h_reduce=1, w_reduce=1, sm_scale=None,
+    causal_block_frames=None, num_iters=1, backend=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`monarch_attention` that also returns the stage-L log-normaliser ``(B, Sq, nh)``
+    (natural log, float32; float64 for float64 inputs). Both outputs are differentiable."""
+    _check_qkv(q, k, v)
+    tiling = make_tiling(frame_shape, f_tied, h_reduce, w_reduce)
+    _check_seq("q", q.shape[1], tiling)
+    _check_seq("k", k.shape[1], tiling)
+    _check_int("num_iters", num_iters)
+    cbf = 0
+    if causal_block_frames is not None:
+        cbf = _check_int("causal_block_frames", causal_block_frames)
+        if q.shape[1] != k.shape[1]:
+            raise ValueError(f"causal_block_frames needs Sq == Skv, got Sq={q.shape[1]}, Skv={k.shape[1]}")
+        if cbf % f_tied:
+            raise ValueError(f"causal_block_frames={cbf} must be a multiple of f_tied={f_tied}")
+    scale = _check_scale(sm_scale, q.shape[3])
+    return ops.attention(
+        q, k, v, tiling.frame_h, tiling.frame_w, f_tied, h_reduce, w_reduce, scale, cbf, num_iters,
+        _check_backend(backend),
+    )
+
+
+def write_kv_cache(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    new_k: torch.Tensor,
+    new_v: torch.Tensor,
+    start_frame: int,
+    frame_shape: tuple[int, int],
+    *,
+    f_tied: int = 1,
+    h_reduce: int = 1,
+    w_reduce: int = 1,
+) -> None:
+    """Write new keys/values into KV-cache buffers, in place, in tile order. Returns nothing.
+
+    Args:
+        k_cache, v_cache: ``(B, max_frames*H*W, nh, d)`` buffers (tokens stored in tile order).
+        new_k, new_v: ``(B, n_new_frames*H*W, nh, d)`` in natural order.
+        start_frame: first frame to write; a multiple of f_tied, and the chunk must fit.
+
+    This is the only way the package changes a cache: attention never writes it. The write is not
+    differentiable; pass ``new_k``/``new_v`` to :func:`monarch_attention_kv_cache` for gradients.
+
+    Example:
+        >>> kc, vc = torch.zeros(1, 4 * 60, 2, 16), torch.zeros(1, 4 * 60, 2, 16)
+        >>> nk = nv = torch.randn(1, 60, 2, 16)
+        >>> write_kv_cache(kc, vc, nk, nv, 1, (6, 10))
+    """
+    _check_qkv(new_k, k_cache, v_cache)
+    if new_k.shape != new_v.shape:
+        raise ValueError(f"new_k and new_v differ in shape: {tuple(new_k.shape)} vs {tuple(new_v.shape)}")
+    if new_v.dtype != new_k.dtype:
+        raise TypeError(f"new_k and new_v differ in dtype: {new_k.dtype} vs {new_v.dtype}")
+    tiling = make_tiling(frame_shape, f_tied, h_reduce, w_reduce)
+    max_frames = _check_seq("k_cache", k_cache.shape[1], tiling)
+    n_new = _check_seq("new_k", new_k.shape[1], tiling)
+    _check_int("start_frame", start_frame, minimum=0)
+    if start_frame % f_tied:
+        raise ValueError(f"start_frame={start_frame} must be a multiple of f_tied={f_tied}")
+    if start_frame + n_new > max_frames:
+        raise ValueError(f"frames [{start_frame}, {start_frame + n_new}) do not fit a cache of {max_frames} frames")
+    start = start_frame * tiling.tokens_per_frame
+    with torch.no_grad():
+        ops.kv_cache_write(
+            k_cache, v_cache, to_tile_sequence(new_k, tiling), to_tile_sequence(new_v, tiling), start
+        )
+
+
+class _NewKVGrad(torch.autograd.Function):
+    """Identity on the cache slice whose backward sends the gradient of its last rows to new K/V."""
+
+    @staticmethod
+    def forward(ctx, k_slice, v_slice, new_k_seq, new_v_seq):
+        ctx.n_new = new_k_seq.shape[1]
+        return k_slice.view_as(k_slice), v_slice.view_as(v_slice)
+
+    @staticmethod
+    def backward(ctx, dk, dv):
+        n = ctx.n_new
+        return None, None, dk[:, -n:], dv[:, -n:]
+
+
+def monarch_attention_kv_cache(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    kv_frames: int,
+    frame_shape: tuple[int, int],
+    *,
+    new_k: torch.Tensor | None = None,
+    new_v: torch.Tensor | None = None,
+    f_tied: int = 1,
+    h_reduce: int = 1,
+    w_reduce: int = 1,
+    sm_scale: float | None = None,
+    num_iters: int = 1,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Attention of a query chunk over the first ``kv_frames`` frames of a KV cache (no mask).
+
+    Args:
+        q: ``(B, Sq, nh, d)`` natural order (the new chunk's queries).
+        k_cache, v_cache: ``(B, max_frames*H*W, nh, d)`` buffers in tile order, as written by
+            :func:`write_kv_cache`. Only frames ``[0, kv_frames)`` are read; ``kv_frames`` is a
+            runtime value (a new length neither recompiles nor re-tunes).
+        new_k, new_v: optional, the natural-order tensors last written to frames
+            ``[kv_frames - n_new, kv_frames)``. When given (and the cache does not require grad),
+            the gradient of those cache rows flows to them: Self-Forcing training.
+
+    Returns:
+        ``(B, Sq, nh, d)``.
+
+    Example:
+        >>> kc, vc = torch.zeros(1, 4 * 60, 2, 16), torch.zeros(1, 4 * 60, 2, 16)
+        >>> nk = nv = torch.randn(1, 60, 2, 16)
+        >>> write_kv_cache(kc, vc, nk, nv, 0, (6, 10))
+        >>> monarch_attention_kv_cache(torch.randn(1, 60, 2, 16), kc, vc, 1, (6, 10)).shape
+        torch.Size([1, 60, 2, 16])
+    """
+    _check_qkv(q, k_cache, v_cache)
+    tiling = make_tiling(frame_shape, f_tied, h_reduce, w_reduce)
+    max_frames = _check_seq("k_cache", k_cache.shape[1], tiling)
+    _check_int("kv_frames", kv_frames)
+    if kv_frames > max_frames or kv_frames % f_tied:
+        raise ValueError(f"kv_frames={kv_frames} must be <= {max_frames} (cache frames) and a multiple of f_tied={f_tied}")
+    k_slice = k_cache[:, : kv_frames * tiling.tokens_per_frame]
+    v_slice = v_cache[:, : kv_frames * tiling.tokens_per_frame]
+    if (new_k is None) != (new_v is None):
+        raise ValueError("pass both new_k and new_v, or neither")
+    if new_k is not None:
+        if k_cache.requires_grad or v_cache.requires_grad:
+            raise ValueError("the cache requires grad, so gradients reach it directly; do not pass new_k/new_v")
+        _check_qkv(q, new_k, new_v)
+        n_new = _check_seq("new_k", new_k.shape[1], tiling)
+        if n_new > kv_frames:
+            raise ValueError(f"new_k has {n_new} frames, more than kv_frames={kv_frames}")
+        k_slice, v_slice = _NewKVGrad.apply(
+            k_slice, v_slice, to_tile_sequence(new_k, tiling), to_tile_sequence(new_v, tiling)
+        )
+    # The cache is in tile order: read it back as natural order so the op sees one convention.
+    k_nat = from_tile_sequence(k_slice, tiling)
+    v_nat = from_tile_sequence(v_slice, tiling)
+    return monarch_attention(
+        q, k_nat, v_nat, frame_shape, f_tied=f_tied, h_reduce=h_reduce, w_reduce=w_reduce,
+        sm_scale=sm_scale, num_iters=num_iters, backend=backend,
+    )

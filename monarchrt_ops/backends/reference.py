@@ -1,0 +1,41 @@
+"""The ``reference`` backend: plain PyTorch on any device and dtype; the oracle and the CPU path."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import reference
+from ..arch import Arch
+from ..problem import AttentionProblem
+
+
+class ReferenceAttention:
+    name = "reference"
+
+    def supports(self, problem: AttentionProblem, arch: Arch) -> str | None:
+        return None
+
+    def default_config(self, problem: AttentionProblem, arch: Arch) -> dict:
+        return {}
+
+    def search_space(self, problem: AttentionProblem, arch: Arch) -> dict[str, list]:
+        return {}
+
+    def is_valid(self, config: dict, problem: AttentionProblem, arch: Arch) -> str | None:
+        return None if not config else f"the reference backend takes no config, got {config}"
+
+    def launch(self, config, q, k, v, *, sm_scale, causal_block_tiles, num_iters):
+        """Tile-order q, k, v -> (z, lse) of reference.monarch_attention_tiles."""
+        return reference.monarch_attention_tiles(
+            q, k, v, sm_scale=sm_scale, causal_block_tiles=causal_block_tiles, num_iters=num_iters
+        )
+
+    def launch_backward(self, config, dz, dlse, q, k, v, z, lse, *, sm_scale, causal_block_tiles, num_iters):
+        """Gradients of (z, lse) by recomputing the reference forward under autograd."""
+        with torch.enable_grad():
+            inputs = [x.detach().requires_grad_() for x in (q, k, v)]
+            z_re, lse_re = self.launch(
+                config, *inputs, sm_scale=sm_scale, causal_block_tiles=causal_block_tiles, num_iters=num_iters
+            )
+            grads = torch.autograd.grad((z_re, lse_re), inputs, (dz, dlse.to(lse_re.dtype)))
+        return tuple(g.to(x.dtype) for g, x in zip(grads, (q, k, v)))

@@ -1,0 +1,102 @@
+"""Natural video token order <-> Monarch tile order.
+
+Natural order: ``(B, S, nh, d)`` with ``S = frames * H * W``, frame-major, then row, then column.
+Tile order: ``(B, T, b1, b2, nh, d)`` with ``T = (frames / f_tied) * h_reduce * w_reduce`` tiles of
+``b1 = f_tied * H / h_reduce`` rows and ``b2 = W / w_reduce`` columns (SPEC section 1, Tiling).
+
+A token at (frame t, row y, column x) lands in tile ``((t // f_tied) * h_reduce + y // (H / h_reduce))
+* w_reduce + x // (W / w_reduce)``, tile row ``(t % f_tied) * (H / h_reduce) + y % (H / h_reduce)`` and
+tile column ``x % (W / w_reduce)``. With f_tied = h_reduce = w_reduce = 1 a tile is one frame and the
+conversion is a free view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Frame geometry and tiling factors; all the layout functions need."""
+
+    frame_h: int
+    frame_w: int
+    f_tied: int = 1
+    h_reduce: int = 1
+    w_reduce: int = 1
+
+    @property
+    def b1(self) -> int:
+        """Rows of one tile."""
+        return self.f_tied * self.frame_h // self.h_reduce
+
+    @property
+    def b2(self) -> int:
+        """Columns of one tile."""
+        return self.frame_w // self.w_reduce
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.frame_h * self.frame_w
+
+    @property
+    def tiles_per_group(self) -> int:
+        """Tiles made from one group of f_tied frames."""
+        return self.h_reduce * self.w_reduce
+
+    def num_tiles(self, seq_len: int) -> int:
+        return seq_len // self.tokens_per_frame // self.f_tied * self.tiles_per_group
+
+    def is_identity(self) -> bool:
+        return self.f_tied == 1 and self.h_reduce == 1 and self.w_reduce == 1
+
+
+def to_tiles(x: torch.Tensor, tiling: Tiling) -> torch.Tensor:
+    """``(B, S, nh, d)`` natural order -> ``(B, T, b1, b2, nh, d)`` tile order.
+
+    A view when the tiling is the identity and ``x`` is contiguous in S; a copy otherwise.
+
+    Example:
+        >>> t = Tiling(frame_h=6, frame_w=10, h_reduce=2)
+        >>> to_tiles(torch.randn(1, 2 * 60, 3, 8), t).shape
+        torch.Size([1, 4, 3, 10, 3, 8])
+    """
+    bsz, seq, nh, d = x.shape
+    t = tiling
+    groups = seq // (t.tokens_per_frame * t.f_tied)
+    x = x.reshape(
+        bsz, groups, t.f_tied, t.h_reduce, t.frame_h // t.h_reduce, t.w_reduce, t.b2, nh, d
+    )
+    # [B, g, tau, rho, H/rho, omega, W/omega, nh, d] -> [B, g, rho, omega, tau, H/rho, W/omega, nh, d]
+    x = x.permute(0, 1, 3, 5, 2, 4, 6, 7, 8)
+    return x.reshape(bsz, groups * t.tiles_per_group, t.b1, t.b2, nh, d)
+
+
+def from_tiles(x: torch.Tensor, tiling: Tiling) -> torch.Tensor:
+    """``(B, T, b1, b2, nh, d)`` tile order -> ``(B, S, nh, d)`` natural order (inverse of to_tiles)."""
+    bsz, tiles, _, _, nh, d = x.shape
+    t = tiling
+    groups = tiles // t.tiles_per_group
+    x = x.reshape(
+        bsz, groups, t.h_reduce, t.w_reduce, t.f_tied, t.frame_h // t.h_reduce, t.b2, nh, d
+    )
+    x = x.permute(0, 1, 4, 2, 5, 3, 6, 7, 8)
+    return x.reshape(bsz, groups * t.f_tied * t.tokens_per_frame, nh, d)
+
+
+def to_tile_sequence(x: torch.Tensor, tiling: Tiling) -> torch.Tensor:
+    """``(B, S, nh, d)`` natural order -> ``(B, S, nh, d)`` with tokens in tile order.
+
+    This is how a KV cache stores keys and values.
+    """
+    bsz, seq, nh, d = x.shape
+    return to_tiles(x, tiling).reshape(bsz, seq, nh, d)
+
+
+def from_tile_sequence(x: torch.Tensor, tiling: Tiling) -> torch.Tensor:
+    """Inverse of :func:`to_tile_sequence`."""
+    bsz, seq, nh, d = x.shape
+    tiles = tiling.num_tiles(seq)
+    return from_tiles(x.reshape(bsz, tiles, tiling.b1, tiling.b2, nh, d), tiling)

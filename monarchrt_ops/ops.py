@@ -1,0 +1,148 @@
+"""``torch.library`` registration: the custom ops, their fake implementations and autograd.
+
+Ops (namespace ``monarchrt`` unless ``MONARCHRT_OPS_NAMESPACE`` names another, for vendored copies):
+
+- ``attention(q, k, v, frame_h, frame_w, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames,
+  num_iters, backend) -> (out, lse)`` on natural-order ``(B, S, nh, d)`` tensors; ``lse`` is the
+  stage-L log-normaliser ``(B, Sq, nh)`` in float32 (float64 for float64 inputs).
+  ``causal_block_frames = 0`` means no mask, ``backend = ''`` automatic selection.
+- ``attention_backward(dout, dlse, q, k, v, out, lse, ...) -> (dq, dk, dv)``.
+- ``kv_cache_write(k_cache, v_cache, new_k, new_v, start) -> ()`` copies tile-order tokens into the
+  cache buffers in place at token offset ``start``.
+
+Inputs are validated by the public functions in ``attention.py``; the ops trust them.
+Registering twice (a second import of a vendored copy, a reload) reuses the ops already there.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from . import backends as _backends  # noqa: F401  (registers the backends)
+from .arch import arch_of
+from .layout import Tiling, from_tiles, to_tiles
+from .problem import AttentionProblem
+from .reference import compute_dtype
+from .registry import select
+
+NAMESPACE = os.environ.get("MONARCHRT_OPS_NAMESPACE", "monarchrt")
+
+
+def causal_block_tiles(tiling: Tiling, causal_block_frames: int) -> int:
+    """Causal block in tiles: ``c * h_reduce * w_reduce / f_tied`` (0 when not causal)."""
+    return causal_block_frames * tiling.tiles_per_group // tiling.f_tied
+
+
+def _tiles_of(tiling, q, k, v):
+    return to_tiles(q, tiling), to_tiles(k, tiling), to_tiles(v, tiling)
+
+
+def _attention_impl(q, k, v, frame_h, frame_w, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, backend):
+    tiling = Tiling(frame_h, frame_w, f_tied, h_reduce, w_reduce)
+    qt, kt, vt = _tiles_of(tiling, q, k, v)
+    cbt = causal_block_tiles(tiling, causal_block_frames)
+    problem = AttentionProblem.from_tiles(qt, kt, cbt, num_iters)
+    sel = select("attention", problem, arch_of(q.device), backend or None)
+    z, lse = sel.backend.launch(sel.config, qt, kt, vt, sm_scale=sm_scale, causal_block_tiles=cbt, num_iters=num_iters)
+    out = from_tiles(z, tiling)
+    lse = from_tiles(lse.unsqueeze(-1), tiling).squeeze(-1)
+    return out.contiguous(), lse.to(compute_dtype(q.dtype)).contiguous()
+
+
+def _attention_fake(q, k, v, frame_h, frame_w, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, backend):
+    lse = q.new_empty(q.shape[:-1], dtype=compute_dtype(q.dtype))
+    return torch.empty_like(q, memory_format=torch.contiguous_format), lse
+
+
+def _attention_backward_impl(dout, dlse, q, k, v, out, lse, frame_h, frame_w, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, backend):
+    tiling = Tiling(frame_h, frame_w, f_tied, h_reduce, w_reduce)
+    qt, kt, vt = _tiles_of(tiling, q, k, v)
+    cbt = causal_block_tiles(tiling, causal_block_frames)
+    problem = AttentionProblem.from_tiles(qt, kt, cbt, num_iters, backward=True)
+    sel = select("attention", problem, arch_of(q.device), backend or None)
+    tiles = lambda x: to_tiles(x.unsqueeze(-1), tiling).squeeze(-1)  # noqa: E731  [B, S, nh] -> tiles
+    dq, dk, dv = sel.backend.launch_backward(
+        sel.config, to_tiles(dout, tiling), tiles(dlse), qt, kt, vt, to_tiles(out, tiling), tiles(lse),
+        sm_scale=sm_scale, causal_block_tiles=cbt, num_iters=num_iters,
+    )
+    return tuple(from_tiles(g, tiling).contiguous() for g in (dq, dk, dv))
+
+
+def _attention_backward_fake(dout, dlse, q, k, v, out, lse, *params):
+    return tuple(torch.empty_like(x, memory_format=torch.contiguous_format) for x in (q, k, v))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, *params = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.params = params
+
+
+def _attention_backward_autograd(ctx, dout, dlse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = _lookup("attention_backward")(dout, dlse, q, k, v, out, lse, *ctx.params)
+    return (dq, dk, dv) + (None,) * len(ctx.params)
+
+
+def _kv_cache_write_impl(k_cache, v_cache, new_k, new_v, start):
+    n = new_k.shape[1]
+    k_cache[:, start : start + n].copy_(new_k)
+    v_cache[:, start : start + n].copy_(new_v)
+
+
+def _lookup(name: str):
+    return getattr(getattr(torch.ops, NAMESPACE), name)
+
+
+def _exists(name: str) -> bool:
+    try:
+        _lookup(name)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+_ATTN_PARAMS = (
+    "int frame_h, int frame_w, int f_tied, int h_reduce, int w_reduce, float sm_scale, "
+    "int causal_block_frames, int num_iters, str backend"
+)
+_SCHEMAS = {
+    "attention": f"(Tensor q, Tensor k, Tensor v, {_ATTN_PARAMS}) -> (Tensor, Tensor)",
+    "attention_backward": (
+        f"(Tensor dout, Tensor dlse, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, {_ATTN_PARAMS})"
+        " -> (Tensor, Tensor, Tensor)"
+    ),
+    "kv_cache_write": "(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor new_k, Tensor new_v, int start) -> ()",
+}
+
+
+def _register() -> None:
+    lib = torch.library.Library(NAMESPACE, "FRAGMENT")
+    impls = {
+        "attention": (_attention_impl, _attention_fake),
+        "attention_backward": (_attention_backward_impl, _attention_backward_fake),
+        "kv_cache_write": (_kv_cache_write_impl, lambda *args: None),
+    }
+    for name, (impl, fake) in impls.items():
+        if _exists(name):
+            continue
+        qualname = f"{NAMESPACE}::{name}"
+        lib.define(name + _SCHEMAS[name])
+        torch.library.impl(qualname, "CompositeExplicitAutograd", lib=lib)(impl)
+        torch.library.register_fake(qualname, fake, lib=lib)
+        if name == "attention":
+            torch.library.register_autograd(
+                qualname, _attention_backward_autograd, setup_context=_setup_context, lib=lib
+            )
+    _libraries.append(lib)  # a Library deregisters its ops when garbage-collected
+
+
+_libraries: list = []
+_register()
+
+attention = _lookup("attention")
+attention_backward = _lookup("attention_backward")
+kv_cache_write = _lookup("kv_cache_write")

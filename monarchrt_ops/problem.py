@@ -1,0 +1,51 @@
+"""The shape key of one Monarch attention call, as backends and config tables see it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class AttentionProblem:
+    batch: int
+    heads: int
+    head_dim: int
+    b1: int  # rows of a tile
+    b2: int  # columns of a tile
+    q_tiles: int  # A
+    kv_tiles: int  # F
+    causal_block_tiles: int  # 0: no mask
+    num_iters: int
+    dtype: torch.dtype
+    backward: bool = False
+
+    @classmethod
+    def from_tiles(cls, q: torch.Tensor, k: torch.Tensor, causal_block_tiles: int, num_iters: int, backward=False):
+        """From tile-order tensors ``q [B, A, b1, b2, nh, d]`` and ``k [B, F, b1, b2, nh, d]``."""
+        bsz, a, b1, b2, nh, d = q.shape
+        return cls(bsz, nh, d, b1, b2, a, k.shape[1], causal_block_tiles, num_iters, q.dtype, backward)
+
+    def key(self) -> dict:
+        """JSON-able description, used by config tables and the ``info`` command."""
+        out = asdict(self)
+        out["dtype"] = str(self.dtype).removeprefix("torch.")
+        return out
+
+    def forward_flops(self) -> float:
+        """Useful forward FLOPs (SPEC 1, Cost), unpadded, without the causal mask's savings.
+
+        Final pass: n_q * F * d * (6 * b2 + 4 * b1) per head. Each earlier iteration adds
+        n_q * F * d * (4 * b2 + 4 * b1): S_R and aL, then S_L and the aR update (no Y, no Z).
+        """
+        n_q = self.q_tiles * self.b1 * self.b2
+        final = 6 * self.b2 + 4 * self.b1
+        extra = (self.num_iters - 1) * (4 * self.b2 + 4 * self.b1)
+        return float(self.batch * self.heads * n_q * self.kv_tiles * self.head_dim * (final + extra))
+
+    def dense_forward_flops(self) -> float:
+        """FLOPs of dense softmax attention on the same tokens: 4 * n_q * n_k * d per head."""
+        n_q = self.q_tiles * self.b1 * self.b2
+        n_k = self.kv_tiles * self.b1 * self.b2
+        return float(self.batch * self.heads * 4 * n_q * n_k * self.head_dim)

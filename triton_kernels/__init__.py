@@ -1,0 +1,1 @@
+"""Triton kernels of monarchrt_ops, installed as `monarchrt_ops.triton_kernels`."""

@@ -1,0 +1,1 @@
+"""Tuned config tables (data): read with importlib.resources.files(__name__)."""
