@@ -2,7 +2,7 @@
 
 from ..registry import register_backend
 from .reference import ReferenceAttention
-
+from .triton import TritonAttention
 
 register_backend("attention", ReferenceAttention())
-
+register_backend("attention", TritonAttention())

@@ -1,0 +1,109 @@
+"""The ``triton`` backend: Triton kernels on CUDA GPUs, or on the CPU under ``TRITON_INTERPRET=1``.
+
+Triton is imported lazily, on the first launch, so importing monarchrt_ops never needs it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+from ..arch import Arch
+from ..problem import AttentionProblem
+from .reference import ReferenceAttention
+
+HEAD_DIMS = (64, 128)
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_POW2_BLOCKS = (16, 32, 64, 128)
+_WARPS = (2, 4, 8)
+_STAGES = (1, 2, 3, 4)
+# Register budget of one program: fp32 accumulators of [block, head_dim] (two in stage R: aL and
+# Y) beyond 128 KB per program spill on sm_90 (64 K registers per SM, 4 B each, at most half per program).
+_MAX_ACC_BYTES = 128 * 1024
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+class TritonAttention:
+    name = "triton"
+
+    def supports(self, problem: AttentionProblem, arch: Arch) -> str | None:
+        if importlib.util.find_spec("triton") is None:
+            return "triton is not installed (pip install triton)"
+        if not arch.is_cuda and not (arch.family == "cpu" and _interpreting()):
+            return f"no CUDA device ({arch.family}); set TRITON_INTERPRET=1 to run Triton on the CPU"
+        if problem.head_dim not in HEAD_DIMS:
+            return f"head_dim={problem.head_dim} is not in {HEAD_DIMS}"
+        if problem.dtype not in DTYPES:
+            return f"dtype {problem.dtype} is not in {DTYPES}"
+        if not arch.is_cuda and problem.dtype == torch.bfloat16:
+            return "the Triton interpreter cannot run bf16 tl.dot; use fp16/fp32 on the CPU"
+        if arch.is_cuda and arch.capability < (8, 0):
+            return f"compute capability {arch.capability} < 8.0"
+        return None
+
+    def default_config(self, problem: AttentionProblem, arch: Arch) -> dict:
+        return {
+            "block_j": min(64, max(16, _next_pow2(problem.b2))),
+            "block_l": min(64, max(16, _next_pow2(problem.b2))),
+            "r_warps": 4,
+            "block_i": min(64, max(16, _next_pow2(problem.b1))),
+            "block_k": min(32, max(16, _next_pow2(problem.b1))),
+            "l_warps": 4,
+            "num_stages": 2,
+        }
+
+    def search_space(self, problem: AttentionProblem, arch: Arch) -> dict[str, list]:
+        return {
+            "block_j": list(_POW2_BLOCKS),
+            "block_l": list(_POW2_BLOCKS),
+            "r_warps": list(_WARPS),
+            "block_i": list(_POW2_BLOCKS),
+            "block_k": list(_POW2_BLOCKS),
+            "l_warps": list(_WARPS),
+            "num_stages": list(_STAGES),
+        }
+
+    def is_valid(self, config: dict, problem: AttentionProblem, arch: Arch) -> str | None:
+        """The one statement of a config's constraints, for the tuner and the run time alike."""
+        space = self.search_space(problem, arch)
+        if set(config) != set(space):
+            return f"config keys {sorted(config)} != {sorted(space)}"
+        for key, allowed in space.items():
+            if config[key] not in allowed:
+                return f"{key}={config[key]} not in {allowed}"
+        d = problem.head_dim
+        if 2 * config["block_j"] * d * 4 > _MAX_ACC_BYTES:
+            return f"stage R accumulators 2*{config['block_j']}*{d}*4 B exceed {_MAX_ACC_BYTES} B"
+        if config["block_i"] * d * 4 > _MAX_ACC_BYTES:
+            return f"stage L accumulator {config['block_i']}*{d}*4 B exceeds {_MAX_ACC_BYTES} B"
+        if arch.smem_per_block:
+            elem = torch.tensor([], dtype=problem.dtype).element_size()
+            # stage R: K and V blocks per pipeline stage; stage L: aL and Y blocks per stage
+            smem = max(config["block_l"], config["block_k"]) * d * elem * 2 * config["num_stages"]
+            if smem > arch.smem_per_block:
+                return f"~{smem} B of shared memory per program > {arch.smem_per_block} B on {arch.family}"
+        return None
+
+    def launch(self, config, q, k, v, *, sm_scale, causal_block_tiles, num_iters):
+        from ..triton_kernels.monarch_attention import monarch_attention_fwd
+
+        return monarch_attention_fwd(
+            q, k, v, sm_scale=sm_scale, causal_block_tiles=causal_block_tiles, num_iters=num_iters, config=config
+        )
+
+    def launch_backward(self, config, dz, dlse, q, k, v, z, lse, *, sm_scale, causal_block_tiles, num_iters):
+        # The Triton backward kernels are not written yet: gradients recompute through the
+        # reference on the same device (correct, memory-hungry: O(A*F*b1*b2^2) per head).
+        return ReferenceAttention().launch_backward(
+            {}, dz, dlse, q, k, v, z, lse,
+            sm_scale=sm_scale, causal_block_tiles=causal_block_tiles, num_iters=num_iters,
+        )

@@ -1,0 +1,199 @@
+"""Triton forward kernels of Monarch attention (SPEC section 1), all query tiles in one launch.
+
+Three kernels, each one launch per call:
+- ``_stage_r_fwd``: per (a, f, k) and a block of columns j: softmax over the key row's columns l,
+  giving aL = sum_l R K, Y = sum_l R V and cL = sum_l R log R (online, with an entropy accumulator).
+  The first pass takes the query of row k (L = identity); later passes take aR and the temperature.
+- ``_stage_l_fwd``: per (a, j) and a block of query rows i: softmax over every visible (f, k),
+  giving Z and the log-normaliser lse_L.
+- ``_stage_l_update``: per (a, f, j) and a block of key rows k: the num_iters > 1 update
+  aR = sum_i L Q, cR = sum_i L, from the stage-L normaliser of the previous kernel.
+
+Scaling: the dot products run on the raw inputs and the softmax scale s multiplies the fp32
+logits, so sqrt(s) is never rounded. aL and aR are stored unscaled (sum of raw K or raw Q):
+S_L = s * <Q, aL> - cL and S_R = s * t * <aR, K>.
+
+Tile-order tensors: q ``[B, A, b1, b2, nh, d]``, k and v ``[B, F, b1, b2, nh, d]`` (any strides,
+last dim contiguous). Scratch, heads first: aL, Y ``[B, nh, A, F, b2(j), b1(k), d]``;
+cL ``[B, nh, A, F, b2, b1]``; aR ``[B, nh, A, F, b1(k), b2(j), d]``; cR ``[B, nh, A, F, b1, b2]``.
+b1, b2, A and F are runtime values: a new KV length does not recompile.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+TEMPERATURE_EPS = 1e-6
+TEMPERATURE_MAX = 1e4
+
+
+@triton.jit
+def _stage_r_fwd(
+    Q, K, V, AR, CR, AL, Y, CL,
+    sm_scale,
+    sqb, sqt, sqr, sqc, sqh,
+    skb, skt, skr, skc, skh,
+    svb, svt, svr, svc, svh,
+    nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
+    FIRST: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    pid_afk = tl.program_id(0)
+    pid_j = tl.program_id(1)
+    pid_bh = tl.program_id(2)
+    k_row = pid_afk % b1
+    f = (pid_afk // b1) % num_kv_tiles
+    a = pid_afk // (b1 * num_kv_tiles)
+    bb = (pid_bh // nh).to(tl.int64)  # int64: scratch offsets pass 2**31 at Wan 720p sizes
+    h = pid_bh % nh
+    if causal_block_tiles > 0:
+        if f // causal_block_tiles > a // causal_block_tiles:  # key tile f is masked for query tile a
+            return
+    dtype = Q.dtype.element_ty
+    offs_j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)
+    offs_d = tl.arange(0, HEAD_DIM)
+    mask_j = offs_j < b2
+    # one scratch row block: [(b, h, a, f)] then per-layout offsets
+    afk_base = ((bb * nh + h) * num_q_tiles + a) * num_kv_tiles + f
+    if FIRST:
+        # [BJ, D] query of row k, every column j of the block
+        p_a = Q + bb * sqb + a * sqt + k_row * sqr + offs_j[:, None] * sqc + h * sqh + offs_d[None, :]
+        a_r = tl.load(p_a, mask=mask_j[:, None], other=0.0)
+        row_scale = tl.full([BLOCK_J], 1.0, tl.float32) * sm_scale
+    else:
+        p_a = AR + ((afk_base * b1 + k_row) * b2 + offs_j[:, None]) * HEAD_DIM + offs_d[None, :]
+        a_r = tl.load(p_a, mask=mask_j[:, None], other=0.0)
+        c_r = tl.load(CR + (afk_base * b1 + k_row) * b2 + offs_j, mask=mask_j, other=1.0)
+        row_scale = sm_scale * tl.minimum(1.0 / (c_r + TEMPERATURE_EPS), TEMPERATURE_MAX)
+
+    m_i = tl.full([BLOCK_J], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_J], tl.float32)
+    ps_i = tl.zeros([BLOCK_J], tl.float32)  # sum_l p * s, for the entropy
+    acc_al = tl.zeros([BLOCK_J, HEAD_DIM], tl.float32)
+    acc_y = tl.zeros([BLOCK_J, HEAD_DIM], tl.float32)
+    k_base = K + bb * skb + f * skt + k_row * skr + h * skh
+    v_base = V + bb * svb + f * svt + k_row * svr + h * svh
+    for l0 in range(0, b2, BLOCK_L):
+        offs_l = l0 + tl.arange(0, BLOCK_L)
+        mask_l = offs_l < b2
+        k_blk = tl.load(k_base + offs_l[:, None] * skc + offs_d[None, :], mask=mask_l[:, None], other=0.0)
+        v_blk = tl.load(v_base + offs_l[:, None] * svc + offs_d[None, :], mask=mask_l[:, None], other=0.0)
+        s = tl.dot(a_r, tl.trans(k_blk)) * row_scale[:, None]  # [BJ, D] @ [D, BL]
+        s = tl.where(mask_l[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        ps_i = ps_i * alpha + tl.sum(p * tl.where(mask_l[None, :], s, 0.0), 1)
+        acc_al = acc_al * alpha[:, None] + tl.dot(p.to(dtype), k_blk)  # [BJ, BL] @ [BL, D]
+        acc_y = acc_y * alpha[:, None] + tl.dot(p.to(dtype), v_blk)
+        m_i = m_new
+    lse = m_i + tl.log(l_i)
+    c_l = ps_i / l_i - lse
+    # [b, h, a, f, j, k, :] rows
+    out_rows = (afk_base * b2 + offs_j) * b1 + k_row
+    tl.store(AL + out_rows[:, None] * HEAD_DIM + offs_d[None, :], (acc_al / l_i[:, None]).to(dtype), mask=mask_j[:, None])
+    tl.store(Y + out_rows[:, None] * HEAD_DIM + offs_d[None, :], (acc_y / l_i[:, None]).to(dtype), mask=mask_j[:, None])
+    tl.store(CL + out_rows, c_l, mask=mask_j)
+
+
+@triton.jit
+def _stage_l_fwd(
+    Q, AL, Y, CL, Z, LSE,
+    sm_scale,
+    sqb, sqt, sqr, sqc, sqh,
+    nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
+    WRITE_Z: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_aj = tl.program_id(0)
+    pid_i = tl.program_id(1)
+    pid_bh = tl.program_id(2)
+    j = pid_aj % b2
+    a = pid_aj // b2
+    bb = (pid_bh // nh).to(tl.int64)  # int64: scratch offsets pass 2**31 at Wan 720p sizes
+    h = pid_bh % nh
+    dtype = Q.dtype.element_ty
+    offs_i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
+    offs_d = tl.arange(0, HEAD_DIM)
+    mask_i = offs_i < b1
+    q = tl.load(
+        Q + bb * sqb + a * sqt + offs_i[:, None] * sqr + j * sqc + h * sqh + offs_d[None, :],
+        mask=mask_i[:, None], other=0.0,
+    )
+    f_end = num_kv_tiles
+    if causal_block_tiles > 0:
+        f_end = tl.minimum(num_kv_tiles, (a // causal_block_tiles + 1) * causal_block_tiles)
+    m_i = tl.full([BLOCK_I], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_I], tl.float32)
+    acc = tl.zeros([BLOCK_I, HEAD_DIM], tl.float32)
+    bha = (bb * nh + h) * num_q_tiles + a
+    for f in range(0, f_end):
+        row0 = ((bha * num_kv_tiles + f) * b2 + j) * b1  # [b, h, a, f, j, k=0]
+        for k0 in range(0, b1, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            mask_k = offs_k < b1
+            a_l = tl.load(AL + (row0 + offs_k[:, None]) * HEAD_DIM + offs_d[None, :], mask=mask_k[:, None], other=0.0)
+            c_l = tl.load(CL + row0 + offs_k, mask=mask_k, other=0.0)
+            s = tl.dot(q, tl.trans(a_l)) * sm_scale - c_l[None, :]  # [BI, D] @ [D, BK]
+            s = tl.where(mask_k[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.exp(m_i - m_new)
+            p = tl.exp(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            if WRITE_Z:
+                y = tl.load(Y + (row0 + offs_k[:, None]) * HEAD_DIM + offs_d[None, :], mask=mask_k[:, None], other=0.0)
+                acc = acc * alpha[:, None] + tl.dot(p.to(dtype), y)  # [BI, BK] @ [BK, D]
+            m_i = m_new
+    # LSE and Z are contiguous [B, A, b1, b2, nh] and [B, A, b1, b2, nh, D]
+    tok = ((bb * num_q_tiles + a) * b1 + offs_i) * b2 + j
+    tl.store(LSE + tok * nh + h, m_i + tl.log(l_i), mask=mask_i)
+    if WRITE_Z:
+        tl.store(Z + (tok[:, None] * nh + h) * HEAD_DIM + offs_d[None, :], (acc / l_i[:, None]).to(dtype), mask=mask_i[:, None])
+
+
+@triton.jit
+def _stage_l_update(
+    Q, AL, CL, LSE, AR, CR,
+    sm_scale,
+    sqb, sqt, sqr, sqc, sqh,
+    nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
+    HEAD_DIM: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_afj = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_bh = tl.program_id(2)
+    j = pid_afj % b2
+    f = (pid_afj // b2) % num_kv_tiles
+    a = pid_afj // (b2 * num_kv_tiles)
+    bb = (pid_bh // nh).to(tl.int64)  # int64: scratch offsets pass 2**31 at Wan 720p sizes
+    h = pid_bh % nh
+    if causal_block_tiles > 0:
+        if f // causal_block_tiles > a // causal_block_tiles:  # key tile f is masked for query tile a
+            return
+    dtype = Q.dtype.element_ty
+    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    offs_d = tl.arange(0, HEAD_DIM)
+    mask_k = offs_k < b1
+    afk_base = ((bb * nh + h) * num_q_tiles + a) * num_kv_tiles + f
+    row0 = (afk_base * b2 + j) * b1
+    a_l = tl.load(AL + (row0 + offs_k[:, None]) * HEAD_DIM + offs_d[None, :], mask=mask_k[:, None], other=0.0)
+    c_l = tl.load(CL + row0 + offs_k, mask=mask_k, other=0.0)
+    acc = tl.zeros([BLOCK_K, HEAD_DIM], tl.float32)
+    c_r = tl.zeros([BLOCK_K], tl.float32)
+    for i0 in range(0, b1, BLOCK_I):
+        offs_i = i0 + tl.arange(0, BLOCK_I)
+        mask_i = offs_i < b1
+        q = tl.load(
+            Q + bb * sqb + a * sqt + offs_i[:, None] * sqr + j * sqc + h * sqh + offs_d[None, :],
+            mask=mask_i[:, None], other=0.0,
+        )
+        tok = ((bb * num_q_tiles + a) * b1 + offs_i) * b2 + j
+        lse = tl.load(LSE + tok * nh + h, mask=mask_i, other=float("inf"))
+        s = tl.dot(q, tl.trans(a_l)) * sm_scale - c_l[None, :]  # [BI, BK]
+        p = tl.exp(s - lse[:, None])  # L[a, i, j, f, k], 0 on padded i
+        p = tl.where(mask_k[None, :], p, 0.0)
+        acc += tl.dot(tl.trans(p).to(dtype), q)  # [BK, BI] @ [BI, D]
+        c_r += tl.sum(p, 0)
+    rows = (afk_base * b1 + offs_k) * b2 + j  # [b, h, a, f, k, j]
+    tl.store(AR + rows[:, None] * HEAD_DIM + offs_d[None, :], acc.to(dtype), mask=mask_k[:, None])
+    tl.store(CR + rows, c_r, mask=mask_k)
