@@ -1,0 +1,66 @@
+"""Triton backend against the float64 reference. On the CPU it runs under TRITON_INTERPRET=1
+(fp32/fp16; the interpreter cannot do bf16 tl.dot); on a GPU the same tests add bf16."""
+
+import pytest
+import torch
+from conftest import TOL, qkv, rel_err
+
+import monarchrt_ops as m
+
+pytest.importorskip("triton")
+GPU = torch.cuda.is_available()
+DEVICE = "cuda" if GPU else "cpu"
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if GPU else [])
+
+
+# (frames_q, frames_kv, frame_shape, batch, kwargs): tiny, since the interpreter runs each program in Python
+CASES = {
+    "6x10": (2, 2, (6, 10), 1, {}),
+    "7x11-batch2": (2, 2, (7, 11), 2, {}),
+    "tiled-f2-h2-w2": (2, 2, (6, 10), 1, {"f_tied": 2, "h_reduce": 2, "w_reduce": 2}),
+    "causal-1": (3, 3, (5, 6), 1, {"causal_block_frames": 1}),
+    "causal-3": (4, 4, (3, 4), 1, {"causal_block_frames": 3}),
+    "kv-slice-3-vs-5": (3, 5, (5, 6), 1, {}),
+    "iters2": (2, 2, (5, 6), 1, {"num_iters": 2}),
+    "iters3-causal": (3, 3, (3, 4), 1, {"num_iters": 3, "causal_block_frames": 2}),
+}
+# fp32 on a GPU runs tl.dot in tf32: SPEC 4 allows 5e-4 there
+GPU_TOL = {**TOL, torch.float32: 5e-4}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", list(CASES))
+def test_forward_matches_reference(name, dtype, poison_empty):
+    fq, fk, shape, bsz, kw = CASES[name]
+    q, k, v = qkv(bsz, fq, fk, shape, 2, 64)
+    ref, ref_lse = m.monarch_attention_with_lse(q, k, v, shape, **kw, backend="reference")
+    q, k, v = (x.to(device=DEVICE, dtype=dtype) for x in (q, k, v))
+    out, lse = m.monarch_attention_with_lse(q, k, v, shape, **kw, backend="triton")
+    tol = (GPU_TOL if GPU else TOL)[dtype]
+    assert rel_err(out, ref) < tol
+    assert rel_err(lse, ref_lse) < tol
+
+
+def test_kv_cache_slice_of_a_longer_buffer_batch2(poison_empty):
+    hw, shape = 30, (5, 6)
+    q, k, v = qkv(2, 1, 3, shape, 2, 64)
+    k_cache = torch.randn(2, 6 * hw, 2, 64, dtype=torch.float64)
+    v_cache = torch.randn_like(k_cache)
+    m.write_kv_cache(k_cache, v_cache, k, v, 0, shape)
+    ref = m.monarch_attention_kv_cache(q, k_cache, v_cache, 3, shape, backend="reference")
+    kc, vc = (x.to(DEVICE, torch.float32) for x in (k_cache, v_cache))
+    out = m.monarch_attention_kv_cache(q.to(DEVICE, torch.float32), kc, vc, 3, shape, backend="triton")
+    assert rel_err(out, ref) < GPU_TOL[torch.float32]
+
+
+@pytest.mark.parametrize("name", ["6x10", "causal-1", "iters2"])
+def test_gradients_match_reference(name):
+    fq, fk, shape, bsz, kw = CASES[name]
+    q, k, v = qkv(bsz, fq, fk, shape, 1, 64, requires_grad=True)
+    dout = torch.randn_like(q)
+    ref = torch.autograd.grad(m.monarch_attention(q, k, v, shape, **kw, backend="reference"), (q, k, v), dout)
+    q32, k32, v32 = (x.detach().to(DEVICE, torch.float32).requires_grad_() for x in (q, k, v))
+    out = m.monarch_attention(q32, k32, v32, shape, **kw, backend="triton")
+    got = torch.autograd.grad(out, (q32, k32, v32), dout.to(DEVICE, torch.float32))
+    for g, r in zip(got, ref):
+        assert rel_err(g, r) < GPU_TOL[torch.float32]

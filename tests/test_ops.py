@@ -1,0 +1,78 @@
+"""torch.library integration: opcheck, torch.compile(fullgraph=True), registration, import hygiene."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import qkv
+
+import monarchrt_ops as m
+from monarchrt_ops import ops
+
+PARAMS = (6, 10, 1, 1, 1, 0.25, 0, 1, "reference")
+
+
+@pytest.mark.parametrize(
+    "params",
+    [PARAMS, (6, 10, 1, 2, 2, 0.25, 1, 2, "reference"), (3, 4, 2, 1, 1, 0.5, 2, 1, "")],
+    ids=["plain", "tiled-causal-iters2", "ftied-causal-auto"],
+)
+def test_opcheck_attention(params):
+    h, w = params[0], params[1]
+    q, k, v = qkv(1, 2 * params[2], 2 * params[2], (h, w), 2, 4, dtype=torch.float32, requires_grad=True)
+    torch.library.opcheck(ops.attention, (q, k, v, *params))
+
+
+def test_opcheck_kv_cache_write():
+    kc, vc = torch.zeros(1, 120, 2, 4), torch.zeros(1, 120, 2, 4)
+    nk, nv = torch.randn(1, 60, 2, 4), torch.randn(1, 60, 2, 4)
+    torch.library.opcheck(ops.kv_cache_write, (kc, vc, nk, nv, 60))
+
+
+def test_compile_fullgraph_matches_eager():
+    q, k, v = qkv(1, 3, 3, (6, 10), 2, 8, dtype=torch.float32, requires_grad=True)
+
+    def fn(q, k, v):
+        return m.monarch_attention(q, k, v, (6, 10), causal_block_frames=1, backend="reference")
+
+    eager = fn(q, k, v)
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")(q, k, v)
+    torch.testing.assert_close(compiled, eager)
+    g_eager = torch.autograd.grad(eager.square().sum(), (q, k, v))
+    g_comp = torch.autograd.grad(compiled.square().sum(), (q, k, v))
+    for a, b in zip(g_comp, g_eager):
+        torch.testing.assert_close(a, b)
+
+
+def test_compile_inductor_fullgraph():
+    q, k, v = qkv(1, 2, 2, (6, 10), 2, 8, dtype=torch.float32)
+    fn = torch.compile(lambda q, k, v: m.monarch_attention(q, k, v, (6, 10)) * 2, fullgraph=True)
+    torch.testing.assert_close(fn(q, k, v), m.monarch_attention(q, k, v, (6, 10)) * 2)
+
+
+def test_registering_twice_reuses_the_ops():
+    before = ops.attention
+    ops._register()
+    assert ops._lookup("attention") is before
+
+
+def _run(code: str, **env) -> str:
+    env = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+
+
+def test_namespace_is_changeable_for_vendored_copies():
+    out = _run(
+        "import torch, monarchrt_ops as m;"
+        "q = torch.randn(1, 60, 1, 4);"
+        "print(hasattr(torch.ops.vendored, 'attention'), m.monarch_attention(q, q, q, (6, 10)).shape)",
+        MONARCHRT_OPS_NAMESPACE="vendored",
+    )
+    assert out.strip() == "True torch.Size([1, 60, 1, 4])"
+
+
+def test_import_touches_no_gpu_and_no_triton():
+    out = _run("import sys, torch, monarchrt_ops; print(torch.cuda.is_initialized(), 'triton' in sys.modules)")
+    assert out.strip() == "False False"
