@@ -137,15 +137,34 @@ def monarch_attention(
         torch.Size([1, 120, 2, 16])
     """
     out, _ = monarch_attention_with_lse(
-        q, k, v, frame_shape, f_tied=f_tied, h_reduce=h_reduce, w_reduce=w_reduce, sm_scale=sm_scale,
-        causal_block_frames=causal_block_frames, num_iters=num_iters, backend=backend,
+        q,
+        k,
+        v,
+        frame_shape,
+        f_tied=f_tied,
+        h_reduce=h_reduce,
+        w_reduce=w_reduce,
+        sm_scale=sm_scale,
+        causal_block_frames=causal_block_frames,
+        num_iters=num_iters,
+        backend=backend,
     )
     return out
 
 
 def monarch_attention_with_lse(
-    q, k, v, frame_shape, *, f_tied=1, h_reduce=1, w_reduce=1, sm_scale=None,
-    causal_block_frames=None, num_iters=1, backend=None,
+    q,
+    k,
+    v,
+    frame_shape,
+    *,
+    f_tied=1,
+    h_reduce=1,
+    w_reduce=1,
+    sm_scale=None,
+    causal_block_frames=None,
+    num_iters=1,
+    backend=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`monarch_attention` that also returns the stage-L log-normaliser ``(B, Sq, nh)``
     (natural log, float32; float64 for float64 inputs). Both outputs are differentiable."""
@@ -163,7 +182,17 @@ def monarch_attention_with_lse(
             raise ValueError(f"causal_block_frames={cbf} must be a multiple of f_tied={f_tied}")
     scale = _check_scale(sm_scale, q.shape[3])
     return ops.attention(
-        q, k, v, tiling.frame_h, tiling.frame_w, f_tied, h_reduce, w_reduce, scale, cbf, num_iters,
+        q,
+        k,
+        v,
+        tiling.frame_h,
+        tiling.frame_w,
+        f_tied,
+        h_reduce,
+        w_reduce,
+        scale,
+        cbf,
+        num_iters,
         _check_backend(backend),
     )
 
@@ -210,9 +239,7 @@ def write_kv_cache(
         raise ValueError(f"frames [{start_frame}, {start_frame + n_new}) do not fit a cache of {max_frames} frames")
     start = start_frame * tiling.tokens_per_frame
     with torch.no_grad():
-        ops.kv_cache_write(
-            k_cache, v_cache, to_tile_sequence(new_k, tiling), to_tile_sequence(new_v, tiling), start
-        )
+        ops.kv_cache_write(k_cache, v_cache, to_tile_sequence(new_k, tiling), to_tile_sequence(new_v, tiling), start)
 
 
 class _NewKVGrad(torch.autograd.Function):
@@ -271,7 +298,9 @@ def monarch_attention_kv_cache(
     max_frames = _check_seq("k_cache", k_cache.shape[1], tiling)
     _check_int("kv_frames", kv_frames)
     if kv_frames > max_frames or kv_frames % f_tied:
-        raise ValueError(f"kv_frames={kv_frames} must be <= {max_frames} (cache frames) and a multiple of f_tied={f_tied}")
+        raise ValueError(
+            f"kv_frames={kv_frames} must be <= {max_frames} (cache frames) and a multiple of f_tied={f_tied}"
+        )
     k_slice = k_cache[:, : kv_frames * tiling.tokens_per_frame]
     v_slice = v_cache[:, : kv_frames * tiling.tokens_per_frame]
     if (new_k is None) != (new_v is None):
@@ -290,6 +319,14 @@ def monarch_attention_kv_cache(
     k_nat = from_tile_sequence(k_slice, tiling)
     v_nat = from_tile_sequence(v_slice, tiling)
     return monarch_attention(
-        q, k_nat, v_nat, frame_shape, f_tied=f_tied, h_reduce=h_reduce, w_reduce=w_reduce,
-        sm_scale=sm_scale, num_iters=num_iters, backend=backend,
+        q,
+        k_nat,
+        v_nat,
+        frame_shape,
+        f_tied=f_tied,
+        h_reduce=h_reduce,
+        w_reduce=w_reduce,
+        sm_scale=sm_scale,
+        num_iters=num_iters,
+        backend=backend,
     )

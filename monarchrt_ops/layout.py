@@ -66,9 +66,7 @@ def to_tiles(x: torch.Tensor, tiling: Tiling) -> torch.Tensor:
     bsz, seq, nh, d = x.shape
     t = tiling
     groups = seq // (t.tokens_per_frame * t.f_tied)
-    x = x.reshape(
-        bsz, groups, t.f_tied, t.h_reduce, t.frame_h // t.h_reduce, t.w_reduce, t.b2, nh, d
-    )
+    x = x.reshape(bsz, groups, t.f_tied, t.h_reduce, t.frame_h // t.h_reduce, t.w_reduce, t.b2, nh, d)
     # [B, g, tau, rho, H/rho, omega, W/omega, nh, d] -> [B, g, rho, omega, tau, H/rho, W/omega, nh, d]
     x = x.permute(0, 1, 3, 5, 2, 4, 6, 7, 8)
     return x.reshape(bsz, groups * t.tiles_per_group, t.b1, t.b2, nh, d)
@@ -79,9 +77,7 @@ def from_tiles(x: torch.Tensor, tiling: Tiling) -> torch.Tensor:
     bsz, tiles, _, _, nh, d = x.shape
     t = tiling
     groups = tiles // t.tiles_per_group
-    x = x.reshape(
-        bsz, groups, t.h_reduce, t.w_reduce, t.f_tied, t.frame_h // t.h_reduce, t.b2, nh, d
-    )
+    x = x.reshape(bsz, groups, t.h_reduce, t.w_reduce, t.f_tied, t.frame_h // t.h_reduce, t.b2, nh, d)
     x = x.permute(0, 1, 4, 2, 5, 3, 6, 7, 8)
     return x.reshape(bsz, groups * t.f_tied * t.tokens_per_frame, nh, d)
 

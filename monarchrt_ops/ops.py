@@ -39,7 +39,9 @@ def _tiles_of(tiling, q, k, v):
     return to_tiles(q, tiling), to_tiles(k, tiling), to_tiles(v, tiling)
 
 
-def _attention_impl(q, k, v, frame_h, frame_w, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, backend):
+def _attention_impl(
+    q, k, v, frame_h, frame_w, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, backend
+):
     tiling = Tiling(frame_h, frame_w, f_tied, h_reduce, w_reduce)
     qt, kt, vt = _tiles_of(tiling, q, k, v)
     cbt = causal_block_tiles(tiling, causal_block_frames)
@@ -51,12 +53,31 @@ def _attention_impl(q, k, v, frame_h, frame_w, f_tied, h_reduce, w_reduce, sm_sc
     return out.contiguous(), lse.to(compute_dtype(q.dtype)).contiguous()
 
 
-def _attention_fake(q, k, v, frame_h, frame_w, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, backend):
+def _attention_fake(
+    q, k, v, frame_h, frame_w, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, backend
+):
     lse = q.new_empty(q.shape[:-1], dtype=compute_dtype(q.dtype))
     return torch.empty_like(q, memory_format=torch.contiguous_format), lse
 
 
-def _attention_backward_impl(dout, dlse, q, k, v, out, lse, frame_h, frame_w, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, backend):
+def _attention_backward_impl(
+    dout,
+    dlse,
+    q,
+    k,
+    v,
+    out,
+    lse,
+    frame_h,
+    frame_w,
+    f_tied,
+    h_reduce,
+    w_reduce,
+    sm_scale,
+    causal_block_frames,
+    num_iters,
+    backend,
+):
     tiling = Tiling(frame_h, frame_w, f_tied, h_reduce, w_reduce)
     qt, kt, vt = _tiles_of(tiling, q, k, v)
     cbt = causal_block_tiles(tiling, causal_block_frames)
@@ -64,8 +85,17 @@ def _attention_backward_impl(dout, dlse, q, k, v, out, lse, frame_h, frame_w, f_
     sel = select("attention", problem, arch_of(q.device), backend or None)
     tiles = lambda x: to_tiles(x.unsqueeze(-1), tiling).squeeze(-1)  # noqa: E731  [B, S, nh] -> tiles
     dq, dk, dv = sel.backend.launch_backward(
-        sel.config, to_tiles(dout, tiling), tiles(dlse), qt, kt, vt, to_tiles(out, tiling), tiles(lse),
-        sm_scale=sm_scale, causal_block_tiles=cbt, num_iters=num_iters,
+        sel.config,
+        to_tiles(dout, tiling),
+        tiles(dlse),
+        qt,
+        kt,
+        vt,
+        to_tiles(out, tiling),
+        tiles(lse),
+        sm_scale=sm_scale,
+        causal_block_tiles=cbt,
+        num_iters=num_iters,
     )
     return tuple(from_tiles(g, tiling).contiguous() for g in (dq, dk, dv))
 

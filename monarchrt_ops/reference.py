@@ -24,9 +24,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def visible_tiles(
-    num_q_tiles: int, num_kv_tiles: int, causal_block_tiles: int | None, device
-) -> torch.Tensor | None:
+def visible_tiles(num_q_tiles: int, num_kv_tiles: int, causal_block_tiles: int | None, device) -> torch.Tensor | None:
     """``[A, F]`` bool: query tile a sees key tile f iff ``f // cbs <= a // cbs``; None if not causal."""
     if not causal_block_tiles:
         return None

@@ -40,8 +40,12 @@ def state_of(q, k, v, frame_shape, sm_scale=None, causal_block_frames=None, num_
     scale = sm_scale if sm_scale is not None else q.shape[-1] ** -0.5
     cbt = causal_block_tiles(tiling, causal_block_frames or 0)
     return reference.monarch_state(
-        monarchrt_ops.to_tiles(q, tiling), monarchrt_ops.to_tiles(k, tiling), monarchrt_ops.to_tiles(v, tiling),
-        sm_scale=scale, causal_block_tiles=cbt, num_iters=num_iters,
+        monarchrt_ops.to_tiles(q, tiling),
+        monarchrt_ops.to_tiles(k, tiling),
+        monarchrt_ops.to_tiles(v, tiling),
+        sm_scale=scale,
+        causal_block_tiles=cbt,
+        num_iters=num_iters,
     )
 
 

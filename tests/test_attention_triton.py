@@ -62,5 +62,5 @@ def test_gradients_match_reference(name):
     q32, k32, v32 = (x.detach().to(DEVICE, torch.float32).requires_grad_() for x in (q, k, v))
     out = m.monarch_attention(q32, k32, v32, shape, **kw, backend="triton")
     got = torch.autograd.grad(out, (q32, k32, v32), dout.to(DEVICE, torch.float32))
-    for g, r in zip(got, ref):
+    for g, r in zip(got, ref, strict=True):
         assert rel_err(g, r) < GPU_TOL[torch.float32]

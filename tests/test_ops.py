@@ -42,7 +42,7 @@ def test_compile_fullgraph_matches_eager():
     torch.testing.assert_close(compiled, eager)
     g_eager = torch.autograd.grad(eager.square().sum(), (q, k, v))
     g_comp = torch.autograd.grad(compiled.square().sum(), (q, k, v))
-    for a, b in zip(g_comp, g_eager):
+    for a, b in zip(g_comp, g_eager, strict=True):
         torch.testing.assert_close(a, b)
 
 

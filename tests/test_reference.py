@@ -111,7 +111,9 @@ def test_kv_cache_workflow_reproduces_causal_rows_and_gradients():
         new_k, new_v = k[:, sl].detach().requires_grad_(), v[:, sl].detach().requires_grad_()
         q_chunk = q[:, sl].detach().requires_grad_()
         m.write_kv_cache(k_cache, v_cache, new_k, new_v, start, (6, 10))
-        out = m.monarch_attention_kv_cache(q_chunk, k_cache, v_cache, start + chunk, (6, 10), new_k=new_k, new_v=new_v, **REF)
+        out = m.monarch_attention_kv_cache(
+            q_chunk, k_cache, v_cache, start + chunk, (6, 10), new_k=new_k, new_v=new_v, **REF
+        )
         torch.testing.assert_close(out, causal[:, sl], rtol=1e-12, atol=1e-12)
         # gradients of this chunk's output alone, through the new K/V only
         g = torch.autograd.grad(out, (q_chunk, new_k, new_v), dout[:, sl])
@@ -166,11 +168,17 @@ def test_low_precision_inputs_compute_in_float32(dtype):
     ref = m.monarch_attention(q, k, v, (6, 10), **REF)
     out, lse = m.monarch_attention_with_lse(q.to(dtype), k.to(dtype), v.to(dtype), (6, 10), **REF)
     assert out.dtype == dtype and lse.dtype == torch.float32 and lse.shape == q.shape[:-1]
-    assert ((out.double() - ref).norm() / ref.norm()) < {torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
+    assert ((out.double() - ref).norm() / ref.norm()) < {
+        torch.float32: 1e-6,
+        torch.float16: 2e-3,
+        torch.bfloat16: 1e-2,
+    }[dtype]
 
 
 def test_non_contiguous_inputs():
     q, k, v = qkv(1, 2, 2, (6, 10), 3, 8)
     qn, kn, vn = (x.transpose(2, 3).contiguous().transpose(2, 3) for x in (q, k, v))
     assert not qn.is_contiguous()
-    torch.testing.assert_close(m.monarch_attention(qn, kn, vn, (6, 10), **REF), m.monarch_attention(q, k, v, (6, 10), **REF))
+    torch.testing.assert_close(
+        m.monarch_attention(qn, kn, vn, (6, 10), **REF), m.monarch_attention(q, k, v, (6, 10), **REF)
+    )

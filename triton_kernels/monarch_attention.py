@@ -37,16 +37,43 @@ def monarch_attention_fwd(q, k, v, *, sm_scale: float, causal_block_tiles: int, 
         last = it == num_iters - 1
         grid_r = (n_a * n_f * b1, triton.cdiv(b2, config["block_j"]), bsz * nh)
         _stage_r_fwd[grid_r](
-            q, k, v, q if a_r is None else a_r, c_l if c_r is None else c_r, a_l, y, c_l,
-            sm_scale, *q.stride()[:5], *k.stride()[:5], *v.stride()[:5], *common,
-            FIRST=a_r is None, HEAD_DIM=d, BLOCK_J=config["block_j"], BLOCK_L=config["block_l"],
-            num_warps=config["r_warps"], num_stages=stages,
+            q,
+            k,
+            v,
+            q if a_r is None else a_r,
+            c_l if c_r is None else c_r,
+            a_l,
+            y,
+            c_l,
+            sm_scale,
+            *q.stride()[:5],
+            *k.stride()[:5],
+            *v.stride()[:5],
+            *common,
+            FIRST=a_r is None,
+            HEAD_DIM=d,
+            BLOCK_J=config["block_j"],
+            BLOCK_L=config["block_l"],
+            num_warps=config["r_warps"],
+            num_stages=stages,
         )
         grid_l = (n_a * b2, triton.cdiv(b1, config["block_i"]), bsz * nh)
         _stage_l_fwd[grid_l](
-            q, a_l, y, c_l, z, lse, sm_scale, *q.stride()[:5], *common,
-            WRITE_Z=last, HEAD_DIM=d, BLOCK_I=config["block_i"], BLOCK_K=config["block_k"],
-            num_warps=config["l_warps"], num_stages=stages,
+            q,
+            a_l,
+            y,
+            c_l,
+            z,
+            lse,
+            sm_scale,
+            *q.stride()[:5],
+            *common,
+            WRITE_Z=last,
+            HEAD_DIM=d,
+            BLOCK_I=config["block_i"],
+            BLOCK_K=config["block_k"],
+            num_warps=config["l_warps"],
+            num_stages=stages,
         )
         if not last:
             if a_r is None:
@@ -54,8 +81,19 @@ def monarch_attention_fwd(q, k, v, *, sm_scale: float, causal_block_tiles: int, 
                 c_r = torch.empty(bsz, nh, n_a, n_f, b1, b2, dtype=torch.float32, device=dev)
             grid_u = (n_a * n_f * b2, triton.cdiv(b1, config["block_k"]), bsz * nh)
             _stage_l_update[grid_u](
-                q, a_l, c_l, lse, a_r, c_r, sm_scale, *q.stride()[:5], *common,
-                HEAD_DIM=d, BLOCK_I=config["block_i"], BLOCK_K=config["block_k"],
-                num_warps=config["l_warps"], num_stages=stages,
+                q,
+                a_l,
+                c_l,
+                lse,
+                a_r,
+                c_r,
+                sm_scale,
+                *q.stride()[:5],
+                *common,
+                HEAD_DIM=d,
+                BLOCK_I=config["block_i"],
+                BLOCK_K=config["block_k"],
+                num_warps=config["l_warps"],
+                num_stages=stages,
             )
     return z, lse

@@ -30,13 +30,40 @@ TEMPERATURE_MAX = 1e4
 
 @triton.jit
 def _stage_r_fwd(
-    Q, K, V, AR, CR, AL, Y, CL,
+    Q,
+    K,
+    V,
+    AR,
+    CR,
+    AL,
+    Y,
+    CL,
     sm_scale,
-    sqb, sqt, sqr, sqc, sqh,
-    skb, skt, skr, skc, skh,
-    svb, svt, svr, svc, svh,
-    nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
-    FIRST: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_L: tl.constexpr,
+    sqb,
+    sqt,
+    sqr,
+    sqc,
+    sqh,
+    skb,
+    skt,
+    skr,
+    skc,
+    skh,
+    svb,
+    svt,
+    svr,
+    svc,
+    svh,
+    nh,
+    num_q_tiles,
+    num_kv_tiles,
+    b1,
+    b2,
+    causal_block_tiles,
+    FIRST: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_J: tl.constexpr,
+    BLOCK_L: tl.constexpr,
 ):
     pid_afk = tl.program_id(0)
     pid_j = tl.program_id(1)
@@ -92,18 +119,37 @@ def _stage_r_fwd(
     c_l = ps_i / l_i - lse
     # [b, h, a, f, j, k, :] rows
     out_rows = (afk_base * b2 + offs_j) * b1 + k_row
-    tl.store(AL + out_rows[:, None] * HEAD_DIM + offs_d[None, :], (acc_al / l_i[:, None]).to(dtype), mask=mask_j[:, None])
+    tl.store(
+        AL + out_rows[:, None] * HEAD_DIM + offs_d[None, :], (acc_al / l_i[:, None]).to(dtype), mask=mask_j[:, None]
+    )
     tl.store(Y + out_rows[:, None] * HEAD_DIM + offs_d[None, :], (acc_y / l_i[:, None]).to(dtype), mask=mask_j[:, None])
     tl.store(CL + out_rows, c_l, mask=mask_j)
 
 
 @triton.jit
 def _stage_l_fwd(
-    Q, AL, Y, CL, Z, LSE,
+    Q,
+    AL,
+    Y,
+    CL,
+    Z,
+    LSE,
     sm_scale,
-    sqb, sqt, sqr, sqc, sqh,
-    nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
-    WRITE_Z: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
+    sqb,
+    sqt,
+    sqr,
+    sqc,
+    sqh,
+    nh,
+    num_q_tiles,
+    num_kv_tiles,
+    b1,
+    b2,
+    causal_block_tiles,
+    WRITE_Z: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_I: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     pid_aj = tl.program_id(0)
     pid_i = tl.program_id(1)
@@ -118,7 +164,8 @@ def _stage_l_fwd(
     mask_i = offs_i < b1
     q = tl.load(
         Q + bb * sqb + a * sqt + offs_i[:, None] * sqr + j * sqc + h * sqh + offs_d[None, :],
-        mask=mask_i[:, None], other=0.0,
+        mask=mask_i[:, None],
+        other=0.0,
     )
     f_end = num_kv_tiles
     if causal_block_tiles > 0:
@@ -148,16 +195,36 @@ def _stage_l_fwd(
     tok = ((bb * num_q_tiles + a) * b1 + offs_i) * b2 + j
     tl.store(LSE + tok * nh + h, m_i + tl.log(l_i), mask=mask_i)
     if WRITE_Z:
-        tl.store(Z + (tok[:, None] * nh + h) * HEAD_DIM + offs_d[None, :], (acc / l_i[:, None]).to(dtype), mask=mask_i[:, None])
+        tl.store(
+            Z + (tok[:, None] * nh + h) * HEAD_DIM + offs_d[None, :],
+            (acc / l_i[:, None]).to(dtype),
+            mask=mask_i[:, None],
+        )
 
 
 @triton.jit
 def _stage_l_update(
-    Q, AL, CL, LSE, AR, CR,
+    Q,
+    AL,
+    CL,
+    LSE,
+    AR,
+    CR,
     sm_scale,
-    sqb, sqt, sqr, sqc, sqh,
-    nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
-    HEAD_DIM: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
+    sqb,
+    sqt,
+    sqr,
+    sqc,
+    sqh,
+    nh,
+    num_q_tiles,
+    num_kv_tiles,
+    b1,
+    b2,
+    causal_block_tiles,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_I: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     pid_afj = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -185,7 +252,8 @@ def _stage_l_update(
         mask_i = offs_i < b1
         q = tl.load(
             Q + bb * sqb + a * sqt + offs_i[:, None] * sqr + j * sqc + h * sqh + offs_d[None, :],
-            mask=mask_i[:, None], other=0.0,
+            mask=mask_i[:, None],
+            other=0.0,
         )
         tok = ((bb * num_q_tiles + a) * b1 + offs_i) * b2 + j
         lse = tl.load(LSE + tok * nh + h, mask=mask_i, other=float("inf"))

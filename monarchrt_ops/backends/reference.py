@@ -38,4 +38,4 @@ class ReferenceAttention:
                 config, *inputs, sm_scale=sm_scale, causal_block_tiles=causal_block_tiles, num_iters=num_iters
             )
             grads = torch.autograd.grad((z_re, lse_re), inputs, (dz, dlse.to(lse_re.dtype)))
-        return tuple(g.to(x.dtype) for g, x in zip(grads, (q, k, v)))
+        return tuple(g.to(x.dtype) for g, x in zip(grads, (q, k, v), strict=True))

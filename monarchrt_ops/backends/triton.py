@@ -104,6 +104,15 @@ class TritonAttention:
         # The Triton backward kernels are not written yet: gradients recompute through the
         # reference on the same device (correct, memory-hungry: O(A*F*b1*b2^2) per head).
         return ReferenceAttention().launch_backward(
-            {}, dz, dlse, q, k, v, z, lse,
-            sm_scale=sm_scale, causal_block_tiles=causal_block_tiles, num_iters=num_iters,
+            {},
+            dz,
+            dlse,
+            q,
+            k,
+            v,
+            z,
+            lse,
+            sm_scale=sm_scale,
+            causal_block_tiles=causal_block_tiles,
+            num_iters=num_iters,
         )
