@@ -13,7 +13,7 @@ import monarchrt_ops  # noqa: E402
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """||out - ref|| / ||ref|| in float64; NaN anywhere fails."""
-    out, ref = out.double(), ref.double()
+    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
     assert torch.isfinite(out).all(), "non-finite values in the output"
     return ((out - ref).norm() / ref.norm()).item()
 

@@ -74,5 +74,5 @@ def test_self_forcing_shapes_bf16(q_frames, kv_frames, poison_empty):
     q = torch.randn(1, q_frames * hw, 12, 128, device="cuda", generator=gen).bfloat16()
     k, v = (torch.randn(1, kv_frames * hw, 12, 128, device="cuda", generator=gen).bfloat16() for _ in range(2))
     out = m.monarch_attention(q, k, v, shape, backend="triton")
-    ref = m.monarch_attention(q.double(), k.double(), v.double(), shape, backend="reference")
+    ref = m.monarch_attention(q.double(), k.double(), v.double(), shape, backend="reference")  # on the GPU
     assert rel_err(out, ref) < TOL[torch.bfloat16]
