@@ -53,17 +53,25 @@ def test_kv_cache_slice_of_a_longer_buffer_batch2(poison_empty):
     assert rel_err(out, ref) < GPU_TOL[torch.float32]
 
 
-@pytest.mark.parametrize("name", ["6x10", "causal-1", "iters2"])
-def test_gradients_match_reference(name):
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(
+    "name", ["6x10", "7x11-batch2", "tiled-f2-h2-w2", "causal-1", "causal-3", "kv-slice-3-vs-5", "iters2"]
+)
+def test_gradients_match_reference(name, dtype, poison_empty):
+    """Gradients of out and of lse (the op's second output) against float64 autograd."""
     fq, fk, shape, bsz, kw = CASES[name]
-    q, k, v = qkv(bsz, fq, fk, shape, 1, 64, requires_grad=True)
+    q, k, v = qkv(bsz, fq, fk, shape, 2, 64, requires_grad=True)
     dout = torch.randn_like(q)
-    ref = torch.autograd.grad(m.monarch_attention(q, k, v, shape, **kw, backend="reference"), (q, k, v), dout)
-    q32, k32, v32 = (x.detach().to(DEVICE, torch.float32).requires_grad_() for x in (q, k, v))
-    out = m.monarch_attention(q32, k32, v32, shape, **kw, backend="triton")
-    got = torch.autograd.grad(out, (q32, k32, v32), dout.to(DEVICE, torch.float32))
+    dlse = torch.randn(q.shape[:-1], dtype=torch.float64)
+    out, lse = m.monarch_attention_with_lse(q, k, v, shape, **kw, backend="reference")
+    ref = torch.autograd.grad((out, lse), (q, k, v), (dout, dlse))
+    ql, kl, vl = (x.detach().to(DEVICE, dtype).requires_grad_() for x in (q, k, v))
+    out, lse = m.monarch_attention_with_lse(ql, kl, vl, shape, **kw, backend="triton")
+    got = torch.autograd.grad((out, lse), (ql, kl, vl), (dout.to(DEVICE, dtype), dlse.to(DEVICE, torch.float32)))
+    tol = (GPU_TOL if GPU else TOL)[dtype]
     for g, r in zip(got, ref, strict=True):
-        assert rel_err(g, r) < GPU_TOL[torch.float32]
+        assert g.dtype == dtype
+        assert rel_err(g, r) < tol
 
 
 @pytest.mark.skipif(not GPU, reason="GPU tier: Self-Forcing sizes in bf16")

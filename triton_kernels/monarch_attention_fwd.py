@@ -4,6 +4,7 @@ Three kernels, each one launch per call:
 - ``_stage_r_fwd``: per (a, f, k) and a block of columns j: softmax over the key row's columns l,
   giving aL = sum_l R K, Y = sum_l R V and cL = sum_l R log R (online, with an entropy accumulator).
   The first pass takes the query of row k (L = identity); later passes take aR and the temperature.
+  Y is skipped on passes that only feed the aR update; the backward also takes lse_R.
 - ``_stage_l_fwd``: per (a, j) and a block of query rows i: softmax over every visible (f, k),
   giving Z and the log-normaliser lse_L.
 - ``_stage_l_update``: per (a, f, j) and a block of key rows k: the num_iters > 1 update
@@ -30,41 +31,15 @@ TEMPERATURE_MAX = 1e4
 
 @triton.jit
 def _stage_r_fwd(
-    Q,
-    K,
-    V,
-    AR,
-    CR,
-    AL,
-    Y,
-    CL,
+    Q, K, V, AR, CR, AL, Y, CL, LSE_R,
     sm_scale,
-    sqb,
-    sqt,
-    sqr,
-    sqc,
-    sqh,
-    skb,
-    skt,
-    skr,
-    skc,
-    skh,
-    svb,
-    svt,
-    svr,
-    svc,
-    svh,
-    nh,
-    num_q_tiles,
-    num_kv_tiles,
-    b1,
-    b2,
-    causal_block_tiles,
-    FIRST: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_J: tl.constexpr,
-    BLOCK_L: tl.constexpr,
-):
+    sqb, sqt, sqr, sqc, sqh,
+    skb, skt, skr, skc, skh,
+    svb, svt, svr, svc, svh,
+    nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
+    FIRST: tl.constexpr, WRITE_Y: tl.constexpr, WRITE_LSE: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_L: tl.constexpr,
+):  # fmt: skip
     pid_afk = tl.program_id(0)
     pid_j = tl.program_id(1)
     pid_bh = tl.program_id(2)
@@ -104,7 +79,6 @@ def _stage_r_fwd(
         offs_l = l0 + tl.arange(0, BLOCK_L)
         mask_l = offs_l < b2
         k_blk = tl.load(k_base + offs_l[:, None] * skc + offs_d[None, :], mask=mask_l[:, None], other=0.0)
-        v_blk = tl.load(v_base + offs_l[:, None] * svc + offs_d[None, :], mask=mask_l[:, None], other=0.0)
         s = tl.dot(a_r, tl.trans(k_blk)) * row_scale[:, None]  # [BJ, D] @ [D, BL]
         s = tl.where(mask_l[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -113,7 +87,9 @@ def _stage_r_fwd(
         l_i = l_i * alpha + tl.sum(p, 1)
         ps_i = ps_i * alpha + tl.sum(p * tl.where(mask_l[None, :], s, 0.0), 1)
         acc_al = acc_al * alpha[:, None] + tl.dot(p.to(dtype), k_blk)  # [BJ, BL] @ [BL, D]
-        acc_y = acc_y * alpha[:, None] + tl.dot(p.to(dtype), v_blk)
+        if WRITE_Y:
+            v_blk = tl.load(v_base + offs_l[:, None] * svc + offs_d[None, :], mask=mask_l[:, None], other=0.0)
+            acc_y = acc_y * alpha[:, None] + tl.dot(p.to(dtype), v_blk)
         m_i = m_new
     lse = m_i + tl.log(l_i)
     c_l = ps_i / l_i - lse
@@ -122,35 +98,22 @@ def _stage_r_fwd(
     tl.store(
         AL + out_rows[:, None] * HEAD_DIM + offs_d[None, :], (acc_al / l_i[:, None]).to(dtype), mask=mask_j[:, None]
     )
-    tl.store(Y + out_rows[:, None] * HEAD_DIM + offs_d[None, :], (acc_y / l_i[:, None]).to(dtype), mask=mask_j[:, None])
     tl.store(CL + out_rows, c_l, mask=mask_j)
+    if WRITE_Y:
+        y_out = (acc_y / l_i[:, None]).to(dtype)
+        tl.store(Y + out_rows[:, None] * HEAD_DIM + offs_d[None, :], y_out, mask=mask_j[:, None])
+    if WRITE_LSE:
+        tl.store(LSE_R + out_rows, lse, mask=mask_j)
 
 
 @triton.jit
 def _stage_l_fwd(
-    Q,
-    AL,
-    Y,
-    CL,
-    Z,
-    LSE,
+    Q, AL, Y, CL, Z, LSE,
     sm_scale,
-    sqb,
-    sqt,
-    sqr,
-    sqc,
-    sqh,
-    nh,
-    num_q_tiles,
-    num_kv_tiles,
-    b1,
-    b2,
-    causal_block_tiles,
-    WRITE_Z: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_I: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
+    sqb, sqt, sqr, sqc, sqh,
+    nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
+    WRITE_Z: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
     pid_aj = tl.program_id(0)
     pid_i = tl.program_id(1)
     pid_bh = tl.program_id(2)
@@ -204,28 +167,12 @@ def _stage_l_fwd(
 
 @triton.jit
 def _stage_l_update(
-    Q,
-    AL,
-    CL,
-    LSE,
-    AR,
-    CR,
+    Q, AL, CL, LSE, AR, CR,
     sm_scale,
-    sqb,
-    sqt,
-    sqr,
-    sqc,
-    sqh,
-    nh,
-    num_q_tiles,
-    num_kv_tiles,
-    b1,
-    b2,
-    causal_block_tiles,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_I: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
+    sqb, sqt, sqr, sqc, sqh,
+    nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
+    HEAD_DIM: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
     pid_afj = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_bh = tl.program_id(2)

@@ -1,0 +1,261 @@
+"""Triton backward kernels of num_iters = 1 Monarch attention (SPEC section 1, Backward).
+
+Stored quantities are unscaled (see monarch_attention_fwd.py): aL = sum_l R K, S_R = s <Q, K>,
+S_L = s <Q, aL> - cL. In those terms, with D_L = <Z, dZ> - dlse:
+
+  dS_L = L (<dZ, Y> - D_L);  dY = sum_i L dZ;  dcL = -sum_i dS_L;  daL = s sum_i dS_L Q
+  dQ  += s sum_{f,k} dS_L aL                                         (_stage_l_bwd_q)
+  D_R  = <daL, aL> + <dY, Y> + dcL (1 + cL)                          (_stage_l_bwd_kv)
+  dR   = <daL, K> + <dY, V> + dcL (1 + log R);  dS_R = R (dR - D_R)
+  dK   = sum_{a,j} (s dS_R Q + R daL);  dV = sum_{a,j} R dY            (_stage_r_bwd_kv)
+  dQ  += s sum_{f,l} dS_R K                                          (_stage_r_bwd_q)
+
+Each kernel owns its outputs (no atomics): dQ is written by the stage-L kernel and then
+read-added by the stage-R kernel, one launch after the other. Scratch layouts are those of the
+forward: aL, Y, daL, dY ``[B, nh, A, F, b2(j), b1(k), d]``; cL, dcL, D_R, lse_R ``[B, nh, A, F, b2, b1]``;
+lse_L and D_L ``[B, A, b1, b2, nh]``; dQ ``[B, A, b1, b2, nh, d]``, dK and dV ``[B, F, b1, b2, nh, d]`` fp32.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _stage_l_bwd_kv(
+    Q, DZ, LSE, DELTA_L, AL, Y, CL, DAL, DY, DCL, DELTA_R,
+    sm_scale,
+    sqb, sqt, sqr, sqc, sqh,
+    szb, szt, szr, szc, szh,
+    nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
+    HEAD_DIM: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    pid_afj = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_bh = tl.program_id(2)
+    j = pid_afj % b2
+    f = (pid_afj // b2) % num_kv_tiles
+    a = pid_afj // (b2 * num_kv_tiles)
+    bb = (pid_bh // nh).to(tl.int64)
+    h = pid_bh % nh
+    if causal_block_tiles > 0:
+        if f // causal_block_tiles > a // causal_block_tiles:
+            return
+    dtype = Q.dtype.element_ty
+    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    offs_d = tl.arange(0, HEAD_DIM)
+    mask_k = offs_k < b1
+    row0 = ((((bb * nh + h) * num_q_tiles + a) * num_kv_tiles + f) * b2 + j) * b1
+    rows = row0 + offs_k
+    a_l = tl.load(AL + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=mask_k[:, None], other=0.0)
+    y = tl.load(Y + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=mask_k[:, None], other=0.0)
+    c_l = tl.load(CL + rows, mask=mask_k, other=0.0)
+    acc_dal = tl.zeros([BLOCK_K, HEAD_DIM], tl.float32)
+    acc_dy = tl.zeros([BLOCK_K, HEAD_DIM], tl.float32)
+    acc_dcl = tl.zeros([BLOCK_K], tl.float32)
+    for i0 in range(0, b1, BLOCK_I):
+        offs_i = i0 + tl.arange(0, BLOCK_I)
+        mask_i = offs_i < b1
+        q = tl.load(
+            Q + bb * sqb + a * sqt + offs_i[:, None] * sqr + j * sqc + h * sqh + offs_d[None, :],
+            mask=mask_i[:, None], other=0.0,
+        )  # fmt: skip
+        dz = tl.load(
+            DZ + bb * szb + a * szt + offs_i[:, None] * szr + j * szc + h * szh + offs_d[None, :],
+            mask=mask_i[:, None], other=0.0,
+        )  # fmt: skip
+        tok = ((bb * num_q_tiles + a) * b1 + offs_i) * b2 + j
+        lse = tl.load(LSE + tok * nh + h, mask=mask_i, other=float("inf"))
+        d_l = tl.load(DELTA_L + tok * nh + h, mask=mask_i, other=0.0)
+        s = tl.dot(q, tl.trans(a_l)) * sm_scale - c_l[None, :]  # [BI, BK]
+        p = tl.where(mask_k[None, :], tl.exp(s - lse[:, None]), 0.0)  # L
+        dp = tl.dot(dz, tl.trans(y))  # [BI, D] @ [D, BK]
+        ds = p * (dp - d_l[:, None])
+        acc_dy += tl.dot(tl.trans(p).to(dtype), dz)  # [BK, BI] @ [BI, D]
+        acc_dal += tl.dot(tl.trans(ds).to(dtype), q)
+        acc_dcl -= tl.sum(ds, 0)
+    acc_dal = acc_dal * sm_scale
+    delta_r = tl.sum(acc_dal * a_l.to(tl.float32), 1) + tl.sum(acc_dy * y.to(tl.float32), 1)
+    delta_r += acc_dcl * (1.0 + c_l)
+    tl.store(DAL + rows[:, None] * HEAD_DIM + offs_d[None, :], acc_dal.to(dtype), mask=mask_k[:, None])
+    tl.store(DY + rows[:, None] * HEAD_DIM + offs_d[None, :], acc_dy.to(dtype), mask=mask_k[:, None])
+    tl.store(DCL + rows, acc_dcl, mask=mask_k)
+    tl.store(DELTA_R + rows, delta_r, mask=mask_k)
+
+
+@triton.jit
+def _stage_l_bwd_q(
+    Q, DZ, LSE, DELTA_L, AL, Y, CL, DQ,
+    sm_scale,
+    sqb, sqt, sqr, sqc, sqh,
+    szb, szt, szr, szc, szh,
+    nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
+    HEAD_DIM: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    pid_aj = tl.program_id(0)
+    pid_i = tl.program_id(1)
+    pid_bh = tl.program_id(2)
+    j = pid_aj % b2
+    a = pid_aj // b2
+    bb = (pid_bh // nh).to(tl.int64)
+    h = pid_bh % nh
+    dtype = Q.dtype.element_ty
+    offs_i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
+    offs_d = tl.arange(0, HEAD_DIM)
+    mask_i = offs_i < b1
+    q = tl.load(
+        Q + bb * sqb + a * sqt + offs_i[:, None] * sqr + j * sqc + h * sqh + offs_d[None, :],
+        mask=mask_i[:, None], other=0.0,
+    )  # fmt: skip
+    dz = tl.load(
+        DZ + bb * szb + a * szt + offs_i[:, None] * szr + j * szc + h * szh + offs_d[None, :],
+        mask=mask_i[:, None], other=0.0,
+    )  # fmt: skip
+    tok = ((bb * num_q_tiles + a) * b1 + offs_i) * b2 + j
+    lse = tl.load(LSE + tok * nh + h, mask=mask_i, other=float("inf"))
+    d_l = tl.load(DELTA_L + tok * nh + h, mask=mask_i, other=0.0)
+    f_end = num_kv_tiles
+    if causal_block_tiles > 0:
+        f_end = tl.minimum(num_kv_tiles, (a // causal_block_tiles + 1) * causal_block_tiles)
+    acc = tl.zeros([BLOCK_I, HEAD_DIM], tl.float32)
+    bha = (bb * nh + h) * num_q_tiles + a
+    for f in range(0, f_end):
+        row0 = ((bha * num_kv_tiles + f) * b2 + j) * b1
+        for k0 in range(0, b1, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            mask_k = offs_k < b1
+            rows = row0 + offs_k
+            a_l = tl.load(AL + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=mask_k[:, None], other=0.0)
+            y = tl.load(Y + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=mask_k[:, None], other=0.0)
+            c_l = tl.load(CL + rows, mask=mask_k, other=0.0)
+            s = tl.dot(q, tl.trans(a_l)) * sm_scale - c_l[None, :]
+            p = tl.where(mask_k[None, :], tl.exp(s - lse[:, None]), 0.0)
+            ds = p * (tl.dot(dz, tl.trans(y)) - d_l[:, None])
+            acc += tl.dot(ds.to(dtype), a_l)  # [BI, BK] @ [BK, D]
+    tl.store(DQ + (tok[:, None] * nh + h) * HEAD_DIM + offs_d[None, :], acc * sm_scale, mask=mask_i[:, None])
+
+
+@triton.jit
+def _stage_r_grad_logits(q, k_blk, v_blk, lse_r, d_al, d_y, d_cl, delta_r, mask, sm_scale):
+    """R and dS_R of one [BJ, BL] block: rows j (query of row k), columns l."""
+    s = tl.dot(q, tl.trans(k_blk)) * sm_scale  # [BJ, D] @ [D, BL]
+    log_r = s - lse_r[:, None]
+    r = tl.where(mask, tl.exp(log_r), 0.0)
+    d_r = tl.dot(d_al, tl.trans(k_blk)) + tl.dot(d_y, tl.trans(v_blk)) + d_cl[:, None] * (1.0 + log_r)
+    return r, r * (d_r - delta_r[:, None])
+
+
+@triton.jit
+def _stage_r_bwd_kv(
+    Q, K, V, LSE_R, DAL, DY, DCL, DELTA_R, DK, DV,
+    sm_scale,
+    sqb, sqt, sqr, sqc, sqh,
+    skb, skt, skr, skc, skh,
+    svb, svt, svr, svc, svh,
+    nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
+    HEAD_DIM: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_L: tl.constexpr,
+):  # fmt: skip
+    pid_fk = tl.program_id(0)
+    pid_l = tl.program_id(1)
+    pid_bh = tl.program_id(2)
+    k_row = pid_fk % b1
+    f = pid_fk // b1
+    bb = (pid_bh // nh).to(tl.int64)
+    h = pid_bh % nh
+    dtype = Q.dtype.element_ty
+    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    offs_d = tl.arange(0, HEAD_DIM)
+    mask_l = offs_l < b2
+    k_blk = tl.load(
+        K + bb * skb + f * skt + k_row * skr + offs_l[:, None] * skc + h * skh + offs_d[None, :],
+        mask=mask_l[:, None], other=0.0,
+    )  # fmt: skip
+    v_blk = tl.load(
+        V + bb * svb + f * svt + k_row * svr + offs_l[:, None] * svc + h * svh + offs_d[None, :],
+        mask=mask_l[:, None], other=0.0,
+    )  # fmt: skip
+    a_start = 0
+    if causal_block_tiles > 0:
+        a_start = (f // causal_block_tiles) * causal_block_tiles
+    acc_dk = tl.zeros([BLOCK_L, HEAD_DIM], tl.float32)
+    acc_dv = tl.zeros([BLOCK_L, HEAD_DIM], tl.float32)
+    for a in range(a_start, num_q_tiles):
+        afk_base = ((bb * nh + h) * num_q_tiles + a) * num_kv_tiles + f
+        for j0 in range(0, b2, BLOCK_J):
+            offs_j = j0 + tl.arange(0, BLOCK_J)
+            mask_j = offs_j < b2
+            q = tl.load(
+                Q + bb * sqb + a * sqt + k_row * sqr + offs_j[:, None] * sqc + h * sqh + offs_d[None, :],
+                mask=mask_j[:, None], other=0.0,
+            )  # fmt: skip
+            rows = (afk_base * b2 + offs_j) * b1 + k_row
+            lse_r = tl.load(LSE_R + rows, mask=mask_j, other=0.0)
+            d_al = tl.load(DAL + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=mask_j[:, None], other=0.0)
+            d_y = tl.load(DY + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=mask_j[:, None], other=0.0)
+            d_cl = tl.load(DCL + rows, mask=mask_j, other=0.0)
+            delta_r = tl.load(DELTA_R + rows, mask=mask_j, other=0.0)
+            mask = mask_j[:, None] & mask_l[None, :]
+            r, ds = _stage_r_grad_logits(q, k_blk, v_blk, lse_r, d_al, d_y, d_cl, delta_r, mask, sm_scale)
+            r_t = tl.trans(r).to(dtype)
+            acc_dk += tl.dot(tl.trans(ds * sm_scale).to(dtype), q) + tl.dot(r_t, d_al)  # [BL, BJ] @ [BJ, D]
+            acc_dv += tl.dot(r_t, d_y)
+    out = (((bb * num_kv_tiles + f) * b1 + k_row) * b2 + offs_l) * nh + h
+    tl.store(DK + out[:, None] * HEAD_DIM + offs_d[None, :], acc_dk, mask=mask_l[:, None])
+    tl.store(DV + out[:, None] * HEAD_DIM + offs_d[None, :], acc_dv, mask=mask_l[:, None])
+
+
+@triton.jit
+def _stage_r_bwd_q(
+    Q, K, V, LSE_R, DAL, DY, DCL, DELTA_R, DQ,
+    sm_scale,
+    sqb, sqt, sqr, sqc, sqh,
+    skb, skt, skr, skc, skh,
+    svb, svt, svr, svc, svh,
+    nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
+    HEAD_DIM: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_L: tl.constexpr,
+):  # fmt: skip
+    pid_ak = tl.program_id(0)
+    pid_j = tl.program_id(1)
+    pid_bh = tl.program_id(2)
+    k_row = pid_ak % b1
+    a = pid_ak // b1
+    bb = (pid_bh // nh).to(tl.int64)
+    h = pid_bh % nh
+    dtype = Q.dtype.element_ty
+    offs_j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)
+    offs_d = tl.arange(0, HEAD_DIM)
+    mask_j = offs_j < b2
+    q = tl.load(
+        Q + bb * sqb + a * sqt + k_row * sqr + offs_j[:, None] * sqc + h * sqh + offs_d[None, :],
+        mask=mask_j[:, None], other=0.0,
+    )  # fmt: skip
+    f_end = num_kv_tiles
+    if causal_block_tiles > 0:
+        f_end = tl.minimum(num_kv_tiles, (a // causal_block_tiles + 1) * causal_block_tiles)
+    acc = tl.zeros([BLOCK_J, HEAD_DIM], tl.float32)
+    for f in range(0, f_end):
+        afk_base = ((bb * nh + h) * num_q_tiles + a) * num_kv_tiles + f
+        rows = (afk_base * b2 + offs_j) * b1 + k_row
+        lse_r = tl.load(LSE_R + rows, mask=mask_j, other=0.0)
+        d_al = tl.load(DAL + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=mask_j[:, None], other=0.0)
+        d_y = tl.load(DY + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=mask_j[:, None], other=0.0)
+        d_cl = tl.load(DCL + rows, mask=mask_j, other=0.0)
+        delta_r = tl.load(DELTA_R + rows, mask=mask_j, other=0.0)
+        for l0 in range(0, b2, BLOCK_L):
+            offs_l = l0 + tl.arange(0, BLOCK_L)
+            mask_l = offs_l < b2
+            k_blk = tl.load(
+                K + bb * skb + f * skt + k_row * skr + offs_l[:, None] * skc + h * skh + offs_d[None, :],
+                mask=mask_l[:, None], other=0.0,
+            )  # fmt: skip
+            v_blk = tl.load(
+                V + bb * svb + f * svt + k_row * svr + offs_l[:, None] * svc + h * svh + offs_d[None, :],
+                mask=mask_l[:, None], other=0.0,
+            )  # fmt: skip
+            mask = mask_j[:, None] & mask_l[None, :]
+            _, ds = _stage_r_grad_logits(q, k_blk, v_blk, lse_r, d_al, d_y, d_cl, delta_r, mask, sm_scale)
+            acc += tl.dot(ds.to(dtype), k_blk)  # [BJ, BL] @ [BL, D]
+    tok = ((bb * num_q_tiles + a) * b1 + k_row) * b2 + offs_j
+    p_dq = DQ + (tok[:, None] * nh + h) * HEAD_DIM + offs_d[None, :]
+    tl.store(p_dq, tl.load(p_dq, mask=mask_j[:, None], other=0.0) + acc * sm_scale, mask=mask_j[:, None])
