@@ -18,11 +18,9 @@ import torch
 import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shapes import ATTENTION_SHAPES  # noqa: E402
-
-import monarchrt_ops as m  # noqa: E402
-from monarchrt_ops.problem import AttentionProblem  # noqa: E402
+import monarchrt_ops as m
+from monarchrt_ops.autotune.shapes import ATTENTION_SHAPES
+from monarchrt_ops.problem import AttentionProblem
 
 SDPA_BACKENDS = {
     "cudnn": SDPBackend.CUDNN_ATTENTION,

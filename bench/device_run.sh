@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# One call on the GPU machine: install, GPU test tier, benchmarks; results under $OUT.
-#   bash bench/device_run.sh [bench args...]
+# One call on the GPU machine: install, GPU test tier, (optionally) tune, benchmarks; results under $OUT.
+#   [TUNE="--shapes ... --trials N --backward"] bash bench/device_run.sh [bench args...]
+# Carry .whl (optuna and its needs, which the image lacks) for the tuner; see bench/NOTES.md.
 set -uo pipefail
 OUT=${OUT:-/tmp/monarchrt-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
 fi
-python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . 2>&1 | tail -2
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . 2>&1 | grep -v Warning | tail -2
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
+timeout 240 python3 -m pytest -q tests/test_attention_triton.py 2>&1 | tee "$OUT/pytest.txt" | tail -4
+if [ -n "${TUNE:-}" ]; then
+  # shellcheck disable=SC2086
+  timeout 330 python3 -m monarchrt_ops.autotune.cli --gpu "${GPU_TABLE:-h100}" --out "$OUT" $TUNE 2>&1 | tee "$OUT/tune.txt"
+  export MONARCHRT_TUNED_CONFIGS="$OUT"
+fi
 python3 -m monarchrt_ops info | tee "$OUT/info.txt"
-timeout 300 python3 -m pytest -q -x tests/test_attention_triton.py 2>&1 | tee "$OUT/pytest.txt" | tail -5
 python3 bench/bench_attention.py --json "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.txt"

@@ -12,10 +12,12 @@ architecture's preference order and logs each fallback once, with the reason.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .arch import Arch
+from .autotune import tables
 
 logger = logging.getLogger("monarchrt_ops")
 
@@ -98,17 +100,50 @@ def select(op: str, problem: Any, arch: Arch, backend: str | None = None) -> Sel
     raise ValueError(f"no backend of {op} can run this call: {rejected}")
 
 
+def strict_mode() -> bool:
+    """``MONARCHRT_STRICT=1``: serving refuses configs that no tuned table holds for the shape."""
+    return os.environ.get("MONARCHRT_STRICT") == "1"
+
+
 def _config_for(op: str, backend: Backend, problem: Any, arch: Arch) -> tuple[Config, str]:
+    """Tuned table (exact -> nearest bucket -> same architecture), else the backend default."""
+    found = None
+    if arch.is_cuda:
+        gpu = tables.gpu_table_name(arch.device_name)
+        found = tables.lookup(op, backend.name, problem.key(), gpu, arch.family)
+    if found is not None:
+        reason = backend.is_valid(found.config, problem, arch)
+        if reason is None:
+            return found.config, f"tuned table {found.table}.json: {found.step}"
+        _log_once(op, f"table {found.table}", reason, f"ignoring the tuned config {found.config}")
+    if strict_mode() and backend.search_space(problem, arch):
+        raise RuntimeError(
+            f"MONARCHRT_STRICT=1: no tuned {backend.name} config for {op} {problem.key()} on {arch.device_name}; "
+            f"run monarchrt-tune on this GPU or unset MONARCHRT_STRICT"
+        )
     config = backend.default_config(problem, arch)
     reason = backend.is_valid(config, problem, arch)
     if reason is not None:
         raise RuntimeError(f"{backend.name} default config {config} for {op} is invalid: {reason}")
-    return config, "backend default"
+    return config, _default_reason(arch)
+
+
+def _default_reason(arch: Arch) -> str:
+    if not arch.is_cuda:
+        return "backend default"
+    gpu = tables.gpu_table_name(arch.device_name)
+    if gpu is None:
+        return f"backend default: {arch.device_name} is a GPU we have no table for"
+    return f"backend default: no entry for this problem in {gpu}.json or a same-architecture table"
 
 
 def _log_fallbacks(op: str, rejected: list[tuple[str, str]], chosen: str) -> None:
     for name, reason in rejected:
-        key = (op, name, reason)
-        if key not in _logged_fallbacks:
-            _logged_fallbacks.add(key)
-            logger.warning("%s: not using backend %r (%s); using %r", op, name, reason, chosen)
+        _log_once(op, f"backend {name!r}", reason, f"using {chosen!r}")
+
+
+def _log_once(op: str, what: str, reason: str, action: str) -> None:
+    key = (op, what, reason)
+    if key not in _logged_fallbacks:
+        _logged_fallbacks.add(key)
+        logger.warning("%s: not using %s (%s); %s", op, what, reason, action)

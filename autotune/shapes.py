@@ -1,0 +1,46 @@
+"""The one list of shapes, shared by every benchmark (bench/) and the tuner."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    name: str
+    q_frames: int
+    kv_frames: int
+    frame_shape: tuple[int, int]
+    heads: int = 12
+    head_dim: int = 128
+    batch: int = 1
+    causal_block_frames: int | None = None
+
+
+# Self-Forcing / Wan 2.1 1.3B: 30x52 tokens a frame, 12 heads, d=128 (SPEC section 5).
+SELF_FORCING_BIDIR = AttentionShape("self-forcing-bidir-21", 21, 21, (30, 52))
+SELF_FORCING_AR = AttentionShape("self-forcing-ar-3-vs-21", 3, 21, (30, 52))
+SELF_FORCING_CAUSAL = AttentionShape("self-forcing-causal-21-blocks-3", 21, 21, (30, 52), causal_block_frames=3)
+WAN_720P = AttentionShape("wan-720p-21", 21, 21, (45, 80))
+SMALL = AttentionShape("small-4-frames-12x20", 4, 4, (12, 20), heads=4, head_dim=64)
+
+ATTENTION_SHAPES = [SELF_FORCING_BIDIR, SELF_FORCING_AR, SELF_FORCING_CAUSAL, WAN_720P, SMALL]
+
+
+def shape_by_name(name: str) -> AttentionShape:
+    for s in ATTENTION_SHAPES:
+        if s.name == name:
+            return s
+    raise ValueError(f"unknown shape {name!r}; known: {[s.name for s in ATTENTION_SHAPES]}")
+
+
+def attention_inputs(shape: AttentionShape, dtype, device, seed: int = 0, heads: int | None = None):
+    """Random natural-order ``q, k, v`` for a shape (never zeros: they time and test unlike data)."""
+    import torch
+
+    hw = shape.frame_shape[0] * shape.frame_shape[1]
+    gen = torch.Generator(device=device).manual_seed(seed)
+    nh = heads or shape.heads
+
+    def mk(frames):
+        return torch.randn(shape.batch, frames * hw, nh, shape.head_dim, device=device, generator=gen).to(dtype)
+
+    return mk(shape.q_frames), mk(shape.kv_frames), mk(shape.kv_frames)

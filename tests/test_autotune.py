@@ -1,0 +1,148 @@
+"""The tuner against synthetic timings, and the config tables' write / read / lookup / fallbacks."""
+
+import json
+import math
+import warnings
+
+import pytest
+
+from monarchrt_ops.autotune import tables
+from monarchrt_ops.autotune.search import Measurement, search, valid_grid
+
+pytest.importorskip("optuna")
+
+SPACE = {"a": [16, 32, 64, 128], "b": [16, 32, 64, 128], "w": [2, 4, 8], "s": [1, 2, 3, 4]}
+
+
+def is_valid(c):
+    return None if c["a"] * c["b"] <= 4096 else f"a*b={c['a'] * c['b']} > 4096"
+
+
+def model(c):
+    """A bowl with its minimum at a=32, b=16, w=4, s=3, plus deterministic ripple."""
+    t = 1 + 0.3 * (math.log2(c["a"]) - 5) ** 2 + 0.2 * (math.log2(c["b"]) - 4) ** 2
+    t += 0.05 * (c["w"] - 4) ** 2 + 0.1 * abs(c["s"] - 3)
+    return t * (1 + 0.001 * ((c["a"] * 7 + c["b"] * 3 + c["w"] + c["s"]) % 5))
+
+
+class Counter:
+    def __init__(self, wrong=()):
+        self.calls, self.wrong = [], wrong
+
+    def __call__(self, c):
+        assert is_valid(c) is None, "an invalid config reached the timer"
+        self.calls.append(dict(c))
+        if (c["a"], c["b"], c["w"], c["s"]) in self.wrong:
+            return Measurement(0.5, ok=False, error="rel_err 0.3 > 0.015")
+        return Measurement(model(c), (model(c) * 0.99, model(c) * 1.01))
+
+
+def best_valid():
+    return min(model(c) for c in valid_grid(SPACE, is_valid))
+
+
+def test_finds_the_optimum_in_a_fraction_of_the_grid():
+    grid = valid_grid(SPACE, is_valid)
+    timer = Counter()
+    res = search(SPACE, is_valid, timer, n_trials=40, seed=1, progress=lambda s: None)
+    assert len(grid) > 3 * 40
+    assert res.measurement.time_ms <= best_valid() * 1.03
+    assert len(timer.calls) <= 40 + 3  # trials plus the top-3 re-timing
+
+
+def test_is_deterministic_under_a_seed():
+    a, b = Counter(), Counter()
+    ra = search(SPACE, is_valid, a, n_trials=15, seed=7, progress=lambda s: None)
+    rb = search(SPACE, is_valid, b, n_trials=15, seed=7, progress=lambda s: None)
+    assert ra.config == rb.config and a.calls == b.calls
+
+
+def test_resumes_an_interrupted_study(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    first = Counter()
+    search(
+        SPACE, is_valid, first, n_trials=10, seed=3, storage=storage, study_name="t", top_k=1, progress=lambda s: None
+    )
+    second = Counter()
+    res = search(SPACE, is_valid, second, n_trials=25, seed=3, storage=storage, study_name="t", resume=True,
+                 top_k=1, progress=lambda s: None)  # fmt: skip
+    assert len(second.calls) == 15 + 1  # only the missing trials, then one re-time
+    assert res.trials == 25
+    assert not {json.dumps(c, sort_keys=True) for c in second.calls[:-1]} & {
+        json.dumps(c, sort_keys=True) for c in first.calls[:-1]
+    }
+
+
+def test_small_space_is_swept_and_wrong_configs_never_win():
+    space = {"a": [16, 32], "b": [16, 32, 64], "w": [4], "s": [3]}
+    optimum = min(valid_grid(space, is_valid), key=model)
+    timer = Counter(wrong={(optimum["a"], optimum["b"], 4, 3)})
+    res = search(space, is_valid, timer, n_trials=10, seed=0, progress=lambda s: None)
+    as_ids = lambda cs: sorted(json.dumps(c, sort_keys=True) for c in cs)  # noqa: E731
+    assert as_ids(timer.calls[:6]) == as_ids(valid_grid(space, is_valid))
+    assert res.config != optimum and res.pruned_wrong == 1
+
+
+def test_no_valid_config_is_an_error():
+    with pytest.raises(ValueError, match="no valid config"):
+        search({"a": [256], "b": [256], "w": [4], "s": [1]}, is_valid, Counter(), n_trials=5, progress=lambda s: None)
+
+
+KEY = {"b1": 30, "b2": 52, "head_dim": 128, "dtype": "bfloat16", "causal_block_tiles": 0, "num_iters": 1,
+       "backward": False}  # fmt: skip
+
+
+def entry(q_tiles, config, kv_tiles=21):
+    return {"op": "attention", "backend": "triton", "key": KEY, "config": config, "time_ms": 1.0,
+            "bucket": {"q_tiles": q_tiles, "kv_tiles": kv_tiles, "batch": 1, "heads": 12}}  # fmt: skip
+
+
+@pytest.fixture
+def table_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("MONARCHRT_TUNED_CONFIGS", str(tmp_path))
+    tables.clear_cache()
+    yield tmp_path
+    tables.clear_cache()
+
+
+def prov(family="sm90"):
+    return {"gpu_name": "NVIDIA H100 80GB HBM3", "family": family, "source_hash": tables.source_hash()}
+
+
+def test_table_round_trip_and_lookup_steps(table_dir):
+    tables.write_table(table_dir / "h100.json", "h100", prov(), [entry(21, {"x": 1}), entry(3, {"x": 2})])
+    problem = {**KEY, "q_tiles": 3, "kv_tiles": 21, "batch": 1, "heads": 12}
+    hit = tables.lookup("attention", "triton", problem, "h100", "sm90")
+    assert (hit.config, hit.step) == ({"x": 2}, "exact")
+    hit = tables.lookup("attention", "triton", {**problem, "q_tiles": 18}, "h100", "sm90")
+    assert (hit.config, hit.step) == ({"x": 1}, "nearest bucket")
+    # an H200 shares the sm90 family: it borrows the H100 table
+    hit = tables.lookup("attention", "triton", problem, "h200", "sm90")
+    assert hit.step == "same architecture (h100)"
+    # another architecture, or another exact key, gets nothing: the backend default
+    assert tables.lookup("attention", "triton", problem, "b200", "sm100") is None
+    assert tables.lookup("attention", "triton", {**problem, "head_dim": 64}, "h100", "sm90") is None
+
+
+def test_rewriting_replaces_entries_with_the_same_identity(table_dir):
+    path = table_dir / "h100.json"
+    tables.write_table(path, "h100", prov(), [entry(21, {"x": 1})])
+    tables.write_table(path, "h100", prov(), [entry(21, {"x": 5}), entry(7, {"x": 6})])
+    data = json.loads(path.read_text())
+    assert sorted(e["config"]["x"] for e in data["entries"]) == [5, 6]
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"schema": 99, "entries": []}), json.dumps([1])])
+def test_corrupted_table_warns_and_is_ignored(table_dir, content):
+    (table_dir / "h100.json").write_text(content)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert tables.lookup("attention", "triton", {**KEY, "q_tiles": 3}, "h100", "sm90") is None
+    assert any("ignoring tuned config table" in str(w.message) for w in caught)
+
+
+def test_gpu_names():
+    assert tables.gpu_table_name("NVIDIA H100 80GB HBM3") == "h100"
+    assert tables.gpu_table_name("NVIDIA H200") == "h200"
+    assert tables.gpu_table_name("NVIDIA GeForce RTX 5090") == "rtx5090"
+    assert tables.gpu_table_name("Tesla T4") is None
