@@ -18,6 +18,11 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+def _dot_precision(dtype: torch.dtype) -> str:
+    # fp32 inputs get 3-pass tf32 (about fp32 accuracy; one tf32 pass loses ~2e-3 over two stages)
+    return "tf32x3" if dtype == torch.float32 else "tf32"
+
+
 class _Scratch:
     """Stage-R intermediates, heads first: aL, Y ``[B, nh, A, F, b2, b1, d]``; cL ``[B, nh, A, F, b2, b1]``."""
 
@@ -36,7 +41,8 @@ def _stage_r(q, k, v, sc: _Scratch, a_r, c_r, sm_scale, common, config, write_y=
     _stage_r_fwd[grid](
         q, k, v, q if a_r is None else a_r, sc.c_l if c_r is None else c_r, sc.a_l, sc.y, sc.c_l, sc.lse_r,
         sm_scale, *q.stride()[:5], *k.stride()[:5], *v.stride()[:5], *common,
-        FIRST=a_r is None, WRITE_Y=write_y, WRITE_LSE=write_lse, HEAD_DIM=q.shape[5],
+        FIRST=a_r is None, WRITE_Y=write_y, WRITE_LSE=write_lse,
+        HEAD_DIM=q.shape[5], DOT_PRECISION=_dot_precision(q.dtype),
         BLOCK_J=config["block_j"], BLOCK_L=config["block_l"], num_warps=config["r_warps"],
         num_stages=config["num_stages"],
     )  # fmt: skip
@@ -58,7 +64,8 @@ def monarch_attention_fwd(q, k, v, *, sm_scale: float, causal_block_tiles: int, 
         _stage_r(q, k, v, sc, a_r, c_r, sm_scale, common, config, write_y=last)
         _stage_l_fwd[grid_l](
             q, sc.a_l, sc.y, sc.c_l, z, lse, sm_scale, *q.stride()[:5], *common,
-            WRITE_Z=last, HEAD_DIM=d, BLOCK_I=config["block_i"], BLOCK_K=config["block_k"],
+            WRITE_Z=last, HEAD_DIM=d, DOT_PRECISION=_dot_precision(q.dtype),
+            BLOCK_I=config["block_i"], BLOCK_K=config["block_k"],
             num_warps=config["l_warps"], num_stages=config["num_stages"],
         )  # fmt: skip
         if not last:
@@ -68,7 +75,8 @@ def monarch_attention_fwd(q, k, v, *, sm_scale: float, causal_block_tiles: int, 
             grid_u = (n_a * n_f * b2, triton.cdiv(b1, config["block_k"]), bsz * nh)
             _stage_l_update[grid_u](
                 q, sc.a_l, sc.c_l, lse, a_r, c_r, sm_scale, *q.stride()[:5], *common,
-                HEAD_DIM=d, BLOCK_I=config["block_i"], BLOCK_K=config["block_k"],
+                HEAD_DIM=d, DOT_PRECISION=_dot_precision(q.dtype),
+                BLOCK_I=config["block_i"], BLOCK_K=config["block_k"],
                 num_warps=config["l_warps"], num_stages=config["num_stages"],
             )  # fmt: skip
     return z, lse
@@ -96,9 +104,11 @@ def monarch_attention_bwd(dz, dlse, q, k, v, z, lse, *, sm_scale: float, causal_
     dk = torch.empty(k.shape[:4] + (nh, d), dtype=torch.float32, device=q.device)
     dv = torch.empty_like(dk)
     strides_q = (*q.stride()[:5], *dz.stride()[:5])
-    l_meta = dict(HEAD_DIM=d, BLOCK_I=config["block_i"], BLOCK_K=config["block_k"],
+    l_meta = dict(HEAD_DIM=d, DOT_PRECISION=_dot_precision(q.dtype),
+                  BLOCK_I=config["block_i"], BLOCK_K=config["block_k"],
                   num_warps=config["l_warps"], num_stages=config["num_stages"])  # fmt: skip
-    r_meta = dict(HEAD_DIM=d, BLOCK_J=config["block_j"], BLOCK_L=config["block_l"],
+    r_meta = dict(HEAD_DIM=d, DOT_PRECISION=_dot_precision(q.dtype),
+                  BLOCK_J=config["block_j"], BLOCK_L=config["block_l"],
                   num_warps=config["r_warps"], num_stages=config["num_stages"])  # fmt: skip
     _stage_l_bwd_kv[(n_a * n_f * b2, triton.cdiv(b1, config["block_k"]), bsz * nh)](
         q, dz, lse, delta_l, sc.a_l, sc.y, sc.c_l, da_l, dy, dc_l, delta_r, sm_scale, *strides_q, *common, **l_meta

@@ -29,7 +29,7 @@ def _stage_l_bwd_kv(
     sqb, sqt, sqr, sqc, sqh,
     szb, szt, szr, szc, szh,
     nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
-    HEAD_DIM: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
+    HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     pid_afj = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -68,12 +68,12 @@ def _stage_l_bwd_kv(
         tok = ((bb * num_q_tiles + a) * b1 + offs_i) * b2 + j
         lse = tl.load(LSE + tok * nh + h, mask=mask_i, other=float("inf"))
         d_l = tl.load(DELTA_L + tok * nh + h, mask=mask_i, other=0.0)
-        s = tl.dot(q, tl.trans(a_l)) * sm_scale - c_l[None, :]  # [BI, BK]
+        s = tl.dot(q, tl.trans(a_l), input_precision=DOT_PRECISION) * sm_scale - c_l[None, :]  # [BI, BK]
         p = tl.where(mask_k[None, :], tl.exp(s - lse[:, None]), 0.0)  # L
-        dp = tl.dot(dz, tl.trans(y))  # [BI, D] @ [D, BK]
+        dp = tl.dot(dz, tl.trans(y), input_precision=DOT_PRECISION)  # [BI, D] @ [D, BK]
         ds = p * (dp - d_l[:, None])
-        acc_dy += tl.dot(tl.trans(p).to(dtype), dz)  # [BK, BI] @ [BI, D]
-        acc_dal += tl.dot(tl.trans(ds).to(dtype), q)
+        acc_dy += tl.dot(tl.trans(p).to(dtype), dz, input_precision=DOT_PRECISION)  # [BK, BI] @ [BI, D]
+        acc_dal += tl.dot(tl.trans(ds).to(dtype), q, input_precision=DOT_PRECISION)
         acc_dcl -= tl.sum(ds, 0)
     acc_dal = acc_dal * sm_scale
     delta_r = tl.sum(acc_dal * a_l.to(tl.float32), 1) + tl.sum(acc_dy * y.to(tl.float32), 1)
@@ -91,7 +91,7 @@ def _stage_l_bwd_q(
     sqb, sqt, sqr, sqc, sqh,
     szb, szt, szr, szc, szh,
     nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
-    HEAD_DIM: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
+    HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     pid_aj = tl.program_id(0)
     pid_i = tl.program_id(1)
@@ -129,20 +129,24 @@ def _stage_l_bwd_q(
             a_l = tl.load(AL + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=mask_k[:, None], other=0.0)
             y = tl.load(Y + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=mask_k[:, None], other=0.0)
             c_l = tl.load(CL + rows, mask=mask_k, other=0.0)
-            s = tl.dot(q, tl.trans(a_l)) * sm_scale - c_l[None, :]
+            s = tl.dot(q, tl.trans(a_l), input_precision=DOT_PRECISION) * sm_scale - c_l[None, :]
             p = tl.where(mask_k[None, :], tl.exp(s - lse[:, None]), 0.0)
-            ds = p * (tl.dot(dz, tl.trans(y)) - d_l[:, None])
-            acc += tl.dot(ds.to(dtype), a_l)  # [BI, BK] @ [BK, D]
+            ds = p * (tl.dot(dz, tl.trans(y), input_precision=DOT_PRECISION) - d_l[:, None])
+            acc += tl.dot(ds.to(dtype), a_l, input_precision=DOT_PRECISION)  # [BI, BK] @ [BK, D]
     tl.store(DQ + (tok[:, None] * nh + h) * HEAD_DIM + offs_d[None, :], acc * sm_scale, mask=mask_i[:, None])
 
 
 @triton.jit
-def _stage_r_grad_logits(q, k_blk, v_blk, lse_r, d_al, d_y, d_cl, delta_r, mask, sm_scale):
+def _stage_r_grad_logits(q, k_blk, v_blk, lse_r, d_al, d_y, d_cl, delta_r, mask, sm_scale, DOT_PRECISION: tl.constexpr):
     """R and dS_R of one [BJ, BL] block: rows j (query of row k), columns l."""
-    s = tl.dot(q, tl.trans(k_blk)) * sm_scale  # [BJ, D] @ [D, BL]
+    s = tl.dot(q, tl.trans(k_blk), input_precision=DOT_PRECISION) * sm_scale  # [BJ, D] @ [D, BL]
     log_r = s - lse_r[:, None]
     r = tl.where(mask, tl.exp(log_r), 0.0)
-    d_r = tl.dot(d_al, tl.trans(k_blk)) + tl.dot(d_y, tl.trans(v_blk)) + d_cl[:, None] * (1.0 + log_r)
+    d_r = (
+        tl.dot(d_al, tl.trans(k_blk), input_precision=DOT_PRECISION)
+        + tl.dot(d_y, tl.trans(v_blk), input_precision=DOT_PRECISION)
+        + d_cl[:, None] * (1.0 + log_r)
+    )
     return r, r * (d_r - delta_r[:, None])
 
 
@@ -154,7 +158,7 @@ def _stage_r_bwd_kv(
     skb, skt, skr, skc, skh,
     svb, svt, svr, svc, svh,
     nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
-    HEAD_DIM: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_L: tl.constexpr,
+    HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
     pid_fk = tl.program_id(0)
     pid_l = tl.program_id(1)
@@ -196,10 +200,13 @@ def _stage_r_bwd_kv(
             d_cl = tl.load(DCL + rows, mask=mask_j, other=0.0)
             delta_r = tl.load(DELTA_R + rows, mask=mask_j, other=0.0)
             mask = mask_j[:, None] & mask_l[None, :]
-            r, ds = _stage_r_grad_logits(q, k_blk, v_blk, lse_r, d_al, d_y, d_cl, delta_r, mask, sm_scale)
+            r, ds = _stage_r_grad_logits(
+                q, k_blk, v_blk, lse_r, d_al, d_y, d_cl, delta_r, mask, sm_scale, DOT_PRECISION
+            )
             r_t = tl.trans(r).to(dtype)
-            acc_dk += tl.dot(tl.trans(ds * sm_scale).to(dtype), q) + tl.dot(r_t, d_al)  # [BL, BJ] @ [BJ, D]
-            acc_dv += tl.dot(r_t, d_y)
+            acc_dk += tl.dot(tl.trans(ds * sm_scale).to(dtype), q, input_precision=DOT_PRECISION)  # [BL, BJ] @ [BJ, D]
+            acc_dk += tl.dot(r_t, d_al, input_precision=DOT_PRECISION)
+            acc_dv += tl.dot(r_t, d_y, input_precision=DOT_PRECISION)
     out = (((bb * num_kv_tiles + f) * b1 + k_row) * b2 + offs_l) * nh + h
     tl.store(DK + out[:, None] * HEAD_DIM + offs_d[None, :], acc_dk, mask=mask_l[:, None])
     tl.store(DV + out[:, None] * HEAD_DIM + offs_d[None, :], acc_dv, mask=mask_l[:, None])
@@ -213,7 +220,7 @@ def _stage_r_bwd_q(
     skb, skt, skr, skc, skh,
     svb, svt, svr, svc, svh,
     nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
-    HEAD_DIM: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_L: tl.constexpr,
+    HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
     pid_ak = tl.program_id(0)
     pid_j = tl.program_id(1)
@@ -254,8 +261,10 @@ def _stage_r_bwd_q(
                 mask=mask_l[:, None], other=0.0,
             )  # fmt: skip
             mask = mask_j[:, None] & mask_l[None, :]
-            _, ds = _stage_r_grad_logits(q, k_blk, v_blk, lse_r, d_al, d_y, d_cl, delta_r, mask, sm_scale)
-            acc += tl.dot(ds.to(dtype), k_blk)  # [BJ, BL] @ [BL, D]
+            _, ds = _stage_r_grad_logits(
+                q, k_blk, v_blk, lse_r, d_al, d_y, d_cl, delta_r, mask, sm_scale, DOT_PRECISION
+            )
+            acc += tl.dot(ds.to(dtype), k_blk, input_precision=DOT_PRECISION)  # [BJ, BL] @ [BL, D]
     tok = ((bb * num_q_tiles + a) * b1 + k_row) * b2 + offs_j
     p_dq = DQ + (tok[:, None] * nh + h) * HEAD_DIM + offs_d[None, :]
     tl.store(p_dq, tl.load(p_dq, mask=mask_j[:, None], other=0.0) + acc * sm_scale, mask=mask_j[:, None])

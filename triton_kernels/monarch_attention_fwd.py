@@ -25,8 +25,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-TEMPERATURE_EPS = 1e-6
-TEMPERATURE_MAX = 1e4
+TEMPERATURE_EPS = tl.constexpr(1e-6)
+TEMPERATURE_MAX = tl.constexpr(1e4)
 
 
 @triton.jit
@@ -38,7 +38,7 @@ def _stage_r_fwd(
     svb, svt, svr, svc, svh,
     nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
     FIRST: tl.constexpr, WRITE_Y: tl.constexpr, WRITE_LSE: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_L: tl.constexpr,
+    HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
     pid_afk = tl.program_id(0)
     pid_j = tl.program_id(1)
@@ -79,17 +79,19 @@ def _stage_r_fwd(
         offs_l = l0 + tl.arange(0, BLOCK_L)
         mask_l = offs_l < b2
         k_blk = tl.load(k_base + offs_l[:, None] * skc + offs_d[None, :], mask=mask_l[:, None], other=0.0)
-        s = tl.dot(a_r, tl.trans(k_blk)) * row_scale[:, None]  # [BJ, D] @ [D, BL]
+        s = tl.dot(a_r, tl.trans(k_blk), input_precision=DOT_PRECISION) * row_scale[:, None]  # [BJ, D] @ [D, BL]
         s = tl.where(mask_l[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         ps_i = ps_i * alpha + tl.sum(p * tl.where(mask_l[None, :], s, 0.0), 1)
-        acc_al = acc_al * alpha[:, None] + tl.dot(p.to(dtype), k_blk)  # [BJ, BL] @ [BL, D]
+        acc_al = acc_al * alpha[:, None] + tl.dot(
+            p.to(dtype), k_blk, input_precision=DOT_PRECISION
+        )  # [BJ, BL] @ [BL, D]
         if WRITE_Y:
             v_blk = tl.load(v_base + offs_l[:, None] * svc + offs_d[None, :], mask=mask_l[:, None], other=0.0)
-            acc_y = acc_y * alpha[:, None] + tl.dot(p.to(dtype), v_blk)
+            acc_y = acc_y * alpha[:, None] + tl.dot(p.to(dtype), v_blk, input_precision=DOT_PRECISION)
         m_i = m_new
     lse = m_i + tl.log(l_i)
     c_l = ps_i / l_i - lse
@@ -112,7 +114,8 @@ def _stage_l_fwd(
     sm_scale,
     sqb, sqt, sqr, sqc, sqh,
     nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
-    WRITE_Z: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
+    WRITE_Z: tl.constexpr, HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     pid_aj = tl.program_id(0)
     pid_i = tl.program_id(1)
@@ -144,7 +147,7 @@ def _stage_l_fwd(
             mask_k = offs_k < b1
             a_l = tl.load(AL + (row0 + offs_k[:, None]) * HEAD_DIM + offs_d[None, :], mask=mask_k[:, None], other=0.0)
             c_l = tl.load(CL + row0 + offs_k, mask=mask_k, other=0.0)
-            s = tl.dot(q, tl.trans(a_l)) * sm_scale - c_l[None, :]  # [BI, D] @ [D, BK]
+            s = tl.dot(q, tl.trans(a_l), input_precision=DOT_PRECISION) * sm_scale - c_l[None, :]  # [BI, D] @ [D, BK]
             s = tl.where(mask_k[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             alpha = tl.exp(m_i - m_new)
@@ -152,7 +155,7 @@ def _stage_l_fwd(
             l_i = l_i * alpha + tl.sum(p, 1)
             if WRITE_Z:
                 y = tl.load(Y + (row0 + offs_k[:, None]) * HEAD_DIM + offs_d[None, :], mask=mask_k[:, None], other=0.0)
-                acc = acc * alpha[:, None] + tl.dot(p.to(dtype), y)  # [BI, BK] @ [BK, D]
+                acc = acc * alpha[:, None] + tl.dot(p.to(dtype), y, input_precision=DOT_PRECISION)  # [BI, BK] @ [BK, D]
             m_i = m_new
     # LSE and Z are contiguous [B, A, b1, b2, nh] and [B, A, b1, b2, nh, D]
     tok = ((bb * num_q_tiles + a) * b1 + offs_i) * b2 + j
@@ -171,7 +174,7 @@ def _stage_l_update(
     sm_scale,
     sqb, sqt, sqr, sqc, sqh,
     nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
-    HEAD_DIM: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
+    HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     pid_afj = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -204,10 +207,10 @@ def _stage_l_update(
         )
         tok = ((bb * num_q_tiles + a) * b1 + offs_i) * b2 + j
         lse = tl.load(LSE + tok * nh + h, mask=mask_i, other=float("inf"))
-        s = tl.dot(q, tl.trans(a_l)) * sm_scale - c_l[None, :]  # [BI, BK]
+        s = tl.dot(q, tl.trans(a_l), input_precision=DOT_PRECISION) * sm_scale - c_l[None, :]  # [BI, BK]
         p = tl.exp(s - lse[:, None])  # L[a, i, j, f, k], 0 on padded i
         p = tl.where(mask_k[None, :], p, 0.0)
-        acc += tl.dot(tl.trans(p).to(dtype), q)  # [BK, BI] @ [BI, D]
+        acc += tl.dot(tl.trans(p).to(dtype), q, input_precision=DOT_PRECISION)  # [BK, BI] @ [BI, D]
         c_r += tl.sum(p, 0)
     rows = (afk_base * b1 + offs_k) * b2 + j  # [b, h, a, f, k, j]
     tl.store(AR + rows[:, None] * HEAD_DIM + offs_d[None, :], acc.to(dtype), mask=mask_k[:, None])
