@@ -22,10 +22,12 @@ import torch
 
 from . import backends as _backends  # noqa: F401  (registers the backends)
 from .arch import arch_of
+from .hadamard_matrices import factor
 from .layout import Tiling, from_tiles, to_tiles
-from .problem import AttentionProblem
+from .problem import AttentionProblem, HadamardProblem, MonarchMatmulProblem
 from .reference import compute_dtype
 from .registry import select
+from .structured_reference import reference_monarch_matmul_backward
 
 NAMESPACE = os.environ.get("MONARCHRT_OPS_NAMESPACE", "monarchrt")
 
@@ -123,6 +125,56 @@ def _kv_cache_write_impl(k_cache, v_cache, new_k, new_v, start):
     v_cache[:, start : start + n].copy_(new_v)
 
 
+def _hadamard_rows(x, out, scale, transpose, backend):
+    """Run the chosen backend on 2-D row views ``x, out [rows, n]`` (out may be x)."""
+    n = x.shape[-1]
+    m, n2 = factor(n)
+    if x.numel():
+        problem = HadamardProblem(x.shape[0], n, m, x.dtype)
+        sel = select("hadamard", problem, arch_of(x.device), backend or None)
+        sel.backend.launch(sel.config, x, out, m=m, n2=n2, scale=scale, transpose=transpose)
+    return out
+
+
+def _hadamard_impl(x, scale, transpose, backend):
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    return _hadamard_rows(x2, torch.empty_like(x2), scale, transpose, backend).reshape(x.shape)
+
+
+def _hadamard_inplace_impl(x, scale, transpose, backend):
+    x2 = x.view(-1, x.shape[-1])
+    _hadamard_rows(x2, x2, scale, transpose, backend)
+
+
+def _hadamard_setup_context(ctx, inputs, output):
+    ctx.scale, ctx.transpose, ctx.backend = inputs[1:]
+
+
+def _hadamard_backward(ctx, dy):
+    # y = x M^T with M = scale * H (x) ...; dx = dy M: the transform with H transposed
+    return _lookup("hadamard")(dy, ctx.scale, not ctx.transpose, ctx.backend), None, None, None
+
+
+def _monarch_matmul_impl(x, w1, w2, backend):
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    problem = MonarchMatmulProblem(x2.shape[0], tuple(w1.shape), tuple(w2.shape), x.dtype)
+    sel = select("monarch_matmul", problem, arch_of(x.device), backend or None)
+    out = sel.backend.launch(sel.config, x2, w1.contiguous(), w2.contiguous())
+    return out.reshape(*x.shape[:-1], w2.shape[0] * w2.shape[1])
+
+
+def _monarch_matmul_fake(x, w1, w2, backend):
+    return x.new_empty(*x.shape[:-1], w2.shape[0] * w2.shape[1])
+
+
+def _monarch_matmul_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:3])
+
+
+def _monarch_matmul_backward(ctx, dout):
+    return (*reference_monarch_matmul_backward(dout, *ctx.saved_tensors), None)
+
+
 def _lookup(name: str):
     return getattr(getattr(torch.ops, NAMESPACE), name)
 
@@ -146,6 +198,14 @@ _SCHEMAS = {
         " -> (Tensor, Tensor, Tensor)"
     ),
     "kv_cache_write": "(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor new_k, Tensor new_v, int start) -> ()",
+    "hadamard": "(Tensor x, float scale, bool transpose, str backend) -> Tensor",
+    "hadamard_": "(Tensor(a!) x, float scale, bool transpose, str backend) -> ()",
+    "monarch_matmul": "(Tensor x, Tensor w1, Tensor w2, str backend) -> Tensor",
+}
+_AUTOGRAD = {
+    "attention": (_attention_backward_autograd, _setup_context),
+    "hadamard": (_hadamard_backward, _hadamard_setup_context),
+    "monarch_matmul": (_monarch_matmul_backward, _monarch_matmul_setup_context),
 }
 
 
@@ -155,6 +215,9 @@ def _register() -> None:
         "attention": (_attention_impl, _attention_fake),
         "attention_backward": (_attention_backward_impl, _attention_backward_fake),
         "kv_cache_write": (_kv_cache_write_impl, lambda *args: None),
+        "hadamard": (_hadamard_impl, lambda x, *args: torch.empty_like(x, memory_format=torch.contiguous_format)),
+        "hadamard_": (_hadamard_inplace_impl, lambda *args: None),
+        "monarch_matmul": (_monarch_matmul_impl, _monarch_matmul_fake),
     }
     for name, (impl, fake) in impls.items():
         if _exists(name):
@@ -163,10 +226,9 @@ def _register() -> None:
         lib.define(name + _SCHEMAS[name])
         torch.library.impl(qualname, "CompositeExplicitAutograd", lib=lib)(impl)
         torch.library.register_fake(qualname, fake, lib=lib)
-        if name == "attention":
-            torch.library.register_autograd(
-                qualname, _attention_backward_autograd, setup_context=_setup_context, lib=lib
-            )
+        if name in _AUTOGRAD:
+            backward, setup_context = _AUTOGRAD[name]
+            torch.library.register_autograd(qualname, backward, setup_context=setup_context, lib=lib)
     _libraries.append(lib)  # a Library deregisters its ops when garbage-collected
 
 
@@ -176,3 +238,6 @@ _register()
 attention = _lookup("attention")
 attention_backward = _lookup("attention_backward")
 kv_cache_write = _lookup("kv_cache_write")
+hadamard = _lookup("hadamard")
+hadamard_ = _lookup("hadamard_")
+monarch_matmul = _lookup("monarch_matmul")

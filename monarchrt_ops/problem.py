@@ -49,3 +49,29 @@ class AttentionProblem:
         n_q = self.q_tiles * self.b1 * self.b2
         n_k = self.kv_tiles * self.b1 * self.b2
         return float(self.batch * self.heads * 4 * n_q * n_k * self.head_dim)
+
+
+@dataclass(frozen=True)
+class HadamardProblem:
+    rows: int
+    n: int
+    m: int  # 1 or the special order of H_m in n = m * 2^k
+    dtype: torch.dtype
+
+    def key(self) -> dict:
+        out = asdict(self)
+        out["dtype"] = str(self.dtype).removeprefix("torch.")
+        return out
+
+
+@dataclass(frozen=True)
+class MonarchMatmulProblem:
+    rows: int
+    w1_shape: tuple[int, int, int]  # (k, q, p)
+    w2_shape: tuple[int, int, int]  # (l, s, r)
+    dtype: torch.dtype
+
+    def key(self) -> dict:
+        out = asdict(self)
+        out["dtype"] = str(self.dtype).removeprefix("torch.")
+        return out

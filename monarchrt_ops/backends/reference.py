@@ -6,24 +6,28 @@ import torch
 
 from .. import reference
 from ..arch import Arch
-from ..problem import AttentionProblem
+from ..structured_reference import reference_hadamard, reference_monarch_matmul
 
 
-class ReferenceAttention:
+class _Reference:
+    """Every reference backend: runs anything, takes no config."""
+
     name = "reference"
 
-    def supports(self, problem: AttentionProblem, arch: Arch) -> str | None:
+    def supports(self, problem, arch: Arch) -> str | None:
         return None
 
-    def default_config(self, problem: AttentionProblem, arch: Arch) -> dict:
+    def default_config(self, problem, arch: Arch) -> dict:
         return {}
 
-    def search_space(self, problem: AttentionProblem, arch: Arch) -> dict[str, list]:
+    def search_space(self, problem, arch: Arch) -> dict[str, list]:
         return {}
 
-    def is_valid(self, config: dict, problem: AttentionProblem, arch: Arch) -> str | None:
+    def is_valid(self, config: dict, problem, arch: Arch) -> str | None:
         return None if not config else f"the reference backend takes no config, got {config}"
 
+
+class ReferenceAttention(_Reference):
     def launch(self, config, q, k, v, *, sm_scale, causal_block_tiles, num_iters):
         """Tile-order q, k, v -> (z, lse) of reference.monarch_attention_tiles."""
         return reference.monarch_attention_tiles(
@@ -39,3 +43,14 @@ class ReferenceAttention:
             )
             grads = torch.autograd.grad((z_re, lse_re), inputs, (dz, dlse.to(lse_re.dtype)))
         return tuple(g.to(x.dtype) for g, x in zip(grads, (q, k, v), strict=True))
+
+
+class ReferenceHadamard(_Reference):
+    def launch(self, config, x2d, out2d, *, m, n2, scale, transpose):
+        out2d.copy_(reference_hadamard(x2d, m, n2, scale, transpose))
+        return out2d
+
+
+class ReferenceMonarchMatmul(_Reference):
+    def launch(self, config, x2d, w1, w2):
+        return reference_monarch_matmul(x2d, w1, w2)

@@ -32,16 +32,16 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-class TritonAttention:
+class _Triton:
+    """Shared statements of every Triton backend: where Triton runs, and config membership."""
+
     name = "triton"
 
-    def supports(self, problem: AttentionProblem, arch: Arch) -> str | None:
+    def supports(self, problem, arch: Arch) -> str | None:
         if importlib.util.find_spec("triton") is None:
             return "triton is not installed (pip install triton)"
         if not arch.is_cuda and not (arch.family == "cpu" and _interpreting()):
             return f"no CUDA device ({arch.family}); set TRITON_INTERPRET=1 to run Triton on the CPU"
-        if problem.head_dim not in HEAD_DIMS:
-            return f"head_dim={problem.head_dim} is not in {HEAD_DIMS}"
         if problem.dtype not in DTYPES:
             return f"dtype {problem.dtype} is not in {DTYPES}"
         if not arch.is_cuda and problem.dtype == torch.bfloat16:
@@ -49,6 +49,23 @@ class TritonAttention:
         if arch.is_cuda and arch.capability < (8, 0):
             return f"compute capability {arch.capability} < 8.0"
         return None
+
+    def is_valid(self, config: dict, problem, arch: Arch) -> str | None:
+        space = self.search_space(problem, arch)
+        if set(config) != set(space):
+            return f"config keys {sorted(config)} != {sorted(space)}"
+        for key, allowed in space.items():
+            if config[key] not in allowed:
+                return f"{key}={config[key]} not in {allowed}"
+        return None
+
+
+class TritonAttention(_Triton):
+    def supports(self, problem: AttentionProblem, arch: Arch) -> str | None:
+        reason = super().supports(problem, arch)
+        if reason is None and problem.head_dim not in HEAD_DIMS:
+            return f"head_dim={problem.head_dim} is not in {HEAD_DIMS}"
+        return reason
 
     def default_config(self, problem: AttentionProblem, arch: Arch) -> dict:
         return {
@@ -74,12 +91,9 @@ class TritonAttention:
 
     def is_valid(self, config: dict, problem: AttentionProblem, arch: Arch) -> str | None:
         """The one statement of a config's constraints, for the tuner and the run time alike."""
-        space = self.search_space(problem, arch)
-        if set(config) != set(space):
-            return f"config keys {sorted(config)} != {sorted(space)}"
-        for key, allowed in space.items():
-            if config[key] not in allowed:
-                return f"{key}={config[key]} not in {allowed}"
+        reason = super().is_valid(config, problem, arch)
+        if reason is not None:
+            return reason
         d = problem.head_dim
         if 2 * config["block_j"] * d * 4 > _MAX_ACC_BYTES:
             return f"stage R accumulators 2*{config['block_j']}*{d}*4 B exceed {_MAX_ACC_BYTES} B"
@@ -113,3 +127,29 @@ class TritonAttention:
         return monarch_attention_bwd(
             dz, dlse, q, k, v, z, lse, sm_scale=sm_scale, causal_block_tiles=causal_block_tiles, config=config
         )
+
+
+class TritonHadamard(_Triton):
+    def default_config(self, problem, arch: Arch) -> dict:
+        return {"tile": 8192, "num_warps": 8}
+
+    def search_space(self, problem, arch: Arch) -> dict[str, list]:
+        return {"tile": [2048, 4096, 8192], "num_warps": list(_WARPS)}
+
+    def launch(self, config, x2d, out2d, *, m, n2, scale, transpose):
+        from ..triton_kernels.hadamard import hadamard_rows
+
+        return hadamard_rows(x2d, out2d, m, n2, scale, transpose, config)
+
+
+class TritonMonarchMatmul(_Triton):
+    def default_config(self, problem, arch: Arch) -> dict:
+        return {"block_m": 64, "num_warps": 4}
+
+    def search_space(self, problem, arch: Arch) -> dict[str, list]:
+        return {"block_m": [16, 32, 64, 128], "num_warps": list(_WARPS)}
+
+    def launch(self, config, x2d, w1, w2):
+        from ..triton_kernels.monarch_matmul import monarch_matmul_fwd
+
+        return monarch_matmul_fwd(x2d, w1, w2, config)

@@ -1,0 +1,89 @@
+"""Hadamard matrices: Sylvester H_{2^k} and the documented H_m, m in {12, 20, 28, 40}.
+
+- H_12: Paley construction I with q = 11 (q = 3 mod 4): H = I + [[0, 1^T], [-1, Q]], Q the
+  Jacobsthal matrix Q[i, j] = chi(j - i) of the quadratic character mod q. Not symmetric.
+- H_20: Paley construction I with q = 19. Not symmetric.
+- H_28: Paley construction II with q = 13 (q = 1 mod 4): the symmetric conference matrix
+  C = [[0, 1^T], [1, Q]] expanded as C (x) [[1, -1], [-1, -1]] + I (x) [[1, 1], [1, -1]]. Symmetric.
+- H_40: H_2 (x) H_20 (Sylvester doubling of H_12's sibling H_20). Not symmetric.
+
+Every H_m satisfies H H^T = m I. A size n = m * 2^k uses H_n = H_m (x) H_{2^k}, the first
+factor on the slow index: ``x.view(m, 2^k)`` -> ``H_m X H_{2^k}^T``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+SPECIAL_ORDERS = (12, 20, 28, 40)
+
+
+def _quadratic_character(q: int) -> list[int]:
+    squares = {(x * x) % q for x in range(1, q)}
+    return [0] + [1 if a in squares else -1 for a in range(1, q)]
+
+
+def _jacobsthal(q: int) -> torch.Tensor:
+    chi = _quadratic_character(q)
+    return torch.tensor([[chi[(j - i) % q] for j in range(q)] for i in range(q)], dtype=torch.float64)
+
+
+def _paley_1(q: int) -> torch.Tensor:
+    n = q + 1
+    s = torch.zeros(n, n, dtype=torch.float64)
+    s[0, 1:] = 1
+    s[1:, 0] = -1
+    s[1:, 1:] = _jacobsthal(q)
+    return torch.eye(n, dtype=torch.float64) + s
+
+
+def _paley_2(q: int) -> torch.Tensor:
+    n = q + 1
+    c = torch.zeros(n, n, dtype=torch.float64)
+    c[0, 1:] = 1
+    c[1:, 0] = 1
+    c[1:, 1:] = _jacobsthal(q)
+    a = torch.tensor([[1.0, -1.0], [-1.0, -1.0]], dtype=torch.float64)
+    b = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64)
+    return torch.kron(c, a) + torch.kron(torch.eye(n, dtype=torch.float64), b)
+
+
+@functools.cache
+def sylvester(n: int) -> torch.Tensor:
+    """Sylvester H_n (n a power of two), float64, symmetric."""
+    h = torch.ones(1, 1, dtype=torch.float64)
+    while h.shape[0] < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return h
+
+
+@functools.cache
+def special(m: int) -> torch.Tensor:
+    """The documented H_m for m in SPECIAL_ORDERS, float64."""
+    if m == 12:
+        return _paley_1(11)
+    if m == 20:
+        return _paley_1(19)
+    if m == 28:
+        return _paley_2(13)
+    if m == 40:
+        return torch.kron(sylvester(2), special(20))
+    raise ValueError(f"no H_{m}; special orders are {SPECIAL_ORDERS}")
+
+
+def factor(n: int) -> tuple[int, int] | None:
+    """n -> (m, 2^k) with m in (1,) + SPECIAL_ORDERS, or None if n has no supported Hadamard."""
+    if n >= 1 and n & (n - 1) == 0:
+        return 1, n
+    for m in SPECIAL_ORDERS:
+        if n % m == 0 and (n // m) & (n // m - 1) == 0:
+            return m, n // m
+    return None
+
+
+def hadamard_matrix(n: int) -> torch.Tensor:
+    """Dense H_n = H_m (x) H_{2^k}, float64 (for tests and small references)."""
+    m, p = factor(n)
+    return torch.kron(special(m) if m > 1 else torch.ones(1, 1, dtype=torch.float64), sylvester(p))

@@ -1,0 +1,104 @@
+"""Hadamard transform: float64 construction, inverse, isometry, gradients, in place, Triton."""
+
+import pytest
+import torch
+from conftest import TOL, rel_err
+
+import monarchrt_ops as m
+from monarchrt_ops import ops
+from monarchrt_ops.hadamard_matrices import SPECIAL_ORDERS, hadamard_matrix, special
+
+GPU = torch.cuda.is_available()
+DEVICE = "cuda" if GPU else "cpu"
+POW2 = [2**k for k in range(1, 16)]
+SPECIAL = [12 * 4, 20 * 2, 28 * 64, 40 * 16, 12 * 4096, 20]
+
+
+@pytest.mark.parametrize("order", SPECIAL_ORDERS)
+def test_special_matrices_are_hadamard(order):
+    h = special(order)
+    assert h.abs().eq(1).all()
+    torch.testing.assert_close(h @ h.T, order * torch.eye(order, dtype=torch.float64), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("n", POW2 + SPECIAL)
+def test_reference_equals_dense_product(n):
+    x = torch.randn(3, n, dtype=torch.float64)
+    y = m.hadamard(x, backend="reference")
+    if n <= 8192:
+        torch.testing.assert_close(y, x @ hadamard_matrix(n).T / n**0.5, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(y.norm(dim=-1), x.norm(dim=-1))  # isometry with the default scale
+    back = ops.hadamard(y, n**-0.5, True, "reference")  # transpose undoes it
+    torch.testing.assert_close(back, x)
+
+
+@pytest.mark.parametrize("n", [256, 4096])
+def test_sylvester_is_its_own_inverse(n):
+    x = torch.randn(2, 3, n, dtype=torch.float64)
+    torch.testing.assert_close(m.hadamard(m.hadamard(x)), x)
+
+
+@pytest.mark.parametrize("n", [16, 24, 40, 28 * 2])
+def test_gradcheck_including_non_symmetric_h(n):
+    x = torch.randn(2, n, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: m.hadamard(x, 0.3), (x,))
+
+
+def test_in_place_returns_nothing_and_matches():
+    x = torch.randn(4, 512)
+    expect = m.hadamard(x)
+    assert m.hadamard_(x) is None
+    torch.testing.assert_close(x, expect)
+
+
+@pytest.mark.parametrize(
+    "fn, exc, msg",
+    [
+        (lambda: m.hadamard(torch.randn(2, 24 * 3)), ValueError, "n=72 is not supported"),
+        (lambda: m.hadamard(torch.randn(2, 2**17)), ValueError, "n=131072 is not supported"),
+        (lambda: m.hadamard(torch.randn(2, 8).long()), TypeError, "torch.int64 is not supported"),
+        (lambda: m.hadamard_(torch.randn(2, 8, requires_grad=True)), ValueError, "requires grad"),
+        (lambda: m.hadamard_(torch.randn(8, 2).T), ValueError, "contiguous"),
+        (lambda: m.hadamard(torch.randn(2, 8), backend="cuda"), ValueError, "backend='cuda' is not one of"),
+    ],
+    ids=["size", "too-large", "dtype", "inplace-grad", "inplace-strided", "backend"],
+)
+def test_bad_input(fn, exc, msg):
+    with pytest.raises(exc, match=msg):
+        fn()
+
+
+def test_opcheck_and_compile():
+    x = torch.randn(3, 40, requires_grad=True)
+    torch.library.opcheck(ops.hadamard, (x, 0.5, False, "reference"))
+    torch.library.opcheck(ops.hadamard_, (torch.randn(3, 64), 0.5, False, "reference"))
+    fn = torch.compile(lambda x: m.hadamard(x) * 2, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(fn(x), m.hadamard(x) * 2)
+
+
+TRITON_SIZES = [2, 8, 16, 24, 64, 160, 256, 768, 1024, 4096, 5120, 8192, 12 * 1024] + ([2**15] if GPU else [])
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if GPU else [])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n", TRITON_SIZES)
+def test_triton_matches_reference(n, dtype, poison_empty):
+    pytest.importorskip("triton")
+    x = torch.randn(5, n, dtype=torch.float64)
+    ref = m.hadamard(x, backend="reference")
+    out = m.hadamard(x.to(DEVICE, dtype), backend="triton")
+    assert out.dtype == dtype
+    assert rel_err(out, ref) < TOL[dtype]
+    y = x.to(DEVICE, dtype)
+    m.hadamard_(y, backend="triton")
+    assert rel_err(y, ref) < TOL[dtype]
+
+
+def test_triton_gradient_applies_the_transpose():
+    pytest.importorskip("triton")
+    x = torch.randn(3, 40 * 4, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn_like(x)
+    (ref,) = torch.autograd.grad(m.hadamard(x, backend="reference"), x, dy)
+    x32 = x.detach().to(DEVICE, torch.float32).requires_grad_()
+    (got,) = torch.autograd.grad(m.hadamard(x32, backend="triton"), x32, dy.to(DEVICE, torch.float32))
+    assert rel_err(got, ref) < TOL[torch.float32]

@@ -1,0 +1,98 @@
+"""Monarch matmul equals the dense product of its factors; gradients; MonarchLinear; Triton."""
+
+import pytest
+import torch
+from conftest import TOL, rel_err
+
+import monarchrt_ops as m
+from monarchrt_ops import ops
+
+GPU = torch.cuda.is_available()
+DEVICE = "cuda" if GPU else "cpu"
+
+
+def dense_monarch(w1, w2):
+    """M (s*l, k*p) built independently: block-diagonal matrices and permutation matrices."""
+    k, q, p = w1.shape
+    l, s, r = w2.shape
+    b1 = torch.block_diag(*w1)  # (k*q, k*p)
+    b2 = torch.block_diag(*w2)  # (l*s, l*r)
+    p1 = torch.zeros(k * q, k * q, dtype=w1.dtype)  # (r l) -> (l r)
+    for ri in range(r):
+        for li in range(l):
+            p1[li * r + ri, ri * l + li] = 1
+    p2 = torch.zeros(s * l, l * s, dtype=w1.dtype)  # (l s) -> (s l)
+    for li in range(l):
+        for si in range(s):
+            p2[si * l + li, li * s + si] = 1
+    return p2 @ b2 @ p1 @ b1
+
+
+SHAPES = {
+    "square-16": ((4, 4, 4), (4, 4, 4)),
+    "square-1024": ((32, 32, 32), (32, 32, 32)),
+    "square-4096": ((64, 64, 64), (64, 64, 64)),
+    "rect-768-to-384": ((8, 192, 96), (24, 16, 64)),
+}
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_equals_dense_product_with_gradients(name):
+    s1, s2 = SHAPES[name]
+    g = torch.Generator().manual_seed(0)
+    w1 = torch.randn(*s1, dtype=torch.float64, generator=g, requires_grad=True)
+    w2 = torch.randn(*s2, dtype=torch.float64, generator=g, requires_grad=True)
+    x = torch.randn(3, 5, s1[0] * s1[2], dtype=torch.float64, generator=g, requires_grad=True)
+    out = m.monarch_matmul(x, w1, w2, backend="reference")
+    dense = dense_monarch(w1, w2)
+    torch.testing.assert_close(out, x @ dense.T)
+    dout = torch.randn_like(out)
+    got = torch.autograd.grad(out, (x, w1, w2), dout)
+    want = torch.autograd.grad(x @ dense.T, (x, w1, w2), dout)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_gradcheck_and_opcheck():
+    w1 = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    w2 = torch.randn(3, 5, 2, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, a, b: m.monarch_matmul(x, a, b), (x, w1, w2))
+    torch.library.opcheck(ops.monarch_matmul, (x.float(), w1.float(), w2.float(), "reference"))
+
+
+def test_monarch_linear():
+    layer = m.MonarchLinear(64, 32, nblocks=4).double()
+    x = torch.randn(7, 64, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), x @ layer.dense_weight().T + layer.bias)
+    layer(x).sum().backward()
+    assert layer.w1.grad is not None and layer.w2.grad is not None and layer.bias.grad is not None
+    with pytest.raises(ValueError, match="must divide by nblocks=5"):
+        m.MonarchLinear(64, 32, nblocks=5)
+
+
+@pytest.mark.parametrize(
+    "args, exc, msg",
+    [
+        ((torch.randn(2, 10), torch.randn(2, 3, 4), torch.randn(3, 5, 2)), ValueError, "last dim 10 != k\\*p"),
+        ((torch.randn(2, 8), torch.randn(2, 3, 4), torch.randn(4, 5, 2)), ValueError, "l\\*r = k\\*q = 6"),
+        ((torch.randn(2, 8), torch.randn(2, 3), torch.randn(3, 5, 2)), ValueError, "w1 must be 3-D"),
+        ((torch.randn(2, 8), torch.randn(2, 3, 4).double(), torch.randn(3, 5, 2)), TypeError, "share a float dtype"),
+    ],
+    ids=["k*p", "l*r", "rank", "dtype"],
+)
+def test_bad_input(args, exc, msg):
+    with pytest.raises(exc, match=msg):
+        m.monarch_matmul(*args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16] + ([torch.bfloat16] if GPU else []), ids=str)
+@pytest.mark.parametrize("name", ["square-16", "square-1024", "rect-768-to-384"])
+def test_triton_matches_reference(name, dtype, poison_empty):
+    pytest.importorskip("triton")
+    s1, s2 = SHAPES[name]
+    w1, w2 = torch.randn(*s1, dtype=torch.float64) / s1[2] ** 0.5, torch.randn(*s2, dtype=torch.float64) / s2[2] ** 0.5
+    x = torch.randn(37, s1[0] * s1[2], dtype=torch.float64)
+    ref = m.monarch_matmul(x, w1, w2, backend="reference")
+    out = m.monarch_matmul(*(t.to(DEVICE, dtype) for t in (x, w1, w2)), backend="triton")
+    assert rel_err(out, ref) < TOL[dtype]
