@@ -44,3 +44,15 @@ def attention_inputs(shape: AttentionShape, dtype, device, seed: int = 0, heads:
         return torch.randn(shape.batch, frames * hw, nh, shape.head_dim, device=device, generator=gen).to(dtype)
 
     return mk(shape.q_frames), mk(shape.kv_frames), mk(shape.kv_frames)
+
+
+# Hadamard: bf16 inputs of 256 MB, n = 2^7 .. 2^15 (SPEC section 5 table) plus the m * 2^k sizes.
+HADAMARD_BYTES = 256 * 2**20
+HADAMARD_SIZES = [2**k for k in range(7, 16)] + [12 * 256, 20 * 512, 28 * 1024, 40 * 128]
+
+# Monarch matmul: (rows, w1 (k, q, p), w2 (l, s, r)); SPEC target n = 4096, 16K rows.
+MONARCH_MATMUL_SHAPES = [
+    ("square-4096-16k-rows", 16384, (64, 64, 64), (64, 64, 64)),
+    ("square-1024-16k-rows", 16384, (32, 32, 32), (32, 32, 32)),
+    ("rect-768-to-384-16k-rows", 16384, (8, 192, 96), (24, 16, 64)),
+]

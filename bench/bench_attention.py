@@ -15,43 +15,20 @@ import sys
 from pathlib import Path
 
 import torch
-import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import monarchrt_ops as m
 from monarchrt_ops.autotune.shapes import ATTENTION_SHAPES
 from monarchrt_ops.problem import AttentionProblem
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import bench_ms, ceilings, header  # noqa: E402
+
 SDPA_BACKENDS = {
     "cudnn": SDPBackend.CUDNN_ATTENTION,
     "flash": SDPBackend.FLASH_ATTENTION,
     "efficient": SDPBackend.EFFICIENT_ATTENTION,
 }
-
-
-def header() -> dict:
-    p = torch.cuda.get_device_properties(0)
-    return {
-        "gpu": p.name,
-        "capability": f"{p.major}.{p.minor}",
-        "sms": p.multi_processor_count,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "triton": triton.__version__,
-        "cudnn": torch.backends.cudnn.version(),
-    }
-
-
-def bench_ms(fn) -> float:
-    return triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median")
-
-
-def ceilings() -> dict:
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    mm = bench_ms(lambda: a @ a)
-    x = torch.empty(2**30, device="cuda", dtype=torch.uint8)
-    cp = bench_ms(lambda: x.clone())
-    return {"bf16_matmul_tflops": 2 * 8192**3 / mm / 1e9, "clone_tb_s": 2 * 2**30 / cp / 1e9}
 
 
 def dense_sdpa(q, k, v, shape):

@@ -12,11 +12,13 @@ if [ -d .whl ]; then
 fi
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . 2>&1 | grep -v Warning | tail -2
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
-timeout 240 python3 -m pytest -q tests/test_attention_triton.py 2>&1 | tee "$OUT/pytest.txt" | tail -4
+timeout 300 python3 -m pytest -q tests/test_attention_triton.py tests/test_hadamard.py tests/test_monarch_matmul.py 2>&1 | tee "$OUT/pytest.txt" | tail -4
 if [ -n "${TUNE:-}" ]; then
   # shellcheck disable=SC2086
   timeout 330 python3 -m monarchrt_ops.autotune.cli --gpu "${GPU_TABLE:-h100}" --out "$OUT" $TUNE 2>&1 | tee "$OUT/tune.txt"
   export MONARCHRT_TUNED_CONFIGS="$OUT"
 fi
 python3 -m monarchrt_ops info | tee "$OUT/info.txt"
+python3 bench/bench_hadamard.py --json "$OUT/bench_hadamard.json" 2>&1 | tee "$OUT/bench_hadamard.txt" | tail -16
+python3 bench/bench_monarch_matmul.py --json "$OUT/bench_monarch_matmul.json" 2>&1 | tail -4
 python3 bench/bench_attention.py --json "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.txt"

@@ -1,0 +1,54 @@
+"""Monarch matmul (Triton) vs two batched matmuls plus permutes (the reference) and a dense matmul.
+
+python bench/bench_monarch_matmul.py [--json PATH]
+FLOPs: 2 * rows * (k*q*p + l*s*r); bytes (floor): x read + out written + weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import monarchrt_ops as m
+from monarchrt_ops.autotune.shapes import MONARCH_MATMUL_SHAPES
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import bench_ms, header  # noqa: E402
+
+
+def run_shape(name, rows, s1, s2, dt=torch.bfloat16) -> dict:
+    w1 = (torch.randn(*s1, device="cuda") / s1[2] ** 0.5).to(dt)
+    w2 = (torch.randn(*s2, device="cuda") / s2[2] ** 0.5).to(dt)
+    x = torch.randn(rows, s1[0] * s1[2], device="cuda", dtype=dt)
+    dense = torch.randn(s2[0] * s2[1], s1[0] * s1[2], device="cuda", dtype=dt)  # (out, in)
+    flops = 2 * rows * (s1[0] * s1[1] * s1[2] + s2[0] * s2[1] * s2[2])
+    row = {"shape": name, "gflop": flops / 1e9}
+    row["triton_ms"] = bench_ms(lambda: m.monarch_matmul(x, w1, w2, backend="triton"))
+    row["bmm_permute_ms"] = bench_ms(lambda: m.monarch_matmul(x, w1, w2, backend="reference"))
+    row["dense_matmul_ms"] = bench_ms(lambda: x @ dense.T)
+    row["speedup_vs_bmm_permute"] = row["bmm_permute_ms"] / row["triton_ms"]
+    row["triton_tflops"] = flops / row["triton_ms"] / 1e9
+    return row
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    result = {"header": header(), "rows": []}
+    print(json.dumps(result["header"]), flush=True)
+    for shape in MONARCH_MATMUL_SHAPES:
+        row = run_shape(*shape)
+        result["rows"].append(row)
+        print(json.dumps(row), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
