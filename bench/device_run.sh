@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: install, GPU test tier, (optionally) tune, benchmarks; results under $OUT.
-#   [TUNE="--shapes ... --trials N --backward"] bash bench/device_run.sh [bench args...]
+#   [TUNE="--shapes ... --trials N --backward"] [SKIP_ATTENTION=1] bash bench/device_run.sh [bench_attention args...]
 # Carry .whl (optuna and its needs, which the image lacks) for the tuner; see bench/NOTES.md.
 set -uo pipefail
 OUT=${OUT:-/tmp/monarchrt-out}
@@ -21,4 +21,6 @@ fi
 python3 -m monarchrt_ops info | tee "$OUT/info.txt"
 python3 bench/bench_hadamard.py --json "$OUT/bench_hadamard.json" 2>&1 | tee "$OUT/bench_hadamard.txt" | tail -16
 python3 bench/bench_monarch_matmul.py --json "$OUT/bench_monarch_matmul.json" 2>&1 | tail -4
-python3 bench/bench_attention.py --json "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.txt"
+if [ -z "${SKIP_ATTENTION:-}" ]; then
+  python3 bench/bench_attention.py --json "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.txt"
+fi
