@@ -1,10 +1,11 @@
 """Hadamard transform in Triton, the HadaCore way: Hadamard factors applied as small matrix products.
 
 A row of n = m * n2 elements is a tile [M_PAD, N_PAD] (m and n2 padded to powers of two >= 16 with
-zero rows/columns of H, masked on load and store). H_n = H_m (x) H_n2 and H_n2 = H_C0 (x) H_16 (x) ...,
-so the transform is one `tl.dot` per factor: move the factor's axis last, multiply by H^T, move it
-back. One pass over the data when a row block fits a program (TILE elements); larger rows take two
-passes (n2 factors on contiguous chunks, then the m factor across them), each in place-safe.
+zero rows/columns of H, masked on load and store). H_n = H_m (x) H_n2 and H_n2 = H_F0 (x) H_F1 (x) H_F2
+with factors of 16..64 (128 only for n2 = 128), so the transform is one `tl.dot` per factor: move the
+factor's axis last, multiply by H^T, move it back. One pass over the data when a row block fits a
+program (``tile`` elements, up to 32768); larger rows take two passes (n2 factors on contiguous
+chunks, then the m factor across them), each safe in place.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import triton.language as tl
 
 from ..hadamard_matrices import SPECIAL_ORDERS, special, sylvester
 
-MAX_TILE = 8192  # elements one program holds: 32 KB of fp32, ~32 registers a thread at 8 warps
+# A 128x128 factor measured 77 % of clone at n = 128 and 42 % at n = 2048 = 128 x 16 on an H100,
+# against 99 % for 16 x 16 (bench/NOTES.md): factors stay <= 64 where the size allows.
+MAX_FACTOR_BITS = 6
 
 
 @triton.jit
@@ -31,9 +34,9 @@ def _contract(x, h, R: tl.constexpr, C: tl.constexpr, B: tl.constexpr, DOT_PRECI
 
 @triton.jit
 def _hadamard_kernel(
-    X, Y, HM, HC0, H16,
+    X, Y, HM, HF0, HF1, HF2,
     rows, m, n2, x_stride, y_stride, scale,
-    BR: tl.constexpr, M_PAD: tl.constexpr, NB: tl.constexpr, C0: tl.constexpr, N16: tl.constexpr,
+    BR: tl.constexpr, M_PAD: tl.constexpr, NB: tl.constexpr, F0: tl.constexpr, F1: tl.constexpr, F2: tl.constexpr,
     APPLY_M: tl.constexpr, APPLY_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     pid_r = tl.program_id(0)
@@ -47,14 +50,15 @@ def _hadamard_kernel(
     x = tl.load(X + offs_r[:, None, None].to(tl.int64) * x_stride + col, mask=mask, other=0.0)
     x = tl.reshape(x, (BR * M_PAD * NB,))  # [BR, M_PAD, NB] flattened
     if APPLY_N:
-        # NB == N_PAD == C0 * 16**N16
-        h = tl.load(HC0 + tl.arange(0, C0)[:, None] * C0 + tl.arange(0, C0)[None, :])
-        x = _contract(x, h, BR * M_PAD, C0, NB // C0, DOT_PRECISION).to(dtype)
-        h16 = tl.load(H16 + tl.arange(0, 16)[:, None] * 16 + tl.arange(0, 16)[None, :])
-        if N16 >= 1:
-            x = _contract(x, h16, BR * M_PAD * C0, 16, NB // (C0 * 16), DOT_PRECISION).to(dtype)
-        if N16 >= 2:
-            x = _contract(x, h16, BR * M_PAD * C0 * 16, 16, NB // (C0 * 256), DOT_PRECISION).to(dtype)
+        # NB == N_PAD == F0 * F1 * F2 (F1, F2 = 1 when absent)
+        h = tl.load(HF0 + tl.arange(0, F0)[:, None] * F0 + tl.arange(0, F0)[None, :])
+        x = _contract(x, h, BR * M_PAD, F0, F1 * F2, DOT_PRECISION).to(dtype)
+        if F1 > 1:
+            h = tl.load(HF1 + tl.arange(0, F1)[:, None] * F1 + tl.arange(0, F1)[None, :])
+            x = _contract(x, h, BR * M_PAD * F0, F1, F2, DOT_PRECISION).to(dtype)
+        if F2 > 1:
+            h = tl.load(HF2 + tl.arange(0, F2)[:, None] * F2 + tl.arange(0, F2)[None, :])
+            x = _contract(x, h, BR * M_PAD * F0 * F1, F2, 1, DOT_PRECISION).to(dtype)
     if APPLY_M:
         h = tl.load(HM + offs_m[:, None] * M_PAD + offs_m[None, :])
         x = _contract(x, h, BR, M_PAD, NB, DOT_PRECISION)
@@ -66,16 +70,16 @@ def _pow2_at_least(n: int, floor: int = 16) -> int:
     return max(floor, 1 << (n - 1).bit_length())
 
 
-def _split_pow2(n_pad: int) -> tuple[int, int]:
-    """N_PAD (a power of two >= 16) -> (C0, N16) with C0 in [16, 128] and N_PAD = C0 * 16**N16."""
-    n16 = 0
-    while n_pad > 128:
-        n_pad //= 16
-        n16 += 1
-    if n_pad < 16:  # e.g. 4096 = 16 * 16 * 16: fold one 16 back into C0
-        n_pad *= 16
-        n16 -= 1
-    return n_pad, n16
+def _factors(n_pad: int) -> tuple[int, int, int]:
+    """N_PAD (a power of two >= 16) -> (F0, F1, F2), each 16..64 as even as possible (1: absent)."""
+    bits = n_pad.bit_length() - 1
+    parts = max(1, -(-bits // MAX_FACTOR_BITS))
+    while parts > 1 and bits // parts < 4:
+        parts -= 1
+    sizes = [bits // parts + (1 if i < bits % parts else 0) for i in range(parts)]
+    if len(sizes) > 3:
+        raise ValueError(f"hadamard: n_pad={n_pad} needs more than three factors")
+    return tuple(1 << b for b in sizes) + (1,) * (3 - len(sizes))
 
 
 def _padded(h: torch.Tensor, size: int) -> torch.Tensor:
@@ -91,39 +95,38 @@ def _matrix(kind: str, size: int, pad: int, transpose: bool, dtype: torch.dtype,
     return _padded(h, pad).to(dtype=dtype, device=device).contiguous()
 
 
-def _launch(x, y, m, n2, scale, transpose, apply_m, br, nb, num_warps):
+def _launch(x, y, m, n2, scale, transpose, apply_m, br, nb):
     """One kernel launch over 2-D x, y: H_n2 along rows when nb covers them (else H_m only)."""
     apply_n = nb >= n2
     m_tile = _pow2_at_least(m) if apply_m else 1
     n_pad = _pow2_at_least(n2)
-    c0, n16 = _split_pow2(n_pad)
+    f0, f1, f2 = _factors(n_pad)
     dev, dt = str(x.device), x.dtype
     hm = _matrix("special" if m in SPECIAL_ORDERS else "sylvester", m, _pow2_at_least(m), transpose, dt, dev)
-    hc0 = _matrix("sylvester", min(n2, c0), c0, False, dt, dev)
-    h16 = _matrix("sylvester", 16, 16, False, dt, dev)
+    hf = [_matrix("sylvester", min(n2, f), f, False, dt, dev) for f in (f0, max(f1, 16), max(f2, 16))]
+    tile = br * m_tile * (n_pad if apply_n else nb)
     grid = (triton.cdiv(x.shape[0], br), triton.cdiv(n2, nb))
     _hadamard_kernel[grid](
-        x, y, hm, hc0, h16, x.shape[0], m, n2, x.stride(0), y.stride(0), scale,
-        BR=br, M_PAD=m_tile, NB=nb, C0=c0, N16=n16, APPLY_M=apply_m, APPLY_N=apply_n,
-        DOT_PRECISION="tf32x3" if dt == torch.float32 else "tf32", num_warps=num_warps,
+        x, y, hm, *hf, x.shape[0], m, n2, x.stride(0), y.stride(0), scale,
+        BR=br, M_PAD=m_tile, NB=nb, F0=f0, F1=f1, F2=f2, APPLY_M=apply_m, APPLY_N=apply_n,
+        DOT_PRECISION="tf32x3" if dt == torch.float32 else "tf32",
+        num_warps=min(16, max(4, tile // 2048)),  # ~64 fp32 values a thread
     )  # fmt: skip
 
 
 def hadamard_rows(x: torch.Tensor, y: torch.Tensor, m: int, n2: int, scale: float, transpose: bool, config: dict):
     """y = x @ (H_m (x) H_n2)^T * scale (H_m^T with transpose) for 2-D ``x [rows, m*n2]``; y may be x."""
-    rows, tile, warps = x.shape[0], config["tile"], config["num_warps"]
+    rows, tile = x.shape[0], config["tile"]
     m_tile = _pow2_at_least(m) if m > 1 else 1
     n_pad = _pow2_at_least(n2)
-    if m_tile * n_pad <= tile:
-        br = min(tile // (m_tile * n_pad), _pow2_at_least(rows, 1))
+    if m_tile * n_pad <= max(tile, 32768):
+        br = max(1, min(tile // (m_tile * n_pad), _pow2_at_least(rows, 1)))
         if n_pad <= 128:
             br = max(br, 16 // m_tile)  # the first factor's dot needs >= 16 rows (BR * M_PAD)
-        _launch(x, y, m, n2, scale, transpose, m > 1, br, n_pad, warps)
+        _launch(x, y, m, n2, scale, transpose, m > 1, br, n_pad)
         return y
-    if m == 1:  # a large power of two: H_n = H_M (x) H_4096
-        m, n2, n_pad = n2 // 4096, 4096, 4096
     # pass 1: H_n2 on each contiguous chunk of n2; pass 2: H_m across the chunks, a column block at a time
-    _launch(x.reshape(rows * m, n2), y.reshape(rows * m, n2), 1, n2, 1.0, False, False, 1, n_pad, warps)
+    _launch(x.reshape(rows * m, n2), y.reshape(rows * m, n2), 1, n2, 1.0, False, False, 1, n_pad)
     nb = max(16, min(n_pad, tile // _pow2_at_least(m)))
-    _launch(y, y, m, n2, scale, transpose, True, 1, nb, warps)
+    _launch(y, y, m, n2, scale, transpose, True, 1, nb)
     return y

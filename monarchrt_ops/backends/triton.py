@@ -131,10 +131,12 @@ class TritonAttention(_Triton):
 
 class TritonHadamard(_Triton):
     def default_config(self, problem, arch: Arch) -> dict:
-        return {"tile": 8192, "num_warps": 8}
+        return {"tile": 8192}
 
     def search_space(self, problem, arch: Arch) -> dict[str, list]:
-        return {"tile": [2048, 4096, 8192], "num_warps": list(_WARPS)}
+        # elements a program holds (rows * padded n); rows longer than a tile (up to 32768) still
+        # take one program, beyond that two passes; warps follow the tile size
+        return {"tile": [2048, 4096, 8192, 16384, 32768]}
 
     def launch(self, config, x2d, out2d, *, m, n2, scale, transpose):
         from ..triton_kernels.hadamard import hadamard_rows
