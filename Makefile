@@ -5,13 +5,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+# The CUDA extension (csrc/, CMakeLists.txt) is built, and must build, wherever nvcc is on PATH.
+export MONARCHRT_BUILD_CUDA ?= $(if $(shell command -v nvcc),1,0)
+
 # torch 2.13.0 is pinned for the CPU machines (a local CPU build); triton runs there under
-# TRITON_INTERPRET=1, whose numpy use needs numpy<2.4.
-$(STAMP): pyproject.toml setup.py
+# TRITON_INTERPRET=1, whose numpy use needs numpy<2.4. nvidia-cutlass is only its headers (no deps).
+$(STAMP): pyproject.toml setup.py CMakeLists.txt
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0 triton==3.6.0 "numpy<2.4"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q torch==2.13.0 triton==3.6.0 "numpy<2.4" pybind11 ninja
+	$(BIN)/pip install -q --no-deps nvidia-cutlass==4.2.0.0
+	$(BIN)/pip install -q --no-build-isolation -e ".[dev]"
 	touch $(STAMP)
 
 .PHONY: demo test lint info

@@ -16,6 +16,7 @@ import torch
 
 import monarchrt_ops as m
 from monarchrt_ops.autotune.shapes import HADAMARD_BYTES, HADAMARD_SIZES
+from monarchrt_ops.backends import cuda
 from monarchrt_ops.hadamard_matrices import hadamard_matrix
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,11 +36,13 @@ def main(argv=None) -> int:
         moved = 2 * x.numel() * x.element_size()
         row = {"n": n, "rows": rows, "clone_ms": bench_ms(lambda x=x: x.clone())}
         row["triton_ms"] = bench_ms(lambda x=x: m.hadamard(x, backend="triton"))
+        if 256 <= n <= 32768 and n & (n - 1) == 0 and cuda.extension()[0] is not None:
+            row["cuda_ms"] = bench_ms(lambda x=x: m.hadamard(x, backend="cuda"))
         if n <= 16384:  # the dense H_n (n^2 bf16) and its product stay reasonable
             h = (hadamard_matrix(n) / n**0.5).to("cuda", torch.bfloat16)
             row["dense_matmul_ms"] = bench_ms(lambda x=x, h=h: x @ h.T)
             del h
-        for k in ("clone", "triton", "dense_matmul"):
+        for k in ("clone", "triton", "cuda", "dense_matmul"):
             if f"{k}_ms" in row:
                 row[f"{k}_gb_s"] = moved / row[f"{k}_ms"] / 1e6
                 row[f"{k}_share_of_clone"] = row["clone_ms"] / row[f"{k}_ms"]
@@ -47,9 +50,10 @@ def main(argv=None) -> int:
         print(json.dumps(row), flush=True)
         del x
         torch.cuda.empty_cache()
-    print(f"\n{'n':>6s} {'clone GB/s':>10s} {'triton GB/s':>11s} {'share':>6s} {'dense share':>11s}")
+    print(f"\n{'n':>6s} {'clone GB/s':>10s} {'triton share':>12s} {'cuda share':>10s} {'dense share':>11s}")
     for r in result["rows"]:
-        print(f"{r['n']:6d} {r['clone_gb_s']:10.0f} {r['triton_gb_s']:11.0f} {r['triton_share_of_clone']:6.1%} "
+        print(f"{r['n']:6d} {r['clone_gb_s']:10.0f} {r['triton_share_of_clone']:12.1%} "
+              f"{r.get('cuda_share_of_clone', float('nan')):10.1%} "
               f"{r.get('dense_matmul_share_of_clone', float('nan')):11.1%}")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

@@ -77,7 +77,11 @@ def info(args) -> int:
     print(f"problem: {json.dumps(problem.key())}")
     flops, dense = problem.forward_flops(), problem.dense_forward_flops()
     print(f"  useful forward GFLOP {flops / 1e9:.1f} vs dense {dense / 1e9:.1f} ({flops / dense:.2%})")
-    print("backends:")
+    from .backends.cuda import extension
+
+    module, reason = extension()
+    print(f"CUDA extension: {'built for sm_' + ', sm_'.join(module.compiled_archs()) if module else reason}")
+    print("attention backends:")
     for name in backend_names("attention"):
         reason = get_backend("attention", name).supports(problem, arch)
         print(f"  {name:10s} {'can run' if reason is None else 'cannot run: ' + reason}")

@@ -7,6 +7,7 @@ def test_info_says_what_it_would_do(capsys):
     assert main(["info", "--device", "cpu", "--frames", "3", "--kv-frames", "21", "--dtype", "fp32"]) == 0
     out = capsys.readouterr().out
     assert "architecture family: cpu" in out
+    assert "CUDA extension: " in out
     assert '"q_tiles": 3, "kv_tiles": 21' in out
     assert "triton     cannot run: no CUDA device" in out or "triton     can run" in out
     assert "forward: would use 'reference'" in out

@@ -1,6 +1,7 @@
 """Backends register here; importing this module imports no GPU library."""
 
 from ..registry import register_backend
+from .cuda import CudaHadamard
 from .reference import ReferenceAttention, ReferenceHadamard, ReferenceMonarchMatmul
 from .triton import TritonAttention, TritonHadamard, TritonMonarchMatmul
 
@@ -10,3 +11,4 @@ register_backend("hadamard", ReferenceHadamard())
 register_backend("hadamard", TritonHadamard())
 register_backend("monarch_matmul", ReferenceMonarchMatmul())
 register_backend("monarch_matmul", TritonMonarchMatmul())
+register_backend("hadamard", CudaHadamard())

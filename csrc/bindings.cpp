@@ -1,0 +1,37 @@
+// pybind11 module monarchrt_ops._C: the launchers, and the architectures this build holds.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+#include <vector>
+
+#include "launch.h"
+
+#ifndef MONARCHRT_CUDA_ARCHS
+#define MONARCHRT_CUDA_ARCHS ""
+#endif
+
+namespace py = pybind11;
+
+static std::vector<std::string> compiled_archs() {
+  std::vector<std::string> out;
+  std::string s = MONARCHRT_CUDA_ARCHS, cur;
+  for (char c : s) {
+    if (c == ';' || c == ',') {
+      if (!cur.empty()) out.push_back(cur);
+      cur.clear();
+    } else {
+      cur += c;
+    }
+  }
+  if (!cur.empty()) out.push_back(cur);
+  return out;
+}
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "monarchrt_ops CUDA kernels (pointer-level launchers; the torch ops live in Python)";
+  m.def("hadamard_pow2", &monarchrt::hadamard_pow2, py::arg("x"), py::arg("out"), py::arg("rows"), py::arg("n"),
+        py::arg("x_stride"), py::arg("out_stride"), py::arg("scale"), py::arg("dtype"), py::arg("stream"),
+        "out = x @ H_n^T * scale for rows of n = 2^k halves (256 <= n <= 32768); out may be x");
+  m.def("compiled_archs", &compiled_archs, "CUDA architectures this build holds machine code for, e.g. ['90a']");
+}
