@@ -172,14 +172,15 @@ def lookup(op: str, backend: str, problem_key: dict, gpu: str | None, family: st
     return None
 
 
-def source_hash() -> str:
-    """sha256 over the kernel sources (triton_kernels/ and csrc/ when present): a table names it."""
-    root = Path(__file__).resolve().parent.parent
+# Kernel source files each tuned op depends on (triton_kernels/), for the table's source hash.
+OP_SOURCES = {"attention": ("monarch_attention.py", "monarch_attention_fwd.py", "monarch_attention_bwd.py")}
+
+
+def source_hash(op: str = "attention") -> str:
+    """sha256 over the kernel sources of ``op``: a table names it, ``verify`` compares it."""
+    folder = Path(str(importlib.resources.files("monarchrt_ops.triton_kernels")))
     h = hashlib.sha256()
-    for folder in (Path(str(importlib.resources.files("monarchrt_ops.triton_kernels"))), root / "csrc"):
-        if folder.is_dir():
-            for path in sorted(folder.rglob("*")):
-                if path.is_file() and path.suffix in (".py", ".cu", ".cuh", ".h", ".cpp"):
-                    h.update(path.name.encode())
-                    h.update(path.read_bytes())
+    for name in OP_SOURCES[op]:
+        h.update(name.encode())
+        h.update((folder / name).read_bytes())
     return h.hexdigest()[:16]

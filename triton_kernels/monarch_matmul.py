@@ -96,9 +96,12 @@ def monarch_matmul_fwd(x2d: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, co
         BM=bm, BC=bc, BP=bp, DOT_PRECISION=_precision(x2d.dtype), num_warps=config["num_warps"],
     )  # fmt: skip
     out = torch.empty(rows, s * l, dtype=x2d.dtype, device=x2d.device)
-    bl, bm2, bs, br = 16, 16, _pow2(s, hi=64), _pow2(r, hi=64)
+    # [BL, BR, BS] weight and [BL, BM, BR] input blocks: 32-wide keeps both within shared memory
+    # (64-wide bf16 needed 320 KB on an H100), one stage since the r loop is short
+    bl, bm2, bs, br = 16, 16, _pow2(s, hi=32), _pow2(r, hi=32)
     _reordered_block_matmul[(triton.cdiv(rows, bm2), triton.cdiv(l, bl), triton.cdiv(s, bs))](
         y1, w2.contiguous(), out, rows, y1.stride(0), out.stride(0), l, s, r,
         BL=bl, BM=bm2, BS=bs, BR=br, DOT_PRECISION=_precision(x2d.dtype), num_warps=config["num_warps"],
+        num_stages=1,
     )  # fmt: skip
     return out

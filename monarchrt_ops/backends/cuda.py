@@ -42,6 +42,10 @@ def arch_reason(arch: Arch) -> str | None:
 
 class CudaHadamard:
     name = "cuda"
+    # Measured on an H100 (bench/results/h100-hadamard-v1.json): 16-51 % of clone bandwidth against
+    # Triton's 52-99 %, so automatic selection passes it over; backend="cuda" still runs it.
+    auto = False
+    auto_reason = "slower than the Triton kernel on sm_90 (bench/NOTES.md); explicit backend='cuda' only"
 
     def supports(self, problem, arch: Arch) -> str | None:
         reason = arch_reason(arch)

@@ -77,11 +77,11 @@ class TritonAttention(_Triton):
         }
 
     def search_space(self, problem: AttentionProblem, arch: Arch) -> dict[str, list]:
-        # Blocks below 16 cannot feed tl.dot; 128-wide blocks of d=128 spill (is_valid); the first
-        # H100 study (bench/NOTES.md) found nothing better outside these values.
+        # Blocks below 16 cannot feed tl.dot; 128-wide blocks of d=128 spill; the first H100 study
+        # (bench/NOTES.md) found nothing better outside these values.
         return {
-            "block_j": [32, 64],
-            "block_l": [32, 64],
+            "block_j": [16, 32, 64],
+            "block_l": [16, 32, 64],
             "r_warps": [4, 8],
             "block_i": [16, 32, 64],
             "block_k": [16, 32],
