@@ -1,8 +1,8 @@
 """Packaging: installs `monarchrt_ops` with the top-level source folders mapped inside it, and
 builds the CUDA extension `monarchrt_ops._C` through CMakeLists.txt (the build of record).
 
-`triton_kernels/`, `autotune/` and `tuned_configs/` ship as `monarchrt_ops.triton_kernels`,
-`monarchrt_ops.autotune` and `monarchrt_ops.tuned_configs`, so the distribution never claims the
+`triton_kernels/`, `autotune/`, `tuned_configs/` and `bench/` ship as `monarchrt_ops.triton_kernels`,
+`monarchrt_ops.autotune`, `monarchrt_ops.tuned_configs` and `monarchrt_ops.bench`, so the distribution never claims the
 top-level names `triton_kernels` (Triton ships one; vLLM imports it) or `autotune`.
 
 CUDA build: MONARCHRT_BUILD_CUDA=1 requires it (a failure fails the install), =0 skips it, unset
@@ -25,6 +25,7 @@ PACKAGE_DIRS = {
     "monarchrt_ops.triton_kernels": "triton_kernels",
     "monarchrt_ops.autotune": "autotune",
     "monarchrt_ops.tuned_configs": "tuned_configs",
+    "monarchrt_ops.bench": "bench",
 }
 CUDA_ARCHS = os.environ.get("MONARCHRT_CUDA_ARCHS", "90a;100a;120a")
 

@@ -1,6 +1,6 @@
 """Monarch attention vs dense SDPA (each available backend), measured side by side in one run.
 
-python bench/bench_attention.py [--shapes NAME ...] [--backward] [--json PATH]
+python -m monarchrt_ops.bench.bench_attention [--shapes NAME ...] [--backward] [--json PATH]
 
 Time: median of triton.testing.do_bench (CUDA events, L2 flushed between runs).
 TFLOP/s: useful Monarch FLOPs (AttentionProblem.forward_flops, SPEC 1 Cost) over the time;
@@ -21,8 +21,7 @@ import monarchrt_ops as m
 from monarchrt_ops.autotune.shapes import ATTENTION_SHAPES
 from monarchrt_ops.problem import AttentionProblem
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_ms, ceilings, header  # noqa: E402
+from .common import bench_ms, ceilings, header
 
 SDPA_BACKENDS = {
     "cudnn": SDPBackend.CUDNN_ATTENTION,
@@ -31,7 +30,7 @@ SDPA_BACKENDS = {
 }
 
 
-def dense_sdpa(q, k, v, shape):
+def dense_sdpa(q, k, v):
     # SDPA wants (B, nh, S, d); block-causal has no SDPA form, so it is timed unmasked (an upper bound)
     return torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
 
@@ -62,7 +61,7 @@ def run_shape(shape, dtype, backward: bool) -> dict:
     for name, be in SDPA_BACKENDS.items():
         try:
             with sdpa_kernel(be):
-                row[f"sdpa_{name}_ms"] = bench_ms(lambda: dense_sdpa(q, k, v, shape))
+                row[f"sdpa_{name}_ms"] = bench_ms(lambda: dense_sdpa(q, k, v))
         except RuntimeError as e:
             row[f"sdpa_{name}_ms"] = None
             row[f"sdpa_{name}_error"] = str(e).splitlines()[0][:200]
@@ -84,7 +83,7 @@ def run_shape(shape, dtype, backward: bool) -> dict:
                 with sdpa_kernel(be):
 
                     def fb():
-                        out = dense_sdpa(qg, kg, vg, shape)
+                        out = dense_sdpa(qg, kg, vg)
                         torch.autograd.grad(out, (qg, kg, vg), dout.transpose(1, 2))
 
                     row[f"sdpa_{name}_fwd_bwd_ms"] = bench_ms(fb)

@@ -1,6 +1,6 @@
 """Hadamard transform bandwidth vs torch.clone and a dense matmul by H_n, side by side.
 
-python bench/bench_hadamard.py [--json PATH]
+python -m monarchrt_ops.bench.bench_hadamard [--json PATH]
 GB/s = (bytes read + bytes written) / time = 2 * x.numel() * 2 B / time for bf16; the share is
 against torch.clone of the same tensor (the copy ceiling) measured in the same run.
 """
@@ -19,8 +19,7 @@ from monarchrt_ops.autotune.shapes import HADAMARD_BYTES, HADAMARD_SIZES
 from monarchrt_ops.backends import cuda
 from monarchrt_ops.hadamard_matrices import hadamard_matrix
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_ms, header  # noqa: E402
+from .common import bench_ms, header
 
 
 def main(argv=None) -> int:

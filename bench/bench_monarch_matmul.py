@@ -1,6 +1,6 @@
 """Monarch matmul (Triton) vs two batched matmuls plus permutes (the reference) and a dense matmul.
 
-python bench/bench_monarch_matmul.py [--json PATH]
+python -m monarchrt_ops.bench.bench_monarch_matmul [--json PATH]
 FLOPs: 2 * rows * (k*q*p + l*s*r); bytes (floor): x read + out written + weights.
 """
 
@@ -16,8 +16,7 @@ import torch
 import monarchrt_ops as m
 from monarchrt_ops.autotune.shapes import MONARCH_MATMUL_SHAPES
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_ms, header  # noqa: E402
+from .common import bench_ms, header
 
 
 def run_shape(name, rows, s1, s2, dt=torch.bfloat16) -> dict:

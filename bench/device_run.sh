@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: install (building the CUDA extension for this GPU), the GPU test
-# tier, optionally the tuner, and the benchmarks. Text goes to $OUT/log.txt, results to JSON files.
-#   [TUNE="--shapes ... --trials N --backward"] [SKIP_ATTENTION=1] bash bench/device_run.sh [bench_attention args...]
+# tier (SKIP_TESTS=1 skips it), optionally the tuner, and monarchrt-bench. Text goes to
+# $OUT/log.txt; results to $OUT/<gpu>.json and .png (commit them under bench/results/).
+#   [TUNE="--shapes ... --trials N --backward"] [SKIP_BENCH=1] bash bench/device_run.sh [monarchrt-bench args...]
 # Carry .whl: optuna and its needs for the tuner, nvidia-cutlass (headers) for the extension.
 set -uo pipefail
 OUT=${OUT:-/tmp/monarchrt-out}
@@ -15,7 +16,7 @@ fi
 MONARCHRT_BUILD_CUDA=1 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . 2>&1 \
   | grep -iE "error|fail" | tail -5 | tee -a "$LOG"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv 2>&1 | tee -a "$LOG"
-timeout 300 python3 -m pytest -q tests/test_attention_triton.py tests/test_hadamard.py tests/test_monarch_matmul.py \
+[ -n "${SKIP_TESTS:-}" ] || timeout 300 python3 -m pytest -q tests/test_attention_triton.py tests/test_hadamard.py tests/test_monarch_matmul.py \
   tests/test_cuda_backend.py 2>&1 | tee -a "$LOG" | tail -6
 if [ -n "${TUNE:-}" ]; then
   mkdir -p "$OUT/tuned"
@@ -25,8 +26,5 @@ if [ -n "${TUNE:-}" ]; then
   export MONARCHRT_TUNED_CONFIGS="$OUT/tuned"
 fi
 python3 -m monarchrt_ops info 2>&1 | tee -a "$LOG" | tail -3
-python3 bench/bench_hadamard.py --json "$OUT/bench_hadamard.json" 2>&1 | tee -a "$LOG" | tail -14
-python3 bench/bench_monarch_matmul.py --json "$OUT/bench_monarch_matmul.json" 2>&1 | tee -a "$LOG" | tail -3
-if [ -z "${SKIP_ATTENTION:-}" ]; then
-  python3 bench/bench_attention.py --json "$OUT/bench_attention.json" "$@" 2>&1 | tee -a "$LOG" | tail -8
-fi
+if [ -n "${SKIP_BENCH:-}" ]; then exit 0; fi
+python3 -m monarchrt_ops.bench.cli --out "$OUT" "$@" 2>&1 | tee -a "$LOG" | tail -24
