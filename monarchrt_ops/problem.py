@@ -33,16 +33,24 @@ class AttentionProblem:
         out["dtype"] = str(self.dtype).removeprefix("torch.")
         return out
 
-    def forward_flops(self) -> float:
-        """Useful forward FLOPs (SPEC 1, Cost), unpadded, without the causal mask's savings.
+    def visible_tile_pairs(self) -> int:
+        """(query tile, key tile) pairs that stage L reads: all of them, or the block-causal ones."""
+        if not self.causal_block_tiles:
+            return self.q_tiles * self.kv_tiles
+        c = self.causal_block_tiles
+        return sum(min(self.kv_tiles, (a // c + 1) * c) for a in range(self.q_tiles))
 
-        Final pass: n_q * F * d * (6 * b2 + 4 * b1) per head. Each earlier iteration adds
-        n_q * F * d * (4 * b2 + 4 * b1): S_R and aL, then S_L and the aR update (no Y, no Z).
+    def forward_flops(self) -> float:
+        """Useful forward FLOPs (SPEC 1, Cost), unpadded, over the visible tile pairs.
+
+        Final pass: b1 * b2 * d * (6 * b2 + 4 * b1) per visible (query tile, key tile) pair and head.
+        Each earlier iteration adds b1 * b2 * d * (4 * b2 + 4 * b1): S_R and aL, then S_L and the aR
+        update (no Y, no Z).
         """
-        n_q = self.q_tiles * self.b1 * self.b2
         final = 6 * self.b2 + 4 * self.b1
         extra = (self.num_iters - 1) * (4 * self.b2 + 4 * self.b1)
-        return float(self.batch * self.heads * n_q * self.kv_tiles * self.head_dim * (final + extra))
+        per_pair = self.b1 * self.b2 * self.head_dim * (final + extra)
+        return float(self.batch * self.heads * self.visible_tile_pairs() * per_pair)
 
     def dense_forward_flops(self) -> float:
         """FLOPs of dense softmax attention on the same tokens: 4 * n_q * n_k * d per head."""
