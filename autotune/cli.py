@@ -168,19 +168,25 @@ def tune(args) -> int:
     return 0
 
 
-def _table_for(gpu: str):
+def _this_gpus_table(gpu: str) -> tuple[dict | None, str | None]:
+    """(table, None) for this GPU, or (None, why not)."""
+    problem = _check_gpu(gpu)
+    if problem:
+        return None, problem
     path = tables.tables_dir() / f"{gpu}.json"
     data = tables.read_table(path) if path.exists() else None
-    return path, data
+    return (data, None) if data is not None else (None, f"no readable table at {path}")
+
+
+def _case_of(entry: dict) -> AttentionCase:
+    key = entry["key"]
+    return AttentionCase(shape_by_name(entry["shape"]), DTYPE_BY_KEY[key["dtype"]], key["backward"], entry["backend"])
 
 
 def verify(args) -> int:
-    problem = _check_gpu(args.gpu)
+    data, problem = _this_gpus_table(args.gpu)
     if problem:
         return _fail(problem)
-    path, data = _table_for(args.gpu)
-    if data is None:
-        return _fail(f"no readable table at {path}")
     prov = data["provenance"]
     if prov.get("gpu_name") != torch.cuda.get_device_name():
         print(f"warning: table made on {prov.get('gpu_name')}, this is {torch.cuda.get_device_name()}")
@@ -189,8 +195,7 @@ def verify(args) -> int:
               f"{tables.source_hash()}): re-tune")  # fmt: skip
     bad = 0
     for e in data["entries"]:
-        shape = shape_by_name(e["shape"])
-        case = AttentionCase(shape, DTYPE_BY_KEY[e["key"]["dtype"]], e["key"]["backward"], e["backend"])
+        case = _case_of(e)
         m = case.measure(e["config"], rep_ms=400)
         d = case.measure(case.backend.default_config(case.problem, case.arch), rep_ms=400)
         ok = m.ok and (not d.ok or m.time_ms <= d.time_ms * 1.05)
@@ -202,16 +207,12 @@ def verify(args) -> int:
 
 
 def warmup(args) -> int:
-    problem = _check_gpu(args.gpu)
+    data, problem = _this_gpus_table(args.gpu)
     if problem:
         return _fail(problem)
-    path, data = _table_for(args.gpu)
-    if data is None:
-        return _fail(f"no readable table at {path}")
     for n, e in enumerate(data["entries"], 1):
-        shape = shape_by_name(e["shape"])
         t0 = time.monotonic()
-        case = AttentionCase(shape, DTYPE_BY_KEY[e["key"]["dtype"]], e["key"]["backward"], e["backend"])
+        case = _case_of(e)
         case.run(e["config"])
         torch.cuda.synchronize()
         print(f"[{n}/{len(data['entries'])}] {e['shape']} compiled in {time.monotonic() - t0:.1f} s", flush=True)

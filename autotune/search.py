@@ -112,8 +112,11 @@ def search(
         trial.set_user_attr("rel_err", m.rel_err)
         return m.time_ms
 
+    def measured_in_study() -> int:  # counts other workers' trials too when they share the storage
+        return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+
     def stop_when_done(study, trial):
-        measured = sum(1 for x in seen.values() if x.ok)
+        measured = measured_in_study()
         if measured + counts["wrong"] >= target or len(seen) >= len(grid):
             study.stop()
         elif trial.state == optuna.trial.TrialState.COMPLETE or trial.user_attrs.get("error"):
@@ -123,9 +126,11 @@ def search(
             best = min((x.time_ms for x in seen.values() if x.ok), default=math.nan)
             progress(f"[{measured + counts['wrong']}/{target}] best {best:.4f} ms, eta {left * rate:.0f} s")
 
-    if sum(1 for x in seen.values() if x.ok) < target:
+    if measured_in_study() < target:
         # every valid config may be pruned as a duplicate several times before TPE finds new ones
         study.optimize(objective, n_trials=50 * len(grid), callbacks=[stop_when_done])
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        seen.setdefault(config_id(t.params), Measurement(t.value))  # other workers' results
     ranked = sorted((m.time_ms, cid) for cid, m in seen.items() if m.ok)
     if not ranked:
         raise RuntimeError("every measured config gave a wrong result")
@@ -135,5 +140,4 @@ def search(
     best_time = min(m.time_ms for _, m in timed)
     ties = [(config_id(c), c, m) for c, m in timed if m.time_ms <= best_time * (1 + TIE_FRACTION)]
     _, config, m = min(ties, key=lambda t: t[0])
-    measured = sum(1 for x in seen.values() if x.ok)
-    return SearchResult(config, m, measured, counts["invalid"], counts["wrong"], timed)
+    return SearchResult(config, m, measured_in_study(), counts["invalid"], counts["wrong"], timed)

@@ -36,6 +36,19 @@ class Backend(Protocol):
     def is_valid(self, config: Config, problem: Any, arch: Arch) -> str | None: ...
 
 
+class NoConfig:
+    """A backend with nothing to tune: an empty config is its only valid one."""
+
+    def default_config(self, problem: Any, arch: Arch) -> Config:
+        return {}
+
+    def search_space(self, problem: Any, arch: Arch) -> dict[str, list]:
+        return {}
+
+    def is_valid(self, config: Config, problem: Any, arch: Arch) -> str | None:
+        return None if not config else f"the {self.name} backend takes no config, got {config}"
+
+
 # Automatic preference per device kind: fastest first; 'reference' always last and always able.
 _PREFERENCE = {"cuda": ("cuda", "triton", "reference"), "cpu": ("reference",)}
 

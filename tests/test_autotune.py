@@ -146,3 +146,37 @@ def test_gpu_names():
     assert tables.gpu_table_name("NVIDIA H200") == "h200"
     assert tables.gpu_table_name("NVIDIA GeForce RTX 5090") == "rtx5090"
     assert tables.gpu_table_name("Tesla T4") is None
+
+
+def _worker(storage):
+    res = search(SPACE, is_valid, Counter(), n_trials=12, seed=11, storage=storage, study_name="shared", resume=True,
+                 top_k=1, progress=lambda s: None)  # fmt: skip
+    return res.trials
+
+
+def test_two_workers_share_one_study(tmp_path):
+    import concurrent.futures
+    import multiprocessing
+
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx) as pool:
+        counts = list(pool.map(_worker, [storage, storage]))
+    import optuna
+
+    study = optuna.load_study(study_name="shared", storage=storage)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert 12 <= len(complete) <= 13  # one budget, shared; at most one trial in flight overshoots
+    assert max(counts) == len(complete)
+
+
+def test_tune_refuses_without_a_gpu_or_with_another_gpu(monkeypatch, capsys):
+    from monarchrt_ops.autotune import cli
+
+    monkeypatch.setattr(cli.torch.cuda, "is_available", lambda: False)
+    assert cli.main(["--gpu", "h100"]) == 2
+    assert "no CUDA device: a table is measured on the GPU it is for" in capsys.readouterr().err
+    monkeypatch.setattr(cli.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cli.torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
+    assert cli.main(["verify", "--gpu", "h100"]) == 2
+    assert "--gpu h100 does not match this device, NVIDIA H200 (h200)" in capsys.readouterr().err

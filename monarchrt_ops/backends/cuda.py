@@ -12,6 +12,7 @@ import functools
 import torch
 
 from ..arch import Arch
+from ..registry import NoConfig
 
 _DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1}
 
@@ -40,7 +41,7 @@ def arch_reason(arch: Arch) -> str | None:
     return None
 
 
-class CudaHadamard:
+class CudaHadamard(NoConfig):
     name = "cuda"
     # Measured on an H100 (bench/results/h100-hadamard-v1.json): 16-51 % of clone bandwidth against
     # Triton's 52-99 %, so automatic selection passes it over; backend="cuda" still runs it.
@@ -56,15 +57,6 @@ class CudaHadamard:
         if problem.m != 1 or not 256 <= problem.n <= 32768:
             return f"n={problem.n}: the CUDA kernel takes powers of two 256..32768"
         return None
-
-    def default_config(self, problem, arch: Arch) -> dict:
-        return {}
-
-    def search_space(self, problem, arch: Arch) -> dict[str, list]:
-        return {}
-
-    def is_valid(self, config: dict, problem, arch: Arch) -> str | None:
-        return None if not config else f"the cuda Hadamard takes no config, got {config}"
 
     def launch(self, config, x2d, out2d, *, m, n2, scale, transpose):
         module, _ = extension()

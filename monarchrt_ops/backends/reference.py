@@ -6,25 +6,17 @@ import torch
 
 from .. import reference
 from ..arch import Arch
+from ..registry import NoConfig
 from ..structured_reference import reference_hadamard, reference_monarch_matmul
 
 
-class _Reference:
+class _Reference(NoConfig):
     """Every reference backend: runs anything, takes no config."""
 
     name = "reference"
 
     def supports(self, problem, arch: Arch) -> str | None:
         return None
-
-    def default_config(self, problem, arch: Arch) -> dict:
-        return {}
-
-    def search_space(self, problem, arch: Arch) -> dict[str, list]:
-        return {}
-
-    def is_valid(self, config: dict, problem, arch: Arch) -> str | None:
-        return None if not config else f"the reference backend takes no config, got {config}"
 
 
 class ReferenceAttention(_Reference):
