@@ -47,6 +47,22 @@ def config_id(config: dict) -> str:
     return json.dumps(config, sort_keys=True)
 
 
+def _create_study(optuna, study_name, storage, sampler, attempts: int = 5):
+    """create_study, retried: workers that start together race to create the storage's schema."""
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.create_study(
+                study_name=study_name, storage=storage, sampler=sampler, direction="minimize", load_if_exists=True
+            )
+        except (IntegrityError, OperationalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def valid_grid(space: dict[str, list], is_valid: Callable[[dict], str | None]) -> list[dict]:
     names = sorted(space)
     grid = [dict(zip(names, values, strict=True)) for values in itertools.product(*(space[n] for n in names))]
@@ -80,9 +96,7 @@ def search(
     if storage and not resume:
         with contextlib.suppress(KeyError):  # nothing stored yet
             optuna.delete_study(study_name=study_name, storage=storage)
-    study = optuna.create_study(
-        study_name=study_name, storage=storage, sampler=sampler, direction="minimize", load_if_exists=True
-    )
+    study = _create_study(optuna, study_name, storage, sampler)
     target = min(n_trials, len(grid))
     seen: dict[str, Measurement] = {}
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
