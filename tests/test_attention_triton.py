@@ -82,3 +82,22 @@ def test_self_forcing_shapes_bf16(q_frames, kv_frames, poison_empty):
     out = m.monarch_attention(q, k, v, shape, backend="triton")
     ref = m.monarch_attention(q.double(), k.double(), v.double(), shape, backend="reference")  # on the GPU
     assert rel_err(out, ref) < TOL[torch.bfloat16]
+
+
+@pytest.mark.skipif(not GPU, reason="GPU tier: compiled-kernel caches exist only when compiling")
+def test_new_kv_length_does_not_recompile():
+    from monarchrt_ops.triton_kernels import monarch_attention_fwd as fwd
+
+    def compiled() -> int:
+        dev = torch.cuda.current_device()
+        return sum(len(k.device_caches[dev][0]) for k in (fwd._stage_r_fwd, fwd._stage_l_fwd))
+
+    shape, hw = (5, 6), 30
+    k_cache = torch.randn(1, 20 * hw, 2, 64, device="cuda", dtype=torch.float16)
+    v_cache = torch.randn_like(k_cache)
+    q = torch.randn(1, 2 * hw, 2, 64, device="cuda", dtype=torch.float16)
+    m.monarch_attention_kv_cache(q, k_cache, v_cache, 2, shape, backend="triton")
+    before = compiled()
+    for kv_frames in (3, 4, 16, 17, 20):
+        m.monarch_attention_kv_cache(q, k_cache, v_cache, kv_frames, shape, backend="triton")
+    assert compiled() == before

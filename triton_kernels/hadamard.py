@@ -32,7 +32,7 @@ def _contract(x, h, R: tl.constexpr, C: tl.constexpr, B: tl.constexpr, DOT_PRECI
     return tl.reshape(y, (R * C * B,))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["rows"])  # a new batch size must not compile a new kernel
 def _hadamard_kernel(
     X, Y, HM, HF0, HF1, HF2,
     rows, m, n2, x_stride, y_stride, scale,

@@ -21,8 +21,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .monarch_attention_fwd import RUNTIME_ARGS
 
-@triton.jit
+
+@triton.jit(do_not_specialize=RUNTIME_ARGS)
 def _stage_l_bwd_kv(
     Q, DZ, LSE, DELTA_L, AL, Y, CL, DAL, DY, DCL, DELTA_R,
     sm_scale,
@@ -84,7 +86,7 @@ def _stage_l_bwd_kv(
     tl.store(DELTA_R + rows, delta_r, mask=mask_k)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=RUNTIME_ARGS)
 def _stage_l_bwd_q(
     Q, DZ, LSE, DELTA_L, AL, Y, CL, DQ,
     sm_scale,
@@ -150,7 +152,7 @@ def _stage_r_grad_logits(q, k_blk, v_blk, lse_r, d_al, d_y, d_cl, delta_r, mask,
     return r, r * (d_r - delta_r[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=RUNTIME_ARGS)
 def _stage_r_bwd_kv(
     Q, K, V, LSE_R, DAL, DY, DCL, DELTA_R, DK, DV,
     sm_scale,
@@ -212,7 +214,7 @@ def _stage_r_bwd_kv(
     tl.store(DV + out[:, None] * HEAD_DIM + offs_d[None, :], acc_dv, mask=mask_l[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=RUNTIME_ARGS)
 def _stage_r_bwd_q(
     Q, K, V, LSE_R, DAL, DY, DCL, DELTA_R, DQ,
     sm_scale,

@@ -25,11 +25,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+# Tile counts and the causal block are runtime values: a new KV-cache length or batch of query
+# frames must not compile a new kernel (Triton would otherwise specialise on ==1 and %16).
+RUNTIME_ARGS = ["num_q_tiles", "num_kv_tiles", "causal_block_tiles"]
 TEMPERATURE_EPS = tl.constexpr(1e-6)
 TEMPERATURE_MAX = tl.constexpr(1e4)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=RUNTIME_ARGS)
 def _stage_r_fwd(
     Q, K, V, AR, CR, AL, Y, CL, LSE_R,
     sm_scale,
@@ -108,7 +111,7 @@ def _stage_r_fwd(
         tl.store(LSE_R + out_rows, lse, mask=mask_j)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=RUNTIME_ARGS)
 def _stage_l_fwd(
     Q, AL, Y, CL, Z, LSE,
     sm_scale,
@@ -168,7 +171,7 @@ def _stage_l_fwd(
         )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=RUNTIME_ARGS)
 def _stage_l_update(
     Q, AL, CL, LSE, AR, CR,
     sm_scale,

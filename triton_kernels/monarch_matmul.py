@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["rows"])  # a new batch size must not compile a new kernel
 def _block_diag_matmul(
     X, W, Y,
     rows, x_stride, y_stride, C, P,
@@ -42,7 +42,7 @@ def _block_diag_matmul(
              mask=mask_m[:, None] & mask_c[None, :])  # fmt: skip
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["rows"])
 def _reordered_block_matmul(
     Y1, W2, OUT,
     rows, y_stride, out_stride, L, S, R,
