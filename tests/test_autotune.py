@@ -180,3 +180,34 @@ def test_tune_refuses_without_a_gpu_or_with_another_gpu(monkeypatch, capsys):
     monkeypatch.setattr(cli.torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
     assert cli.main(["verify", "--gpu", "h100"]) == 2
     assert "--gpu h100 does not match this device, NVIDIA H200 (h200)" in capsys.readouterr().err
+
+
+def test_strict_mode_refuses_untuned_configs_and_takes_tuned_ones(table_dir, monkeypatch):
+    import torch
+
+    from monarchrt_ops import registry
+    from monarchrt_ops.arch import Arch
+    from monarchrt_ops.backends.triton import TritonAttention
+    from monarchrt_ops.problem import AttentionProblem
+
+    h100 = Arch("sm90", (9, 0), "NVIDIA H100 80GB HBM3", 132, 232448)
+    problem = AttentionProblem(1, 12, 128, 30, 52, 3, 21, 0, 1, torch.bfloat16)
+    backend = TritonAttention()
+    config, source = registry._config_for("attention", backend, problem, h100)
+    assert source.startswith("backend default: no entry") and config == backend.default_config(problem, h100)
+    monkeypatch.setenv("MONARCHRT_STRICT", "1")
+    with pytest.raises(RuntimeError, match="MONARCHRT_STRICT=1: no tuned triton config"):
+        registry._config_for("attention", backend, problem, h100)
+    tuned = {**config, "l_warps": 8}
+    exact, bucket = tables.split_key(problem.key())
+
+    def table_with(cfg):
+        entry = {"op": "attention", "backend": "triton", "key": exact, "bucket": bucket, "config": cfg}
+        tables.write_table(table_dir / "h100.json", "h100", prov(), [entry])
+
+    table_with(tuned)
+    assert registry._config_for("attention", backend, problem, h100) == (tuned, "tuned table h100.json: exact")
+    # a config the backend no longer accepts is ignored, with the default in its place (outside strict mode)
+    monkeypatch.delenv("MONARCHRT_STRICT")
+    table_with({**config, "l_warps": 3})
+    assert registry._config_for("attention", backend, problem, h100)[1].startswith("backend default")

@@ -76,7 +76,7 @@ def test_opcheck_and_compile():
     torch.testing.assert_close(fn(x), m.hadamard(x) * 2)
 
 
-TRITON_SIZES = [2, 8, 16, 24, 64, 160, 256, 768, 1024, 4096, 5120, 8192, 12 * 1024] + ([2**15] if GPU else [])
+TRITON_SIZES = [2, 8, 16, 24, 64, 160, 256, 768, 1024, 4096, 5120, 8192, 12 * 1024, 2**16] + ([2**15] if GPU else [])
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if GPU else [])
 
 
