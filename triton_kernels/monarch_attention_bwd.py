@@ -21,7 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .monarch_attention_fwd import RUNTIME_ARGS
+from .monarch_attention_fwd import RUNTIME_ARGS, _rows
 
 
 @triton.jit(do_not_specialize=RUNTIME_ARGS)
@@ -50,8 +50,8 @@ def _stage_l_bwd_kv(
     mask_k = offs_k < b1
     row0 = ((((bb * nh + h) * num_q_tiles + a) * num_kv_tiles + f) * b2 + j) * b1
     rows = row0 + offs_k
-    a_l = tl.load(AL + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=mask_k[:, None], other=0.0)
-    y = tl.load(Y + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=mask_k[:, None], other=0.0)
+    a_l = _rows(AL, rows * HEAD_DIM, mask_k, HEAD_DIM)
+    y = _rows(Y, rows * HEAD_DIM, mask_k, HEAD_DIM)
     c_l = tl.load(CL + rows, mask=mask_k, other=0.0)
     acc_dal = tl.zeros([BLOCK_K, HEAD_DIM], tl.float32)
     acc_dy = tl.zeros([BLOCK_K, HEAD_DIM], tl.float32)
@@ -59,14 +59,8 @@ def _stage_l_bwd_kv(
     for i0 in range(0, b1, BLOCK_I):
         offs_i = i0 + tl.arange(0, BLOCK_I)
         mask_i = offs_i < b1
-        q = tl.load(
-            Q + bb * sqb + a * sqt + offs_i[:, None] * sqr + j * sqc + h * sqh + offs_d[None, :],
-            mask=mask_i[:, None], other=0.0,
-        )  # fmt: skip
-        dz = tl.load(
-            DZ + bb * szb + a * szt + offs_i[:, None] * szr + j * szc + h * szh + offs_d[None, :],
-            mask=mask_i[:, None], other=0.0,
-        )  # fmt: skip
+        q = _rows(Q + bb * sqb + a * sqt + j * sqc + h * sqh, offs_i * sqr, mask_i, HEAD_DIM)
+        dz = _rows(DZ + bb * szb + a * szt + j * szc + h * szh, offs_i * szr, mask_i, HEAD_DIM)
         tok = ((bb * num_q_tiles + a) * b1 + offs_i) * b2 + j
         lse = tl.load(LSE + tok * nh + h, mask=mask_i, other=float("inf"))
         d_l = tl.load(DELTA_L + tok * nh + h, mask=mask_i, other=0.0)
@@ -106,14 +100,8 @@ def _stage_l_bwd_q(
     offs_i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
     offs_d = tl.arange(0, HEAD_DIM)
     mask_i = offs_i < b1
-    q = tl.load(
-        Q + bb * sqb + a * sqt + offs_i[:, None] * sqr + j * sqc + h * sqh + offs_d[None, :],
-        mask=mask_i[:, None], other=0.0,
-    )  # fmt: skip
-    dz = tl.load(
-        DZ + bb * szb + a * szt + offs_i[:, None] * szr + j * szc + h * szh + offs_d[None, :],
-        mask=mask_i[:, None], other=0.0,
-    )  # fmt: skip
+    q = _rows(Q + bb * sqb + a * sqt + j * sqc + h * sqh, offs_i * sqr, mask_i, HEAD_DIM)
+    dz = _rows(DZ + bb * szb + a * szt + j * szc + h * szh, offs_i * szr, mask_i, HEAD_DIM)
     tok = ((bb * num_q_tiles + a) * b1 + offs_i) * b2 + j
     lse = tl.load(LSE + tok * nh + h, mask=mask_i, other=float("inf"))
     d_l = tl.load(DELTA_L + tok * nh + h, mask=mask_i, other=0.0)
@@ -128,14 +116,25 @@ def _stage_l_bwd_q(
             offs_k = k0 + tl.arange(0, BLOCK_K)
             mask_k = offs_k < b1
             rows = row0 + offs_k
-            a_l = tl.load(AL + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=mask_k[:, None], other=0.0)
-            y = tl.load(Y + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=mask_k[:, None], other=0.0)
+            a_l = _rows(AL, rows * HEAD_DIM, mask_k, HEAD_DIM)
+            y = _rows(Y, rows * HEAD_DIM, mask_k, HEAD_DIM)
             c_l = tl.load(CL + rows, mask=mask_k, other=0.0)
             s = tl.dot(q, tl.trans(a_l), input_precision=DOT_PRECISION) * sm_scale - c_l[None, :]
             p = tl.where(mask_k[None, :], tl.exp(s - lse[:, None]), 0.0)
             ds = p * (tl.dot(dz, tl.trans(y), input_precision=DOT_PRECISION) - d_l[:, None])
             acc += tl.dot(ds.to(dtype), a_l, input_precision=DOT_PRECISION)  # [BI, BK] @ [BK, D]
     tl.store(DQ + (tok[:, None] * nh + h) * HEAD_DIM + offs_d[None, :], acc * sm_scale, mask=mask_i[:, None])
+
+
+@triton.jit
+def _stage_r_grads(LSE_R, DAL, DY, DCL, DELTA_R, rows, mask, HEAD_DIM: tl.constexpr):
+    """The stage-L results stage R's backward reads for rows (a, f, j, k): lse_R, daL, dY, dcL, D_R."""
+    lse_r = tl.load(LSE_R + rows, mask=mask, other=0.0)
+    d_al = _rows(DAL, rows * HEAD_DIM, mask, HEAD_DIM)
+    d_y = _rows(DY, rows * HEAD_DIM, mask, HEAD_DIM)
+    d_cl = tl.load(DCL + rows, mask=mask, other=0.0)
+    delta_r = tl.load(DELTA_R + rows, mask=mask, other=0.0)
+    return lse_r, d_al, d_y, d_cl, delta_r
 
 
 @triton.jit
@@ -173,14 +172,8 @@ def _stage_r_bwd_kv(
     offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
     offs_d = tl.arange(0, HEAD_DIM)
     mask_l = offs_l < b2
-    k_blk = tl.load(
-        K + bb * skb + f * skt + k_row * skr + offs_l[:, None] * skc + h * skh + offs_d[None, :],
-        mask=mask_l[:, None], other=0.0,
-    )  # fmt: skip
-    v_blk = tl.load(
-        V + bb * svb + f * svt + k_row * svr + offs_l[:, None] * svc + h * svh + offs_d[None, :],
-        mask=mask_l[:, None], other=0.0,
-    )  # fmt: skip
+    k_blk = _rows(K + bb * skb + f * skt + k_row * skr + h * skh, offs_l * skc, mask_l, HEAD_DIM)
+    v_blk = _rows(V + bb * svb + f * svt + k_row * svr + h * svh, offs_l * svc, mask_l, HEAD_DIM)
     a_start = 0
     if causal_block_tiles > 0:
         a_start = (f // causal_block_tiles) * causal_block_tiles
@@ -191,16 +184,9 @@ def _stage_r_bwd_kv(
         for j0 in range(0, b2, BLOCK_J):
             offs_j = j0 + tl.arange(0, BLOCK_J)
             mask_j = offs_j < b2
-            q = tl.load(
-                Q + bb * sqb + a * sqt + k_row * sqr + offs_j[:, None] * sqc + h * sqh + offs_d[None, :],
-                mask=mask_j[:, None], other=0.0,
-            )  # fmt: skip
+            q = _rows(Q + bb * sqb + a * sqt + k_row * sqr + h * sqh, offs_j * sqc, mask_j, HEAD_DIM)
             rows = (afk_base * b2 + offs_j) * b1 + k_row
-            lse_r = tl.load(LSE_R + rows, mask=mask_j, other=0.0)
-            d_al = tl.load(DAL + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=mask_j[:, None], other=0.0)
-            d_y = tl.load(DY + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=mask_j[:, None], other=0.0)
-            d_cl = tl.load(DCL + rows, mask=mask_j, other=0.0)
-            delta_r = tl.load(DELTA_R + rows, mask=mask_j, other=0.0)
+            lse_r, d_al, d_y, d_cl, delta_r = _stage_r_grads(LSE_R, DAL, DY, DCL, DELTA_R, rows, mask_j, HEAD_DIM)
             mask = mask_j[:, None] & mask_l[None, :]
             r, ds = _stage_r_grad_logits(
                 q, k_blk, v_blk, lse_r, d_al, d_y, d_cl, delta_r, mask, sm_scale, DOT_PRECISION
@@ -235,10 +221,7 @@ def _stage_r_bwd_q(
     offs_j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)
     offs_d = tl.arange(0, HEAD_DIM)
     mask_j = offs_j < b2
-    q = tl.load(
-        Q + bb * sqb + a * sqt + k_row * sqr + offs_j[:, None] * sqc + h * sqh + offs_d[None, :],
-        mask=mask_j[:, None], other=0.0,
-    )  # fmt: skip
+    q = _rows(Q + bb * sqb + a * sqt + k_row * sqr + h * sqh, offs_j * sqc, mask_j, HEAD_DIM)
     f_end = num_kv_tiles
     if causal_block_tiles > 0:
         f_end = tl.minimum(num_kv_tiles, (a // causal_block_tiles + 1) * causal_block_tiles)
@@ -246,22 +229,12 @@ def _stage_r_bwd_q(
     for f in range(0, f_end):
         afk_base = ((bb * nh + h) * num_q_tiles + a) * num_kv_tiles + f
         rows = (afk_base * b2 + offs_j) * b1 + k_row
-        lse_r = tl.load(LSE_R + rows, mask=mask_j, other=0.0)
-        d_al = tl.load(DAL + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=mask_j[:, None], other=0.0)
-        d_y = tl.load(DY + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=mask_j[:, None], other=0.0)
-        d_cl = tl.load(DCL + rows, mask=mask_j, other=0.0)
-        delta_r = tl.load(DELTA_R + rows, mask=mask_j, other=0.0)
+        lse_r, d_al, d_y, d_cl, delta_r = _stage_r_grads(LSE_R, DAL, DY, DCL, DELTA_R, rows, mask_j, HEAD_DIM)
         for l0 in range(0, b2, BLOCK_L):
             offs_l = l0 + tl.arange(0, BLOCK_L)
             mask_l = offs_l < b2
-            k_blk = tl.load(
-                K + bb * skb + f * skt + k_row * skr + offs_l[:, None] * skc + h * skh + offs_d[None, :],
-                mask=mask_l[:, None], other=0.0,
-            )  # fmt: skip
-            v_blk = tl.load(
-                V + bb * svb + f * svt + k_row * svr + offs_l[:, None] * svc + h * svh + offs_d[None, :],
-                mask=mask_l[:, None], other=0.0,
-            )  # fmt: skip
+            k_blk = _rows(K + bb * skb + f * skt + k_row * skr + h * skh, offs_l * skc, mask_l, HEAD_DIM)
+            v_blk = _rows(V + bb * svb + f * svt + k_row * svr + h * svh, offs_l * svc, mask_l, HEAD_DIM)
             mask = mask_j[:, None] & mask_l[None, :]
             _, ds = _stage_r_grad_logits(
                 q, k_blk, v_blk, lse_r, d_al, d_y, d_cl, delta_r, mask, sm_scale, DOT_PRECISION

@@ -32,6 +32,12 @@ TEMPERATURE_EPS = tl.constexpr(1e-6)
 TEMPERATURE_MAX = tl.constexpr(1e4)
 
 
+@triton.jit
+def _rows(base, row_offsets, mask, HEAD_DIM: tl.constexpr):
+    """[R, HEAD_DIM] block whose row r starts at ``base + row_offsets[r]``; masked rows read 0."""
+    return tl.load(base + row_offsets[:, None] + tl.arange(0, HEAD_DIM)[None, :], mask=mask[:, None], other=0.0)
+
+
 @triton.jit(do_not_specialize=RUNTIME_ARGS)
 def _stage_r_fwd(
     Q, K, V, AR, CR, AL, Y, CL, LSE_R,
@@ -62,12 +68,10 @@ def _stage_r_fwd(
     afk_base = ((bb * nh + h) * num_q_tiles + a) * num_kv_tiles + f
     if FIRST:
         # [BJ, D] query of row k, every column j of the block
-        p_a = Q + bb * sqb + a * sqt + k_row * sqr + offs_j[:, None] * sqc + h * sqh + offs_d[None, :]
-        a_r = tl.load(p_a, mask=mask_j[:, None], other=0.0)
+        a_r = _rows(Q + bb * sqb + a * sqt + k_row * sqr + h * sqh, offs_j * sqc, mask_j, HEAD_DIM)
         row_scale = tl.full([BLOCK_J], 1.0, tl.float32) * sm_scale
     else:
-        p_a = AR + ((afk_base * b1 + k_row) * b2 + offs_j[:, None]) * HEAD_DIM + offs_d[None, :]
-        a_r = tl.load(p_a, mask=mask_j[:, None], other=0.0)
+        a_r = _rows(AR, ((afk_base * b1 + k_row) * b2 + offs_j) * HEAD_DIM, mask_j, HEAD_DIM)
         c_r = tl.load(CR + (afk_base * b1 + k_row) * b2 + offs_j, mask=mask_j, other=1.0)
         row_scale = sm_scale * tl.minimum(1.0 / (c_r + TEMPERATURE_EPS), TEMPERATURE_MAX)
 
@@ -81,7 +85,7 @@ def _stage_r_fwd(
     for l0 in range(0, b2, BLOCK_L):
         offs_l = l0 + tl.arange(0, BLOCK_L)
         mask_l = offs_l < b2
-        k_blk = tl.load(k_base + offs_l[:, None] * skc + offs_d[None, :], mask=mask_l[:, None], other=0.0)
+        k_blk = _rows(k_base, offs_l * skc, mask_l, HEAD_DIM)
         s = tl.dot(a_r, tl.trans(k_blk), input_precision=DOT_PRECISION) * row_scale[:, None]  # [BJ, D] @ [D, BL]
         s = tl.where(mask_l[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -93,7 +97,7 @@ def _stage_r_fwd(
             p.to(dtype), k_blk, input_precision=DOT_PRECISION
         )  # [BJ, BL] @ [BL, D]
         if WRITE_Y:
-            v_blk = tl.load(v_base + offs_l[:, None] * svc + offs_d[None, :], mask=mask_l[:, None], other=0.0)
+            v_blk = _rows(v_base, offs_l * svc, mask_l, HEAD_DIM)
             acc_y = acc_y * alpha[:, None] + tl.dot(p.to(dtype), v_blk, input_precision=DOT_PRECISION)
         m_i = m_new
     lse = m_i + tl.log(l_i)
@@ -131,11 +135,7 @@ def _stage_l_fwd(
     offs_i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
     offs_d = tl.arange(0, HEAD_DIM)
     mask_i = offs_i < b1
-    q = tl.load(
-        Q + bb * sqb + a * sqt + offs_i[:, None] * sqr + j * sqc + h * sqh + offs_d[None, :],
-        mask=mask_i[:, None],
-        other=0.0,
-    )
+    q = _rows(Q + bb * sqb + a * sqt + j * sqc + h * sqh, offs_i * sqr, mask_i, HEAD_DIM)
     f_end = num_kv_tiles
     if causal_block_tiles > 0:
         f_end = tl.minimum(num_kv_tiles, (a // causal_block_tiles + 1) * causal_block_tiles)
@@ -148,7 +148,7 @@ def _stage_l_fwd(
         for k0 in range(0, b1, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
             mask_k = offs_k < b1
-            a_l = tl.load(AL + (row0 + offs_k[:, None]) * HEAD_DIM + offs_d[None, :], mask=mask_k[:, None], other=0.0)
+            a_l = _rows(AL, (row0 + offs_k) * HEAD_DIM, mask_k, HEAD_DIM)
             c_l = tl.load(CL + row0 + offs_k, mask=mask_k, other=0.0)
             s = tl.dot(q, tl.trans(a_l), input_precision=DOT_PRECISION) * sm_scale - c_l[None, :]  # [BI, D] @ [D, BK]
             s = tl.where(mask_k[None, :], s, float("-inf"))
@@ -157,7 +157,7 @@ def _stage_l_fwd(
             p = tl.exp(s - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
             if WRITE_Z:
-                y = tl.load(Y + (row0 + offs_k[:, None]) * HEAD_DIM + offs_d[None, :], mask=mask_k[:, None], other=0.0)
+                y = _rows(Y, (row0 + offs_k) * HEAD_DIM, mask_k, HEAD_DIM)
                 acc = acc * alpha[:, None] + tl.dot(p.to(dtype), y, input_precision=DOT_PRECISION)  # [BI, BK] @ [BK, D]
             m_i = m_new
     # LSE and Z are contiguous [B, A, b1, b2, nh] and [B, A, b1, b2, nh, D]
@@ -196,18 +196,14 @@ def _stage_l_update(
     mask_k = offs_k < b1
     afk_base = ((bb * nh + h) * num_q_tiles + a) * num_kv_tiles + f
     row0 = (afk_base * b2 + j) * b1
-    a_l = tl.load(AL + (row0 + offs_k[:, None]) * HEAD_DIM + offs_d[None, :], mask=mask_k[:, None], other=0.0)
+    a_l = _rows(AL, (row0 + offs_k) * HEAD_DIM, mask_k, HEAD_DIM)
     c_l = tl.load(CL + row0 + offs_k, mask=mask_k, other=0.0)
     acc = tl.zeros([BLOCK_K, HEAD_DIM], tl.float32)
     c_r = tl.zeros([BLOCK_K], tl.float32)
     for i0 in range(0, b1, BLOCK_I):
         offs_i = i0 + tl.arange(0, BLOCK_I)
         mask_i = offs_i < b1
-        q = tl.load(
-            Q + bb * sqb + a * sqt + offs_i[:, None] * sqr + j * sqc + h * sqh + offs_d[None, :],
-            mask=mask_i[:, None],
-            other=0.0,
-        )
+        q = _rows(Q + bb * sqb + a * sqt + j * sqc + h * sqh, offs_i * sqr, mask_i, HEAD_DIM)
         tok = ((bb * num_q_tiles + a) * b1 + offs_i) * b2 + j
         lse = tl.load(LSE + tok * nh + h, mask=mask_i, other=float("inf"))
         s = tl.dot(q, tl.trans(a_l), input_precision=DOT_PRECISION) * sm_scale - c_l[None, :]  # [BI, BK]
