@@ -99,8 +99,19 @@ def _tables() -> dict[str, dict]:
         for path in sorted(folder.glob("*.json")):
             data = read_table(path)
             if data is not None:
+                _warn_if_stale(path, data)
                 out[path.stem] = data
     return out
+
+
+def _warn_if_stale(path: Path, data: dict) -> None:
+    made_for, now = data["provenance"].get("source_hash"), source_hash()
+    if made_for != now:
+        warnings.warn(
+            f"tuned config table {path.name} was tuned on other kernel sources (hash {made_for}, now {now}); "
+            f"its configs still pass is_valid before use, but re-tune or run monarchrt-tune verify",
+            stacklevel=3,
+        )
 
 
 def clear_cache() -> None:

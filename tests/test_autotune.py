@@ -211,3 +211,32 @@ def test_strict_mode_refuses_untuned_configs_and_takes_tuned_ones(table_dir, mon
     monkeypatch.delenv("MONARCHRT_STRICT")
     table_with({**config, "l_warps": 3})
     assert registry._config_for("attention", backend, problem, h100)[1].startswith("backend default")
+
+
+def test_table_of_other_kernel_sources_warns_but_is_used(table_dir):
+    stale = {**prov(), "source_hash": "0123456789abcdef"}
+    tables.write_table(table_dir / "h100.json", "h100", stale, [entry(3, {"x": 2})])
+    problem = {**KEY, "q_tiles": 3, "kv_tiles": 21, "batch": 1, "heads": 12}
+    with pytest.warns(UserWarning, match="tuned on other kernel sources"):
+        hit = tables.lookup("attention", "triton", problem, "h100", "sm90")
+    assert hit.config == {"x": 2}
+
+
+def test_committed_tables_are_well_formed():
+    """Every shipped table passes the schema, and each entry's config is valid for its backend."""
+    import torch
+
+    from monarchrt_ops.arch import Arch
+    from monarchrt_ops.problem import AttentionProblem
+    from monarchrt_ops.registry import get_backend
+
+    folder = tables.tables_dir()
+    for path in folder.glob("*.json"):
+        data = json.loads(path.read_text())
+        assert tables.validate_table(data) == [], path
+        family = data["provenance"]["family"]
+        arch = Arch(family, tuple(data["provenance"]["capability"]), data["provenance"]["gpu_name"])
+        for e in data["entries"]:
+            key = {**e["key"], **e["bucket"], "dtype": getattr(torch, e["key"]["dtype"])}
+            problem = AttentionProblem(**key)
+            assert get_backend(e["op"], e["backend"]).is_valid(e["config"], problem, arch) is None, (path, e)
