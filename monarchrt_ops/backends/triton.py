@@ -100,7 +100,7 @@ class TritonAttention(_Triton):
         if config["block_i"] * d * 4 > _MAX_ACC_BYTES:
             return f"stage L accumulator {config['block_i']}*{d}*4 B exceeds {_MAX_ACC_BYTES} B"
         if arch.smem_per_block:
-            elem = torch.tensor([], dtype=problem.dtype).element_size()
+            elem = problem.dtype.itemsize
             # stage R: K and V blocks per pipeline stage; stage L: aL and Y blocks per stage
             smem = max(config["block_l"], config["block_k"]) * d * elem * 2 * config["num_stages"]
             if smem > arch.smem_per_block:
