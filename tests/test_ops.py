@@ -76,3 +76,20 @@ def test_namespace_is_changeable_for_vendored_copies():
 def test_import_touches_no_gpu_and_no_triton():
     out = _run("import sys, torch, monarchrt_ops; print(torch.cuda.is_initialized(), 'triton' in sys.modules)")
     assert out.strip() == "False False"
+
+
+def test_compile_fullgraph_kv_cache_path_matches_eager():
+    hw = 60
+    k_cache, v_cache = torch.zeros(1, 4 * hw, 2, 8), torch.zeros(1, 4 * hw, 2, 8)
+    q, new_k, new_v = (torch.randn(1, hw, 2, 8, requires_grad=True) for _ in range(3))
+    m.write_kv_cache(k_cache, v_cache, new_k.detach(), new_v.detach(), 1, (6, 10))
+
+    def fn(q, new_k, new_v):
+        return m.monarch_attention_kv_cache(q, k_cache, v_cache, 2, (6, 10), new_k=new_k, new_v=new_v)
+
+    eager = fn(q, new_k, new_v)
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")(q, new_k, new_v)
+    torch.testing.assert_close(compiled, eager)
+    for a, b in zip(torch.autograd.grad(compiled.sum(), (q, new_k, new_v)),
+                    torch.autograd.grad(eager.sum(), (q, new_k, new_v)), strict=True):  # fmt: skip
+        torch.testing.assert_close(a, b)
