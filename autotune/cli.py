@@ -1,14 +1,15 @@
 """``monarchrt-tune``: tune on the GPU you have, verify a table, or warm its kernels up.
 
-monarchrt-tune --gpu h100 [--ops attention] [--shapes NAME ...] [--backward] [--trials N]
+monarchrt-tune --gpu h100 [--ops attention hadamard monarch_matmul] [--shapes NAME ...] [--backward] [--trials N]
                [--storage URL] [--resume] [--seed S] [--out DIR]
 monarchrt-tune verify --gpu h100      re-time and re-check every entry on this GPU and code
 monarchrt-tune warmup --gpu h100      compile every kernel config the table names
 
-Each trial's output is checked against the reference backend (fp32 on the GPU) before its time
-counts; the top 3 are re-timed with 4x the repetitions; Optuna studies are stored in SQLite
-(``monarchrt-tune-<gpu>.db``) so ``--resume`` continues a killed run and several workers
-(one per GPU, same ``--storage``) can share a study.
+Shapes come from autotune/shapes.py (attention shapes selectable by name). Each trial's output is
+checked against the reference backend (fp32 on the GPU) before its time counts; the top 3 are
+re-timed with 4x the repetitions; Optuna studies are stored in SQLite (``monarchrt-tune-<gpu>.db``)
+so ``--resume`` continues a killed run and several workers (one per GPU, same ``--storage``) share a
+study and its trial budget.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from pathlib import Path
 import torch
 
 from . import tables
-from .search import Measurement, search
-from .shapes import ATTENTION_SHAPES, attention_inputs, shape_by_name
+from .cases import DTYPE_BY_NAME, AttentionCase, Case, HadamardCase, MonarchMatmulCase, case_from
+from .search import search
+from .shapes import ATTENTION_SHAPES, HADAMARD_BYTES, HADAMARD_SIZES, MONARCH_MATMUL_SHAPES
 
-TOLERANCE = {torch.bfloat16: 1.5e-2, torch.float16: 3e-3, torch.float32: 5e-4}  # SPEC 4 (fp32: tf32)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-DTYPE_BY_KEY = {str(v).removeprefix("torch."): v for v in DTYPES.values()}  # table keys say "bfloat16"
+OPS = ("attention", "hadamard", "monarch_matmul")
 
 
 def _fail(msg: str) -> int:
@@ -56,73 +57,56 @@ def provenance(seed: int, command: str) -> dict:
     return {
         "gpu_name": arch.device_name, "capability": list(arch.capability), "family": arch.family,
         "driver": driver, "cuda": torch.version.cuda, "torch": torch.__version__, "triton": triton.__version__,
-        "source_hash": tables.source_hash(), "seed": seed, "command": command,
+        "seed": seed, "command": command,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }  # fmt: skip
 
 
-def _rel(out, ref) -> float:
-    out, ref = out.float(), ref.float()
-    if not torch.isfinite(out).all():
-        return float("inf")
-    return ((out - ref).norm() / ref.norm()).item()
+def build_cases(ops, attention_shapes, backward: bool, dtype, device="cuda", timer=None) -> list[Case]:
+    """The cases of the shared shape lists (autotune/shapes.py) for the requested ops."""
+    cases: list[Case] = []
+    if "attention" in ops:
+        for name in attention_shapes:
+            for bwd in (False, True) if backward else (False,):
+                cases.append(AttentionCase(name, dtype, bwd, device=device, timer=timer))
+    if "hadamard" in ops:
+        for n in HADAMARD_SIZES:
+            cases.append(HadamardCase(n, HADAMARD_BYTES // (2 * n), dtype, device=device, timer=timer))
+    if "monarch_matmul" in ops:
+        for _, rows, w1_shape, w2_shape in MONARCH_MATMUL_SHAPES:
+            cases.append(MonarchMatmulCase(rows, w1_shape, w2_shape, dtype, device=device, timer=timer))
+    return cases
 
 
-class AttentionCase:
-    """One (shape, direction, dtype): inputs, the reference result, and a timer per config."""
-
-    def __init__(self, shape, dtype, backward: bool, backend_name: str = "triton"):
-        from .. import make_tiling, to_tiles
-        from ..arch import arch_of
-        from ..ops import causal_block_tiles
-        from ..problem import AttentionProblem
-        from ..registry import get_backend
-
-        self.shape, self.dtype, self.backward = shape, dtype, backward
-        self.backend = get_backend("attention", backend_name)
-        self.ref_backend = get_backend("attention", "reference")
-        self.arch = arch_of("cuda")
-        tiling = make_tiling(shape.frame_shape)
-        q, k, v = attention_inputs(shape, dtype, "cuda")
-        self.q, self.k, self.v = (to_tiles(x, tiling) for x in (q, k, v))
-        self.cbt = causal_block_tiles(tiling, shape.causal_block_frames or 0)
-        self.problem = AttentionProblem.from_tiles(self.q, self.k, self.cbt, 1, backward=backward)
-        self.kw = {"sm_scale": shape.head_dim**-0.5, "causal_block_tiles": self.cbt, "num_iters": 1}
-        with torch.no_grad():
-            q32, k32, v32 = (x.float() for x in (self.q, self.k, self.v))
-            z, lse = self.ref_backend.launch({}, q32, k32, v32, **self.kw)
-            if backward:
-                gen = torch.Generator(device="cuda").manual_seed(1)
-                self.dz = torch.randn(z.shape, device="cuda", generator=gen).to(dtype)
-                self.dlse = torch.zeros_like(lse)
-                self.ref = self.ref_backend.launch_backward(
-                    {}, self.dz.float(), self.dlse, q32, k32, v32, z, lse, **self.kw
-                )
-                self.z, self.lse = self.backend.launch(self.backend.default_config(self.problem, self.arch),
-                                                       self.q, self.k, self.v, **self.kw)  # fmt: skip
-            else:
-                self.ref = (z,)
-        torch.cuda.empty_cache()
-
-    def run(self, config):
-        if self.backward:
-            return self.backend.launch_backward(config, self.dz, self.dlse, self.q, self.k, self.v, self.z,
-                                                self.lse, **self.kw)  # fmt: skip
-        return self.backend.launch(config, self.q, self.k, self.v, **self.kw)[:1]
-
-    def measure(self, config, rep_ms: int = 100) -> Measurement:
-        import triton
-
-        try:
-            out = self.run(config)
-            err = max(_rel(o, r) for o, r in zip(out, self.ref, strict=True))
-            if not err < TOLERANCE[self.dtype]:
-                return Measurement(float("inf"), rel_err=err, ok=False, error=f"rel_err {err:.3g}")
-            p50, p20, p80 = triton.testing.do_bench(lambda: self.run(config), warmup=25, rep=rep_ms,
-                                                    quantiles=[0.5, 0.2, 0.8])  # fmt: skip
-        except Exception as e:  # a config the compiler or the device rejects loses, with its reason
-            return Measurement(float("inf"), ok=False, error=f"{type(e).__name__}: {str(e)[:200]}")
-        return Measurement(p50, (p20, p80), err)
+def tune_cases(cases, *, trials: int, seed: int, storage: str | None, resume: bool, progress=print) -> list[dict]:
+    """Search each case; the table entries (the default config stays when nothing beats it)."""
+    entries = []
+    for case in cases:
+        desc = case.describe()
+        name = "/".join([case.backend.name, *map(str, desc.values()), str(case.dtype).removeprefix("torch.")])
+        progress(f"== {name}: {case.problem.key()}")
+        default = case.backend.default_config(case.problem, case.arch)
+        default_m = case.measure(default, rep_ms=400)
+        t0 = time.monotonic()
+        res = search(
+            case.backend.search_space(case.problem, case.arch),
+            lambda c, case=case: case.backend.is_valid(c, case.problem, case.arch),
+            case.measure, n_trials=trials, seed=seed, storage=storage, study_name=name, resume=resume,
+            retime=lambda c, case=case: case.measure(c, rep_ms=400), progress=lambda s: progress("  " + s),
+        )  # fmt: skip
+        if default_m.ok and default_m.time_ms <= res.measurement.time_ms:
+            res.config, res.measurement = default, default_m
+        exact, bucket = tables.split_key(case.problem.key())
+        entries.append({
+            "op": case.op, "backend": case.backend.name, "key": exact, "bucket": bucket, "config": res.config,
+            "time_ms": res.measurement.time_ms, "spread_ms": list(res.measurement.spread_ms),
+            "rel_err": res.measurement.rel_err, "default_ms": default_m.time_ms, "trials": res.trials,
+            "pruned_invalid": res.pruned_invalid, "pruned_wrong": res.pruned_wrong,
+            "source_hash": tables.source_hash(case.op), "case": desc,
+        })  # fmt: skip
+        progress(f"  best {res.measurement.time_ms:.4f} ms (default {default_m.time_ms:.4f} ms) "
+                 f"{json.dumps(res.config)} in {time.monotonic() - t0:.0f} s")  # fmt: skip
+    return entries
 
 
 def tune(args) -> int:
@@ -131,37 +115,13 @@ def tune(args) -> int:
         return _fail(problem)
     out_dir = Path(args.out) if args.out else tables.tables_dir()
     storage = args.storage or f"sqlite:///monarchrt-tune-{args.gpu}.db"
-    shapes = [shape_by_name(n) for n in args.shapes] if args.shapes else [s for s in ATTENTION_SHAPES if s.heads == 12]
-    dtype = DTYPES[args.dtype]
+    shapes = args.shapes or [s.name for s in ATTENTION_SHAPES if s.heads == 12]
     entries = []
-    for shape in shapes:
-        for backward in (False, True) if args.backward else (False,):
-            case = AttentionCase(shape, dtype, backward)
-            name = f"attention/{case.backend.name}/{shape.name}/{'bwd' if backward else 'fwd'}/{args.dtype}"
-            print(f"== {name}: {case.problem.key()}", flush=True)
-            default = case.backend.default_config(case.problem, case.arch)
-            default_m = case.measure(default, rep_ms=400)
-            t0 = time.monotonic()
-            res = search(
-                case.backend.search_space(case.problem, case.arch),
-                lambda c, case=case: case.backend.is_valid(c, case.problem, case.arch),
-                case.measure, n_trials=args.trials, seed=args.seed, storage=storage, study_name=name,
-                resume=args.resume, retime=lambda c, case=case: case.measure(c, rep_ms=400),
-                progress=lambda s: print("  " + s, flush=True),
-            )  # fmt: skip
-            if default_m.ok and default_m.time_ms <= res.measurement.time_ms:
-                res.config, res.measurement = default, default_m  # the default stays when nothing beats it
-            exact, bucket = tables.split_key(case.problem.key())
-            entries.append({
-                "op": "attention", "backend": case.backend.name, "key": exact, "bucket": bucket,
-                "config": res.config, "time_ms": res.measurement.time_ms, "spread_ms": list(res.measurement.spread_ms),
-                "rel_err": res.measurement.rel_err, "default_ms": default_m.time_ms, "trials": res.trials,
-                "pruned_invalid": res.pruned_invalid, "pruned_wrong": res.pruned_wrong, "shape": shape.name,
-            })  # fmt: skip
-            print(f"  best {res.measurement.time_ms:.4f} ms (default {default_m.time_ms:.4f} ms) "
-                  f"{json.dumps(res.config)} in {time.monotonic() - t0:.0f} s", flush=True)  # fmt: skip
-            del case
-            torch.cuda.empty_cache()
+    for case in build_cases(args.ops, shapes, args.backward, DTYPES[args.dtype]):  # one at a time: memory
+        entries += tune_cases([case], trials=args.trials, seed=args.seed, storage=storage, resume=args.resume,
+                              progress=lambda s: print(s, flush=True))  # fmt: skip
+        del case
+        torch.cuda.empty_cache()
     path = out_dir / f"{args.gpu}.json"
     tables.write_table(path, args.gpu, provenance(args.seed, " ".join(sys.argv)), entries)
     print(f"wrote {len(entries)} entries to {path}")
@@ -178,9 +138,8 @@ def _this_gpus_table(gpu: str) -> tuple[dict | None, str | None]:
     return (data, None) if data is not None else (None, f"no readable table at {path}")
 
 
-def _case_of(entry: dict) -> AttentionCase:
-    key = entry["key"]
-    return AttentionCase(shape_by_name(entry["shape"]), DTYPE_BY_KEY[key["dtype"]], key["backward"], entry["backend"])
+def _case_of(entry: dict) -> Case:
+    return case_from(entry["case"], DTYPE_BY_NAME[entry["key"]["dtype"]], entry["backend"])
 
 
 def verify(args) -> int:
@@ -190,9 +149,9 @@ def verify(args) -> int:
     prov = data["provenance"]
     if prov.get("gpu_name") != torch.cuda.get_device_name():
         print(f"warning: table made on {prov.get('gpu_name')}, this is {torch.cuda.get_device_name()}")
-    if prov.get("source_hash") != tables.source_hash():
-        print(f"warning: kernel sources changed since the table was made ({prov.get('source_hash')} -> "
-              f"{tables.source_hash()}): re-tune")  # fmt: skip
+    stale = tables.stale_entries(data)
+    if stale:
+        print(f"warning: {len(stale)} entries were tuned on other kernel sources: re-tune them")
     bad = 0
     for e in data["entries"]:
         case = _case_of(e)
@@ -200,9 +159,8 @@ def verify(args) -> int:
         d = case.measure(case.backend.default_config(case.problem, case.arch), rep_ms=400)
         ok = m.ok and (not d.ok or m.time_ms <= d.time_ms * 1.05)
         bad += not ok
-        print(f"{'ok ' if ok else 'BAD'} {e['shape']} {'bwd' if e['key']['backward'] else 'fwd'}: "
-              f"{m.time_ms:.4f} ms (table said {e['time_ms']:.4f}), default {d.time_ms:.4f} ms, "
-              f"rel_err {m.rel_err:.2e} {m.error}")  # fmt: skip
+        print(f"{'ok ' if ok else 'BAD'} {json.dumps(e['case'])}: {m.time_ms:.4f} ms (table said "
+              f"{e['time_ms']:.4f}), default {d.time_ms:.4f} ms, rel_err {m.rel_err:.2e} {m.error}")  # fmt: skip
     return 1 if bad else 0
 
 
@@ -212,10 +170,10 @@ def warmup(args) -> int:
         return _fail(problem)
     for n, e in enumerate(data["entries"], 1):
         t0 = time.monotonic()
-        case = _case_of(e)
-        case.run(e["config"])
+        _case_of(e).run(e["config"])
         torch.cuda.synchronize()
-        print(f"[{n}/{len(data['entries'])}] {e['shape']} compiled in {time.monotonic() - t0:.1f} s", flush=True)
+        print(f"[{n}/{len(data['entries'])}] {json.dumps(e['case'])} compiled in {time.monotonic() - t0:.1f} s",
+              flush=True)  # fmt: skip
     return 0
 
 
@@ -226,8 +184,10 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--gpu", required=True, help="table name of this GPU: h100, h200, b200, rtx5090")
     if command == "tune":
-        p.add_argument("--ops", nargs="+", default=["attention"], choices=["attention"])
-        p.add_argument("--shapes", nargs="*", default=None, help=f"from {[s.name for s in ATTENTION_SHAPES]}")
+        p.add_argument("--ops", nargs="+", default=["attention"], choices=OPS)
+        p.add_argument(
+            "--shapes", nargs="*", default=None, help=f"attention shapes, from {[s.name for s in ATTENTION_SHAPES]}"
+        )
         p.add_argument("--backward", action="store_true", help="tune the backward too")
         p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
         p.add_argument("--trials", type=int, default=30, help="measured trials per study (default %(default)s)")

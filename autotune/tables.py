@@ -6,13 +6,13 @@ A table is ``tuned_configs/<gpu>.json``, written by ``monarchrt-tune --gpu <gpu>
       "schema": 1,
       "gpu": "h100",
       "provenance": {"gpu_name", "capability", "family", "driver", "cuda", "torch", "triton",
-                     "source_hash", "seed", "created", "command"},
+                     "seed", "created", "command"},
       "entries": [
         {"op": "attention", "backend": "triton",
          "key": {...problem fields that must match exactly...},
          "bucket": {"q_tiles": 21, "kv_tiles": 21, "batch": 1, "heads": 12},
-         "config": {...}, "time_ms": 5.1, "spread_ms": [5.0, 5.2], "default_ms": 6.0,
-         "baseline": {"name": "sdpa_cudnn", "ms": 11.3}, "rel_err": 0.004, "trials": 40}
+         "config": {...}, "time_ms": 5.1, "spread_ms": [5.0, 5.2], "default_ms": 6.0, "rel_err": 0.004,
+         "trials": 40, "source_hash": "<sha256 of the op's kernel sources>", "case": {...how to rebuild it...}}
       ]
     }
 
@@ -36,7 +36,7 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 # Shape fields that may be bucketed (nearest in log space); every other field must match exactly.
-BUCKET_FIELDS = ("q_tiles", "kv_tiles", "batch", "heads")
+BUCKET_FIELDS = ("q_tiles", "kv_tiles", "batch", "heads", "rows")
 # Substring of torch.cuda.get_device_name() -> table name
 GPU_TABLE_NAMES = {"H100": "h100", "H200": "h200", "B200": "b200", "RTX 5090": "rtx5090"}
 _ENTRY_FIELDS = ("op", "backend", "key", "bucket", "config")
@@ -104,12 +104,18 @@ def _tables() -> dict[str, dict]:
     return out
 
 
+def stale_entries(data: dict) -> list[dict]:
+    """Entries tuned on other kernel sources than the installed ones."""
+    return [e for e in data["entries"] if e.get("source_hash") != source_hash(e["op"])]
+
+
 def _warn_if_stale(path: Path, data: dict) -> None:
-    made_for, now = data["provenance"].get("source_hash"), source_hash()
-    if made_for != now:
+    stale = stale_entries(data)
+    if stale:
+        ops = sorted({e["op"] for e in stale})
         warnings.warn(
-            f"tuned config table {path.name} was tuned on other kernel sources (hash {made_for}, now {now}); "
-            f"its configs still pass is_valid before use, but re-tune or run monarchrt-tune verify",
+            f"tuned config table {path.name}: {len(stale)} entries ({', '.join(ops)}) were tuned on other kernel "
+            f"sources; their configs still pass is_valid before use, but re-tune or run monarchrt-tune verify",
             stacklevel=3,
         )
 
@@ -184,10 +190,14 @@ def lookup(op: str, backend: str, problem_key: dict, gpu: str | None, family: st
 
 
 # Kernel source files each tuned op depends on (triton_kernels/), for the table's source hash.
-OP_SOURCES = {"attention": ("monarch_attention.py", "monarch_attention_fwd.py", "monarch_attention_bwd.py")}
+OP_SOURCES = {
+    "attention": ("monarch_attention.py", "monarch_attention_fwd.py", "monarch_attention_bwd.py"),
+    "hadamard": ("hadamard.py",),
+    "monarch_matmul": ("monarch_matmul.py",),
+}
 
 
-def source_hash(op: str = "attention") -> str:
+def source_hash(op: str) -> str:
     """sha256 over the kernel sources of ``op``: a table names it, ``verify`` compares it."""
     folder = Path(str(importlib.resources.files("monarchrt_ops.triton_kernels")))
     h = hashlib.sha256()

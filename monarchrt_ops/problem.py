@@ -82,4 +82,5 @@ class MonarchMatmulProblem:
     def key(self) -> dict:
         out = asdict(self)
         out["dtype"] = str(self.dtype).removeprefix("torch.")
+        out["w1_shape"], out["w2_shape"] = list(self.w1_shape), list(self.w2_shape)  # as JSON reads them back
         return out

@@ -92,9 +92,10 @@ KEY = {"b1": 30, "b2": 52, "head_dim": 128, "dtype": "bfloat16", "causal_block_t
        "backward": False}  # fmt: skip
 
 
-def entry(q_tiles, config, kv_tiles=21):
+def entry(q_tiles, config, kv_tiles=21, source_hash=None):
     return {"op": "attention", "backend": "triton", "key": KEY, "config": config, "time_ms": 1.0,
-            "bucket": {"q_tiles": q_tiles, "kv_tiles": kv_tiles, "batch": 1, "heads": 12}}  # fmt: skip
+            "bucket": {"q_tiles": q_tiles, "kv_tiles": kv_tiles, "batch": 1, "heads": 12},
+            "source_hash": source_hash or tables.source_hash("attention")}  # fmt: skip
 
 
 @pytest.fixture
@@ -106,7 +107,7 @@ def table_dir(tmp_path, monkeypatch):
 
 
 def prov(family="sm90"):
-    return {"gpu_name": "NVIDIA H100 80GB HBM3", "family": family, "source_hash": tables.source_hash()}
+    return {"gpu_name": "NVIDIA H100 80GB HBM3", "family": family}
 
 
 def test_table_round_trip_and_lookup_steps(table_dir):
@@ -202,8 +203,9 @@ def test_strict_mode_refuses_untuned_configs_and_takes_tuned_ones(table_dir, mon
     exact, bucket = tables.split_key(problem.key())
 
     def table_with(cfg):
-        entry = {"op": "attention", "backend": "triton", "key": exact, "bucket": bucket, "config": cfg}
-        tables.write_table(table_dir / "h100.json", "h100", prov(), [entry])
+        e = {"op": "attention", "backend": "triton", "key": exact, "bucket": bucket, "config": cfg,
+             "source_hash": tables.source_hash("attention")}  # fmt: skip
+        tables.write_table(table_dir / "h100.json", "h100", prov(), [e])
 
     table_with(tuned)
     assert registry._config_for("attention", backend, problem, h100) == (tuned, "tuned table h100.json: exact")
@@ -214,8 +216,7 @@ def test_strict_mode_refuses_untuned_configs_and_takes_tuned_ones(table_dir, mon
 
 
 def test_table_of_other_kernel_sources_warns_but_is_used(table_dir):
-    stale = {**prov(), "source_hash": "0123456789abcdef"}
-    tables.write_table(table_dir / "h100.json", "h100", stale, [entry(3, {"x": 2})])
+    tables.write_table(table_dir / "h100.json", "h100", prov(), [entry(3, {"x": 2}, source_hash="0123456789abcdef")])
     problem = {**KEY, "q_tiles": 3, "kv_tiles": 21, "batch": 1, "heads": 12}
     with pytest.warns(UserWarning, match="tuned on other kernel sources"):
         hit = tables.lookup("attention", "triton", problem, "h100", "sm90")
@@ -240,3 +241,37 @@ def test_committed_tables_are_well_formed():
             key = {**e["key"], **e["bucket"], "dtype": getattr(torch, e["key"]["dtype"])}
             problem = AttentionProblem(**key)
             assert get_backend(e["op"], e["backend"]).is_valid(e["config"], problem, arch) is None, (path, e)
+
+
+def test_tune_cases_end_to_end_on_the_cpu(table_dir):
+    """Hadamard and Monarch-matmul cases under the Triton interpreter, a wall-clock timer, the table
+    written and read back by the registry: the whole tuner path except the GPU timer."""
+    import time as _time
+
+    import torch
+
+    from monarchrt_ops import registry
+    from monarchrt_ops.arch import Arch
+    from monarchrt_ops.autotune.cases import HadamardCase, MonarchMatmulCase
+    from monarchrt_ops.autotune.cli import tune_cases
+
+    def wall_timer(fn, rep_ms):
+        t0 = _time.perf_counter()
+        fn()
+        ms = (_time.perf_counter() - t0) * 1e3
+        return ms, ms, ms
+
+    cases = [
+        HadamardCase(256, 32, torch.float32, device="cpu", timer=wall_timer),
+        MonarchMatmulCase(16, (4, 4, 4), (4, 4, 4), torch.float32, device="cpu", timer=wall_timer),
+    ]
+    entries = tune_cases(cases, trials=3, seed=0, storage=None, resume=False, progress=lambda s: None)
+    assert [e["op"] for e in entries] == ["hadamard", "monarch_matmul"]
+    for e, case in zip(entries, cases, strict=True):
+        assert case.backend.is_valid(e["config"], case.problem, case.arch) is None
+        assert e["rel_err"] < 1e-5 and e["source_hash"] == tables.source_hash(e["op"])
+    tables.write_table(table_dir / "h100.json", "h100", prov(), entries)
+    h100 = Arch("sm90", (9, 0), "NVIDIA H100 80GB HBM3")
+    for e, case in zip(entries, cases, strict=True):
+        config, source = registry._config_for(case.op, case.backend, case.problem, h100)
+        assert (config, source) == (e["config"], "tuned table h100.json: exact")
