@@ -275,3 +275,17 @@ def test_tune_cases_end_to_end_on_the_cpu(table_dir):
     for e, case in zip(entries, cases, strict=True):
         config, source = registry._config_for(case.op, case.backend, case.problem, h100)
         assert (config, source) == (e["config"], "tuned table h100.json: exact")
+
+
+def test_attention_case_checks_configs_against_the_reference():
+    import torch
+
+    from monarchrt_ops.autotune.cases import AttentionCase
+
+    case = AttentionCase("small-4-frames-12x20", torch.float32, False, device="cpu", timer=lambda fn, rep: (1.0,) * 3)
+    default = case.backend.default_config(case.problem, case.arch)
+    good = case.measure(default)
+    assert good.ok and good.rel_err < 1e-5 and good.time_ms == 1.0
+    case.ref = (case.ref[0] + 1.0,)  # a wrong answer must lose, whatever its time
+    bad = case.measure(default)
+    assert not bad.ok and bad.error.startswith("rel_err")
