@@ -120,8 +120,16 @@ def _warn_if_stale(path: Path, data: dict) -> None:
         )
 
 
+_generation = [0]  # bumped whenever the tables may have changed: lets callers key caches on it
+
+
+def generation() -> int:
+    return _generation[0]
+
+
 def clear_cache() -> None:
     _tables.cache_clear()
+    _generation[0] += 1
 
 
 def write_table(path: Path, gpu: str, provenance: dict, entries: list[dict]) -> None:

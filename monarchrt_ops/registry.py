@@ -120,8 +120,24 @@ def strict_mode() -> bool:
     return os.environ.get("MONARCHRT_STRICT") == "1"
 
 
+_config_cache: dict[tuple, tuple[Config, str]] = {}
+
+
 def _config_for(op: str, backend: Backend, problem: Any, arch: Arch) -> tuple[Config, str]:
-    """Tuned table (exact -> nearest bucket -> same architecture), else the backend default."""
+    """Tuned table (exact -> nearest bucket -> same architecture), else the backend default.
+
+    Memoised per (op, backend, problem, arch, strict mode, table generation): ~30 us a call otherwise.
+    """
+    key = (op, backend.name, problem, arch, strict_mode(), tables.generation())
+    if key not in _config_cache:
+        if len(_config_cache) > 4096:  # many distinct shapes (batch sizes): start over rather than grow
+            _config_cache.clear()
+        _config_cache[key] = _lookup_config(op, backend, problem, arch)
+    config, source = _config_cache[key]
+    return dict(config), source
+
+
+def _lookup_config(op: str, backend: Backend, problem: Any, arch: Arch) -> tuple[Config, str]:
     found = None
     if arch.is_cuda:
         gpu = tables.gpu_table_name(arch.device_name)

@@ -5,6 +5,7 @@ Triton is imported lazily, on the first launch, so importing monarchrt_ops never
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -30,13 +31,18 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+@functools.cache
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
 class _Triton:
     """Shared statements of every Triton backend: where Triton runs, and config membership."""
 
     name = "triton"
 
     def supports(self, problem, arch: Arch) -> str | None:
-        if importlib.util.find_spec("triton") is None:
+        if not _triton_installed():
             return "triton is not installed (pip install triton)"
         if not arch.is_cuda and not (arch.family == "cpu" and _interpreting()):
             return f"no CUDA device ({arch.family}); set TRITON_INTERPRET=1 to run Triton on the CPU"
