@@ -9,8 +9,12 @@ Ops (namespace ``monarchrt`` unless ``MONARCHRT_OPS_NAMESPACE`` names another, f
 - ``attention_backward(dout, dlse, q, k, v, out, lse, ...) -> (dq, dk, dv)``.
 - ``kv_cache_write(k_cache, v_cache, new_k, new_v, start) -> ()`` copies tile-order tokens into the
   cache buffers in place at token offset ``start``.
+- ``hadamard(x, scale, transpose, backend) -> y`` (autograd: the transform with H transposed) and
+  ``hadamard_(x, scale, transpose, backend) -> ()`` in place.
+- ``monarch_matmul(x, w1, w2, backend) -> y`` (autograd in closed form, structured_reference.py).
 
-Inputs are validated by the public functions in ``attention.py``; the ops trust them.
+Inputs are validated by the public functions (attention.py, hadamard.py, monarch_matmul.py); the
+ops trust them.
 Registering twice (a second import of a vendored copy, a reload) reuses the ops already there.
 """
 
