@@ -144,6 +144,10 @@ def demo(args) -> int:
         f" (one iteration: 1.5/b1 + 1/b2 = {1.5 / tiling.b1 + 1 / tiling.b2:.2%})"
     )
     print(f"  time: {elapsed * 1e3:.1f} ms")
+    for iters in range(args.num_iters + 1, args.num_iters + 3):  # more alternating updates, closer to softmax
+        more = monarch_attention(q, k, v, (h, w), **{**kw, "num_iters": iters})
+        more_err = ((more.double() - dense.double()).norm() / dense.double().norm()).item()
+        print(f"  with num_iters={iters}: relative error {more_err:.4f}")
     if not math.isfinite(err):
         print("error: non-finite output", file=sys.stderr)
         return 1

@@ -24,3 +24,4 @@ def test_demo_reports_error_against_dense(capsys):
     err = float(out.split("dense softmax attention: ")[1].split()[0])
     assert 0 < err < 1
     assert "FLOP ratio Monarch/dense: 35.00%" in out  # 1.5/6 + 1/10
+    assert "with num_iters=2: relative error" in out and "with num_iters=3: relative error" in out

@@ -61,3 +61,20 @@ def test_cuda_hadamard_matches_reference(n, dtype, poison_empty):
     y = x.to("cuda", dtype)
     m.hadamard_(y, backend="cuda")
     assert rel_err(y, ref) < TOL[dtype]
+
+
+@pytest.mark.skipif(cuda.extension()[0] is None, reason="the extension is not built on this machine")
+@pytest.mark.parametrize(
+    "args, msg",
+    [
+        ((0, 0, 1, 100, 100, 100, 1.0, 1, 0), "n=100 must be a power of two in \\[256, 32768\\]"),
+        ((0, 0, 1, 65536, 65536, 65536, 1.0, 1, 0), "n=65536 must be a power of two"),
+        ((8, 0, 1, 256, 256, 256, 1.0, 1, 0), "16-byte aligned"),
+        ((0, 0, 1, 256, 256, 256, 1.0, 7, 0), "dtype code 7 is not fp16 \\(0\\) or bf16 \\(1\\)"),
+    ],
+    ids=["not-pow2", "too-large", "misaligned", "dtype"],
+)
+def test_launcher_rejects_bad_arguments_before_touching_the_device(args, msg):
+    module, _ = cuda.extension()
+    with pytest.raises(ValueError, match=msg):
+        module.hadamard_pow2(*args)
