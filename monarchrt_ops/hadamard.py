@@ -48,7 +48,9 @@ def hadamard(x: torch.Tensor, scale: float | None = None, *, backend: str | None
     """``x @ H_n^T * scale`` over the last dim.
 
     Args:
-        x: ``(..., n)``, fp16/bf16/fp32 (fp32 accumulation), or float64 (reference backend).
+        x: ``(..., n)``, fp16/bf16/fp32, or float64 (reference backend). Kernels accumulate each
+            Hadamard factor's products in fp32; half inputs are rounded to their dtype between
+            factors (as HadaCore does), and the reference computes in fp32 throughout.
             n = 2^k (2 <= n <= 65536) or m*2^k with m in (12, 20, 28, 40) (see hadamard_matrices.py
             for which H_m) and 2^k <= 4096.
         scale: default ``1/sqrt(n)``, which makes the transform an isometry and, for powers of two,
