@@ -44,7 +44,9 @@ def _check(x, scale, backend) -> tuple[int, int, float, str]:
     return m, n2, float(scale), backend or ""
 
 
-def hadamard(x: torch.Tensor, scale: float | None = None, *, backend: str | None = None) -> torch.Tensor:
+def hadamard(
+    x: torch.Tensor, scale: float | None = None, *, fp32_intermediate: bool = False, backend: str | None = None
+) -> torch.Tensor:
     """``x @ H_n^T * scale`` over the last dim.
 
     Args:
@@ -55,6 +57,8 @@ def hadamard(x: torch.Tensor, scale: float | None = None, *, backend: str | None
             for which H_m) and 2^k <= 4096.
         scale: default ``1/sqrt(n)``, which makes the transform an isometry and, for powers of two,
             its own inverse.
+        fp32_intermediate: keep fp16/bf16 values in fp32 between Hadamard factors (and passes);
+            one rounding at the end instead of one per factor, at the cost of fp32 products.
         backend: 'reference', 'triton' or None (automatic).
 
     Returns a new tensor of x's shape and dtype; differentiable (the backward applies H_n, the transpose).
@@ -65,10 +69,12 @@ def hadamard(x: torch.Tensor, scale: float | None = None, *, backend: str | None
         True
     """
     m, n2, scale, backend = _check(x, scale, backend)
-    return ops.hadamard(x, scale, False, backend)
+    return ops.hadamard(x, scale, False, bool(fp32_intermediate), backend)
 
 
-def hadamard_(x: torch.Tensor, scale: float | None = None, *, backend: str | None = None) -> None:
+def hadamard_(
+    x: torch.Tensor, scale: float | None = None, *, fp32_intermediate: bool = False, backend: str | None = None
+) -> None:
     """In-place :func:`hadamard`: overwrites ``x`` and returns None (an aliasing return would break
     CUDA graphs). Not differentiable: raises if x requires grad. x must be contiguous."""
     m, n2, scale, backend = _check(x, scale, backend)
@@ -76,4 +82,4 @@ def hadamard_(x: torch.Tensor, scale: float | None = None, *, backend: str | Non
         raise ValueError("hadamard_: x requires grad; use hadamard(x) for autograd")
     if not x.is_contiguous():
         raise ValueError("hadamard_: x must be contiguous to be transformed in place")
-    ops.hadamard_(x, scale, False, backend)
+    ops.hadamard_(x, scale, False, bool(fp32_intermediate), backend)

@@ -9,8 +9,8 @@ Ops (namespace ``monarchrt`` unless ``MONARCHRT_OPS_NAMESPACE`` names another, f
 - ``attention_backward(dout, dlse, q, k, v, out, lse, ...) -> (dq, dk, dv)``.
 - ``kv_cache_write(k_cache, v_cache, new_k, new_v, start) -> ()`` copies tile-order tokens into the
   cache buffers in place at token offset ``start``.
-- ``hadamard(x, scale, transpose, backend) -> y`` (autograd: the transform with H transposed) and
-  ``hadamard_(x, scale, transpose, backend) -> ()`` in place.
+- ``hadamard(x, scale, transpose, fp32_intermediate, backend) -> y`` (autograd: the transform with H
+  transposed) and ``hadamard_(x, scale, transpose, fp32_intermediate, backend) -> ()`` in place.
 - ``monarch_matmul(x, w1, w2, backend) -> y`` (autograd in closed form, structured_reference.py).
 
 Inputs are validated by the public functions (attention.py, hadamard.py, monarch_matmul.py); the
@@ -129,34 +129,36 @@ def _kv_cache_write_impl(k_cache, v_cache, new_k, new_v, start):
     v_cache[:, start : start + n].copy_(new_v)
 
 
-def _hadamard_rows(x, out, scale, transpose, backend):
+def _hadamard_rows(x, out, scale, transpose, fp32_intermediate, backend):
     """Run the chosen backend on 2-D row views ``x, out [rows, n]`` (out may be x)."""
     n = x.shape[-1]
     m, n2 = factor(n)
     if x.numel():
-        problem = HadamardProblem(x.shape[0], n, m, x.dtype)
+        problem = HadamardProblem(x.shape[0], n, m, x.dtype, fp32_intermediate)
         sel = select("hadamard", problem, arch_of(x.device), backend or None)
-        sel.backend.launch(sel.config, x, out, m=m, n2=n2, scale=scale, transpose=transpose)
+        sel.backend.launch(sel.config, x, out, m=m, n2=n2, scale=scale, transpose=transpose,
+                           fp32_intermediate=fp32_intermediate)  # fmt: skip
     return out
 
 
-def _hadamard_impl(x, scale, transpose, backend):
+def _hadamard_impl(x, scale, transpose, fp32_intermediate, backend):
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
-    return _hadamard_rows(x2, torch.empty_like(x2), scale, transpose, backend).reshape(x.shape)
+    return _hadamard_rows(x2, torch.empty_like(x2), scale, transpose, fp32_intermediate, backend).reshape(x.shape)
 
 
-def _hadamard_inplace_impl(x, scale, transpose, backend):
+def _hadamard_inplace_impl(x, scale, transpose, fp32_intermediate, backend):
     x2 = x.view(-1, x.shape[-1])
-    _hadamard_rows(x2, x2, scale, transpose, backend)
+    _hadamard_rows(x2, x2, scale, transpose, fp32_intermediate, backend)
 
 
 def _hadamard_setup_context(ctx, inputs, output):
-    ctx.scale, ctx.transpose, ctx.backend = inputs[1:]
+    ctx.scale, ctx.transpose, ctx.fp32_intermediate, ctx.backend = inputs[1:]
 
 
 def _hadamard_backward(ctx, dy):
     # y = x M^T with M = scale * H (x) ...; dx = dy M: the transform with H transposed
-    return _lookup("hadamard")(dy, ctx.scale, not ctx.transpose, ctx.backend), None, None, None
+    dx = _lookup("hadamard")(dy, ctx.scale, not ctx.transpose, ctx.fp32_intermediate, ctx.backend)
+    return dx, None, None, None, None
 
 
 def _monarch_matmul_impl(x, w1, w2, backend):
@@ -202,8 +204,8 @@ _SCHEMAS = {
         " -> (Tensor, Tensor, Tensor)"
     ),
     "kv_cache_write": "(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor new_k, Tensor new_v, int start) -> ()",
-    "hadamard": "(Tensor x, float scale, bool transpose, str backend) -> Tensor",
-    "hadamard_": "(Tensor(a!) x, float scale, bool transpose, str backend) -> ()",
+    "hadamard": "(Tensor x, float scale, bool transpose, bool fp32_intermediate, str backend) -> Tensor",
+    "hadamard_": "(Tensor(a!) x, float scale, bool transpose, bool fp32_intermediate, str backend) -> ()",
     "monarch_matmul": "(Tensor x, Tensor w1, Tensor w2, str backend) -> Tensor",
 }
 _AUTOGRAD = {

@@ -65,6 +65,7 @@ class HadamardProblem:
     n: int
     m: int  # 1 or the special order of H_m in n = m * 2^k
     dtype: torch.dtype
+    fp32_intermediate: bool = False
 
     def key(self) -> dict:
         out = asdict(self)

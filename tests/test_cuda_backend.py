@@ -43,6 +43,8 @@ def test_other_architecture_gives_a_clear_reason(monkeypatch):
     assert reason == "the extension was built for sm_90a, sm_100a; this device is sm_89"
     assert cuda.CudaHadamard().supports(HadamardProblem(4, 1024, 1, torch.float16), H100) is None
     assert "n=24" in cuda.CudaHadamard().supports(HadamardProblem(4, 24, 12, torch.float16), H100)
+    fp32_mid = HadamardProblem(4, 1024, 1, torch.float16, fp32_intermediate=True)
+    assert "no fp32_intermediate" in cuda.CudaHadamard().supports(fp32_mid, H100)
 
 
 def test_explicit_cuda_backend_on_cpu_raises():

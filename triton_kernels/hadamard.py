@@ -37,17 +37,18 @@ def _hadamard_kernel(
     X, Y, HM, HF0, HF1, HF2,
     rows, m, n2, x_stride, y_stride, scale,
     BR: tl.constexpr, M_PAD: tl.constexpr, NB: tl.constexpr, F0: tl.constexpr, F1: tl.constexpr, F2: tl.constexpr,
-    APPLY_M: tl.constexpr, APPLY_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    APPLY_M: tl.constexpr, APPLY_N: tl.constexpr, FP32_INTERMEDIATE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     pid_r = tl.program_id(0)
     pid_c = tl.program_id(1)
-    dtype = X.dtype.element_ty
+    # fp32 intermediates: factors multiply fp32 values (3-pass tf32), no rounding between factors
+    dtype = tl.float32 if FP32_INTERMEDIATE else X.dtype.element_ty
     offs_r = pid_r * BR + tl.arange(0, BR)
     offs_m = tl.arange(0, M_PAD)
     offs_n = pid_c * NB + tl.arange(0, NB)
     mask = (offs_r[:, None, None] < rows) & (offs_m[None, :, None] < m) & (offs_n[None, None, :] < n2)
     col = offs_m[None, :, None] * n2 + offs_n[None, None, :]
-    x = tl.load(X + offs_r[:, None, None].to(tl.int64) * x_stride + col, mask=mask, other=0.0)
+    x = tl.load(X + offs_r[:, None, None].to(tl.int64) * x_stride + col, mask=mask, other=0.0).to(dtype)
     x = tl.reshape(x, (BR * M_PAD * NB,))  # [BR, M_PAD, NB] flattened
     if APPLY_N:
         # NB == N_PAD == F0 * F1 * F2 (F1, F2 = 1 when absent)
@@ -95,13 +96,14 @@ def _matrix(kind: str, size: int, pad: int, transpose: bool, dtype: torch.dtype,
     return _padded(h, pad).to(dtype=dtype, device=device).contiguous()
 
 
-def _launch(x, y, m, n2, scale, transpose, apply_m, br, nb):
+def _launch(x, y, m, n2, scale, transpose, apply_m, br, nb, fp32_intermediate):
     """One kernel launch over 2-D x, y: H_n2 along rows when nb covers them (else H_m only)."""
     apply_n = nb >= n2
     m_tile = _pow2_at_least(m) if apply_m else 1
     n_pad = _pow2_at_least(n2)
     f0, f1, f2 = _factors(n_pad)
-    dev, dt = str(x.device), x.dtype
+    dev = str(x.device)
+    dt = torch.float32 if fp32_intermediate else x.dtype
     hm = _matrix("special" if m in SPECIAL_ORDERS else "sylvester", m, _pow2_at_least(m), transpose, dt, dev)
     hf = [_matrix("sylvester", min(n2, f), f, False, dt, dev) for f in (f0, max(f1, 16), max(f2, 16))]
     tile = br * m_tile * (n_pad if apply_n else nb)
@@ -109,30 +111,37 @@ def _launch(x, y, m, n2, scale, transpose, apply_m, br, nb):
     _hadamard_kernel[grid](
         x, y, hm, *hf, x.shape[0], m, n2, x.stride(0), y.stride(0), scale,
         BR=br, M_PAD=m_tile, NB=nb, F0=f0, F1=f1, F2=f2, APPLY_M=apply_m, APPLY_N=apply_n,
-        DOT_PRECISION="tf32x3" if dt == torch.float32 else "tf32",
+        FP32_INTERMEDIATE=dt == torch.float32, DOT_PRECISION="tf32x3" if dt == torch.float32 else "tf32",
         # H100: 8192-element tiles ran at 52 % of clone with 4 warps and 96 % with 8; 16384 at 95 % with
         # 8 warps and 64 % with 16
         num_warps=4 if tile < 8192 else 8,
     )  # fmt: skip
 
 
-def hadamard_rows(x: torch.Tensor, y: torch.Tensor, m: int, n2: int, scale: float, transpose: bool, config: dict):
-    """y = x @ (H_m (x) H_n2)^T * scale (H_m^T with transpose) for 2-D ``x [rows, m*n2]``; y may be x."""
+def hadamard_rows(x, y, m: int, n2: int, scale: float, transpose: bool, config: dict, fp32_intermediate=False):
+    """y = x @ (H_m (x) H_n2)^T * scale (H_m^T with transpose) for 2-D ``x [rows, m*n2]``; y may be x.
+
+    ``fp32_intermediate``: half inputs are not rounded between factors (nor between the two passes).
+    """
+    fp32_intermediate = fp32_intermediate or x.dtype == torch.float32
     rows, tile = x.shape[0], config["tile"]
     m_tile = _pow2_at_least(m) if m > 1 else 1
     n_pad = _pow2_at_least(n2)
     # one program holds a whole row up to 64 KB (32768 halves, 16384 fp32: 32768 fp32 needs 256 KB of
     # shared memory for the layout changes, more than an H100 has)
-    if m_tile * n_pad * x.element_size() <= max(tile * x.element_size(), 65536):
+    elem = 4 if fp32_intermediate else x.element_size()  # bytes a value takes inside the kernel
+    if m_tile * n_pad * elem <= max(tile * elem, 65536):
         br = max(1, min(tile // (m_tile * n_pad), _pow2_at_least(rows, 1)))
         if n_pad <= 128:
             br = max(br, 16 // m_tile)  # the first factor's dot needs >= 16 rows (BR * M_PAD)
-        _launch(x, y, m, n2, scale, transpose, m > 1, br, n_pad)
+        _launch(x, y, m, n2, scale, transpose, m > 1, br, n_pad, fp32_intermediate)
         return y
     if m == 1:  # a power of two too long for one program: H_n = H_M (x) H_4096
         m, n2, n_pad = n2 // 4096, 4096, 4096
     # pass 1: H_n2 on each contiguous chunk of n2; pass 2: H_m across the chunks, a column block at a time
-    _launch(x.reshape(rows * m, n2), y.reshape(rows * m, n2), 1, n2, 1.0, False, False, 1, n_pad)
+    keep_fp32 = fp32_intermediate and y.dtype != torch.float32  # an fp32 buffer between the passes
+    mid = torch.empty(x.shape, dtype=torch.float32, device=x.device) if keep_fp32 else y
+    _launch(x.reshape(rows * m, n2), mid.reshape(rows * m, n2), 1, n2, 1.0, False, False, 1, n_pad, fp32_intermediate)
     nb = max(16, min(n_pad, tile // _pow2_at_least(m)))
-    _launch(y, y, m, n2, scale, transpose, True, 1, nb)
+    _launch(mid, y, m, n2, scale, transpose, True, 1, nb, fp32_intermediate)
     return y

@@ -56,9 +56,11 @@ class CudaHadamard(NoConfig):
             return f"dtype {problem.dtype} is not fp16/bf16"
         if problem.m != 1 or not 256 <= problem.n <= 32768:
             return f"n={problem.n}: the CUDA kernel takes powers of two 256..32768"
+        if problem.fp32_intermediate:
+            return "the CUDA kernel rounds to the input dtype between factors (no fp32_intermediate)"
         return None
 
-    def launch(self, config, x2d, out2d, *, m, n2, scale, transpose):
+    def launch(self, config, x2d, out2d, *, m, n2, scale, transpose, fp32_intermediate=False):
         module, _ = extension()
         src = x2d if x2d.data_ptr() % 16 == 0 else x2d.clone()  # 16-byte vector loads
         dst = out2d if out2d.data_ptr() % 16 == 0 else torch.empty_like(out2d)

@@ -144,10 +144,10 @@ class TritonHadamard(_Triton):
         # take one program, beyond that two passes; warps follow the tile size
         return {"tile": [2048, 4096, 8192, 16384, 32768]}
 
-    def launch(self, config, x2d, out2d, *, m, n2, scale, transpose):
+    def launch(self, config, x2d, out2d, *, m, n2, scale, transpose, fp32_intermediate=False):
         from ..triton_kernels.hadamard import hadamard_rows
 
-        return hadamard_rows(x2d, out2d, m, n2, scale, transpose, config)
+        return hadamard_rows(x2d, out2d, m, n2, scale, transpose, config, fp32_intermediate)
 
 
 class TritonMonarchMatmul(_Triton):
