@@ -41,8 +41,12 @@ def _hadamard_kernel(
 ):  # fmt: skip
     pid_r = tl.program_id(0)
     pid_c = tl.program_id(1)
-    # fp32 intermediates: factors multiply fp32 values (3-pass tf32), no rounding between factors
-    dtype = tl.float32 if FP32_INTERMEDIATE else X.dtype.element_ty
+    # fp32 intermediates: factors multiply fp32 values (3-pass tf32), no rounding between factors.
+    # A constexpr if statement, the form every Triton version compiles.
+    if FP32_INTERMEDIATE:  # noqa: SIM108
+        dtype = tl.float32
+    else:
+        dtype = X.dtype.element_ty
     offs_r = pid_r * BR + tl.arange(0, BR)
     offs_m = tl.arange(0, M_PAD)
     offs_n = pid_c * NB + tl.arange(0, NB)
