@@ -51,16 +51,17 @@ def _create_study(optuna, study_name, storage, sampler, attempts: int = 5):
     """create_study, retried: workers that start together race to create the storage's schema."""
     from sqlalchemy.exc import IntegrityError, OperationalError
 
-    for attempt in range(attempts):
+    def create():
+        return optuna.create_study(
+            study_name=study_name, storage=storage, sampler=sampler, direction="minimize", load_if_exists=True
+        )
+
+    for attempt in range(attempts - 1):
         try:
-            return optuna.create_study(
-                study_name=study_name, storage=storage, sampler=sampler, direction="minimize", load_if_exists=True
-            )
+            return create()
         except (IntegrityError, OperationalError):
-            if attempt == attempts - 1:
-                raise
             time.sleep(0.2 * (attempt + 1))
-    raise AssertionError("unreachable")
+    return create()
 
 
 def valid_grid(space: dict[str, list], is_valid: Callable[[dict], str | None]) -> list[dict]:
