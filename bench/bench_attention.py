@@ -3,6 +3,8 @@
 python -m monarchrt_ops.bench.bench_attention [--shapes NAME ...] [--backward] [--json PATH]
 
 Time: median of triton.testing.do_bench (CUDA events, L2 flushed between runs).
+Every GPU backend of the op that supports the shape is timed (``monarch_<backend>_ms``); ``monarch_ms``
+and the speedup are the fastest of them, named in ``monarch_backend``.
 TFLOP/s: useful Monarch FLOPs (AttentionProblem.forward_flops, SPEC 1 Cost) over the time;
 dense SDPA: 4 * n_q * n_k * d per head forward, x3.5 for forward+backward (FA2 convention).
 """
@@ -35,6 +37,16 @@ def dense_sdpa(q, k, v):
     return torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
 
 
+def monarch_backends(problem) -> dict[str, str | None]:
+    """Each GPU backend of the attention op -> None where it can run ``problem``, else why not."""
+    from monarchrt_ops.arch import arch_of
+    from monarchrt_ops.registry import backend_names, get_backend
+
+    arch = arch_of(torch.device("cuda"))
+    names = [n for n in backend_names("attention") if n != "reference"]
+    return {n: get_backend("attention", n).supports(problem, arch) for n in names}
+
+
 def run_shape(shape, dtype, backward: bool) -> dict:
     hw = shape.frame_shape[0] * shape.frame_shape[1]
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -65,18 +77,24 @@ def run_shape(shape, dtype, backward: bool) -> dict:
         except RuntimeError as e:
             row[f"sdpa_{name}_ms"] = None
             row[f"sdpa_{name}_error"] = str(e).splitlines()[0][:200]
-    row["monarch_triton_ms"] = bench_ms(lambda: m.monarch_attention(q, k, v, shape.frame_shape, backend="triton", **kw))
+    backends = monarch_backends(prob)
+    for name, reason in backends.items():
+        if reason is not None:
+            row[f"monarch_{name}_skipped"] = reason
+            continue
+        row[f"monarch_{name}_ms"] = bench_ms(
+            lambda: m.monarch_attention(q, k, v, shape.frame_shape, backend=name, **kw)  # noqa: B023
+        )
+    timed = {n: row[f"monarch_{n}_ms"] for n in backends if f"monarch_{n}_ms" in row}
+    row["monarch_backend"] = min(timed, key=timed.get)
+    row["monarch_ms"] = timed[row["monarch_backend"]]
     dense = [row[f"sdpa_{n}_ms"] for n in SDPA_BACKENDS if row.get(f"sdpa_{n}_ms")]
     row["fastest_dense_ms"] = min(dense) if dense else None
-    row["speedup_vs_fastest_dense"] = row["fastest_dense_ms"] / row["monarch_triton_ms"] if dense else None
-    row["monarch_tflops"] = prob.forward_flops() / row["monarch_triton_ms"] / 1e9
+    row["speedup_vs_fastest_dense"] = row["fastest_dense_ms"] / row["monarch_ms"] if dense else None
+    row["monarch_tflops"] = prob.forward_flops() / row["monarch_ms"] / 1e9
     if backward:
         qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
         dout = torch.randn_like(q)
-
-        def mon_fb():
-            out = m.monarch_attention(qg, kg, vg, shape.frame_shape, backend="triton", **kw)
-            torch.autograd.grad(out, (qg, kg, vg), dout)
 
         for name, be in SDPA_BACKENDS.items():
             try:
@@ -89,12 +107,19 @@ def run_shape(shape, dtype, backward: bool) -> dict:
                     row[f"sdpa_{name}_fwd_bwd_ms"] = bench_ms(fb)
             except RuntimeError:
                 row[f"sdpa_{name}_fwd_bwd_ms"] = None
-        try:
-            row["monarch_triton_fwd_bwd_ms"] = bench_ms(mon_fb)
-        except torch.OutOfMemoryError as e:
-            row["monarch_triton_fwd_bwd_ms"] = None
-            row["monarch_fwd_bwd_error"] = str(e).splitlines()[0][:200]
-        torch.cuda.empty_cache()
+        for name in timed:
+
+            def mon_fb():
+                out = m.monarch_attention(qg, kg, vg, shape.frame_shape, backend=name, **kw)  # noqa: B023
+                torch.autograd.grad(out, (qg, kg, vg), dout)
+
+            try:
+                row[f"monarch_{name}_fwd_bwd_ms"] = bench_ms(mon_fb)
+            except torch.OutOfMemoryError as e:
+                row[f"monarch_{name}_fwd_bwd_error"] = str(e).splitlines()[0][:200]
+            torch.cuda.empty_cache()
+        fb_timed = [row[f"monarch_{n}_fwd_bwd_ms"] for n in timed if row.get(f"monarch_{n}_fwd_bwd_ms")]
+        row["monarch_fwd_bwd_ms"] = min(fb_timed) if fb_timed else None
     return row
 
 
@@ -113,11 +138,13 @@ def main(argv=None) -> int:
         result["rows"].append(row)
         torch.cuda.empty_cache()
         print(json.dumps(row), flush=True)
-    print(f"\n{'shape':34s} {'monarch ms':>10s} {'fastest dense ms':>16s} {'speedup':>8s} {'TFLOP/s':>8s}")
+    cols = f"{'backend':>8s} {'monarch ms':>10s} {'fastest dense ms':>16s} {'speedup':>8s} {'TFLOP/s':>8s}"
+    print(f"\n{'shape':34s} {cols}")
     for r in result["rows"]:
         print(
-            f"{r['shape']:34s} {r['monarch_triton_ms']:10.3f} {r['fastest_dense_ms'] or float('nan'):16.3f} "
-            f"{r['speedup_vs_fastest_dense'] or float('nan'):8.2f} {r['monarch_tflops']:8.1f}"
+            f"{r['shape']:34s} {r['monarch_backend']:>8s} {r['monarch_ms']:10.3f} "
+            f"{r['fastest_dense_ms'] or float('nan'):16.3f} {r['speedup_vs_fastest_dense'] or float('nan'):8.2f} "
+            f"{r['monarch_tflops']:8.1f}"
         )
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

@@ -2,7 +2,8 @@
 # One call on the GPU machine: install (building the CUDA extension for this GPU), the GPU test
 # tier (SKIP_TESTS=1 skips it), optionally the tuner, and monarchrt-bench. Text goes to
 # $OUT/log.txt; results to $OUT/<gpu>.json and .png (commit them under bench/results/).
-#   [TUNE="--shapes ... --trials N --backward"] [SKIP_BENCH=1] bash bench/device_run.sh [monarchrt-bench args...]
+#   [TESTS="tests/..."] [TUNE="--shapes ... --trials N --backward"] [SKIP_BENCH=1] \
+#     bash bench/device_run.sh [monarchrt-bench args...]
 # Carry .whl: optuna and its needs for the tuner, nvidia-cutlass (headers) for the extension.
 set -uo pipefail
 OUT=${OUT:-/tmp/monarchrt-out}
@@ -16,8 +17,9 @@ fi
 MONARCHRT_BUILD_CUDA=1 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . 2>&1 \
   | grep -iE "error|fail" | tail -5 | tee -a "$LOG"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv 2>&1 | tee -a "$LOG"
-[ -n "${SKIP_TESTS:-}" ] || timeout 300 python3 -m pytest -q tests/test_attention_triton.py tests/test_hadamard.py tests/test_monarch_matmul.py \
-  tests/test_cuda_backend.py 2>&1 | tee -a "$LOG" | tail -6
+TESTS=${TESTS:-tests/test_attention_triton.py tests/test_hadamard.py tests/test_monarch_matmul.py tests/test_cuda_backend.py}
+# shellcheck disable=SC2086
+[ -n "${SKIP_TESTS:-}" ] || timeout 300 python3 -m pytest -q -rf $TESTS 2>&1 | tee -a "$LOG" | tail -30
 if [ -n "${TUNE:-}" ]; then
   mkdir -p "$OUT/tuned"
   # shellcheck disable=SC2086

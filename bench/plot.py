@@ -11,9 +11,9 @@ def bars(result: dict) -> list[tuple[str, float, str]]:
     for r in result.get("attention", {}).get("rows", []):
         if r.get("speedup_vs_fastest_dense"):
             out.append((f"attn {r['shape']}", r["speedup_vs_fastest_dense"], "x fastest dense SDPA"))
-        if r.get("monarch_triton_fwd_bwd_ms"):
+        if r.get("monarch_fwd_bwd_ms"):
             dense = min(v for k, v in r.items() if k.endswith("_fwd_bwd_ms") and k.startswith("sdpa") and v)
-            out.append((f"attn {r['shape']} fwd+bwd", dense / r["monarch_triton_fwd_bwd_ms"], "x fastest dense SDPA"))
+            out.append((f"attn {r['shape']} fwd+bwd", dense / r["monarch_fwd_bwd_ms"], "x fastest dense SDPA"))
     for r in result.get("hadamard", {}).get("rows", []):
         out.append((f"hadamard n={r['n']}", r["triton_share_of_clone"], "share of clone bandwidth"))
     for r in result.get("monarch_matmul", {}).get("rows", []):

@@ -33,5 +33,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("hadamard_pow2", &monarchrt::hadamard_pow2, py::arg("x"), py::arg("out"), py::arg("rows"), py::arg("n"),
         py::arg("x_stride"), py::arg("out_stride"), py::arg("scale"), py::arg("dtype"), py::arg("stream"),
         "out = x @ H_n^T * scale for rows of n = 2^k halves (256 <= n <= 32768); out may be x");
+  m.def("monarch_attention_fwd", &monarchrt::monarch_attention_fwd, py::arg("q"), py::arg("k"), py::arg("v"),
+        py::arg("z"), py::arg("lse"), py::arg("q_strides"), py::arg("k_strides"), py::arg("v_strides"),
+        py::arg("batch"), py::arg("nh"), py::arg("n_q_tiles"), py::arg("n_kv_tiles"), py::arg("b1"), py::arg("b2"),
+        py::arg("head_dim"), py::arg("causal_block_tiles"), py::arg("sm_scale"), py::arg("dtype"), py::arg("stream"),
+        "Fused Monarch attention forward (num_iters = 1): one 8-CTA cluster per (batch, head, query tile)");
+  m.attr("monarch_attention_fwd_smem_bytes") = monarchrt::monarch_attention_fwd_smem_bytes();
   m.def("compiled_archs", &compiled_archs, "CUDA architectures this build holds machine code for, e.g. ['90a']");
 }

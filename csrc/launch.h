@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace monarchrt {
 
@@ -18,5 +19,15 @@ inline void check(cudaError_t err, const char* what) {
 
 void hadamard_pow2(uintptr_t x, uintptr_t out, int64_t rows, int64_t n, int64_t x_stride, int64_t out_stride,
                    float scale, int dtype, uintptr_t stream);
+
+// Fused Monarch attention forward, num_iters = 1 (csrc/attention). Tile-order q [B, A, b1, b2, nh, d],
+// k, v [B, F, b1, b2, nh, d] (element strides of the first five dims); z like q and lse [B, A, b1, b2, nh]
+// float32, both contiguous.
+void monarch_attention_fwd(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t z, uintptr_t lse,
+                           const std::vector<int64_t>& q_strides, const std::vector<int64_t>& k_strides,
+                           const std::vector<int64_t>& v_strides, int64_t batch, int64_t nh, int64_t n_q_tiles,
+                           int64_t n_kv_tiles, int64_t b1, int64_t b2, int64_t head_dim,
+                           int64_t causal_block_tiles, float sm_scale, int dtype, uintptr_t stream);
+int monarch_attention_fwd_smem_bytes();
 
 }  // namespace monarchrt

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import TOL, rel_err
+from conftest import TOL, qkv, rel_err
 
 import monarchrt_ops as m
 from monarchrt_ops.arch import Arch
@@ -80,3 +80,121 @@ def test_launcher_rejects_bad_arguments_before_touching_the_device(args, msg):
     module, _ = cuda.extension()
     with pytest.raises(ValueError, match=msg):
         module.hadamard_pow2(*args)
+
+
+# --- fused attention forward (csrc/attention) ----------------------------------------------------
+class _FakeExtension:
+    monarch_attention_fwd_smem_bytes = 219136
+
+    @staticmethod
+    def compiled_archs():
+        return ["90a", "100a", "120a"]
+
+
+def _attention_problem(**kw):
+    from monarchrt_ops.problem import AttentionProblem
+
+    base = dict(batch=1, heads=12, head_dim=128, b1=30, b2=52, q_tiles=21, kv_tiles=21, causal_block_tiles=0,
+                num_iters=1, dtype=torch.bfloat16)  # fmt: skip
+    return AttentionProblem(**{**base, **kw})
+
+
+@pytest.mark.parametrize(
+    "change, arch, reason",
+    [
+        ({}, H100, None),
+        ({"dtype": torch.float16, "causal_block_tiles": 3, "kv_tiles": 24}, H100, None),
+        ({"head_dim": 64}, H100, "head_dim=64: the fused kernel takes 128"),
+        ({"b1": 45, "b2": 80}, H100, "tile 45x80: the fused kernel takes b1 <= 32 rows, b2 <= 64 columns"),
+        ({"num_iters": 2}, H100, "num_iters=2: the fused kernel computes one pass"),
+        ({"dtype": torch.float32}, H100, "dtype torch.float32 is not fp16/bf16"),
+        ({}, Arch("sm80", (8, 0), "NVIDIA A100", 108, 166912), "the extension was built for sm_90a, sm_100a, sm_120a"),
+        ({}, Arch("sm120", (12, 0), "NVIDIA GeForce RTX 5090", 170, 101376), "needs 219136 B of shared memory"),
+    ],
+    ids=["sf-bf16", "causal-fp16", "d64", "wan-tile", "iters2", "fp32", "sm80", "rtx5090-smem"],
+)
+def test_cuda_attention_supports(monkeypatch, change, arch, reason):
+    monkeypatch.setattr(cuda, "extension", lambda: (_FakeExtension, None))
+    got = cuda.CudaAttention().supports(_attention_problem(**change), arch)
+    assert got == reason if reason is None else reason in got
+
+
+@pytest.mark.skipif(cuda.extension()[0] is None, reason="the extension is not built on this machine")
+@pytest.mark.parametrize(
+    "change, msg",
+    [
+        ({"head_dim": 64}, "head_dim=64 \\(the fused kernel takes 128\\)"),
+        ({"b1": 33}, "tile 33x52 \\(the fused kernel takes b1 <= 32, b2 <= 64\\)"),
+        ({"q_strides": [8, 8, 8, 8, 4]}, "strides must be multiples of 8 elements"),
+        ({"q": 8}, "16-byte aligned"),
+        ({"dtype": 2}, "dtype code 2 is not fp16 \\(0\\) or bf16 \\(1\\)"),
+    ],
+    ids=["d64", "b1", "strides", "misaligned", "dtype"],
+)
+def test_attention_launcher_rejects_bad_arguments_before_touching_the_device(change, msg):
+    module, _ = cuda.extension()
+    args = dict(q=0, k=0, v=0, z=0, lse=0, q_strides=[8] * 5, k_strides=[8] * 5, v_strides=[8] * 5, batch=1, nh=1,
+                n_q_tiles=1, n_kv_tiles=1, b1=30, b2=52, head_dim=128, causal_block_tiles=0, sm_scale=1.0, dtype=1,
+                stream=0)  # fmt: skip
+    with pytest.raises(ValueError, match=msg):
+        module.monarch_attention_fwd(**{**args, **change})
+
+
+# (frames_q, frames_kv, frame_shape, batch, kwargs): every split of rows and columns over the cluster
+ATTENTION_CASES = {
+    "30x52-3-frames": (3, 3, (30, 52), 1, {}),
+    "32x64-batch2": (2, 2, (32, 64), 2, {}),
+    "7x11": (2, 3, (7, 11), 1, {}),
+    "9x3-few-columns": (3, 3, (9, 3), 1, {}),
+    "17x8-causal-1": (4, 4, (17, 8), 1, {"causal_block_frames": 1}),
+    "6x10-causal-3": (5, 5, (6, 10), 1, {"causal_block_frames": 3}),
+    "tiled-f2-h2-w2": (2, 2, (6, 10), 1, {"f_tied": 2, "h_reduce": 2, "w_reduce": 2}),
+    "ar-2-vs-5": (2, 5, (30, 52), 1, {}),
+}
+
+
+@pytest.mark.skipif(not GPU, reason="GPU tier")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", list(ATTENTION_CASES))
+def test_cuda_attention_matches_reference(name, dtype, poison_empty):
+    fq, fk, shape, bsz, kw = ATTENTION_CASES[name]
+    q, k, v = qkv(bsz, fq, fk, shape, 3, 128)
+    ref, ref_lse = m.monarch_attention_with_lse(q, k, v, shape, **kw, backend="reference")
+    q, k, v = (x.to(device="cuda", dtype=dtype) for x in (q, k, v))
+    out, lse = m.monarch_attention_with_lse(q, k, v, shape, **kw, backend="cuda")
+    assert rel_err(out, ref) < TOL[dtype]
+    assert rel_err(lse, ref_lse) < TOL[dtype]
+
+
+@pytest.mark.skipif(not GPU, reason="GPU tier")
+def test_cuda_attention_kv_cache_slice_and_gradients(poison_empty):
+    """A cache slice of a longer buffer (strided rows), and gradients through the Triton backward."""
+    shape, hw = (30, 52), 30 * 52
+    q, k, v = qkv(1, 2, 2, shape, 2, 128, requires_grad=True)
+    k_cache = torch.randn(1, 5 * hw, 2, 128, dtype=torch.float64)
+    v_cache = torch.randn_like(k_cache)
+    with torch.no_grad():
+        m.write_kv_cache(k_cache, v_cache, k, v, 2, shape)
+    ref = m.monarch_attention_kv_cache(q, k_cache, v_cache, 4, shape, backend="reference")
+    dev = [x.detach().to("cuda", torch.bfloat16) for x in (q, k_cache, v_cache)]
+    out = m.monarch_attention_kv_cache(*dev, 4, shape, backend="cuda")
+    assert rel_err(out, ref) < TOL[torch.bfloat16]
+    dout = torch.randn_like(q)
+    ref_grads = torch.autograd.grad(m.monarch_attention(q, k, v, shape, backend="reference"), (q, k, v), dout)
+    ql, kl, vl = (x.detach().to("cuda", torch.bfloat16).requires_grad_() for x in (q, k, v))
+    out = m.monarch_attention(ql, kl, vl, shape, backend="cuda")
+    got = torch.autograd.grad(out, (ql, kl, vl), dout.cuda().bfloat16())
+    for g, r in zip(got, ref_grads, strict=True):
+        assert rel_err(g, r) < TOL[torch.bfloat16]
+
+
+@pytest.mark.skipif(not GPU, reason="GPU tier: Self-Forcing sizes in bf16")
+@pytest.mark.parametrize("q_frames, kv_frames", [(21, 21), (3, 21)], ids=["bidir-21", "ar-3-vs-21"])
+def test_cuda_attention_self_forcing_shapes_bf16(q_frames, kv_frames, poison_empty):
+    hw, shape = 30 * 52, (30, 52)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(1, q_frames * hw, 12, 128, device="cuda", generator=gen).bfloat16()
+    k, v = (torch.randn(1, kv_frames * hw, 12, 128, device="cuda", generator=gen).bfloat16() for _ in range(2))
+    out = m.monarch_attention(q, k, v, shape, backend="cuda")
+    ref = m.monarch_attention(q.double(), k.double(), v.double(), shape, backend="reference")  # on the GPU
+    assert rel_err(out, ref) < TOL[torch.bfloat16]

@@ -11,7 +11,8 @@ import functools
 
 import torch
 
-from ..arch import Arch
+from ..arch import Arch, arch_of
+from ..problem import AttentionProblem
 from ..registry import NoConfig
 
 _DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1}
@@ -71,3 +72,67 @@ class CudaHadamard(NoConfig):
         if dst is not out2d:
             out2d.copy_(dst)
         return out2d
+
+
+class CudaAttention(NoConfig):
+    """Fused forward (csrc/attention): one 8-CTA cluster per (batch, head, query tile), aL/Y exchanged
+    through distributed shared memory. The backward runs the Triton kernels."""
+
+    name = "cuda"
+
+    def supports(self, problem: AttentionProblem, arch: Arch) -> str | None:
+        reason = arch_reason(arch)
+        if reason is not None:
+            return reason
+        if arch.capability < (9, 0):
+            return f"thread-block clusters need sm_90 or newer (device is sm_{arch.capability[0]}{arch.capability[1]})"
+        module, _ = extension()
+        if arch.smem_per_block and arch.smem_per_block < module.monarch_attention_fwd_smem_bytes:
+            return (
+                f"the fused forward needs {module.monarch_attention_fwd_smem_bytes} B of shared memory per block; "
+                f"the device has {arch.smem_per_block}"
+            )
+        if problem.dtype not in _DTYPE_CODES:
+            return f"dtype {problem.dtype} is not fp16/bf16"
+        if problem.head_dim != 128:
+            return f"head_dim={problem.head_dim}: the fused kernel takes 128"
+        if problem.b1 > 32 or problem.b2 > 64:
+            return f"tile {problem.b1}x{problem.b2}: the fused kernel takes b1 <= 32 rows, b2 <= 64 columns"
+        if problem.num_iters != 1:
+            return f"num_iters={problem.num_iters}: the fused kernel computes one pass"
+        if problem.backward:
+            from .triton import TritonAttention
+
+            return TritonAttention().supports(problem, arch)
+        return None
+
+    def launch(self, config, q, k, v, *, sm_scale, causal_block_tiles, num_iters):
+        module, _ = extension()
+        q, k, v = (_aligned_rows(x) for x in (q, k, v))
+        bsz, n_a, b1, b2, nh, d = q.shape
+        z = torch.empty(bsz, n_a, b1, b2, nh, d, dtype=q.dtype, device=q.device)
+        lse = torch.empty(bsz, n_a, b1, b2, nh, dtype=torch.float32, device=q.device)
+        module.monarch_attention_fwd(
+            q.data_ptr(), k.data_ptr(), v.data_ptr(), z.data_ptr(), lse.data_ptr(),
+            list(q.stride()[:5]), list(k.stride()[:5]), list(v.stride()[:5]),
+            bsz, nh, n_a, k.shape[1], b1, b2, d, causal_block_tiles, sm_scale, _DTYPE_CODES[q.dtype],
+            torch.cuda.current_stream(q.device).cuda_stream,
+        )  # fmt: skip
+        return z, lse
+
+    def launch_backward(self, config, dz, dlse, q, k, v, z, lse, *, sm_scale, causal_block_tiles, num_iters):
+        from ..registry import select
+
+        problem = AttentionProblem.from_tiles(q, k, causal_block_tiles, num_iters, backward=True)
+        sel = select("attention", problem, arch_of(q.device), "triton")  # Triton's tuned backward config
+        return sel.backend.launch_backward(
+            sel.config, dz, dlse, q, k, v, z, lse,
+            sm_scale=sm_scale, causal_block_tiles=causal_block_tiles, num_iters=num_iters,
+        )  # fmt: skip
+
+
+def _aligned_rows(x: torch.Tensor) -> torch.Tensor:
+    """Contiguous last dim, 16-byte aligned base and strides (the kernel's 16-byte copies)."""
+    if x.stride(-1) == 1 and x.data_ptr() % 16 == 0 and all(s % 8 == 0 for s in x.stride()[:-1]):
+        return x
+    return x.contiguous() if x.data_ptr() % 16 == 0 else x.clone(memory_format=torch.contiguous_format)

@@ -1,0 +1,73 @@
+// Host launcher of the fused Monarch attention forward: pointers, sizes, strides and a stream.
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "../launch.h"
+#include "monarch_fwd_cluster.cuh"
+
+namespace monarchrt {
+
+namespace {
+template <typename T>
+void launch(const attention::FwdParams& p, int batch, cudaStream_t stream) {
+  using namespace attention;
+  static_assert(kSmemBytes <= 227 * 1024, "the fused forward must fit sm_90 / sm_100 shared memory");
+  auto kernel = monarch_fwd_cluster_kernel<T>;
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes), "smem attribute");
+  const dim3 grid(unsigned(p.n_q_tiles * kCluster), unsigned(p.nh), unsigned(batch));
+  kernel<<<grid, kThreads, kSmemBytes, stream>>>(p);
+  check(cudaGetLastError(), "monarch_fwd_cluster_kernel launch");
+}
+}  // namespace
+
+int monarch_attention_fwd_smem_bytes() { return attention::kSmemBytes; }
+
+void monarch_attention_fwd(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t z, uintptr_t lse,
+                           const std::vector<int64_t>& q_strides, const std::vector<int64_t>& k_strides,
+                           const std::vector<int64_t>& v_strides, int64_t batch, int64_t nh, int64_t n_q_tiles,
+                           int64_t n_kv_tiles, int64_t b1, int64_t b2, int64_t head_dim,
+                           int64_t causal_block_tiles, float sm_scale, int dtype, uintptr_t stream) {
+  using namespace attention;
+  auto fail = [](const std::string& what) { throw std::invalid_argument("monarch_attention_fwd: " + what); };
+  if (head_dim != kD) fail("head_dim=" + std::to_string(head_dim) + " (the fused kernel takes 128)");
+  if (b1 < 1 || b1 > kMaxB1 || b2 < 1 || b2 > kMaxB2)
+    fail("tile " + std::to_string(b1) + "x" + std::to_string(b2) + " (the fused kernel takes b1 <= 32, b2 <= 64)");
+  if (q_strides.size() != 5 || k_strides.size() != 5 || v_strides.size() != 5)
+    fail("strides are of [batch, tile, row, column, head]: 5 each");
+  for (const auto* s : {&q_strides, &k_strides, &v_strides})
+    for (int64_t x : *s)
+      if (x % 8) fail("strides must be multiples of 8 elements (16-byte rows)");
+  if ((q | k | v | z) % 16) fail("q, k, v and z must be 16-byte aligned");
+  if (n_q_tiles > 65535 / kCluster || nh > 65535 || batch > 65535 || n_kv_tiles < 1)
+    fail("grid too large or no key tiles");
+  if (batch == 0 || n_q_tiles == 0 || nh == 0) return;
+  FwdParams p{};
+  p.q = reinterpret_cast<const void*>(q);
+  p.k = reinterpret_cast<const void*>(k);
+  p.v = reinterpret_cast<const void*>(v);
+  p.z = reinterpret_cast<void*>(z);
+  p.lse = reinterpret_cast<float*>(lse);
+  for (int i = 0; i < 5; ++i) {
+    p.sq[i] = q_strides[i];
+    p.sk[i] = k_strides[i];
+    p.sv[i] = v_strides[i];
+  }
+  p.nh = int(nh);
+  p.n_q_tiles = int(n_q_tiles);
+  p.n_kv_tiles = int(n_kv_tiles);
+  p.b1 = int(b1);
+  p.b2 = int(b2);
+  p.causal_block_tiles = int(causal_block_tiles);
+  p.scale_log2 = sm_scale * 1.4426950408889634f;
+  auto s = reinterpret_cast<cudaStream_t>(stream);
+  if (dtype == kBFloat16)
+    launch<__nv_bfloat16>(p, int(batch), s);
+  else if (dtype == kFloat16)
+    launch<__half>(p, int(batch), s);
+  else
+    fail("dtype code " + std::to_string(dtype) + " is not fp16 (0) or bf16 (1)");
+}
+
+}  // namespace monarchrt
