@@ -3,17 +3,22 @@
 //
 // Stage R is batched over key rows k and stage L over columns j, so the two stages see aL/Y in
 // transposed orders. The cluster splits the tile both ways: CTA r owns key rows k = 8s + r (one per
-// sub-step s) for stage R and the columns j = r + 8u for stage L. Each sub-step, every CTA computes
-// its row's aL, Y, cL for all columns (S = Q_k K_k^T, softmax over l, P K and P V) and pushes each
-// column's result into the shared memory of the CTA that owns the column (16-byte distributed
-// shared memory stores); after a cluster barrier each CTA folds the 8 new key rows into its
-// stage-L online softmax over (f, k). Exchange buffers alternate between sub-steps, so one
-// barrier per sub-step orders both the pushes and the reuse.
+// sub-step s) for stage R and the columns j = r + 8u for stage L.
+//
+// Warp roles inside a CTA, pipelined across sub-steps:
+// - 4 producer warps (one per 16 columns j): S = Q_k K_k^T, the softmax over l, aL = P K / l and
+//   Y = P V / l, all in registers; each 16-byte piece of column j goes straight into the shared
+//   memory of the CTA that owns j (distributed shared memory stores), then one release-arrive per
+//   warp on every CTA's "full" barrier. K/V rows are double-buffered and fetched a sub-step ahead.
+// - 8 consumer warps (one per owned column, both 16-row halves of the query tile): wait on the local
+//   "full" barrier, fold the 8 new key rows into the online softmax over (f, k) and into Z, then
+//   release-arrive on every CTA's "empty" barrier so producers may reuse the buffer.
+// Exchange buffers alternate between sub-steps, so producers run up to one sub-step ahead.
 //
 // Matrix products: mma.sync m16n8k16 / m16n8k8 with fp32 accumulators (CuTe's SM80 atoms), operands
 // through ldmatrix from padded shared-memory rows. Logits live in the log2 domain
 // (sm_scale * log2(e) multiplies the fp32 dot products; sqrt(sm_scale) is never rounded).
-// Limits: head_dim 128, b1 <= 32, b2 <= 64, fp16/bf16, 214 KB of shared memory per CTA (sm_90/sm_100).
+// Limits: head_dim 128, b1 <= 32, b2 <= 64, fp16/bf16, 222 KB of shared memory per CTA (sm_90/sm_100).
 #pragma once
 
 #include <cooperative_groups.h>
@@ -31,35 +36,29 @@ namespace monarchrt::attention {
 namespace cg = cooperative_groups;
 
 constexpr int kCluster = 8;                 // CTAs per query tile
-constexpr int kWarps = 16;
-constexpr int kThreads = kWarps * 32;
+constexpr int kProducerWarps = 4;           // stage R: 16 columns j each
+constexpr int kConsumerWarps = 8;           // stage L: one owned column each
+constexpr int kProducerThreads = kProducerWarps * 32;
+constexpr int kThreads = (kProducerWarps + kConsumerWarps) * 32;
 constexpr int kD = 128;                     // head_dim
 constexpr int kMaxB1 = 32;                  // rows per tile
 constexpr int kMaxB2 = 64;                  // columns per tile
 constexpr int kCols = kMaxB2 / kCluster;    // stage-L columns per CTA
 constexpr int kRow = kD + 8;                // padded row of 136 halves: ldmatrix rows hit distinct banks
-constexpr int kSRow = kMaxB2 + 4;           // fp32 logits row
-constexpr int kPRow = kMaxB2 + 8;           // probabilities row (halves)
 constexpr float kLn2 = 0.6931471805599453f;
+static_assert(kProducerWarps * 16 == kMaxB2 && kConsumerWarps == kCols && kMaxB1 == 32, "warp roles");
 
-// Shared memory, in halves unless noted. Y staging reuses the logits buffer (same size in bytes).
-constexpr int kQlHalves = kCols * kMaxB1 * kRow;          // stage-L queries [u][i][d]
-constexpr int kRowBufHalves = kMaxB2 * kRow;              // one key row of Q, K or V [j or l][d]
-constexpr int kRxHalves = kCols * kCluster * kRow;        // one exchange buffer [u][kk][d]
-constexpr int kSBytes = kMaxB2 * kSRow * 4;
-static_assert(kSBytes == kRowBufHalves * 2, "Y staging reuses the logits buffer");
-constexpr int kOffQl = 0;
-constexpr int kOffQ = kOffQl + kQlHalves * 2;
-constexpr int kOffK = kOffQ + kRowBufHalves * 2;
-constexpr int kOffV = kOffK + kRowBufHalves * 2;
-constexpr int kOffS = kOffV + kRowBufHalves * 2;
-constexpr int kOffP = kOffS + kSBytes;
-constexpr int kOffRxAl = kOffP + kMaxB2 * kPRow * 2;
-constexpr int kOffRxY = kOffRxAl + 2 * kRxHalves * 2;
-constexpr int kOffRxCl = kOffRxY + 2 * kRxHalves * 2;     // fp32 [2][u][kk]
-constexpr int kOffInvL = kOffRxCl + 2 * kCols * kCluster * 4;
-constexpr int kOffCl = kOffInvL + kMaxB2 * 4;
-constexpr int kSmemBytes = kOffCl + kMaxB2 * 4;
+// Shared memory (byte offsets)
+constexpr int kRowBufBytes = kMaxB2 * kRow * 2;           // one key row of Q, K or V [j or l][d]
+constexpr int kRxBytes = kCols * kCluster * kRow * 2;     // one exchange buffer [u][kk][d]
+constexpr int kOffQl = 0;                                 // stage-L queries [u][i][d]
+constexpr int kOffQ = kOffQl + kCols * kMaxB1 * kRow * 2;
+constexpr int kOffKV = kOffQ + kRowBufBytes;              // [buffer][K, V]
+constexpr int kOffRxAl = kOffKV + 4 * kRowBufBytes;       // [buffer]
+constexpr int kOffRxY = kOffRxAl + 2 * kRxBytes;
+constexpr int kOffRxCl = kOffRxY + 2 * kRxBytes;          // fp32 [buffer][u][kk]
+constexpr int kOffBar = kOffRxCl + 2 * kCols * kCluster * 4;  // mbarriers full[2], empty[2]
+constexpr int kSmemBytes = kOffBar + 4 * 8;
 
 struct FwdParams {
   const void* q;
@@ -110,9 +109,36 @@ __device__ __forceinline__ void cp16(void* smem, const void* gmem) {
   cute::SM80_CP_ASYNC_CACHEGLOBAL<cute::uint128_t>::copy(*reinterpret_cast<const cute::uint128_t*>(gmem),
                                                         *reinterpret_cast<cute::uint128_t*>(smem));
 }
+
+// --- synchronisation: cluster barrier, producer named barrier, mbarriers with cluster-scope release/acquire
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
 __device__ __forceinline__ void cluster_barrier() {
   asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
   asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void producer_barrier() {
+  asm volatile("bar.sync 1, %0;\n" ::"n"(kProducerThreads) : "memory");
+}
+__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+// arrive on the barrier at the same offset in CTA `cta` of the cluster; orders this thread's earlier accesses
+__device__ __forceinline__ void mbar_arrive_remote(uint64_t* bar, uint32_t cta) {
+  asm volatile(
+      "{\n\t.reg .b32 ra;\n\t"
+      "mapa.shared::cluster.u32 ra, %0, %1;\n\t"
+      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [ra];\n\t}\n" ::"r"(smem_addr(bar)),
+      "r"(cta)
+      : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  asm volatile(
+      "{\n\t.reg .pred done;\n\t"
+      "WAIT:\n\t"
+      "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n\t"
+      "@!done bra WAIT;\n\t}\n" ::"r"(smem_addr(bar)),
+      "r"(parity)
+      : "memory");
 }
 
 // ldmatrix addresses of one lane: rows r0 + (lane % 8) + 8 * ((lane / 8) % 2), columns c0 + 8 * (lane / 16)
@@ -122,23 +148,35 @@ __device__ __forceinline__ int a_col(int lane) { return (lane >> 4) * 8; }
 __device__ __forceinline__ int bn_row(int lane) { return (lane & 7) + (lane >> 4) * 8; }
 __device__ __forceinline__ int bn_col(int lane) { return ((lane >> 3) & 1) * 8; }
 
+// 4x4 transpose of 32-bit words inside each quad of lanes: on entry lane t holds row t (x[0..3]),
+// on exit column t. Two butterfly rounds, four shuffles.
+__device__ __forceinline__ void quad_transpose(uint32_t (&x)[4], int t) {
+  const bool odd = t & 1, high = t & 2;
+  const uint32_t r0 = __shfl_xor_sync(0xffffffffu, odd ? x[0] : x[1], 1);
+  const uint32_t r1 = __shfl_xor_sync(0xffffffffu, odd ? x[2] : x[3], 1);
+  // pair rows (even, odd) of columns c = t & 1 and c + 2
+  const uint32_t b0 = odd ? r0 : x[0], b1 = odd ? x[1] : r0, b2 = odd ? r1 : x[2], b3 = odd ? x[3] : r1;
+  const uint32_t s0 = __shfl_xor_sync(0xffffffffu, high ? b0 : b2, 2);
+  const uint32_t s1 = __shfl_xor_sync(0xffffffffu, high ? b1 : b3, 2);
+  x[0] = high ? s0 : b0;
+  x[1] = high ? s1 : b1;
+  x[2] = high ? b2 : s0;
+  x[3] = high ? b3 : s1;
+}
+
 template <typename T>
 __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
     monarch_fwd_cluster_kernel(const FwdParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
   T* const s_ql = reinterpret_cast<T*>(smem + kOffQl);
   T* const s_q = reinterpret_cast<T*>(smem + kOffQ);
-  T* const s_k = reinterpret_cast<T*>(smem + kOffK);
-  T* const s_v = reinterpret_cast<T*>(smem + kOffV);
-  float* const s_s = reinterpret_cast<float*>(smem + kOffS);
-  T* const s_p = reinterpret_cast<T*>(smem + kOffP);
+  T* const s_kv = reinterpret_cast<T*>(smem + kOffKV);  // K of buffer b at 2b, V at 2b + 1 (row buffers)
   T* const rx_al = reinterpret_cast<T*>(smem + kOffRxAl);
   T* const rx_y = reinterpret_cast<T*>(smem + kOffRxY);
   float* const rx_cl = reinterpret_cast<float*>(smem + kOffRxCl);
-  float* const s_inv_l = reinterpret_cast<float*>(smem + kOffInvL);
-  float* const s_cl = reinterpret_cast<float*>(smem + kOffCl);
-  T* const stg_al = s_q;                         // aL staging: the query row is dead by then
-  T* const stg_y = reinterpret_cast<T*>(s_s);    // Y staging: the logits are dead by then
+  uint64_t* const full = reinterpret_cast<uint64_t*>(smem + kOffBar);
+  uint64_t* const empty = full + 2;
+  constexpr int kRowBuf = kMaxB2 * kRow, kRx = kCols * kCluster * kRow;  // in halves
 
   cg::cluster_group cluster = cg::this_cluster();
   const int rank = int(cluster.block_rank());
@@ -146,7 +184,6 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, tig = lane & 3;
   const int b1 = p.b1, b2 = p.b2;
-  const int n_cols = rank < b2 ? (b2 - rank + kCluster - 1) / kCluster : 0;  // columns j = rank + 8u
   const int n_sub = (b1 + kCluster - 1) / kCluster;
   const int f_end = p.causal_block_tiles > 0
                         ? min(p.n_kv_tiles, (a / p.causal_block_tiles + 1) * p.causal_block_tiles)
@@ -157,7 +194,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
   const T* const vv = static_cast<const T*>(p.v);
   const int64_t q_base = bb * p.sq[0] + a * p.sq[1] + h * p.sq[4];
 
-  // --- prologue: zero the pads and exchange buffers, load the stage-L queries -------------------
+  // --- prologue: zero the pads and exchange buffers, load the stage-L queries, set up the barriers
   const uint4 zero4 = make_uint4(0, 0, 0, 0);
   for (int c = tid; c < kCols * kMaxB1 * 16; c += kThreads) {  // 16 chunks of 8 halves per row
     const int row = c >> 4, ch = c & 15, u = row / kMaxB1, i = row % kMaxB1, j = rank + kCluster * u;
@@ -167,228 +204,282 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
     else
       *reinterpret_cast<uint4*>(dst) = zero4;
   }
-  for (int c = tid; c < 3 * (kMaxB2 - b2) * 16; c += kThreads) {  // rows j, l >= b2 of Q, K, V stay 0
+  for (int c = tid; c < 5 * (kMaxB2 - b2) * 16; c += kThreads) {  // rows j, l >= b2 of Q, K, V stay 0
     const int which = c / ((kMaxB2 - b2) * 16), rem = c % ((kMaxB2 - b2) * 16);
-    T* buf = which == 0 ? s_q : which == 1 ? s_k : s_v;
+    T* buf = which == 0 ? s_q : s_kv + (which - 1) * kRowBuf;
     *reinterpret_cast<uint4*>(buf + (b2 + (rem >> 4)) * kRow + (rem & 15) * 8) = zero4;
   }
-  for (int c = tid; c < 2 * kRxHalves / 8; c += kThreads) {
+  for (int c = tid; c < 2 * kRx / 8; c += kThreads) {
     reinterpret_cast<uint4*>(rx_al)[c] = zero4;
     reinterpret_cast<uint4*>(rx_y)[c] = zero4;
   }
   for (int c = tid; c < 2 * kCols * kCluster; c += kThreads) rx_cl[c] = 0.f;
+  if (tid == 0) {
+    mbar_init(&full[0], kCluster * kProducerWarps);
+    mbar_init(&full[1], kCluster * kProducerWarps);
+    mbar_init(&empty[0], kCluster * kConsumerWarps);
+    mbar_init(&empty[1], kCluster * kConsumerWarps);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
 
-  // cp.async of the query, key and value rows of one sub-step (rows < b2 only)
-  auto load_rows = [&](int step) {
+  // cp.async of one sub-step's key and value rows (into buffer step % 2) or query row, by the producers
+  auto load_kv = [&](int step) {
     const int f = step / n_sub, krow = (step % n_sub) * kCluster + rank;
     if (krow >= b1) return;
-    const T* gq = q + q_base + krow * p.sq[2];
     const T* gk = kk + bb * p.sk[0] + f * p.sk[1] + krow * p.sk[2] + h * p.sk[4];
     const T* gv = vv + bb * p.sv[0] + f * p.sv[1] + krow * p.sv[2] + h * p.sv[4];
-    for (int c = tid; c < 3 * b2 * 16; c += kThreads) {
+    T* dk = s_kv + 2 * (step & 1) * kRowBuf;
+    for (int c = tid; c < 2 * b2 * 16; c += kProducerThreads) {
       const int which = c / (b2 * 16), rem = c % (b2 * 16), j = rem >> 4, ch = (rem & 15) * 8;
-      if (which == 0) cp16(s_q + j * kRow + ch, gq + j * p.sq[3] + ch);
-      else if (which == 1) cp16(s_k + j * kRow + ch, gk + j * p.sk[3] + ch);
-      else cp16(s_v + j * kRow + ch, gv + j * p.sv[3] + ch);
+      if (which == 0) cp16(dk + j * kRow + ch, gk + j * p.sk[3] + ch);
+      else cp16(dk + kRowBuf + j * kRow + ch, gv + j * p.sv[3] + ch);
     }
   };
-  if (total > 0) load_rows(0);
+  auto load_q = [&](int step) {
+    const int krow = (step % n_sub) * kCluster + rank;
+    if (krow >= b1) return;
+    const T* gq = q + q_base + krow * p.sq[2];
+    for (int c = tid; c < b2 * 16; c += kProducerThreads) cp16(s_q + (c >> 4) * kRow + (c & 15) * 8, gq + (c >> 4) * p.sq[3] + (c & 15) * 8);
+  };
+  if (warp < kProducerWarps && total > 0) {
+    load_q(0);
+    load_kv(0);
+  }
   cute::cp_async_fence();
   cute::cp_async_wait<0>();
   __syncthreads();
-  cluster_barrier();  // every CTA of the cluster runs and has zeroed its exchange buffers
+  cluster_barrier();  // every CTA of the cluster runs, has zeroed its buffers and set up its barriers
 
-  // stage-L state of this warp: column u, query rows 16 * mt + (g, g + 8)
-  const int lu = warp >> 1, lmt = warp & 1;
-  const bool l_active = lu < n_cols && lmt * 16 < b1;
-  float z_acc[16][4];
-#pragma unroll
-  for (int n = 0; n < 16; ++n) z_acc[n][0] = z_acc[n][1] = z_acc[n][2] = z_acc[n][3] = 0.f;
-  float m_row[2] = {-INFINITY, -INFINITY}, l_row[2] = {0.f, 0.f};
-
-  for (int step = 0; step < total; ++step) {
-    const int s = step % n_sub, buf = step & 1;
-    const int krow = s * kCluster + rank;
-    if (krow < b1) {
-      // --- stage R logits: S[j, l] = <Q[k, j], K[k, l]> for j, l < 64; warp: rows 16 * (warp / 4), cols 16 * (warp % 4)
-      {
-        const int mt = warp >> 2, nq = warp & 3;
-        float acc[2][4] = {};
+  if (warp < kProducerWarps) {
+    // ================= producers: stage R for this CTA's key row, 16 columns j per warp =============
+    const int mt = warp;
+    for (int step = 0; step < total; ++step) {
+      const int buf = step & 1;
+      const int krow = (step % n_sub) * kCluster + rank;
+      const bool has_row = krow < b1;
+      const T* s_k = s_kv + 2 * buf * kRowBuf;
+      const T* s_v = s_k + kRowBuf;
+      if (step + 1 < total) load_kv(step + 1);  // the other buffer: its last reader was the previous step
+      cute::cp_async_fence();
+      float sacc[8][4] = {};
+      if (has_row) {  // S[j, l] = <Q[k, j], K[k, l]>, rows 16 mt + (g, g + 8), all 64 columns l
 #pragma unroll
         for (int ks = 0; ks < kD / 16; ++ks) {
-          uint32_t af[4], bf[4];
-          ldsm_x4(af, s_q + (16 * mt + a_row(lane)) * kRow + 16 * ks + a_col(lane));
-          ldsm_x4(bf, s_k + (16 * nq + bn_row(lane)) * kRow + 16 * ks + bn_col(lane));
-          mma16<T>(acc[0], af, bf[0], bf[1]);
-          mma16<T>(acc[1], af, bf[2], bf[3]);
-        }
-#pragma unroll
-        for (int n = 0; n < 2; ++n) {
-          float* dst = s_s + (16 * mt + g) * kSRow + 16 * nq + 8 * n + 2 * tig;
-          dst[0] = acc[n][0] * p.scale_log2;
-          dst[1] = acc[n][1] * p.scale_log2;
-          dst[8 * kSRow] = acc[n][2] * p.scale_log2;
-          dst[8 * kSRow + 1] = acc[n][3] * p.scale_log2;
-        }
-      }
-      __syncthreads();
-      // --- stage R softmax over l: 8 threads per row j, 8 columns each; P unnormalised, 1/l and cL (log2 units)
-      {
-        const int row = tid >> 3, part = tid & 7;
-        float x[8], mx = -INFINITY;
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          const int col = part * 8 + e;
-          x[e] = col < b2 ? s_s[row * kSRow + col] : -INFINITY;
-          mx = fmaxf(mx, x[e]);
-        }
-#pragma unroll
-        for (int o = 1; o < 8; o <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-        float sum = 0.f, sum_px = 0.f, pe[8];
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          pe[e] = exp2f(x[e] - mx);  // 0 on masked columns
-          sum += pe[e];
-          sum_px += part * 8 + e < b2 ? pe[e] * x[e] : 0.f;
-        }
-#pragma unroll
-        for (int o = 1; o < 8; o <<= 1) {
-          sum += __shfl_xor_sync(0xffffffffu, sum, o);
-          sum_px += __shfl_xor_sync(0xffffffffu, sum_px, o);
-        }
-        uint4 packed = make_uint4(pack2<T>(pe[0], pe[1]), pack2<T>(pe[2], pe[3]), pack2<T>(pe[4], pe[5]),
-                                  pack2<T>(pe[6], pe[7]));
-        *reinterpret_cast<uint4*>(s_p + row * kPRow + part * 8) = packed;
-        if (part == 0) {
-          s_inv_l[row] = 1.f / sum;
-          s_cl[row] = sum_px / sum - mx - log2f(sum);  // cL * log2(e): sum_l R log2 R
-        }
-      }
-      __syncthreads();
-      // --- stage R outputs: aL = P K / l, Y = P V / l; warp: rows 16 * (warp % 4), {aL, Y}, d half
-      {
-        const int mt = warp & 3, which = (warp >> 2) & 1, dh = warp >> 3;
-        const T* src = which ? s_v : s_k;
-        float acc[8][4] = {};
-#pragma unroll
-        for (int ks = 0; ks < kMaxB2 / 16; ++ks) {
           uint32_t af[4];
-          ldsm_x4(af, s_p + (16 * mt + a_row(lane)) * kPRow + 16 * ks + a_col(lane));
+          ldsm_x4(af, s_q + (16 * mt + a_row(lane)) * kRow + 16 * ks + a_col(lane));
 #pragma unroll
           for (int np = 0; np < 4; ++np) {
             uint32_t bf[4];
-            ldsm_x4_t(bf, src + (16 * ks + a_row(lane)) * kRow + 64 * dh + 16 * np + a_col(lane));
-            mma16<T>(acc[2 * np], af, bf[0], bf[1]);
-            mma16<T>(acc[2 * np + 1], af, bf[2], bf[3]);
-          }
-        }
-        T* stg = which ? stg_y : stg_al;
-        const int r0 = 16 * mt + g;
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int row = r0 + 8 * half;
-          if (row < b2) {  // rows >= b2 of the query buffer must stay zero
-            const float inv = s_inv_l[row];
-#pragma unroll
-            for (int n = 0; n < 8; ++n)
-              *reinterpret_cast<uint32_t*>(stg + row * kRow + 64 * dh + 8 * n + 2 * tig) =
-                  pack2<T>(acc[n][2 * half] * inv, acc[n][2 * half + 1] * inv);
+            ldsm_x4(bf, s_k + (16 * np + bn_row(lane)) * kRow + 16 * ks + bn_col(lane));
+            mma16<T>(sacc[2 * np], af, bf[0], bf[1]);
+            mma16<T>(sacc[2 * np + 1], af, bf[2], bf[3]);
           }
         }
       }
-      __syncthreads();
-      // --- push column j's aL, Y, cL of this key row to the CTA that owns column j
-      for (int c = tid; c < 2 * b2 * 16; c += kThreads) {
-        const int which = c / (b2 * 16), rem = c % (b2 * 16), j = rem >> 4, ch = (rem & 15) * 8;
-        const T* src = (which ? stg_y : stg_al) + j * kRow + ch;
-        T* local = (which ? rx_y : rx_al) + buf * kRxHalves + ((j / kCluster) * kCluster + rank) * kRow + ch;
-        *cluster.map_shared_rank(reinterpret_cast<uint4*>(local), j % kCluster) =
-            *reinterpret_cast<const uint4*>(src);
-      }
-      for (int j = tid; j < b2; j += kThreads) {
-        float* local = rx_cl + (buf * kCols + j / kCluster) * kCluster + rank;
-        *cluster.map_shared_rank(local, j % kCluster) = s_cl[j];
-      }
-    }
-    cluster_barrier();  // this sub-step's 8 key rows have arrived everywhere; the other buffer is free
-    if (step + 1 < total) load_rows(step + 1);
-    cute::cp_async_fence();
-
-    // --- stage L: S_L[i, kk] = s <Q[i, j], aL[kk, j]> - cL[kk] for this sub-step's rows kk, online softmax
-    if (l_active) {
-      const T* al = rx_al + buf * kRxHalves + lu * kCluster * kRow;
-      const T* y = rx_y + buf * kRxHalves + lu * kCluster * kRow;
-      const T* ql = s_ql + (lu * kMaxB1 + 16 * lmt) * kRow;
-      float sacc[4] = {};
+      producer_barrier();  // every producer has read the query row
+      if (step + 1 < total) load_q(step + 1);
+      cute::cp_async_fence();
+      if (step >= 2) mbar_wait(&empty[buf], ((step >> 1) - 1) & 1);  // consumers are done with this buffer
+      if (has_row) {
+        // softmax over l (log2 domain) in registers: this thread holds rows g and g + 8, columns 8n + 2tig (+1)
+        float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-      for (int ks2 = 0; ks2 < kD / 32; ++ks2) {
-        uint32_t bf[4];
-        ldsm_x4(bf, al + (lane & 7) * kRow + 32 * ks2 + 8 * (lane >> 3));
+        for (int n = 0; n < 8; ++n)
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          uint32_t af[4];
-          ldsm_x4(af, ql + a_row(lane) * kRow + 32 * ks2 + 16 * half + a_col(lane));
-          mma16<T>(sacc, af, bf[2 * half], bf[2 * half + 1]);
+          for (int e = 0; e < 4; ++e) {
+            const bool valid = 8 * n + 2 * tig + (e & 1) < b2;
+            sacc[n][e] = valid ? sacc[n][e] * p.scale_log2 : -INFINITY;
+            mx[e >> 1] = fmaxf(mx[e >> 1], sacc[n][e]);
+          }
+        float sum[2] = {0.f, 0.f}, sum_px[2] = {0.f, 0.f};
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+          mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+        }
+        uint32_t pf[4][4];  // P as the A operand of P K and P V, one k16 step (16 columns l) per entry
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+          float pe[4];
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = e >> 1;
+            pe[e] = exp2f(sacc[n][e] - mx[r]);  // 0 on masked columns
+            sum[r] += pe[e];
+            sum_px[r] += pe[e] > 0.f ? pe[e] * sacc[n][e] : 0.f;
+          }
+          pf[n >> 1][(n & 1) * 2] = pack2<T>(pe[0], pe[1]);
+          pf[n >> 1][(n & 1) * 2 + 1] = pack2<T>(pe[2], pe[3]);
+        }
+        float inv_l[2], cl[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 1);
+          sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 2);
+          sum_px[r] += __shfl_xor_sync(0xffffffffu, sum_px[r], 1);
+          sum_px[r] += __shfl_xor_sync(0xffffffffu, sum_px[r], 2);
+          inv_l[r] = 1.f / sum[r];
+          cl[r] = sum_px[r] * inv_l[r] - mx[r] - log2f(sum[r]);  // cL * log2(e) = sum_l R log2 R
+        }
+        // aL = P K / l and Y = P V / l, 64 features at a time; each lane pushes 16-byte pieces of its rows
+#pragma unroll
+        for (int part = 0; part < 4; ++part) {
+          const int which = part >> 1, dh = part & 1;
+          const T* src = which ? s_v : s_k;
+          float acc[8][4] = {};
+#pragma unroll
+          for (int ks = 0; ks < kMaxB2 / 16; ++ks) {
+#pragma unroll
+            for (int np = 0; np < 4; ++np) {
+              uint32_t bf[4];
+              ldsm_x4_t(bf, src + (16 * ks + a_row(lane)) * kRow + 64 * dh + 16 * np + a_col(lane));
+              mma16<T>(acc[2 * np], pf[ks], bf[0], bf[1]);
+              mma16<T>(acc[2 * np + 1], pf[ks], bf[2], bf[3]);
+            }
+          }
+          T* rx = (which ? rx_y : rx_al) + buf * kRx;
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+#pragma unroll
+            for (int nb = 0; nb < 2; ++nb) {
+              uint32_t w[4];
+#pragma unroll
+              for (int t = 0; t < 4; ++t)
+                w[t] = pack2<T>(acc[4 * nb + t][2 * r] * inv_l[r], acc[4 * nb + t][2 * r + 1] * inv_l[r]);
+              quad_transpose(w, tig);  // lane tig now holds features 64 dh + 8 (4 nb + tig) .. + 8 of its row
+              const int j = 16 * mt + g + 8 * r;
+              if (j < b2) {
+                T* local = rx + ((j / kCluster) * kCluster + rank) * kRow + 64 * dh + 8 * (4 * nb + tig);
+                *cluster.map_shared_rank(reinterpret_cast<uint4*>(local), j % kCluster) =
+                    make_uint4(w[0], w[1], w[2], w[3]);
+              }
+            }
+          }
+        }
+        if (tig == 0) {
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            const int j = 16 * mt + g + 8 * r;
+            if (j < b2)
+              *cluster.map_shared_rank(rx_cl + (buf * kCols + j / kCluster) * kCluster + rank, j % kCluster) = cl[r];
+          }
         }
       }
-      const float* cl = rx_cl + (buf * kCols + lu) * kCluster;
-      float x[4];
+      __syncwarp();
+      if (lane < kCluster) mbar_arrive_remote(&full[buf], lane);  // this warp's pushes are complete
+      cute::cp_async_wait<0>();
+      producer_barrier();  // the next step's rows are in shared memory for every producer
+    }
+  } else {
+    // ================= consumers: stage L for column j = rank + 8u, query rows 0..31 ===============
+    const int u = warp - kProducerWarps;
+    const int j = rank + kCluster * u;
+    const bool active = j < b2;
+    const int n_mt = b1 > 16 ? 2 : 1;
+    float z_acc[2][16][4];
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int kcol = 2 * tig + (e & 1);
-        x[e] = s * kCluster + kcol < b1 ? sacc[e] * p.scale_log2 - cl[kcol] : -INFINITY;
-      }
-      float pr[4];
+    for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float mx = fmaxf(x[2 * r], x[2 * r + 1]);
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float m_new = fmaxf(m_row[r], mx);  // finite: key row kk = 0 is valid in every sub-step
-        const float alpha = exp2f(m_row[r] - m_new);
-        pr[2 * r] = exp2f(x[2 * r] - m_new);
-        pr[2 * r + 1] = exp2f(x[2 * r + 1] - m_new);
-        l_row[r] = l_row[r] * alpha + pr[2 * r] + pr[2 * r + 1];
-        m_row[r] = m_new;
+      for (int n = 0; n < 16; ++n) z_acc[mt][n][0] = z_acc[mt][n][1] = z_acc[mt][n][2] = z_acc[mt][n][3] = 0.f;
+    float m_row[2][2] = {{-INFINITY, -INFINITY}, {-INFINITY, -INFINITY}};
+    float l_row[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
+    const T* ql = s_ql + u * kMaxB1 * kRow;
+    for (int step = 0; step < total; ++step) {
+      const int buf = step & 1, s = step % n_sub;
+      mbar_wait(&full[buf], (step >> 1) & 1);
+      if (active) {
+        const T* al = rx_al + buf * kRx + u * kCluster * kRow;
+        const T* y = rx_y + buf * kRx + u * kCluster * kRow;
+        const float* cl = rx_cl + (buf * kCols + u) * kCluster;
+        // S_L[i, kk] = s <Q[i, j], aL[kk, j]> - cL[kk] for this sub-step's key rows kk = 0..7
+        float sacc[2][4] = {};
 #pragma unroll
-        for (int n = 0; n < 16; ++n) {
-          z_acc[n][2 * r] *= alpha;
-          z_acc[n][2 * r + 1] *= alpha;
+        for (int ks2 = 0; ks2 < kD / 32; ++ks2) {
+          uint32_t bf[4];
+          ldsm_x4(bf, al + (lane & 7) * kRow + 32 * ks2 + 8 * (lane >> 3));
+#pragma unroll
+          for (int mt = 0; mt < 2; ++mt) {
+            if (mt >= n_mt) break;
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+              uint32_t af[4];
+              ldsm_x4(af, ql + (16 * mt + a_row(lane)) * kRow + 32 * ks2 + 16 * half + a_col(lane));
+              mma16<T>(sacc[mt], af, bf[2 * half], bf[2 * half + 1]);
+            }
+          }
+        }
+        uint32_t pa[2][2];  // P as the A operand of the m16n8k8 product with Y
+        const float cl0 = cl[2 * tig], cl1 = cl[2 * tig + 1];
+        const bool ok0 = s * kCluster + 2 * tig < b1, ok1 = s * kCluster + 2 * tig + 1 < b1;
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          if (mt >= n_mt) break;
+          float x[4];
+          x[0] = ok0 ? sacc[mt][0] * p.scale_log2 - cl0 : -INFINITY;
+          x[1] = ok1 ? sacc[mt][1] * p.scale_log2 - cl1 : -INFINITY;
+          x[2] = ok0 ? sacc[mt][2] * p.scale_log2 - cl0 : -INFINITY;
+          x[3] = ok1 ? sacc[mt][3] * p.scale_log2 - cl1 : -INFINITY;
+          float pr[4];
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            float mx = fmaxf(x[2 * r], x[2 * r + 1]);
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float m_new = fmaxf(m_row[mt][r], mx);  // finite: key row kk = 0 is valid in every sub-step
+            const float alpha = exp2f(m_row[mt][r] - m_new);
+            pr[2 * r] = exp2f(x[2 * r] - m_new);
+            pr[2 * r + 1] = exp2f(x[2 * r + 1] - m_new);
+            l_row[mt][r] = l_row[mt][r] * alpha + pr[2 * r] + pr[2 * r + 1];
+            m_row[mt][r] = m_new;
+#pragma unroll
+            for (int n = 0; n < 16; ++n) {
+              z_acc[mt][n][2 * r] *= alpha;
+              z_acc[mt][n][2 * r + 1] *= alpha;
+            }
+          }
+          pa[mt][0] = pack2<T>(pr[0], pr[1]);
+          pa[mt][1] = pack2<T>(pr[2], pr[3]);
+        }
+#pragma unroll
+        for (int nq = 0; nq < kD / 32; ++nq) {
+          uint32_t bf[4];
+          ldsm_x4_t(bf, y + (lane & 7) * kRow + 32 * nq + 8 * (lane >> 3));
+#pragma unroll
+          for (int mt = 0; mt < 2; ++mt) {
+            if (mt >= n_mt) break;
+#pragma unroll
+            for (int t = 0; t < 4; ++t) mma8<T>(z_acc[mt][4 * nq + t], pa[mt][0], pa[mt][1], bf[t]);
+          }
         }
       }
-      const uint32_t a0 = pack2<T>(pr[0], pr[1]), a1 = pack2<T>(pr[2], pr[3]);
+      __syncwarp();
+      if (lane < kCluster) mbar_arrive_remote(&empty[buf], lane);  // this warp is done with the buffer
+    }
+    // --- epilogue: Z = acc / l, lse = (m + log2 l) ln 2
+    if (active) {
+      T* z = static_cast<T*>(p.z);
 #pragma unroll
-      for (int nq = 0; nq < kD / 32; ++nq) {
-        uint32_t bf[4];
-        ldsm_x4_t(bf, y + (lane & 7) * kRow + 32 * nq + 8 * (lane >> 3));
+      for (int mt = 0; mt < 2; ++mt) {
 #pragma unroll
-        for (int t = 0; t < 4; ++t) mma8<T>(z_acc[4 * nq + t], a0, a1, bf[t]);
+        for (int r = 0; r < 2; ++r) {
+          float l = l_row[mt][r];
+          l += __shfl_xor_sync(0xffffffffu, l, 1);
+          l += __shfl_xor_sync(0xffffffffu, l, 2);
+          const int i = 16 * mt + g + 8 * r;
+          if (i >= b1) continue;
+          const int64_t tok = ((int64_t(bb) * p.n_q_tiles + a) * b1 + i) * b2 + j;
+          const float inv = 1.f / l;
+          T* zrow = z + (tok * p.nh + h) * kD;
+#pragma unroll
+          for (int n = 0; n < 16; ++n)
+            *reinterpret_cast<uint32_t*>(zrow + 8 * n + 2 * tig) =
+                pack2<T>(z_acc[mt][n][2 * r] * inv, z_acc[mt][n][2 * r + 1] * inv);
+          if (tig == 0) p.lse[tok * p.nh + h] = (m_row[mt][r] + log2f(l)) * kLn2;
+        }
       }
     }
-    cute::cp_async_wait<0>();
-    __syncthreads();
   }
-
-  // --- epilogue: Z = acc / l, lse = (m + log2 l) ln 2
-  if (l_active) {
-    const int j = rank + kCluster * lu;
-    T* z = static_cast<T*>(p.z);
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float l = l_row[r];
-      l += __shfl_xor_sync(0xffffffffu, l, 1);
-      l += __shfl_xor_sync(0xffffffffu, l, 2);
-      const int i = 16 * lmt + g + 8 * r;
-      if (i >= b1) continue;
-      const int64_t tok = ((int64_t(bb) * p.n_q_tiles + a) * b1 + i) * b2 + j;
-      const float inv = 1.f / l;
-      T* zrow = z + (tok * p.nh + h) * kD;
-#pragma unroll
-      for (int n = 0; n < 16; ++n)
-        *reinterpret_cast<uint32_t*>(zrow + 8 * n + 2 * tig) = pack2<T>(z_acc[n][2 * r] * inv, z_acc[n][2 * r + 1] * inv);
-      if (tig == 0) p.lse[tok * p.nh + h] = (m_row[r] + log2f(l)) * kLn2;
-    }
-  }
+  cluster_barrier();  // no CTA leaves while another may still signal its barriers
 }
 
 }  // namespace monarchrt::attention
