@@ -8,11 +8,13 @@
 // Warp roles inside a CTA, pipelined across sub-steps:
 // - 4 producer warps (one per 16 columns j): S = Q_k K_k^T, the softmax over l, aL = P K / l and
 //   Y = P V / l, all in registers; each 16-byte piece of column j goes straight into the shared
-//   memory of the CTA that owns j (distributed shared memory stores), then one release-arrive per
-//   warp on every CTA's "full" barrier. K/V rows are double-buffered and fetched a sub-step ahead.
+//   memory of the CTA that owns j (st.async: distributed shared memory stores that count their bytes
+//   on the owner's "full" barrier). K/V rows are double-buffered and fetched a sub-step ahead.
 // - 8 consumer warps (one per owned column, both 16-row halves of the query tile): wait on the local
-//   "full" barrier, fold the 8 new key rows into the online softmax over (f, k) and into Z, then
-//   release-arrive on every CTA's "empty" barrier so producers may reuse the buffer.
+//   "full" barrier (one arrival carrying the expected byte count, then the bytes), fold the 8 new key
+//   rows into the online softmax over (f, k) and into Z, then arrive on every CTA's "empty" barrier
+//   so producers may reuse the buffer. No fence: cluster-scope release/acquire compile to
+//   MEMBAR.ALL.GPU / CCTL.IVALL, which the first version of this kernel spent half its stalls on.
 // Exchange buffers alternate between sub-steps, so producers run up to one sub-step ahead.
 //
 // Matrix products: mma.sync m16n8k16 / m16n8k8 with fp32 accumulators (CuTe's SM80 atoms), operands
@@ -122,20 +124,41 @@ __device__ __forceinline__ void producer_barrier() {
 __device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
 }
-// arrive on the barrier at the same offset in CTA `cta` of the cluster; orders this thread's earlier accesses
-__device__ __forceinline__ void mbar_arrive_remote(uint64_t* bar, uint32_t cta) {
-  asm volatile(
-      "{\n\t.reg .b32 ra;\n\t"
-      "mapa.shared::cluster.u32 ra, %0, %1;\n\t"
-      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [ra];\n\t}\n" ::"r"(smem_addr(bar)),
-      "r"(cta)
-      : "memory");
+// The address of the same shared-memory location in CTA `cta` of the cluster (shared::cluster window).
+__device__ __forceinline__ uint32_t map_cta(uint32_t local, uint32_t cta) {
+  uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(local), "r"(cta));
+  return remote;
+}
+// Arrive on the barrier at `remote_bar`. Relaxed: the only ordering it carries is that of the reads of the
+// exchange buffer before it, and those have landed in registers that earlier matrix products consumed.
+// (A release arrive at cluster scope compiles to MEMBAR.ALL.GPU, measured at 48 % of the stalls.)
+__device__ __forceinline__ void mbar_arrive_remote(uint32_t remote_bar) {
+  asm volatile("mbarrier.arrive.relaxed.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(remote_bar) : "memory");
+}
+// Count `bytes` more of asynchronous stores into this phase, and arrive.
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes)
+               : "memory");
+}
+// Stores into another CTA's shared memory that complete bytes on its barrier `remote_bar`: once the phase
+// completes, the data are visible to the threads that waited on it.
+__device__ __forceinline__ void st_async(uint32_t remote, uint4 v, uint32_t remote_bar) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%1, %2, %3, %4}, [%5];\n" ::"r"(
+                   remote),
+               "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w), "r"(remote_bar)
+               : "memory");
+}
+__device__ __forceinline__ void st_async(uint32_t remote, float v, uint32_t remote_bar) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];\n" ::"r"(remote),
+               "r"(__float_as_uint(v)), "r"(remote_bar)
+               : "memory");
 }
 __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
   asm volatile(
       "{\n\t.reg .pred done;\n\t"
       "WAIT:\n\t"
-      "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n\t"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n\t"
       "@!done bra WAIT;\n\t}\n" ::"r"(smem_addr(bar)),
       "r"(parity)
       : "memory");
@@ -214,12 +237,20 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
     reinterpret_cast<uint4*>(rx_y)[c] = zero4;
   }
   for (int c = tid; c < 2 * kCols * kCluster; c += kThreads) rx_cl[c] = 0.f;
+  // bytes that arrive in this CTA's exchange buffer in one sub-step: for each producer CTA with a key
+  // row, aL and Y of d halves plus one fp32 cL per owned column
+  const int n_cols = rank < b2 ? (b2 - rank + kCluster - 1) / kCluster : 0;
+  auto rx_bytes = [&](int step) {
+    const int rows = min(kCluster, b1 - (step % n_sub) * kCluster);
+    return uint32_t(rows * n_cols * (2 * kD * int(sizeof(T)) + 4));
+  };
   if (tid == 0) {
-    mbar_init(&full[0], kCluster * kProducerWarps);
-    mbar_init(&full[1], kCluster * kProducerWarps);
+    mbar_init(&full[0], 1);  // the one arrival: this CTA's expect_tx; the rest is transaction bytes
+    mbar_init(&full[1], 1);
     mbar_init(&empty[0], kCluster * kConsumerWarps);
     mbar_init(&empty[1], kCluster * kConsumerWarps);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    for (int step = 0; step < min(total, 2); ++step) mbar_arrive_expect_tx(&full[step], rx_bytes(step));
   }
 
   // cp.async of one sub-step's key and value rows (into buffer step % 2) or query row, by the producers
@@ -337,7 +368,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
               mma16<T>(acc[2 * np + 1], pf[ks], bf[2], bf[3]);
             }
           }
-          T* rx = (which ? rx_y : rx_al) + buf * kRx;
+          const uint32_t rx = smem_addr((which ? rx_y : rx_al) + buf * kRx);
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
 #pragma unroll
@@ -349,9 +380,10 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
               quad_transpose(w, tig);  // lane tig now holds features 64 dh + 8 (4 nb + tig) .. + 8 of its row
               const int j = 16 * mt + g + 8 * r;
               if (j < b2) {
-                T* local = rx + ((j / kCluster) * kCluster + rank) * kRow + 64 * dh + 8 * (4 * nb + tig);
-                *cluster.map_shared_rank(reinterpret_cast<uint4*>(local), j % kCluster) =
-                    make_uint4(w[0], w[1], w[2], w[3]);
+                const uint32_t local =
+                    rx + (((j / kCluster) * kCluster + rank) * kRow + 64 * dh + 8 * (4 * nb + tig)) * sizeof(T);
+                st_async(map_cta(local, j % kCluster), make_uint4(w[0], w[1], w[2], w[3]),
+                         map_cta(smem_addr(&full[buf]), j % kCluster));
               }
             }
           }
@@ -361,12 +393,11 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
           for (int r = 0; r < 2; ++r) {
             const int j = 16 * mt + g + 8 * r;
             if (j < b2)
-              *cluster.map_shared_rank(rx_cl + (buf * kCols + j / kCluster) * kCluster + rank, j % kCluster) = cl[r];
+              st_async(map_cta(smem_addr(rx_cl + (buf * kCols + j / kCluster) * kCluster + rank), j % kCluster), cl[r],
+                       map_cta(smem_addr(&full[buf]), j % kCluster));
           }
         }
       }
-      __syncwarp();
-      if (lane < kCluster) mbar_arrive_remote(&full[buf], lane);  // this warp's pushes are complete
       cute::cp_async_wait<0>();
       producer_barrier();  // the next step's rows are in shared memory for every producer
     }
@@ -387,6 +418,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
     for (int step = 0; step < total; ++step) {
       const int buf = step & 1, s = step % n_sub;
       mbar_wait(&full[buf], (step >> 1) & 1);
+      if (u == 0 && lane == 0 && step + 2 < total) mbar_arrive_expect_tx(&full[buf], rx_bytes(step + 2));
       if (active) {
         const T* al = rx_al + buf * kRx + u * kCluster * kRow;
         const T* y = rx_y + buf * kRx + u * kCluster * kRow;
@@ -453,7 +485,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
         }
       }
       __syncwarp();
-      if (lane < kCluster) mbar_arrive_remote(&empty[buf], lane);  // this warp is done with the buffer
+      if (lane < kCluster) mbar_arrive_remote(map_cta(smem_addr(&empty[buf]), lane));  // done with the buffer
     }
     // --- epilogue: Z = acc / l, lse = (m + log2 l) ln 2
     if (active) {
