@@ -247,8 +247,11 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
   if (tid == 0) {
     mbar_init(&full[0], 1);  // the one arrival: this CTA's expect_tx; the rest is transaction bytes
     mbar_init(&full[1], 1);
-    mbar_init(&empty[0], kCluster * kConsumerWarps);
-    mbar_init(&empty[1], kCluster * kConsumerWarps);
+    // consumers of CTAs that own no column (b2 < 8) stay out: their "full" barriers expect no bytes, so
+    // they would run ahead and arrive on later phases of the "empty" barriers
+    const uint32_t owners = uint32_t(min(kCluster, b2));
+    mbar_init(&empty[0], owners * kConsumerWarps);
+    mbar_init(&empty[1], owners * kConsumerWarps);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     for (int step = 0; step < min(total, 2); ++step) mbar_arrive_expect_tx(&full[step], rx_bytes(step));
   }
@@ -292,8 +295,10 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
       const T* s_v = s_k + kRowBuf;
       if (step + 1 < total) load_kv(step + 1);  // the other buffer: its last reader was the previous step
       cute::cp_async_fence();
+      // A CTA without a key row this sub-step computes on stale (finite) rows and pushes nothing: no
+      // shuffle sits in a divergent branch.
       float sacc[8][4] = {};
-      if (has_row) {  // S[j, l] = <Q[k, j], K[k, l]>, rows 16 mt + (g, g + 8), all 64 columns l
+      {  // S[j, l] = <Q[k, j], K[k, l]>, rows 16 mt + (g, g + 8), all 64 columns l
 #pragma unroll
         for (int ks = 0; ks < kD / 16; ++ks) {
           uint32_t af[4];
@@ -311,7 +316,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
       if (step + 1 < total) load_q(step + 1);
       cute::cp_async_fence();
       if (step >= 2) mbar_wait(&empty[buf], ((step >> 1) - 1) & 1);  // consumers are done with this buffer
-      if (has_row) {
+      {
         // softmax over l (log2 domain) in registers: this thread holds rows g and g + 8, columns 8n + 2tig (+1)
         float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
@@ -379,7 +384,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
                 w[t] = pack2<T>(acc[4 * nb + t][2 * r] * inv_l[r], acc[4 * nb + t][2 * r + 1] * inv_l[r]);
               quad_transpose(w, tig);  // lane tig now holds features 64 dh + 8 (4 nb + tig) .. + 8 of its row
               const int j = 16 * mt + g + 8 * r;
-              if (j < b2) {
+              if (has_row && j < b2) {
                 const uint32_t local =
                     rx + (((j / kCluster) * kCluster + rank) * kRow + 64 * dh + 8 * (4 * nb + tig)) * sizeof(T);
                 st_async(map_cta(local, j % kCluster), make_uint4(w[0], w[1], w[2], w[3]),
@@ -388,7 +393,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
             }
           }
         }
-        if (tig == 0) {
+        if (has_row && tig == 0) {
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
             const int j = 16 * mt + g + 8 * r;
@@ -401,7 +406,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
       cute::cp_async_wait<0>();
       producer_barrier();  // the next step's rows are in shared memory for every producer
     }
-  } else {
+  } else if (n_cols > 0) {
     // ================= consumers: stage L for column j = rank + 8u, query rows 0..31 ===============
     const int u = warp - kProducerWarps;
     const int j = rank + kCluster * u;

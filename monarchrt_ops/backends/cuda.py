@@ -79,6 +79,10 @@ class CudaAttention(NoConfig):
     through distributed shared memory. The backward runs the Triton kernels."""
 
     name = "cuda"
+    # Measured on an H100 (bench/NOTES.md, "CUDA fused forward"): 7.2 ms against Triton's 6.5 ms at 21
+    # frames, so automatic selection passes it over; backend="cuda" still runs it.
+    auto = False
+    auto_reason = "slower than the Triton kernels on sm_90 (bench/NOTES.md); explicit backend='cuda' only"
 
     def supports(self, problem: AttentionProblem, arch: Arch) -> str | None:
         reason = arch_reason(arch)
