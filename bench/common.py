@@ -20,6 +20,16 @@ def bench_ms(fn) -> float:
     return triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median")
 
 
+def graph_ms(fn) -> float:
+    """Like bench_ms, for ``fn`` captured once in a CUDA graph: kernel time without host dispatch."""
+    fn()  # compile and allocate outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return bench_ms(graph.replay)
+
+
 def ceilings() -> dict:
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     mm = bench_ms(lambda: a @ a)

@@ -228,9 +228,10 @@ def test_committed_tables_are_well_formed():
     import torch
 
     from monarchrt_ops.arch import Arch
-    from monarchrt_ops.problem import AttentionProblem
+    from monarchrt_ops.problem import AttentionProblem, HadamardProblem, MonarchMatmulProblem
     from monarchrt_ops.registry import get_backend
 
+    problem_of_op = {"attention": AttentionProblem, "hadamard": HadamardProblem, "monarch_matmul": MonarchMatmulProblem}
     folder = tables.tables_dir()
     for path in folder.glob("*.json"):
         data = json.loads(path.read_text())
@@ -239,7 +240,8 @@ def test_committed_tables_are_well_formed():
         arch = Arch(family, tuple(data["provenance"]["capability"]), data["provenance"]["gpu_name"])
         for e in data["entries"]:
             key = {**e["key"], **e["bucket"], "dtype": getattr(torch, e["key"]["dtype"])}
-            problem = AttentionProblem(**key)
+            key = {k: tuple(v) if isinstance(v, list) else v for k, v in key.items()}
+            problem = problem_of_op[e["op"]](**key)
             assert get_backend(e["op"], e["backend"]).is_valid(e["config"], problem, arch) is None, (path, e)
 
 
