@@ -6,9 +6,8 @@
 // sub-step s) for stage R and the columns j = r + 8u for stage L.
 //
 // Warp roles inside a CTA, pipelined across sub-steps:
-// - 8 producer warps, two per 16 columns j: S = Q_k K_k^T and the softmax over l (both warps of a
-//   pair), then aL = P K / l (one) or Y = P V / l (the other), all in registers; each 16-byte piece
-//   of column j goes straight into the shared
+// - 4 producer warps (one per 16 columns j): S = Q_k K_k^T, the softmax over l, aL = P K / l and
+//   Y = P V / l, all in registers; each 16-byte piece of column j goes straight into the shared
 //   memory of the CTA that owns j (st.async: distributed shared memory stores that count their bytes
 //   on the owner's "full" barrier). K/V rows are double-buffered and fetched a sub-step ahead.
 // - 8 consumer warps (one per owned column, both 16-row halves of the query tile): wait on the local
@@ -17,8 +16,6 @@
 //   so producers may reuse the buffer. No fence: cluster-scope release/acquire compile to
 //   MEMBAR.ALL.GPU / CCTL.IVALL, which the first version of this kernel spent half its stalls on.
 // Exchange buffers alternate between sub-steps, so producers run up to one sub-step ahead.
-// Registers: 512 threads start at 128 each; producers give theirs down to 88 and consumers (Z for 32
-// rows x 128 features in fp32) take 168 (setmaxnreg, sm_90a / sm_100a).
 //
 // Matrix products: mma.sync m16n8k16 / m16n8k8 with fp32 accumulators (CuTe's SM80 atoms), operands
 // through ldmatrix from padded shared-memory rows. Logits live in the log2 domain
@@ -41,7 +38,7 @@ namespace monarchrt::attention {
 namespace cg = cooperative_groups;
 
 constexpr int kCluster = 8;                 // CTAs per query tile
-constexpr int kProducerWarps = 8;           // stage R: 16 columns j and one of aL, Y each
+constexpr int kProducerWarps = 4;           // stage R: 16 columns j each
 constexpr int kConsumerWarps = 8;           // stage L: one owned column each
 constexpr int kProducerThreads = kProducerWarps * 32;
 constexpr int kThreads = (kProducerWarps + kConsumerWarps) * 32;
@@ -51,23 +48,7 @@ constexpr int kMaxB2 = 64;                  // columns per tile
 constexpr int kCols = kMaxB2 / kCluster;    // stage-L columns per CTA
 constexpr int kRow = kD + 8;                // padded row of 136 halves: ldmatrix rows hit distinct banks
 constexpr float kLn2 = 0.6931471805599453f;
-constexpr int kProducerRegs = 88, kConsumerRegs = 168;  // setmaxnreg budgets
-static_assert(kProducerWarps * 8 == kMaxB2 && kConsumerWarps == kCols && kMaxB1 == 32, "warp roles");
-static_assert(kProducerWarps * kProducerRegs + kConsumerWarps * kConsumerRegs <= 65536 / 32, "register file");
-
-// setmaxnreg exists on the architecture-specific sm_90a / sm_100a targets; elsewhere (sm_120a, whose
-// 99 KB of shared memory cannot hold this kernel anyway) the kernel keeps the launch-bound budget.
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL) || defined(__CUDA_ARCH_FEAT_SM100_ALL)
-#define MONARCHRT_SETMAXNREG 1
-#endif
-template <int kRegs> __device__ __forceinline__ void set_max_registers(bool increase) {
-#ifdef MONARCHRT_SETMAXNREG
-  if (increase)
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
-  else
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
-#endif
-}
+static_assert(kProducerWarps * 16 == kMaxB2 && kConsumerWarps == kCols && kMaxB1 == 32, "warp roles");
 
 // Shared memory (byte offsets)
 constexpr int kRowBufBytes = kMaxB2 * kRow * 2;           // one key row of Q, K or V [j or l][d]
@@ -304,9 +285,8 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
   cluster_barrier();  // every CTA of the cluster runs, has zeroed its buffers and set up its barriers
 
   if (warp < kProducerWarps) {
-    // ================= producers: stage R for this CTA's key row: 16 columns j, aL or Y per warp ====
-    set_max_registers<kProducerRegs>(false);
-    const int mt = warp & 3, which = warp >> 2;
+    // ================= producers: stage R for this CTA's key row, 16 columns j per warp =============
+    const int mt = warp;
     for (int step = 0; step < total; ++step) {
       const int buf = step & 1;
       const int krow = (step % n_sub) * kCluster + rank;
@@ -377,10 +357,11 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
           inv_l[r] = 1.f / sum[r];
           cl[r] = sum_px[r] * inv_l[r] - mx[r] - log2f(sum[r]);  // cL * log2(e) = sum_l R log2 R
         }
-        // aL = P K / l or Y = P V / l, 64 features at a time; each lane pushes 16-byte pieces of its rows
-        const T* src = which ? s_v : s_k;
+        // aL = P K / l and Y = P V / l, 64 features at a time; each lane pushes 16-byte pieces of its rows
 #pragma unroll
-        for (int dh = 0; dh < 2; ++dh) {
+        for (int part = 0; part < 4; ++part) {
+          const int which = part >> 1, dh = part & 1;
+          const T* src = which ? s_v : s_k;
           float acc[8][4] = {};
 #pragma unroll
           for (int ks = 0; ks < kMaxB2 / 16; ++ks) {
@@ -412,7 +393,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
             }
           }
         }
-        if (has_row && which == 0 && tig == 0) {
+        if (has_row && tig == 0) {
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
             const int j = 16 * mt + g + 8 * r;
@@ -427,7 +408,6 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
     }
   } else if (n_cols > 0) {
     // ================= consumers: stage L for column j = rank + 8u, query rows 0..31 ===============
-    set_max_registers<kConsumerRegs>(true);
     const int u = warp - kProducerWarps;
     const int j = rank + kCluster * u;
     const bool active = j < b2;
