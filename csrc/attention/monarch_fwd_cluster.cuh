@@ -14,7 +14,7 @@
 //   "full" barrier (one arrival carrying the expected byte count, then the bytes), fold the 8 new key
 //   rows into the online softmax over (f, k) and into Z, then arrive on every CTA's "empty" barrier
 //   so producers may reuse the buffer. No fence: cluster-scope release/acquire compile to
-//   MEMBAR.ALL.GPU / CCTL.IVALL, which the first version of this kernel spent half its stalls on.
+//   MEMBAR.ALL.GPU / CCTL.IVALL, on which v2 of this kernel spent half its stalls (bench/NOTES.md).
 // Exchange buffers alternate between sub-steps, so producers run up to one sub-step ahead.
 //
 // Matrix products: mma.sync m16n8k16 / m16n8k8 with fp32 accumulators (CuTe's SM80 atoms), operands
