@@ -104,6 +104,8 @@ def _attention_problem(**kw):
     [
         ({}, H100, None),
         ({"dtype": torch.float16, "causal_block_tiles": 3, "kv_tiles": 24}, H100, None),
+        ({"backward": True}, H100, None),  # the backward runs the Triton kernels
+        ({"backward": True, "dtype": torch.float32}, H100, "dtype torch.float32 is not fp16/bf16"),
         ({"head_dim": 64}, H100, "head_dim=64: the fused kernel takes 128"),
         ({"b1": 45, "b2": 80}, H100, "tile 45x80: the fused kernel takes b1 <= 32 rows, b2 <= 64 columns"),
         ({"num_iters": 2}, H100, "num_iters=2: the fused kernel computes one pass"),
@@ -111,7 +113,18 @@ def _attention_problem(**kw):
         ({}, Arch("sm80", (8, 0), "NVIDIA A100", 108, 166912), "the extension was built for sm_90a, sm_100a, sm_120a"),
         ({}, Arch("sm120", (12, 0), "NVIDIA GeForce RTX 5090", 170, 101376), "needs 226848 B of shared memory"),
     ],
-    ids=["sf-bf16", "causal-fp16", "d64", "wan-tile", "iters2", "fp32", "sm80", "rtx5090-smem"],
+    ids=[
+        "sf-bf16",
+        "causal-fp16",
+        "backward",
+        "backward-fp32",
+        "d64",
+        "wan-tile",
+        "iters2",
+        "fp32",
+        "sm80",
+        "rtx5090-smem",
+    ],  # fmt: skip
 )
 def test_cuda_attention_supports(monkeypatch, change, arch, reason):
     monkeypatch.setattr(cuda, "extension", lambda: (_FakeExtension, None))
