@@ -3,7 +3,7 @@
 
 import pytest
 import torch
-from conftest import TOL, qkv, rel_err
+from conftest import TOL, qkv, rel_err, self_forcing_error_bf16
 
 import monarchrt_ops as m
 
@@ -75,13 +75,7 @@ def test_gradients_match_reference(name, dtype, poison_empty):
 @pytest.mark.skipif(not GPU, reason="GPU tier: Self-Forcing sizes in bf16")
 @pytest.mark.parametrize("q_frames, kv_frames", [(21, 21), (3, 21)], ids=["bidir-21", "ar-3-vs-21"])
 def test_self_forcing_shapes_bf16(q_frames, kv_frames, poison_empty):
-    hw, shape = 30 * 52, (30, 52)
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    q = torch.randn(1, q_frames * hw, 12, 128, device="cuda", generator=gen).bfloat16()
-    k, v = (torch.randn(1, kv_frames * hw, 12, 128, device="cuda", generator=gen).bfloat16() for _ in range(2))
-    out = m.monarch_attention(q, k, v, shape, backend="triton")
-    ref = m.monarch_attention(q.double(), k.double(), v.double(), shape, backend="reference")  # on the GPU
-    assert rel_err(out, ref) < TOL[torch.bfloat16]
+    assert self_forcing_error_bf16("triton", q_frames, kv_frames) < TOL[torch.bfloat16]
 
 
 @pytest.mark.skipif(not GPU, reason="GPU tier: compiled-kernel caches exist only when compiling")
