@@ -33,6 +33,8 @@
 #include <cute/arch/copy_sm80.hpp>
 #include <cute/arch/mma_sm80.hpp>
 
+#include "../mma_types.cuh"
+
 namespace monarchrt::attention {
 
 namespace cg = cooperative_groups;
@@ -72,26 +74,6 @@ struct FwdParams {
   int nh, n_q_tiles, n_kv_tiles, b1, b2, causal_block_tiles;
   float scale_log2;  // sm_scale * log2(e)
 };
-
-template <typename T> struct Mma;
-template <> struct Mma<__nv_bfloat16> {
-  using k16 = cute::SM80_16x8x16_F32BF16BF16F32_TN;
-  using k8 = cute::SM80_16x8x8_F32BF16BF16F32_TN;
-};
-template <> struct Mma<__half> {
-  using k16 = cute::SM80_16x8x16_F32F16F16F32_TN;
-  using k8 = cute::SM80_16x8x8_F32F16F16F32_TN;
-};
-
-template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
-template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return reinterpret_cast<uint32_t&>(v);
-}
-template <> __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
-  __half2 v = __floats2half2_rn(lo, hi);
-  return reinterpret_cast<uint32_t&>(v);
-}
 
 __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
   cute::SM75_U32x4_LDSM_N::copy(*reinterpret_cast<const cute::uint128_t*>(p), r[0], r[1], r[2], r[3]);

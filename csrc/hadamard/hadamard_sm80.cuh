@@ -10,23 +10,15 @@
 
 #include <cstdint>
 
-#include <cute/arch/mma_sm80.hpp>
+#include "../mma_types.cuh"
 
 namespace monarchrt {
-
-template <typename T> struct MmaAtom;
-template <> struct MmaAtom<__nv_bfloat16> { using type = cute::SM80_16x8x16_F32BF16BF16F32_TN; };
-template <> struct MmaAtom<__half> { using type = cute::SM80_16x8x16_F32F16F16F32_TN; };
 
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
 template <typename T> __device__ __forceinline__ T from_float(float v);
 template <> __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16(v); }
 template <> __device__ __forceinline__ __half from_float(float v) { return __float2half(v); }
-
-template <typename T> __device__ __forceinline__ uint32_t pack(T lo, T hi) {
-  return uint32_t(reinterpret_cast<uint16_t&>(lo)) | (uint32_t(reinterpret_cast<uint16_t&>(hi)) << 16);
-}
 
 // H16[i][j] = (-1)^popcount(i & j)
 template <typename T> __device__ __forceinline__ T h16(int i, int j) {
@@ -54,7 +46,7 @@ __device__ __forceinline__ void h16_tile(T* s, int tile_col0, int inner, int lan
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     float d0 = 0.f, d1 = 0.f, d2 = 0.f, d3 = 0.f;
-    MmaAtom<T>::type::fma(d0, d1, d2, d3, a0, a1, a2, a3, b[h][0], b[h][1], 0.f, 0.f, 0.f, 0.f);
+    Mma<T>::k16::fma(d0, d1, d2, d3, a0, a1, a2, a3, b[h][0], b[h][1], 0.f, 0.f, 0.f, 0.f);
     // D[row][col] with row = g (+8), col = 2 tig (+1) of this n-half
     const int c0 = tile_col0 + 8 * h + 2 * tig;
     const int addr0 = (c0 / inner) * 16 * inner + (c0 % inner);
