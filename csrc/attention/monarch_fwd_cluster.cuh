@@ -28,10 +28,17 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <utility>
 
 #include <cute/arch/copy_sm75.hpp>
 #include <cute/arch/copy_sm80.hpp>
 #include <cute/arch/mma_sm80.hpp>
+#include <cute/arch/mma_sm90_gmma.hpp>
+
+// Stage R on warpgroup MMA (wgmma) where the target has it: sm_90a. Elsewhere mma.sync.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define MONARCHRT_WGMMA 1
+#endif
 
 #include "../mma_types.cuh"
 
@@ -52,8 +59,11 @@ constexpr int kRow = kD + 8;                // padded row of 136 halves: ldmatri
 constexpr float kLn2 = 0.6931471805599453f;
 static_assert(kProducerWarps * 16 == kMaxB2 && kConsumerWarps == kCols && kMaxB1 == 32, "warp roles");
 
-// Shared memory (byte offsets)
-constexpr int kRowBufBytes = kMaxB2 * kRow * 2;           // one key row of Q, K or V [j or l][d]
+// Shared memory (byte offsets). The query, key and value rows ([j or l][d], 64 x 128 halves) use the
+// canonical 128-byte-swizzled K-major layout of wgmma (CuTe's Layout_K_SW128_Atom tiled to 64 x 128):
+// two 8 KB blocks of 64 features, rows of 128 B, 16-byte chunk c of row r stored at chunk c ^ (r % 8).
+// ldmatrix reads the same layout without bank conflicts.
+constexpr int kRowBufBytes = kMaxB2 * kD * 2;
 constexpr int kRxBytes = kCols * kCluster * kRow * 2;     // one exchange buffer [u][kk][d]
 constexpr int kOffQl = 0;                                 // stage-L queries [u][i][d]
 constexpr int kOffQ = kOffQl + kCols * kMaxB1 * kRow * 2;
@@ -62,7 +72,17 @@ constexpr int kOffRxAl = kOffKV + 4 * kRowBufBytes;       // [buffer]
 constexpr int kOffRxY = kOffRxAl + 2 * kRxBytes;
 constexpr int kOffRxCl = kOffRxY + 2 * kRxBytes;          // fp32 [buffer][u][kk]
 constexpr int kOffBar = kOffRxCl + 2 * kCols * kCluster * 4;  // mbarriers full[2], empty[2]
-constexpr int kSmemBytes = kOffBar + 4 * 8;
+constexpr int kSmemBytes = kOffBar + 4 * 8 + 1024;  // + alignment of the swizzled buffers to 1 KB
+static_assert(kOffQ % 1024 == 0 && kOffKV % 1024 == 0, "swizzled row buffers start on 1 KB boundaries");
+
+// Address of the 8 halves at (row, col), col a multiple of 8, in a swizzled row buffer.
+template <typename T> __device__ __forceinline__ T* row_chunk(T* buf, int row, int col) {
+  return reinterpret_cast<T*>(reinterpret_cast<unsigned char*>(buf) + (col >> 6) * 8192 + row * 128 +
+                              ((((col & 63) >> 3) ^ (row & 7)) << 4));
+}
+template <typename T> __device__ __forceinline__ const T* row_chunk(const T* buf, int row, int col) {
+  return row_chunk(const_cast<T*>(buf), row, col);
+}
 
 struct FwdParams {
   const void* q;
@@ -169,10 +189,48 @@ __device__ __forceinline__ void quad_transpose(uint32_t (&x)[4], int t) {
   x[3] = high ? b3 : s1;
 }
 
+#ifdef MONARCHRT_WGMMA
+namespace gmma = cute::SM90::GMMA;
+template <typename T> struct Wgmma;
+template <> struct Wgmma<__nv_bfloat16> {
+  using ss = gmma::MMA_64x64x16_F32BF16BF16_SS<gmma::Major::K, gmma::Major::K>;
+  using rs = gmma::MMA_64x64x16_F32BF16BF16_RS<gmma::Major::K, gmma::Major::MN>;
+};
+template <> struct Wgmma<__half> {
+  using ss = gmma::MMA_64x64x16_F32F16F16_SS<gmma::Major::K, gmma::Major::K>;
+  using rs = gmma::MMA_64x64x16_F32F16F16_RS<gmma::Major::K, gmma::Major::MN>;
+};
+// Descriptor of a 64 x 16 operand slice of a swizzled row buffer (fields as CuTe's make_gmma_desc gives
+// for this layout: 128-byte swizzle, 1024 B between 8-row groups; the K-major view's leading offset is
+// unused and 1 by convention). K-major slice kk: features 16kk..; MN-major slice (dh, ks): features
+// 64dh.., rows 16ks.. .
+__device__ __forceinline__ uint64_t gmma_desc(uint32_t addr, uint32_t lbo) {
+  return (uint64_t(1) << 62) | (uint64_t(1024 >> 4) << 32) | (uint64_t(lbo) << 16) | ((addr >> 4) & 0x3FFF);
+}
+template <class Op, size_t... I>
+__device__ __forceinline__ void wgmma_ss(uint64_t a, uint64_t b, float* d, bool acc, std::index_sequence<I...>) {
+  Op::fma(a, b, d[I]..., acc ? gmma::ScaleOut::One : gmma::ScaleOut::Zero);
+}
+template <class Op, size_t... I>
+__device__ __forceinline__ void wgmma_rs(const uint32_t (&a)[4], uint64_t b, float* d, bool acc,
+                                         std::index_sequence<I...>) {
+  Op::fma(a[0], a[1], a[2], a[3], b, d[I]..., acc ? gmma::ScaleOut::One : gmma::ScaleOut::Zero);
+}
+__device__ __forceinline__ void fence_operands(float* d) {
+#pragma unroll
+  for (int i = 0; i < 32; ++i) cute::warpgroup_fence_operand(d[i]);
+}
+// Shared-memory writes of the generic proxy (cp.async, stores) become visible to wgmma's reads.
+__device__ __forceinline__ void fence_to_async_proxy() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+#else
+__device__ __forceinline__ void fence_to_async_proxy() {}
+#endif
+
 template <typename T>
 __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
     monarch_fwd_cluster_kernel(const FwdParams p) {
-  extern __shared__ __align__(128) unsigned char smem[];
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* const smem = smem_raw + ((1024 - smem_addr(smem_raw) % 1024) % 1024);
   T* const s_ql = reinterpret_cast<T*>(smem + kOffQl);
   T* const s_q = reinterpret_cast<T*>(smem + kOffQ);
   T* const s_kv = reinterpret_cast<T*>(smem + kOffKV);  // K of buffer b at 2b, V at 2b + 1 (row buffers)
@@ -181,7 +239,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
   float* const rx_cl = reinterpret_cast<float*>(smem + kOffRxCl);
   uint64_t* const full = reinterpret_cast<uint64_t*>(smem + kOffBar);
   uint64_t* const empty = full + 2;
-  constexpr int kRowBuf = kMaxB2 * kRow, kRx = kCols * kCluster * kRow;  // in halves
+  constexpr int kRowBuf = kMaxB2 * kD, kRx = kCols * kCluster * kRow;  // in halves
 
   cg::cluster_group cluster = cg::this_cluster();
   const int rank = int(cluster.block_rank());
@@ -212,7 +270,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
   for (int c = tid; c < 5 * (kMaxB2 - b2) * 16; c += kThreads) {  // rows j, l >= b2 of Q, K, V stay 0
     const int which = c / ((kMaxB2 - b2) * 16), rem = c % ((kMaxB2 - b2) * 16);
     T* buf = which == 0 ? s_q : s_kv + (which - 1) * kRowBuf;
-    *reinterpret_cast<uint4*>(buf + (b2 + (rem >> 4)) * kRow + (rem & 15) * 8) = zero4;
+    *reinterpret_cast<uint4*>(row_chunk(buf, b2 + (rem >> 4), (rem & 15) * 8)) = zero4;
   }
   for (int c = tid; c < 2 * kRx / 8; c += kThreads) {
     reinterpret_cast<uint4*>(rx_al)[c] = zero4;
@@ -247,15 +305,16 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
     T* dk = s_kv + 2 * (step & 1) * kRowBuf;
     for (int c = tid; c < 2 * b2 * 16; c += kProducerThreads) {
       const int which = c / (b2 * 16), rem = c % (b2 * 16), j = rem >> 4, ch = (rem & 15) * 8;
-      if (which == 0) cp16(dk + j * kRow + ch, gk + j * p.sk[3] + ch);
-      else cp16(dk + kRowBuf + j * kRow + ch, gv + j * p.sv[3] + ch);
+      if (which == 0) cp16(row_chunk(dk, j, ch), gk + j * p.sk[3] + ch);
+      else cp16(row_chunk(dk + kRowBuf, j, ch), gv + j * p.sv[3] + ch);
     }
   };
   auto load_q = [&](int step) {
     const int krow = (step % n_sub) * kCluster + rank;
     if (krow >= b1) return;
     const T* gq = q + q_base + krow * p.sq[2];
-    for (int c = tid; c < b2 * 16; c += kProducerThreads) cp16(s_q + (c >> 4) * kRow + (c & 15) * 8, gq + (c >> 4) * p.sq[3] + (c & 15) * 8);
+    for (int c = tid; c < b2 * 16; c += kProducerThreads)
+      cp16(row_chunk(s_q, c >> 4, (c & 15) * 8), gq + (c >> 4) * p.sq[3] + (c & 15) * 8);
   };
   if (warp < kProducerWarps && total > 0) {
     load_q(0);
@@ -263,6 +322,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
   }
   cute::cp_async_fence();
   cute::cp_async_wait<0>();
+  fence_to_async_proxy();
   __syncthreads();
   cluster_barrier();  // every CTA of the cluster runs, has zeroed its buffers and set up its barriers
 
@@ -281,18 +341,34 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
       // shuffle sits in a divergent branch.
       float sacc[8][4] = {};
       {  // S[j, l] = <Q[k, j], K[k, l]>, rows 16 mt + (g, g + 8), all 64 columns l
+#ifdef MONARCHRT_WGMMA
+        // one m64n64k16 per 16 features, the producer warpgroup's 64 rows j at once
+        float* d = &sacc[0][0];
+        fence_operands(d);
+        cute::warpgroup_arrive();
+#pragma unroll
+        for (int kk = 0; kk < kD / 16; ++kk) {
+          const uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
+          wgmma_ss<typename Wgmma<T>::ss>(gmma_desc(smem_addr(s_q) + off, 1), gmma_desc(smem_addr(s_k) + off, 1), d,
+                                          kk > 0, std::make_index_sequence<32>{});
+        }
+        cute::warpgroup_commit_batch();
+        cute::warpgroup_wait<0>();
+        fence_operands(d);
+#else
 #pragma unroll
         for (int ks = 0; ks < kD / 16; ++ks) {
           uint32_t af[4];
-          ldsm_x4(af, s_q + (16 * mt + a_row(lane)) * kRow + 16 * ks + a_col(lane));
+          ldsm_x4(af, row_chunk(s_q, 16 * mt + a_row(lane), 16 * ks + a_col(lane)));
 #pragma unroll
           for (int np = 0; np < 4; ++np) {
             uint32_t bf[4];
-            ldsm_x4(bf, s_k + (16 * np + bn_row(lane)) * kRow + 16 * ks + bn_col(lane));
+            ldsm_x4(bf, row_chunk(s_k, 16 * np + bn_row(lane), 16 * ks + bn_col(lane)));
             mma16<T>(sacc[2 * np], af, bf[0], bf[1]);
             mma16<T>(sacc[2 * np + 1], af, bf[2], bf[3]);
           }
         }
+#endif
       }
       producer_barrier();  // every producer has read the query row
       if (step + 1 < total) load_q(step + 1);
@@ -345,16 +421,30 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
           const int which = part >> 1, dh = part & 1;
           const T* src = which ? s_v : s_k;
           float acc[8][4] = {};
+#ifdef MONARCHRT_WGMMA
+          // one m64n64k16 per 16 columns l: P from registers, K or V read MN-major (features contiguous)
+          float* d = &acc[0][0];
+          fence_operands(d);
+          cute::warpgroup_arrive();
+#pragma unroll
+          for (int ks = 0; ks < kMaxB2 / 16; ++ks)
+            wgmma_rs<typename Wgmma<T>::rs>(pf[ks], gmma_desc(smem_addr(src) + dh * 8192 + ks * 2048, 0), d, ks > 0,
+                                            std::make_index_sequence<32>{});
+          cute::warpgroup_commit_batch();
+          cute::warpgroup_wait<0>();
+          fence_operands(d);
+#else
 #pragma unroll
           for (int ks = 0; ks < kMaxB2 / 16; ++ks) {
 #pragma unroll
             for (int np = 0; np < 4; ++np) {
               uint32_t bf[4];
-              ldsm_x4_t(bf, src + (16 * ks + a_row(lane)) * kRow + 64 * dh + 16 * np + a_col(lane));
+              ldsm_x4_t(bf, row_chunk(src, 16 * ks + a_row(lane), 64 * dh + 16 * np + a_col(lane)));
               mma16<T>(acc[2 * np], pf[ks], bf[0], bf[1]);
               mma16<T>(acc[2 * np + 1], pf[ks], bf[2], bf[3]);
             }
           }
+#endif
           const uint32_t rx = smem_addr((which ? rx_y : rx_al) + buf * kRx);
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
@@ -386,6 +476,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
         }
       }
       cute::cp_async_wait<0>();
+      fence_to_async_proxy();
       producer_barrier();  // the next step's rows are in shared memory for every producer
     }
   } else if (n_cols > 0) {
