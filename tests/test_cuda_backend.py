@@ -84,7 +84,7 @@ def test_launcher_rejects_bad_arguments_before_touching_the_device(args, msg):
 
 # --- fused attention forward (csrc/attention) ----------------------------------------------------
 class _FakeExtension:
-    monarch_attention_fwd_smem_bytes = 222752
+    monarch_attention_fwd_smem_bytes = 230944
 
     @staticmethod
     def compiled_archs():
@@ -111,7 +111,7 @@ def _attention_problem(**kw):
         ({"num_iters": 2}, H100, "num_iters=2: the fused kernel computes one pass"),
         ({"dtype": torch.float32}, H100, "dtype torch.float32 is not fp16/bf16"),
         ({}, Arch("sm80", (8, 0), "NVIDIA A100", 108, 166912), "the extension was built for sm_90a, sm_100a, sm_120a"),
-        ({}, Arch("sm120", (12, 0), "NVIDIA GeForce RTX 5090", 170, 101376), "needs 222752 B of shared memory"),
+        ({}, Arch("sm120", (12, 0), "NVIDIA GeForce RTX 5090", 170, 101376), "needs 230944 B of shared memory"),
     ],
     ids=[
         "sf-bf16",

@@ -20,7 +20,7 @@
 // Matrix products: mma.sync m16n8k16 / m16n8k8 with fp32 accumulators (CuTe's SM80 atoms), operands
 // through ldmatrix from padded shared-memory rows. Logits live in the log2 domain
 // (sm_scale * log2(e) multiplies the fp32 dot products; sqrt(sm_scale) is never rounded).
-// Limits: head_dim 128, b1 <= 32, b2 <= 64, fp16/bf16, 222 KB of shared memory per CTA (sm_90/sm_100).
+// Limits: head_dim 128, b1 <= 32, b2 <= 64, fp16/bf16, 226 KB of shared memory per CTA (sm_90/sm_100).
 #pragma once
 
 #include <cooperative_groups.h>
@@ -32,6 +32,7 @@
 
 #include <cute/arch/copy_sm75.hpp>
 #include <cute/arch/copy_sm80.hpp>
+#include <cute/arch/copy_sm90.hpp>
 #include <cute/arch/mma_sm80.hpp>
 #include <cute/arch/mma_sm90_gmma.hpp>
 
@@ -71,9 +72,12 @@ constexpr int kOffKV = kOffQ + kRowBufBytes;              // [buffer][K, V]
 constexpr int kOffRxAl = kOffKV + 4 * kRowBufBytes;       // [buffer]
 constexpr int kOffRxY = kOffRxAl + 2 * kRxBytes;
 constexpr int kOffRxCl = kOffRxY + 2 * kRxBytes;          // fp32 [buffer][u][kk]
-constexpr int kOffBar = kOffRxCl + 2 * kCols * kCluster * 4;  // mbarriers full[2], empty[2]
+constexpr int kOffStage = kOffRxCl + 2 * kCols * kCluster * 4;  // per producer warp: 16 rows x 64 features
+constexpr int kStageBytes = 16 * 64 * 2;                         // 128-byte rows, chunks swizzled by row
+constexpr int kOffBar = kOffStage + kProducerWarps * kStageBytes;  // mbarriers full[2], empty[2]
 constexpr int kSmemBytes = kOffBar + 4 * 8 + 1024;  // + alignment of the swizzled buffers to 1 KB
 static_assert(kOffQ % 1024 == 0 && kOffKV % 1024 == 0, "swizzled row buffers start on 1 KB boundaries");
+static_assert(kOffStage % 16 == 0, "stmatrix rows are 16-byte aligned");
 
 // Address of the 8 halves at (row, col), col a multiple of 8, in a swizzled row buffer.
 template <typename T> __device__ __forceinline__ T* row_chunk(T* buf, int row, int col) {
@@ -98,6 +102,9 @@ struct FwdParams {
 __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
   cute::SM75_U32x4_LDSM_N::copy(*reinterpret_cast<const cute::uint128_t*>(p), r[0], r[1], r[2], r[3]);
 }
+__device__ __forceinline__ void stsm_x4(void* p, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
+  cute::SM90_U32x4_STSM_N::copy(r0, r1, r2, r3, *reinterpret_cast<cute::uint128_t*>(p));
+}
 __device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
   cute::SM75_U16x8_LDSM_T::copy(*reinterpret_cast<const cute::uint128_t*>(p), r[0], r[1], r[2], r[3]);
 }
@@ -108,6 +115,13 @@ __device__ __forceinline__ void mma16(float (&c)[4], const uint32_t (&a)[4], uin
 template <typename T>
 __device__ __forceinline__ void mma8(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t b0) {
   Mma<T>::k8::fma(c[0], c[1], c[2], c[3], a0, a1, b0, c[0], c[1], c[2], c[3]);
+}
+// 2^x on the MUFU unit, subnormal results flushed to 0 (exp2f adds range fix-ups around it: 3 more
+// instructions per element, measured as a third of the producers' softmax)
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
 }
 __device__ __forceinline__ void cp16(void* smem, const void* gmem) {
   cute::SM80_CP_ASYNC_CACHEGLOBAL<cute::uint128_t>::copy(*reinterpret_cast<const cute::uint128_t*>(gmem),
@@ -172,22 +186,6 @@ __device__ __forceinline__ int a_row(int lane) { return (lane & 7) + ((lane >> 3
 __device__ __forceinline__ int a_col(int lane) { return (lane >> 4) * 8; }
 __device__ __forceinline__ int bn_row(int lane) { return (lane & 7) + (lane >> 4) * 8; }
 __device__ __forceinline__ int bn_col(int lane) { return ((lane >> 3) & 1) * 8; }
-
-// 4x4 transpose of 32-bit words inside each quad of lanes: on entry lane t holds row t (x[0..3]),
-// on exit column t. Two butterfly rounds, four shuffles.
-__device__ __forceinline__ void quad_transpose(uint32_t (&x)[4], int t) {
-  const bool odd = t & 1, high = t & 2;
-  const uint32_t r0 = __shfl_xor_sync(0xffffffffu, odd ? x[0] : x[1], 1);
-  const uint32_t r1 = __shfl_xor_sync(0xffffffffu, odd ? x[2] : x[3], 1);
-  // pair rows (even, odd) of columns c = t & 1 and c + 2
-  const uint32_t b0 = odd ? r0 : x[0], b1 = odd ? x[1] : r0, b2 = odd ? r1 : x[2], b3 = odd ? x[3] : r1;
-  const uint32_t s0 = __shfl_xor_sync(0xffffffffu, high ? b0 : b2, 2);
-  const uint32_t s1 = __shfl_xor_sync(0xffffffffu, high ? b1 : b3, 2);
-  x[0] = high ? s0 : b0;
-  x[1] = high ? s1 : b1;
-  x[2] = high ? b2 : s0;
-  x[3] = high ? b3 : s1;
-}
 
 #ifdef MONARCHRT_WGMMA
 namespace gmma = cute::SM90::GMMA;
@@ -329,6 +327,12 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
   if (warp < kProducerWarps) {
     // ================= producers: stage R for this CTA's key row, 16 columns j per warp =============
     const int mt = warp;
+    unsigned char* const stage = smem + kOffStage + mt * kStageBytes;
+    // each lane sends half of one row j of the warp: features 32 (lane % 2) .. + 32 of each part
+    const int push_row = lane >> 1, push_j = 16 * mt + push_row;
+    // shared::cluster address of the owner CTA's smem base (linear within it) and of the row's slot there
+    const uint32_t push_remote = map_cta(smem_addr(smem), uint32_t(push_j % kCluster));
+    const uint32_t push_offset = uint32_t((((push_j / kCluster) * kCluster + rank) * kRow + 32 * (lane & 1)) * sizeof(T));
     for (int step = 0; step < total; ++step) {
       const int buf = step & 1;
       const int krow = (step % n_sub) * kCluster + rank;
@@ -376,35 +380,34 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
       if (step >= 2) mbar_wait(&empty[buf], ((step >> 1) - 1) & 1);  // consumers are done with this buffer
       {
         // softmax over l (log2 domain) in registers: this thread holds rows g and g + 8, columns 8n + 2tig (+1)
+        // masked columns (l >= b2) get a finite -1e30: their p is exactly 0 and p * x stays 0 (not NaN).
+        // The maximum is taken on the raw dot products (scale > 0), x = scale * (s - max) in one FFMA.
         float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
         for (int n = 0; n < 8; ++n)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            const bool valid = 8 * n + 2 * tig + (e & 1) < b2;
-            sacc[n][e] = valid ? sacc[n][e] * p.scale_log2 : -INFINITY;
+            if (8 * n + 2 * tig + (e & 1) >= b2) sacc[n][e] = -1e30f;
             mx[e >> 1] = fmaxf(mx[e >> 1], sacc[n][e]);
           }
-        float sum[2] = {0.f, 0.f}, sum_px[2] = {0.f, 0.f};
+        float sum[2] = {0.f, 0.f}, sum_px[2] = {0.f, 0.f};  // sum p and sum p x, x relative to the maximum
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
           mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+          mx[r] *= p.scale_log2;
         }
-        uint32_t pf[4][4];  // P as the A operand of P K and P V, one k16 step (16 columns l) per entry
 #pragma unroll
-        for (int n = 0; n < 8; ++n) {
-          float pe[4];
+        for (int n = 0; n < 8; ++n)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = e >> 1;
-            pe[e] = exp2f(sacc[n][e] - mx[r]);  // 0 on masked columns
-            sum[r] += pe[e];
-            sum_px[r] += pe[e] > 0.f ? pe[e] * sacc[n][e] : 0.f;
+            const float x = fmaf(sacc[n][e], p.scale_log2, -mx[r]);
+            const float pe = fast_exp2(x);
+            sum[r] += pe;
+            sum_px[r] = fmaf(pe, x, sum_px[r]);
+            sacc[n][e] = pe;
           }
-          pf[n >> 1][(n & 1) * 2] = pack2<T>(pe[0], pe[1]);
-          pf[n >> 1][(n & 1) * 2 + 1] = pack2<T>(pe[2], pe[3]);
-        }
         float inv_l[2], cl[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
@@ -413,27 +416,75 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
           sum_px[r] += __shfl_xor_sync(0xffffffffu, sum_px[r], 1);
           sum_px[r] += __shfl_xor_sync(0xffffffffu, sum_px[r], 2);
           inv_l[r] = 1.f / sum[r];
-          cl[r] = sum_px[r] * inv_l[r] - mx[r] - log2f(sum[r]);  // cL * log2(e) = sum_l R log2 R
+          cl[r] = sum_px[r] * inv_l[r] - log2f(sum[r]);  // cL * log2(e) = sum_l R log2 R
         }
-        // aL = P K / l and Y = P V / l, 64 features at a time; each lane pushes 16-byte pieces of its rows
+        // R = P / l as the A operand of R K and R V, one k16 step (16 columns l) per entry
+        uint32_t pf[4][4];
 #pragma unroll
-        for (int part = 0; part < 4; ++part) {
-          const int which = part >> 1, dh = part & 1;
-          const T* src = which ? s_v : s_k;
-          float acc[8][4] = {};
+        for (int n = 0; n < 8; ++n) {
+          pf[n >> 1][(n & 1) * 2] = pack2<T>(sacc[n][0] * inv_l[0], sacc[n][1] * inv_l[0]);
+          pf[n >> 1][(n & 1) * 2 + 1] = pack2<T>(sacc[n][2] * inv_l[1], sacc[n][3] * inv_l[1]);
+        }
+        // aL = R K and Y = R V, 64 features (a part) at a time: part = 2 * (0 for aL, 1 for Y) + feature half
+        auto push_part = [&](int part, float (&acc)[8][4]) {
+          // the warp's 16 rows x 64 features go through its staging buffer (stmatrix, then 16-byte reads)
+          // so that each lane sends whole 16-byte pieces of one row to the CTA that owns it
+#pragma unroll
+          for (int qq = 0; qq < 4; ++qq) {
+            const int mi = lane >> 3, row = (mi & 1) * 8 + (lane & 7), n = 2 * qq + (mi >> 1);
+            stsm_x4(stage + row * 128 + ((n ^ (row & 7)) << 4), pack2<T>(acc[2 * qq][0], acc[2 * qq][1]),
+                    pack2<T>(acc[2 * qq][2], acc[2 * qq][3]), pack2<T>(acc[2 * qq + 1][0], acc[2 * qq + 1][1]),
+                    pack2<T>(acc[2 * qq + 1][2], acc[2 * qq + 1][3]));
+          }
+          __syncwarp();
+          uint4 piece[4];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const int c = (lane & 1) * 4 + i;
+            piece[i] = *reinterpret_cast<const uint4*>(stage + push_row * 128 + ((c ^ (push_row & 7)) << 4));
+          }
+          __syncwarp();  // the staging buffer is free for the next part
+          if (has_row && push_j < b2) {
+            const uint32_t dst = push_remote + uint32_t((part >> 1 ? kOffRxY : kOffRxAl) + buf * kRxBytes) +
+                                 push_offset + uint32_t(64 * (part & 1) * sizeof(T));
+            const uint32_t bar = push_remote + uint32_t(kOffBar + buf * 8);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) st_async(dst + 16 * i, piece[i], bar);
+          }
+        };
 #ifdef MONARCHRT_WGMMA
-          // one m64n64k16 per 16 columns l: P from registers, K or V read MN-major (features contiguous)
-          float* d = &acc[0][0];
+        // one m64n64k16 per 16 columns l: R from registers, K or V read MN-major (features contiguous); the
+        // next part's products run while this part is pushed
+        float acc[2][8][4];
+        auto issue_part = [&](int part) {
+          float* d = &acc[part & 1][0][0];
+          const uint32_t src = smem_addr(part >> 1 ? s_v : s_k) + (part & 1) * 8192;
           fence_operands(d);
           cute::warpgroup_arrive();
 #pragma unroll
           for (int ks = 0; ks < kMaxB2 / 16; ++ks)
-            wgmma_rs<typename Wgmma<T>::rs>(pf[ks], gmma_desc(smem_addr(src) + dh * 8192 + ks * 2048, 0), d, ks > 0,
+            wgmma_rs<typename Wgmma<T>::rs>(pf[ks], gmma_desc(src + ks * 2048, 0), d, ks > 0,
                                             std::make_index_sequence<32>{});
           cute::warpgroup_commit_batch();
-          cute::warpgroup_wait<0>();
-          fence_operands(d);
+        };
+        issue_part(0);
+#pragma unroll
+        for (int part = 0; part < 4; ++part) {
+          if (part + 1 < 4) {
+            issue_part(part + 1);
+            cute::warpgroup_wait<1>();
+          } else {
+            cute::warpgroup_wait<0>();
+          }
+          fence_operands(&acc[part & 1][0][0]);
+          push_part(part, acc[part & 1]);
+        }
 #else
+#pragma unroll
+        for (int part = 0; part < 4; ++part) {
+          const T* src = part >> 1 ? s_v : s_k;
+          const int dh = part & 1;
+          float acc[8][4] = {};
 #pragma unroll
           for (int ks = 0; ks < kMaxB2 / 16; ++ks) {
 #pragma unroll
@@ -444,27 +495,9 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
               mma16<T>(acc[2 * np + 1], pf[ks], bf[2], bf[3]);
             }
           }
-#endif
-          const uint32_t rx = smem_addr((which ? rx_y : rx_al) + buf * kRx);
-#pragma unroll
-          for (int r = 0; r < 2; ++r) {
-#pragma unroll
-            for (int nb = 0; nb < 2; ++nb) {
-              uint32_t w[4];
-#pragma unroll
-              for (int t = 0; t < 4; ++t)
-                w[t] = pack2<T>(acc[4 * nb + t][2 * r] * inv_l[r], acc[4 * nb + t][2 * r + 1] * inv_l[r]);
-              quad_transpose(w, tig);  // lane tig now holds features 64 dh + 8 (4 nb + tig) .. + 8 of its row
-              const int j = 16 * mt + g + 8 * r;
-              if (has_row && j < b2) {
-                const uint32_t local =
-                    rx + (((j / kCluster) * kCluster + rank) * kRow + 64 * dh + 8 * (4 * nb + tig)) * sizeof(T);
-                st_async(map_cta(local, j % kCluster), make_uint4(w[0], w[1], w[2], w[3]),
-                         map_cta(smem_addr(&full[buf]), j % kCluster));
-              }
-            }
-          }
+          push_part(part, acc);
         }
+#endif
         if (has_row && tig == 0) {
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
@@ -536,16 +569,19 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
             const float m_new = fmaxf(m_row[mt][r], mx);  // finite: key row kk = 0 is valid in every sub-step
-            const float alpha = exp2f(m_row[mt][r] - m_new);
-            pr[2 * r] = exp2f(x[2 * r] - m_new);
-            pr[2 * r + 1] = exp2f(x[2 * r + 1] - m_new);
+            const float alpha = fast_exp2(m_row[mt][r] - m_new);  // 0 on the first sub-step (-inf)
+            pr[2 * r] = fast_exp2(x[2 * r] - m_new);
+            pr[2 * r + 1] = fast_exp2(x[2 * r + 1] - m_new);
             l_row[mt][r] = l_row[mt][r] * alpha + pr[2 * r] + pr[2 * r + 1];
-            m_row[mt][r] = m_new;
+            // the running maximum settles after a few sub-steps: rescale Z only when some row's moved
+            if (__any_sync(0xffffffffu, m_new != m_row[mt][r])) {
 #pragma unroll
-            for (int n = 0; n < 16; ++n) {
-              z_acc[mt][n][2 * r] *= alpha;
-              z_acc[mt][n][2 * r + 1] *= alpha;
+              for (int n = 0; n < 16; ++n) {
+                z_acc[mt][n][2 * r] *= alpha;
+                z_acc[mt][n][2 * r + 1] *= alpha;
+              }
             }
+            m_row[mt][r] = m_new;
           }
           pa[mt][0] = pack2<T>(pr[0], pr[1]);
           pa[mt][1] = pack2<T>(pr[2], pr[3]);

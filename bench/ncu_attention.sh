@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Per-instruction warp-stall samples (ncu source counters) of one launch of the fused CUDA attention
+# forward at the Self-Forcing 21-frame shape, bf16. Run on the GPU machine after bench/device_run.sh has
+# installed the package (SKIP_BENCH=1 SKIP_TESTS=1 is enough). Writes $OUT/ncu-details.txt (sections)
+# $OUT/ncu-sass.csv.gz (every SASS line with its samples) and $OUT/ncu-sass-top.txt (the instructions
+# with the most samples, in address order, with neighbours).
+set -uo pipefail
+OUT=${OUT:-/tmp/monarchrt-out}
+mkdir -p "$OUT"
+FRAMES=${FRAMES:-21}
+cat > /tmp/one_launch.py <<PY
+import torch, monarchrt_ops as m
+g = torch.Generator(device="cuda").manual_seed(0)
+q, k, v = (torch.randn(1, $FRAMES * 30 * 52, 12, 128, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+m.monarch_attention(q, k, v, (30, 52), backend="cuda")
+torch.cuda.synchronize()
+PY
+ncu --section SourceCounters --section WarpStateStats --section LaunchStats --section Occupancy \
+  --section SpeedOfLight -k regex:monarch_fwd_cluster -c 1 -f -o /tmp/rep python3 /tmp/one_launch.py 2>&1 | tail -3
+ncu -i /tmp/rep.ncu-rep --page details > "$OUT/ncu-details.txt" 2>&1
+ncu -i /tmp/rep.ncu-rep --page source --csv --print-source sass > /tmp/sass.csv 2>&1
+gzip -c /tmp/sass.csv > "$OUT/ncu-sass.csv.gz"
+python3 - "$OUT/ncu-sass-top.txt" <<'PY'
+import csv, sys
+rows = list(csv.reader(open("/tmp/sass.csv")))
+head_i = next(i for i, r in enumerate(rows) if any("Source" == c for c in r))
+head, body = rows[head_i], rows[head_i + 1:]
+col = {c: i for i, c in enumerate(head)}
+src = col["Source"]
+samp = next(i for i, c in enumerate(head) if "Sampling (All" in c)
+reasons = [i for i, c in enumerate(head) if c.startswith("stall_") or "Stall" in c and i != samp]
+def num(x):
+    try: return float(x.replace(",", ""))
+    except ValueError: return 0.0
+total = sum(num(r[samp]) for r in body if len(r) > samp)
+with open(sys.argv[1], "w") as f:
+    print("columns:", head, file=f)
+    print(f"total samples {total:.0f} over {len(body)} SASS lines", file=f)
+    top = sorted(range(len(body)), key=lambda i: -num(body[i][samp]) if len(body[i]) > samp else 0)[:45]
+    keep = sorted({j for i in top for j in range(max(0, i - 2), min(len(body), i + 2))})
+    for j in keep:
+        r = body[j]
+        s = num(r[samp]) if len(r) > samp else 0
+        why = sorted(((num(r[i]), head[i]) for i in reasons if i < len(r)), reverse=True)[:2]
+        print(f"{j:5d} {s:8.0f} {100*s/max(total,1):5.1f}%  {r[src][:70]:70s} {why if s else ''}", file=f)
+PY
+head -c 3000 "$OUT/ncu-sass-top.txt"
