@@ -294,25 +294,27 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
     for (int step = 0; step < min(total, 2); ++step) mbar_arrive_expect_tx(&full[step], rx_bytes(step));
   }
 
-  // cp.async of one sub-step's key and value rows (into buffer step % 2) or query row, by the producers
+  // cp.async of one sub-step's key and value rows (into buffer step % 2) or query row, by the producers.
+  // Producer thread t copies 16-byte chunk t % 16 of rows t / 16 + 8 i: its swizzled destination moves by
+  // 1 KB per i and its source by 8 rows, so the per-step address arithmetic is two pointer bumps.
+  const int ld_row = (tid >> 4) & 7, ld_ch = tid & 15;
+  const int ld_dst = (ld_ch >> 3) * 8192 + ld_row * 128 + (((ld_ch & 7) ^ ld_row) << 4);
+  auto load_rows = [&](unsigned char* dst, const T* src, int64_t row_stride) {
+#pragma unroll
+    for (int i = 0; i < kMaxB2 / 8; ++i)
+      if (ld_row + 8 * i < b2) cp16(dst + ld_dst + i * 1024, src + (ld_row + 8 * i) * row_stride + ld_ch * 8);
+  };
   auto load_kv = [&](int step) {
     const int f = step / n_sub, krow = (step % n_sub) * kCluster + rank;
     if (krow >= b1) return;
-    const T* gk = kk + bb * p.sk[0] + f * p.sk[1] + krow * p.sk[2] + h * p.sk[4];
-    const T* gv = vv + bb * p.sv[0] + f * p.sv[1] + krow * p.sv[2] + h * p.sv[4];
-    T* dk = s_kv + 2 * (step & 1) * kRowBuf;
-    for (int c = tid; c < 2 * b2 * 16; c += kProducerThreads) {
-      const int which = c / (b2 * 16), rem = c % (b2 * 16), j = rem >> 4, ch = (rem & 15) * 8;
-      if (which == 0) cp16(row_chunk(dk, j, ch), gk + j * p.sk[3] + ch);
-      else cp16(row_chunk(dk + kRowBuf, j, ch), gv + j * p.sv[3] + ch);
-    }
+    unsigned char* dk = reinterpret_cast<unsigned char*>(s_kv + 2 * (step & 1) * kRowBuf);
+    load_rows(dk, kk + bb * p.sk[0] + f * p.sk[1] + krow * p.sk[2] + h * p.sk[4], p.sk[3]);
+    load_rows(dk + kRowBufBytes, vv + bb * p.sv[0] + f * p.sv[1] + krow * p.sv[2] + h * p.sv[4], p.sv[3]);
   };
   auto load_q = [&](int step) {
     const int krow = (step % n_sub) * kCluster + rank;
     if (krow >= b1) return;
-    const T* gq = q + q_base + krow * p.sq[2];
-    for (int c = tid; c < b2 * 16; c += kProducerThreads)
-      cp16(row_chunk(s_q, c >> 4, (c & 15) * 8), gq + (c >> 4) * p.sq[3] + (c & 15) * 8);
+    load_rows(reinterpret_cast<unsigned char*>(s_q), q + q_base + krow * p.sq[2], p.sq[3]);
   };
   if (warp < kProducerWarps && total > 0) {
     load_q(0);
