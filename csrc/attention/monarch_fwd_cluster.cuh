@@ -278,8 +278,8 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
   // bytes that arrive in this CTA's exchange buffer in one sub-step: for each producer CTA with a key
   // row, aL and Y of d halves plus one fp32 cL per owned column
   const int n_cols = rank < b2 ? (b2 - rank + kCluster - 1) / kCluster : 0;
-  auto rx_bytes = [&](int step) {
-    const int rows = min(kCluster, b1 - (step % n_sub) * kCluster);
+  auto rx_bytes = [&](int sub) {  // sub-step index s = step % n_sub
+    const int rows = min(kCluster, b1 - sub * kCluster);
     return uint32_t(rows * n_cols * (2 * kD * int(sizeof(T)) + 4));
   };
   if (tid == 0) {
@@ -291,7 +291,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
     mbar_init(&empty[0], owners * kConsumerWarps);
     mbar_init(&empty[1], owners * kConsumerWarps);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    for (int step = 0; step < min(total, 2); ++step) mbar_arrive_expect_tx(&full[step], rx_bytes(step));
+    for (int step = 0; step < min(total, 2); ++step) mbar_arrive_expect_tx(&full[step], rx_bytes(step % n_sub));
   }
 
   // cp.async of one sub-step's key and value rows (into buffer step % 2) or query row, by the producers.
@@ -304,21 +304,23 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
     for (int i = 0; i < kMaxB2 / 8; ++i)
       if (ld_row + 8 * i < b2) cp16(dst + ld_dst + i * 1024, src + (ld_row + 8 * i) * row_stride + ld_ch * 8);
   };
-  auto load_kv = [&](int step) {
-    const int f = step / n_sub, krow = (step % n_sub) * kCluster + rank;
+  // (the sub-step's key tile f and index s are counted, not divided out of the step: runtime integer
+  // division cost the producers ~40 instructions each time)
+  auto load_kv = [&](int f, int sub, int buf) {
+    const int krow = sub * kCluster + rank;
     if (krow >= b1) return;
-    unsigned char* dk = reinterpret_cast<unsigned char*>(s_kv + 2 * (step & 1) * kRowBuf);
+    unsigned char* dk = reinterpret_cast<unsigned char*>(s_kv + 2 * buf * kRowBuf);
     load_rows(dk, kk + bb * p.sk[0] + f * p.sk[1] + krow * p.sk[2] + h * p.sk[4], p.sk[3]);
     load_rows(dk + kRowBufBytes, vv + bb * p.sv[0] + f * p.sv[1] + krow * p.sv[2] + h * p.sv[4], p.sv[3]);
   };
-  auto load_q = [&](int step) {
-    const int krow = (step % n_sub) * kCluster + rank;
+  auto load_q = [&](int sub) {
+    const int krow = sub * kCluster + rank;
     if (krow >= b1) return;
     load_rows(reinterpret_cast<unsigned char*>(s_q), q + q_base + krow * p.sq[2], p.sq[3]);
   };
   if (warp < kProducerWarps && total > 0) {
     load_q(0);
-    load_kv(0);
+    load_kv(0, 0, 0);
   }
   cute::cp_async_fence();
   cute::cp_async_wait<0>();
@@ -335,13 +337,14 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
     // shared::cluster address of the owner CTA's smem base (linear within it) and of the row's slot there
     const uint32_t push_remote = map_cta(smem_addr(smem), uint32_t(push_j % kCluster));
     const uint32_t push_offset = uint32_t((((push_j / kCluster) * kCluster + rank) * kRow + 32 * (lane & 1)) * sizeof(T));
+    int sub = 0, f_next = n_sub > 1 ? 0 : 1, sub_next = n_sub > 1 ? 1 : 0;  // of this step and the next
     for (int step = 0; step < total; ++step) {
       const int buf = step & 1;
-      const int krow = (step % n_sub) * kCluster + rank;
+      const int krow = sub * kCluster + rank;
       const bool has_row = krow < b1;
       const T* s_k = s_kv + 2 * buf * kRowBuf;
       const T* s_v = s_k + kRowBuf;
-      if (step + 1 < total) load_kv(step + 1);  // the other buffer: its last reader was the previous step
+      if (step + 1 < total) load_kv(f_next, sub_next, buf ^ 1);  // its last reader was the previous step
       cute::cp_async_fence();
       // A CTA without a key row this sub-step computes on stale (finite) rows and pushes nothing: no
       // shuffle sits in a divergent branch.
@@ -377,7 +380,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
 #endif
       }
       producer_barrier();  // every producer has read the query row
-      if (step + 1 < total) load_q(step + 1);
+      if (step + 1 < total) load_q(sub_next);
       cute::cp_async_fence();
       if (step >= 2) mbar_wait(&empty[buf], ((step >> 1) - 1) & 1);  // consumers are done with this buffer
       {
@@ -513,6 +516,11 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
       cute::cp_async_wait<0>();
       fence_to_async_proxy();
       producer_barrier();  // the next step's rows are in shared memory for every producer
+      sub = sub_next;
+      if (++sub_next == n_sub) {
+        sub_next = 0;
+        ++f_next;
+      }
     }
   } else if (n_cols > 0) {
     // ================= consumers: stage L for column j = rank + 8u, query rows 0..31 ===============
@@ -528,10 +536,11 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
     float m_row[2][2] = {{-INFINITY, -INFINITY}, {-INFINITY, -INFINITY}};
     float l_row[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
     const T* ql = s_ql + u * kMaxB1 * kRow;
+    int sub = 0, sub_ahead = 2 % n_sub;  // sub-step index of this step and of step + 2
     for (int step = 0; step < total; ++step) {
-      const int buf = step & 1, s = step % n_sub;
+      const int buf = step & 1;
       mbar_wait(&full[buf], (step >> 1) & 1);
-      if (u == 0 && lane == 0 && step + 2 < total) mbar_arrive_expect_tx(&full[buf], rx_bytes(step + 2));
+      if (u == 0 && lane == 0 && step + 2 < total) mbar_arrive_expect_tx(&full[buf], rx_bytes(sub_ahead));
       if (active) {
         const T* al = rx_al + buf * kRx + u * kCluster * kRow;
         const T* y = rx_y + buf * kRx + u * kCluster * kRow;
@@ -555,7 +564,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
         }
         uint32_t pa[2][2];  // P as the A operand of the m16n8k8 product with Y
         const float cl0 = cl[2 * tig], cl1 = cl[2 * tig + 1];
-        const bool ok0 = s * kCluster + 2 * tig < b1, ok1 = s * kCluster + 2 * tig + 1 < b1;
+        const bool ok0 = sub * kCluster + 2 * tig < b1, ok1 = sub * kCluster + 2 * tig + 1 < b1;
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) {
           if (mt >= n_mt) break;
@@ -602,6 +611,8 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
       }
       __syncwarp();
       if (lane < kCluster) mbar_arrive_remote(map_cta(smem_addr(&empty[buf]), lane));  // done with the buffer
+      if (++sub == n_sub) sub = 0;
+      if (++sub_ahead == n_sub) sub_ahead = 0;
     }
     // --- epilogue: Z = acc / l, lse = (m + log2 l) ln 2
     if (active) {
