@@ -105,8 +105,8 @@ def select(op: str, problem: Any, arch: Arch, backend: str | None = None) -> Sel
     for name in order:
         candidate = _backends[op][name]
         reason = candidate.supports(problem, arch)
-        if reason is None and not getattr(candidate, "auto", True):
-            reason = candidate.auto_reason
+        if reason is None and hasattr(candidate, "auto_reason"):  # runs, but only when named
+            reason = candidate.auto_reason(problem, arch)
         if reason is None:
             _log_fallbacks(op, rejected, name)
             config, source = _config_for(op, candidate, problem, arch)

@@ -6,10 +6,12 @@
 // sub-step s) for stage R and the columns j = r + 8u for stage L.
 //
 // Warp roles inside a CTA, pipelined across sub-steps:
-// - 4 producer warps (one per 16 columns j): S = Q_k K_k^T, the softmax over l, aL = P K / l and
-//   Y = P V / l, all in registers; each 16-byte piece of column j goes straight into the shared
-//   memory of the CTA that owns j (st.async: distributed shared memory stores that count their bytes
-//   on the owner's "full" barrier). K/V rows are double-buffered and fetched a sub-step ahead.
+// - 4 producer warps, one warpgroup (16 columns j per warp): S = Q_k K_k^T, the softmax over l,
+//   aL = R K and Y = R V with R = P / l, all in registers; each warp passes its rows through a small
+//   staging buffer (stmatrix) and each lane sends 16-byte pieces of one row straight into the shared
+//   memory of the CTA that owns that column (st.async: distributed shared memory stores that count
+//   their bytes on the owner's "full" barrier). Q/K/V rows are cp.async'd a sub-step ahead (K/V
+//   double-buffered).
 // - 8 consumer warps (one per owned column, both 16-row halves of the query tile): wait on the local
 //   "full" barrier (one arrival carrying the expected byte count, then the bytes), fold the 8 new key
 //   rows into the online softmax over (f, k) and into Z, then arrive on every CTA's "empty" barrier
@@ -17,9 +19,12 @@
 //   MEMBAR.ALL.GPU / CCTL.IVALL, on which v2 of this kernel spent half its stalls (bench/NOTES.md).
 // Exchange buffers alternate between sub-steps, so producers run up to one sub-step ahead.
 //
-// Matrix products: mma.sync m16n8k16 / m16n8k8 with fp32 accumulators (CuTe's SM80 atoms), operands
-// through ldmatrix from padded shared-memory rows. Logits live in the log2 domain
-// (sm_scale * log2(e) multiplies the fp32 dot products; sqrt(sm_scale) is never rounded).
+// Matrix products, fp32 accumulators: stage R on warpgroup MMA where the target has it (sm_90a:
+// wgmma m64n64k16, S with both operands in shared memory, R K / R V with R from registers), else
+// mma.sync m16n8k16 through ldmatrix (CuTe's SM80 atoms, sm_100a / sm_120a); stage L on mma.sync.
+// Q/K/V rows use the 128-byte-swizzled K-major layout that wgmma reads and ldmatrix reads without
+// bank conflicts. Logits live in the log2 domain (sm_scale * log2(e) multiplies the fp32 dot
+// products; sqrt(sm_scale) is never rounded); exponentials are ex2.approx.
 // Limits: head_dim 128, b1 <= 32, b2 <= 64, fp16/bf16, 226 KB of shared memory per CTA (sm_90/sm_100).
 #pragma once
 

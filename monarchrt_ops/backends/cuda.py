@@ -46,8 +46,8 @@ class CudaHadamard(NoConfig):
     name = "cuda"
     # Measured on an H100 (bench/results/h100-hadamard-v1.json): 16-51 % of clone bandwidth against
     # Triton's 52-99 %, so automatic selection passes it over; backend="cuda" still runs it.
-    auto = False
-    auto_reason = "slower than the Triton kernel on sm_90 (bench/NOTES.md); explicit backend='cuda' only"
+    def auto_reason(self, problem, arch: Arch) -> str | None:
+        return "slower than the Triton kernel on sm_90 (bench/NOTES.md); explicit backend='cuda' only"
 
     def supports(self, problem, arch: Arch) -> str | None:
         reason = arch_reason(arch)
@@ -79,10 +79,16 @@ class CudaAttention(NoConfig):
     through distributed shared memory. The backward runs the Triton kernels."""
 
     name = "cuda"
-    # Measured on an H100 (bench/NOTES.md, "CUDA fused forward"): 7.2 ms against Triton's 6.5 ms at 21
-    # frames, so automatic selection passes it over; backend="cuda" still runs it.
-    auto = False
-    auto_reason = "slower than the Triton kernels on sm_90 (bench/NOTES.md); explicit backend='cuda' only"
+    def auto_reason(self, problem: AttentionProblem, arch: Arch) -> str | None:
+        # Measured on an H100 (bench/NOTES.md, "CUDA fused forward"): faster than Triton on every
+        # supported benchmark shape (4.85 vs 6.48 ms at 21 frames). Not measured on sm_100, so there
+        # automatic selection keeps Triton; backend="cuda" still runs it.
+        if arch.capability[0] != 9:
+            return (
+                f"not measured against Triton on sm_{arch.capability[0]}{arch.capability[1]} "
+                "(bench/NOTES.md); explicit backend='cuda' only"
+            )
+        return None
 
     def supports(self, problem: AttentionProblem, arch: Arch) -> str | None:
         reason = arch_reason(arch)
