@@ -136,22 +136,28 @@ B200 = Arch("sm100", (10, 0), "NVIDIA B200", 148, 232448)
 
 
 @pytest.mark.parametrize(
-    "arch, chosen, why_not_cuda",
-    [(H100, "cuda", None), (B200, "triton", "not measured against Triton on sm_100")],
-    ids=["h100-measured-faster", "b200-unmeasured"],
+    "change, arch, chosen, why_not_cuda",
+    [
+        ({}, H100, "cuda", None),
+        ({"b1": 24, "b2": 40}, H100, "cuda", None),
+        ({"b1": 16, "b2": 32}, H100, "triton", "tile 16x32: measured slower than Triton below 24x40"),
+        ({}, B200, "triton", "not measured against Triton on sm_100"),
+    ],
+    ids=["h100-30x52", "h100-24x40", "h100-16x32", "b200-unmeasured"],
 )
 def test_automatic_selection_takes_the_fused_forward_only_where_it_was_measured_faster(
-    monkeypatch, arch, chosen, why_not_cuda
+    monkeypatch, change, arch, chosen, why_not_cuda
 ):
     from monarchrt_ops import registry
 
     monkeypatch.setattr(cuda, "extension", lambda: (_FakeExtension, None))
-    sel = registry.select("attention", _attention_problem(), arch)
+    problem = _attention_problem(**change)
+    sel = registry.select("attention", problem, arch)
     assert sel.backend.name == chosen
     rejected = dict(sel.rejected)
     assert (why_not_cuda is None and "cuda" not in rejected) or why_not_cuda in rejected["cuda"]
-    # an explicit backend="cuda" runs it on both
-    assert registry.select("attention", _attention_problem(), arch, "cuda").backend.name == "cuda"
+    # an explicit backend="cuda" runs it everywhere it is supported
+    assert registry.select("attention", problem, arch, "cuda").backend.name == "cuda"
 
 
 @pytest.mark.skipif(cuda.extension()[0] is None, reason="the extension is not built on this machine")

@@ -44,6 +44,7 @@ def arch_reason(arch: Arch) -> str | None:
 
 class CudaHadamard(NoConfig):
     name = "cuda"
+
     # Measured on an H100 (bench/results/h100-hadamard-v1.json): 16-51 % of clone bandwidth against
     # Triton's 52-99 %, so automatic selection passes it over; backend="cuda" still runs it.
     def auto_reason(self, problem, arch: Arch) -> str | None:
@@ -79,13 +80,21 @@ class CudaAttention(NoConfig):
     through distributed shared memory. The backward runs the Triton kernels."""
 
     name = "cuda"
+
     def auto_reason(self, problem: AttentionProblem, arch: Arch) -> str | None:
-        # Measured on an H100 (bench/NOTES.md, "CUDA fused forward"): faster than Triton on every
-        # supported benchmark shape (4.85 vs 6.48 ms at 21 frames). Not measured on sm_100, so there
-        # automatic selection keeps Triton; backend="cuda" still runs it.
+        # Measured on an H100 against Triton, bf16, 21 frames (bench/NOTES.md, "CUDA fused forward"):
+        # faster on tiles 24x40 (1.41x), 30x52 (1.32x) and 32x64 (1.18x); slower on 16x32 (0.86x) and
+        # 8x16 (0.57x), where each cluster sub-step has too little work for its fixed hand-off cost.
+        # Automatic selection takes it inside that measured region only; backend="cuda" runs any
+        # supported problem.
         if arch.capability[0] != 9:
             return (
                 f"not measured against Triton on sm_{arch.capability[0]}{arch.capability[1]} "
+                "(bench/NOTES.md); explicit backend='cuda' only"
+            )
+        if problem.b1 < 24 or problem.b2 < 40:
+            return (
+                f"tile {problem.b1}x{problem.b2}: measured slower than Triton below 24x40 on sm_90 "
                 "(bench/NOTES.md); explicit backend='cuda' only"
             )
         return None
