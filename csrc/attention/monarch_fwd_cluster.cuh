@@ -304,10 +304,15 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
   // 1 KB per i and its source by 8 rows, so the per-step address arithmetic is two pointer bumps.
   const int ld_row = (tid >> 4) & 7, ld_ch = tid & 15;
   const int ld_dst = (ld_ch >> 3) * 8192 + ld_row * 128 + (((ld_ch & 7) ^ ld_row) << 4);
-  auto load_rows = [&](unsigned char* dst, const T* src, int64_t row_stride) {
+  // per-thread source offsets and 8-row strides, kept in registers (re-reading the strides from the
+  // parameter bank cost ~150 instructions per sub-step)
+  const int64_t k_off = bb * p.sk[0] + h * p.sk[4] + ld_row * p.sk[3] + ld_ch * 8, k_step = 8 * p.sk[3];
+  const int64_t v_off = bb * p.sv[0] + h * p.sv[4] + ld_row * p.sv[3] + ld_ch * 8, v_step = 8 * p.sv[3];
+  const int64_t q_off = ld_row * p.sq[3] + ld_ch * 8, q_step = 8 * p.sq[3];
+  auto load_rows = [&](unsigned char* dst, const T* src, int64_t step) {
 #pragma unroll
-    for (int i = 0; i < kMaxB2 / 8; ++i)
-      if (ld_row + 8 * i < b2) cp16(dst + ld_dst + i * 1024, src + (ld_row + 8 * i) * row_stride + ld_ch * 8);
+    for (int i = 0; i < kMaxB2 / 8; ++i, src += step)
+      if (ld_row + 8 * i < b2) cp16(dst + ld_dst + i * 1024, src);
   };
   // (the sub-step's key tile f and index s are counted, not divided out of the step: runtime integer
   // division cost the producers ~40 instructions each time)
@@ -315,13 +320,13 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
     const int krow = sub * kCluster + rank;
     if (krow >= b1) return;
     unsigned char* dk = reinterpret_cast<unsigned char*>(s_kv + 2 * buf * kRowBuf);
-    load_rows(dk, kk + bb * p.sk[0] + f * p.sk[1] + krow * p.sk[2] + h * p.sk[4], p.sk[3]);
-    load_rows(dk + kRowBufBytes, vv + bb * p.sv[0] + f * p.sv[1] + krow * p.sv[2] + h * p.sv[4], p.sv[3]);
+    load_rows(dk, kk + (f * p.sk[1] + krow * p.sk[2] + k_off), k_step);
+    load_rows(dk + kRowBufBytes, vv + (f * p.sv[1] + krow * p.sv[2] + v_off), v_step);
   };
   auto load_q = [&](int sub) {
     const int krow = sub * kCluster + rank;
     if (krow >= b1) return;
-    load_rows(reinterpret_cast<unsigned char*>(s_q), q + q_base + krow * p.sq[2], p.sq[3]);
+    load_rows(reinterpret_cast<unsigned char*>(s_q), q + (q_base + krow * p.sq[2] + q_off), q_step);
   };
   if (warp < kProducerWarps && total > 0) {
     load_q(0);
