@@ -169,8 +169,10 @@ def test_automatic_selection_takes_the_fused_forward_only_where_it_was_measured_
         ({"q_strides": [8, 8, 8, 8, 4]}, "strides must be multiples of 8 elements"),
         ({"q": 8}, "16-byte aligned"),
         ({"dtype": 2}, "dtype code 2 is not fp16 \\(0\\) or bf16 \\(1\\)"),
+        ({"sm_scale": 1e9}, "the fused kernel takes 1e-20 <= sm_scale <= 1e8"),
+        ({"sm_scale": float("nan")}, "the fused kernel takes 1e-20 <= sm_scale <= 1e8"),
     ],
-    ids=["d64", "b1", "strides", "misaligned", "dtype"],
+    ids=["d64", "b1", "strides", "misaligned", "dtype", "huge-scale", "nan-scale"],
 )
 def test_attention_launcher_rejects_bad_arguments_before_touching_the_device(change, msg):
     module, _ = cuda.extension()

@@ -40,6 +40,10 @@ void monarch_attention_fwd(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t z, u
     for (int64_t x : *s)
       if (x % 8) fail("strides must be multiples of 8 elements (16-byte rows)");
   if ((q | k | v | z) % 16) fail("q, k, v and z must be 16-byte aligned");
+  // padded columns (l >= b2) carry a raw logit of -1e30: times sm_scale * log2(e) it must stay finite and
+  // far below every real logit, which holds for these scales (use backend='triton' outside them)
+  if (!(sm_scale >= 1e-20f && sm_scale <= 1e8f))
+    fail("sm_scale=" + std::to_string(sm_scale) + " (the fused kernel takes 1e-20 <= sm_scale <= 1e8)");
   if (n_q_tiles > 65535 / kCluster || nh > 65535 || batch > 65535 || n_kv_tiles < 1)
     fail("grid too large or no key tiles");
   if (batch == 0 || n_q_tiles == 0 || nh == 0) return;

@@ -25,7 +25,8 @@
 // Q/K/V rows use the 128-byte-swizzled K-major layout that wgmma reads and ldmatrix reads without
 // bank conflicts. Logits live in the log2 domain (sm_scale * log2(e) multiplies the fp32 dot
 // products; sqrt(sm_scale) is never rounded); exponentials are ex2.approx.
-// Limits: head_dim 128, b1 <= 32, b2 <= 64, fp16/bf16, 226 KB of shared memory per CTA (sm_90/sm_100).
+// Limits: head_dim 128, b1 <= 32, b2 <= 64, fp16/bf16, 1e-20 <= sm_scale <= 1e8 (the launcher checks),
+// 226 KB of shared memory per CTA (sm_90/sm_100).
 #pragma once
 
 #include <cooperative_groups.h>
