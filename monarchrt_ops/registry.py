@@ -6,7 +6,9 @@ Every backend of an op answers five questions (SPEC section 3):
 statement of a config's constraints, used by the tuner and at run time) and ``launch``.
 
 Selection: an explicit ``backend=`` runs that backend or raises; automatic selection walks the
-architecture's preference order and logs each fallback once, with the reason.
+architecture's preference order and logs each fallback once, with the reason. A backend may also
+define ``auto_reason(problem, arch) -> None | reason``: why automatic selection should pass over a
+problem it supports (measured slower there, or not measured); an explicit ``backend=`` still runs it.
 """
 
 from __future__ import annotations
