@@ -83,8 +83,8 @@ class CudaAttention(NoConfig):
 
     def auto_reason(self, problem: AttentionProblem, arch: Arch) -> str | None:
         # Measured on an H100 against Triton, bf16, 21 frames (bench/NOTES.md, "CUDA fused forward"):
-        # faster on tiles 24x40 (1.41x), 30x52 (1.32x) and 32x64 (1.18x); slower on 16x32 (0.86x) and
-        # 8x16 (0.57x), where each cluster sub-step has too little work for its fixed hand-off cost.
+        # faster on tiles 24x40 (1.52x), 30x52 (1.42x) and 32x64 (1.21x); slower on 16x32 (0.95x) and
+        # 8x16 (0.63x), where each cluster sub-step has too little work for its fixed hand-off cost.
         # Automatic selection takes it inside that measured region only; backend="cuda" runs any
         # supported problem.
         if arch.capability[0] != 9:
