@@ -1,4 +1,5 @@
-"""Monarch matmul (Triton) vs two batched matmuls plus permutes (the reference) and a dense matmul.
+"""Monarch matmul (Triton, and the CUDA kernels where built) vs two batched matmuls plus permutes (the
+reference) and a dense matmul.
 
 ``stage1_batched_gemm``: the first block-diagonal factor alone as one strided-batched GEMM (cuBLAS
 through torch.matmul on views: x's blocks need no copy). It bounds from below any design built from
@@ -22,6 +23,9 @@ from pathlib import Path
 import torch
 
 import monarchrt_ops as m
+from monarchrt_ops.arch import arch_of
+from monarchrt_ops.problem import MonarchMatmulProblem
+from monarchrt_ops.registry import get_backend
 from monarchrt_ops.autotune.shapes import MONARCH_MATMUL_SHAPES
 
 from .common import bench_ms, graph_ms, header
@@ -40,6 +44,9 @@ def run_shape(name, rows, s1, s2, dt=torch.bfloat16) -> dict:
         "dense_matmul": lambda: x @ dense.T,
         "stage1_batched_gemm": lambda: x.view(rows, s1[0], s1[2]).transpose(0, 1) @ w1.transpose(1, 2),
     }
+    problem = MonarchMatmulProblem(rows, tuple(s1), tuple(s2), dt)
+    if get_backend("monarch_matmul", "cuda").supports(problem, arch_of(x.device)) is None:
+        calls["cuda"] = lambda: m.monarch_matmul(x, w1, w2, backend="cuda")
     for key, fn in calls.items():
         row[f"{key}_ms"] = bench_ms(fn)
         row[f"{key}_graph_ms"] = graph_ms(fn)
@@ -47,6 +54,10 @@ def run_shape(name, rows, s1, s2, dt=torch.bfloat16) -> dict:
     row["speedup_vs_bmm_permute_graph"] = row["bmm_permute_graph_ms"] / row["triton_graph_ms"]
     row["triton_tflops"] = flops / row["triton_graph_ms"] / 1e9
     row["stage1_batched_gemm_over_triton_graph"] = row["stage1_batched_gemm_graph_ms"] / row["triton_graph_ms"]
+    if "cuda_ms" in row:
+        row["cuda_tflops"] = flops / row["cuda_graph_ms"] / 1e9
+        row["triton_over_cuda_graph"] = row["triton_graph_ms"] / row["cuda_graph_ms"]
+        row["speedup_cuda_vs_bmm_permute_graph"] = row["bmm_permute_graph_ms"] / row["cuda_graph_ms"]
     return row
 
 

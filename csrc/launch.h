@@ -30,4 +30,10 @@ void monarch_attention_fwd(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t z, u
                            int64_t causal_block_tiles, float sm_scale, int dtype, uintptr_t stream);
 int monarch_attention_fwd_smem_bytes();
 
+// Monarch matmul (csrc/monarch_matmul): x [rows, k*p], w1 [k, q, p], w2 [l, s, r] -> out [rows, s*l], all
+// contiguous; `workspace` holds monarch_matmul_workspace_elems(rows, k, q) elements of the dtype (y1).
+void monarch_matmul(uintptr_t x, uintptr_t w1, uintptr_t w2, uintptr_t workspace, uintptr_t out, int64_t rows,
+                    int64_t k, int64_t q, int64_t p, int64_t l, int64_t s, int64_t r, int dtype, uintptr_t stream);
+int64_t monarch_matmul_workspace_elems(int64_t rows, int64_t k, int64_t q);
+
 }  // namespace monarchrt

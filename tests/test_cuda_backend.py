@@ -235,3 +235,96 @@ def test_cuda_attention_kv_cache_slice_and_gradients(poison_empty):
 @pytest.mark.parametrize("q_frames, kv_frames", [(21, 21), (3, 21)], ids=["bidir-21", "ar-3-vs-21"])
 def test_cuda_attention_self_forcing_shapes_bf16(q_frames, kv_frames, poison_empty):
     assert self_forcing_error_bf16("cuda", q_frames, kv_frames) < TOL[torch.bfloat16]
+
+
+# --- Monarch matmul (csrc/monarch_matmul) ----------------------------------------------------------
+def _matmul_problem(w1_shape=(64, 64, 64), w2_shape=(64, 64, 64), dtype=torch.bfloat16, rows=16384):
+    from monarchrt_ops.problem import MonarchMatmulProblem
+
+    return MonarchMatmulProblem(rows, w1_shape, w2_shape, dtype)
+
+
+@pytest.mark.parametrize(
+    "change, arch, reason",
+    [
+        ({}, H100, None),
+        ({"w1_shape": (8, 192, 96), "w2_shape": (24, 16, 64), "dtype": torch.float16}, H100, None),
+        ({}, B200, None),
+        ({"w1_shape": (4, 4, 4), "w2_shape": (4, 4, 4)}, H100, "p, q, r, s multiples of 16, l of 8"),
+        ({"w1_shape": (12, 16, 16), "w2_shape": (12, 16, 16)}, H100, "p, q, r, s multiples of 16, l of 8"),
+        ({"dtype": torch.float32}, H100, "dtype torch.float32 is not fp16/bf16"),
+        ({}, Arch("sm80", (8, 0), "NVIDIA A100", 108, 166912), "the extension was built for sm_90a, sm_100a, sm_120a"),
+    ],
+    ids=["square-4096", "rect-fp16", "b200", "tiny-blocks", "l12", "fp32", "sm80"],
+)
+def test_cuda_monarch_matmul_supports(monkeypatch, change, arch, reason):
+    monkeypatch.setattr(cuda, "extension", lambda: (_FakeExtension, None))
+    got = cuda.CudaMonarchMatmul().supports(_matmul_problem(**change), arch)
+    assert got == reason if reason is None else reason in got
+
+
+@pytest.mark.skipif(cuda.extension()[0] is None, reason="the extension is not built on this machine")
+@pytest.mark.parametrize(
+    "change, msg",
+    [
+        ({"l": 32}, "l\\*r != k\\*q"),
+        ({"p": 24}, "p, q, r, s multiples of 16 and l a multiple of 8"),
+        ({"l": 4, "r": 1024}, "p, q, r, s multiples of 16 and l a multiple of 8"),
+        ({"rows": -1}, "empty or negative sizes"),
+        ({"workspace": 8}, "16-byte aligned"),
+        ({"dtype": 5}, "dtype code 5 is not fp16 \\(0\\) or bf16 \\(1\\)"),
+    ],
+    ids=["l*r", "p24", "l4", "negative-rows", "misaligned", "dtype"],
+)
+def test_matmul_launcher_rejects_bad_arguments_before_touching_the_device(change, msg):
+    module, _ = cuda.extension()
+    args = dict(x=0, w1=0, w2=0, workspace=0, out=0, rows=64, k=64, q=64, p=64, l=64, s=64, r=64, dtype=1, stream=0)
+    with pytest.raises(ValueError, match=msg):
+        module.monarch_matmul(**{**args, **change})
+
+
+# (w1 shape, w2 shape, rows): every kernel variant (16 or 8 consecutive l per CTA, 32 or 16 columns s),
+# K longer than one 64-wide chunk in both kernels (p = 96, 128; r = 128), partial last row tiles
+MATMUL_CASES = {
+    "square-1024": ((32, 32, 32), (32, 32, 32), 197),
+    "square-4096": ((64, 64, 64), (64, 64, 64), 4096 + 17),
+    "rect-768-to-384": ((8, 192, 96), (24, 16, 64), 130),
+    "l32-s16": ((16, 32, 16), (32, 16, 16), 64),
+    "l24-s32": ((8, 48, 32), (24, 32, 16), 1),
+    "l8-s48-r128": ((8, 128, 128), (8, 48, 128), 100),
+}
+
+
+@pytest.mark.skipif(not GPU, reason="GPU tier")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", list(MATMUL_CASES))
+def test_cuda_monarch_matmul_matches_reference(name, dtype, poison_empty):
+    s1, s2, rows = MATMUL_CASES[name]
+    g = torch.Generator().manual_seed(0)
+    w1 = torch.randn(*s1, dtype=torch.float64, generator=g) / s1[2] ** 0.5
+    w2 = torch.randn(*s2, dtype=torch.float64, generator=g) / s2[2] ** 0.5
+    x = torch.randn(rows, s1[0] * s1[2], dtype=torch.float64, generator=g)
+    ref = m.monarch_matmul(x, w1, w2, backend="reference")
+    out = m.monarch_matmul(*(t.to("cuda", dtype) for t in (x, w1, w2)), backend="cuda")
+    assert out.shape == ref.shape
+    assert rel_err(out, ref) < TOL[dtype]
+    # every row on its own: a wrong row inside a right-norm matrix must not pass
+    row_err = ((out.double().cpu() - ref).norm(dim=1) / ref.norm(dim=1)).max().item()
+    assert row_err < 4 * TOL[dtype]
+
+
+@pytest.mark.skipif(not GPU, reason="GPU tier")
+def test_cuda_monarch_matmul_batch_dims_and_gradients(poison_empty):
+    s1, s2 = (8, 192, 96), (24, 16, 64)
+    x = torch.randn(2, 3, 768, dtype=torch.float64, requires_grad=True)
+    w1 = (torch.randn(*s1, dtype=torch.float64) / 96**0.5).requires_grad_()
+    w2 = (torch.randn(*s2, dtype=torch.float64) / 8).requires_grad_()
+    out_ref = m.monarch_matmul(x, w1, w2, backend="reference")
+    dout = torch.randn_like(out_ref)
+    want = torch.autograd.grad(out_ref, (x, w1, w2), dout)
+    dev = [t.detach().to("cuda", torch.bfloat16).requires_grad_() for t in (x, w1, w2)]
+    out = m.monarch_matmul(*dev, backend="cuda")
+    assert rel_err(out, out_ref) < TOL[torch.bfloat16]
+    got = torch.autograd.grad(out, dev, dout.to("cuda", torch.bfloat16))
+    for a, b in zip(got, want, strict=True):
+        assert rel_err(a, b) < TOL[torch.bfloat16]

@@ -36,10 +36,6 @@
 #include <cstdint>
 #include <utility>
 
-#include <cute/arch/copy_sm75.hpp>
-#include <cute/arch/copy_sm80.hpp>
-#include <cute/arch/copy_sm90.hpp>
-#include <cute/arch/mma_sm80.hpp>
 #include <cute/arch/mma_sm90_gmma.hpp>
 
 // Stage R on warpgroup MMA (wgmma) where the target has it: sm_90a. Elsewhere mma.sync.
@@ -47,7 +43,7 @@
 #define MONARCHRT_WGMMA 1
 #endif
 
-#include "../mma_types.cuh"
+#include "../warp_atoms.cuh"
 
 namespace monarchrt::attention {
 
@@ -105,23 +101,6 @@ struct FwdParams {
   float scale_log2;  // sm_scale * log2(e)
 };
 
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
-  cute::SM75_U32x4_LDSM_N::copy(*reinterpret_cast<const cute::uint128_t*>(p), r[0], r[1], r[2], r[3]);
-}
-__device__ __forceinline__ void stsm_x4(void* p, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
-  cute::SM90_U32x4_STSM_N::copy(r0, r1, r2, r3, *reinterpret_cast<cute::uint128_t*>(p));
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
-  cute::SM75_U16x8_LDSM_T::copy(*reinterpret_cast<const cute::uint128_t*>(p), r[0], r[1], r[2], r[3]);
-}
-template <typename T>
-__device__ __forceinline__ void mma16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  Mma<T>::k16::fma(c[0], c[1], c[2], c[3], a[0], a[1], a[2], a[3], b0, b1, c[0], c[1], c[2], c[3]);
-}
-template <typename T>
-__device__ __forceinline__ void mma8(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t b0) {
-  Mma<T>::k8::fma(c[0], c[1], c[2], c[3], a0, a1, b0, c[0], c[1], c[2], c[3]);
-}
 // 2^x on the MUFU unit, subnormal results flushed to 0 (exp2f adds range fix-ups around it: 3 more
 // instructions per element, measured as a third of the producers' softmax)
 __device__ __forceinline__ float fast_exp2(float x) {
@@ -129,13 +108,8 @@ __device__ __forceinline__ float fast_exp2(float x) {
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
 }
-__device__ __forceinline__ void cp16(void* smem, const void* gmem) {
-  cute::SM80_CP_ASYNC_CACHEGLOBAL<cute::uint128_t>::copy(*reinterpret_cast<const cute::uint128_t*>(gmem),
-                                                        *reinterpret_cast<cute::uint128_t*>(smem));
-}
 
 // --- synchronisation: cluster barrier, producer named barrier, mbarriers with cluster-scope release/acquire
-__device__ __forceinline__ uint32_t smem_addr(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
 __device__ __forceinline__ void cluster_barrier() {
   asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
   asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
@@ -185,13 +159,6 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
       "r"(parity)
       : "memory");
 }
-
-// ldmatrix addresses of one lane: rows r0 + (lane % 8) + 8 * ((lane / 8) % 2), columns c0 + 8 * (lane / 16)
-// give an A operand (16 x 16, row-major) or a transposed B pair; "n-major" B pairs swap the roles.
-__device__ __forceinline__ int a_row(int lane) { return (lane & 7) + ((lane >> 3) & 1) * 8; }
-__device__ __forceinline__ int a_col(int lane) { return (lane >> 4) * 8; }
-__device__ __forceinline__ int bn_row(int lane) { return (lane & 7) + (lane >> 4) * 8; }
-__device__ __forceinline__ int bn_col(int lane) { return ((lane >> 3) & 1) * 8; }
 
 #ifdef MONARCHRT_WGMMA
 namespace gmma = cute::SM90::GMMA;

@@ -10,7 +10,7 @@
 
 #include <cstdint>
 
-#include "../mma_types.cuh"
+#include "../warp_atoms.cuh"
 
 namespace monarchrt {
 

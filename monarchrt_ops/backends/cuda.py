@@ -12,7 +12,7 @@ import functools
 import torch
 
 from ..arch import Arch, arch_of
-from ..problem import AttentionProblem
+from ..problem import AttentionProblem, MonarchMatmulProblem
 from ..registry import NoConfig
 
 _DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1}
@@ -73,6 +73,42 @@ class CudaHadamard(NoConfig):
         if dst is not out2d:
             out2d.copy_(dst)
         return out2d
+
+
+class CudaMonarchMatmul(NoConfig):
+    """Two kernels (csrc/monarch_matmul): the first block product writes y1 tile-transposed into a
+    workspace so that both reorders are contiguous reads and writes (block_matmul.cuh says how)."""
+
+    name = "cuda"
+
+    def auto_reason(self, problem: MonarchMatmulProblem, arch: Arch) -> str | None:
+        return "not yet measured against the Triton kernels (bench/NOTES.md); explicit backend='cuda' only"
+
+    def supports(self, problem: MonarchMatmulProblem, arch: Arch) -> str | None:
+        reason = arch_reason(arch)
+        if reason is not None:
+            return reason
+        if arch.capability < (9, 0):
+            return f"stmatrix needs sm_90 or newer (device is sm_{arch.capability[0]}{arch.capability[1]})"
+        if problem.dtype not in _DTYPE_CODES:
+            return f"dtype {problem.dtype} is not fp16/bf16"
+        (k, q, p), (l, s, r) = problem.w1_shape, problem.w2_shape
+        if p % 16 or q % 16 or r % 16 or s % 16 or l % 8:
+            return f"w1 {problem.w1_shape}, w2 {problem.w2_shape}: the CUDA kernels take p, q, r, s multiples of 16, l of 8"
+        return None
+
+    def launch(self, config, x2d, w1, w2):
+        module, _ = extension()
+        (k, q, p), (l, s, r) = w1.shape, w2.shape
+        rows = x2d.shape[0]
+        x2d, w1, w2 = (_aligned_contiguous(t) for t in (x2d, w1, w2))
+        out = torch.empty(rows, s * l, dtype=x2d.dtype, device=x2d.device)
+        workspace = torch.empty(module.monarch_matmul_workspace_elems(rows, k, q), dtype=x2d.dtype, device=x2d.device)
+        module.monarch_matmul(
+            x2d.data_ptr(), w1.data_ptr(), w2.data_ptr(), workspace.data_ptr(), out.data_ptr(),
+            rows, k, q, p, l, s, r, _DTYPE_CODES[x2d.dtype], torch.cuda.current_stream(x2d.device).cuda_stream,
+        )  # fmt: skip
+        return out
 
 
 class CudaAttention(NoConfig):
@@ -148,6 +184,12 @@ class CudaAttention(NoConfig):
             sel.config, dz, dlse, q, k, v, z, lse,
             sm_scale=sm_scale, causal_block_tiles=causal_block_tiles, num_iters=num_iters,
         )  # fmt: skip
+
+
+def _aligned_contiguous(x: torch.Tensor) -> torch.Tensor:
+    """Contiguous with a 16-byte aligned base."""
+    x = x.contiguous()
+    return x if x.data_ptr() % 16 == 0 else x.clone()
 
 
 def _aligned_rows(x: torch.Tensor) -> torch.Tensor:

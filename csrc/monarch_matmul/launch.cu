@@ -1,0 +1,76 @@
+// Host launcher of the two-kernel Monarch matmul: pointers, shapes, a workspace for y1 and a stream.
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "../launch.h"
+#include "block_matmul.cuh"
+
+namespace monarchrt {
+
+namespace {
+using namespace blockmm;
+
+template <typename T, int BL, int NT>
+void launch_stage2(const Stage2Params& p, unsigned row_tiles, cudaStream_t stream) {
+  auto kernel = reordered_matmul_kernel<T, BL, NT>;
+  constexpr int bytes = Stage2Smem<BL, NT>::kBytes;
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), "smem attribute");
+  kernel<<<dim3(row_tiles * unsigned(p.s_tiles), unsigned(p.L / BL)), kThreads, bytes, stream>>>(p);
+  check(cudaGetLastError(), "reordered_matmul_kernel launch");
+}
+
+template <typename T>
+void launch(const Stage1Params& p1, const Stage2Params& p2, unsigned row_tiles, cudaStream_t stream) {
+  block_matmul_kernel<T><<<dim3(row_tiles, unsigned(p1.k), unsigned(p1.q / p1.bn)), kThreads, 0, stream>>>(p1);
+  check(cudaGetLastError(), "block_matmul_kernel launch");
+  const bool wide_s = p2.S % 32 == 0, wide_l = p2.L % 16 == 0;
+  if (wide_l && wide_s) launch_stage2<T, 16, 4>(p2, row_tiles, stream);
+  else if (wide_l) launch_stage2<T, 16, 2>(p2, row_tiles, stream);
+  else if (wide_s) launch_stage2<T, 8, 4>(p2, row_tiles, stream);
+  else launch_stage2<T, 8, 2>(p2, row_tiles, stream);
+}
+}  // namespace
+
+int64_t monarch_matmul_workspace_elems(int64_t rows, int64_t k, int64_t q) {
+  return (rows + kTileRows - 1) / kTileRows * kTileRows * k * q;
+}
+
+void monarch_matmul(uintptr_t x, uintptr_t w1, uintptr_t w2, uintptr_t workspace, uintptr_t out, int64_t rows,
+                    int64_t k, int64_t q, int64_t p, int64_t l, int64_t s, int64_t r, int dtype, uintptr_t stream) {
+  auto fail = [](const std::string& what) { throw std::invalid_argument("monarch_matmul: " + what); };
+  auto dims = [&] {
+    return "w1 (" + std::to_string(k) + ", " + std::to_string(q) + ", " + std::to_string(p) + "), w2 (" +
+           std::to_string(l) + ", " + std::to_string(s) + ", " + std::to_string(r) + ")";
+  };
+  if (k < 1 || q < 1 || p < 1 || l < 1 || s < 1 || r < 1 || rows < 0) fail("empty or negative sizes: " + dims());
+  if (l * r != k * q) fail(dims() + ": l*r != k*q");
+  if (p % 16 || q % 16 || r % 16 || s % 16 || l % 8)
+    fail(dims() + ": the CUDA kernels take p, q, r, s multiples of 16 and l a multiple of 8");
+  if (k > 65535 || l / 8 > 65535 || k * q > (int64_t(1) << 31)) fail(dims() + ": too many blocks");
+  if ((x | w1 | w2 | workspace | out) % 16) fail("x, w1, w2, workspace and out must be 16-byte aligned");
+  if (dtype != kBFloat16 && dtype != kFloat16)
+    fail("dtype code " + std::to_string(dtype) + " is not fp16 (0) or bf16 (1)");
+  const int64_t row_tiles = (rows + kTileRows - 1) / kTileRows;
+  const int s_tiles = int(s % 32 == 0 ? s / 32 : s / 16);
+  if (row_tiles * s_tiles > 0x7fffffff) fail("rows=" + std::to_string(rows) + ": too many rows for one launch");
+  if (rows == 0) return;
+  int bn = 16;
+  for (int cand : {64, 48, 32})
+    if (q % cand == 0) {
+      bn = cand;
+      break;
+    }
+  const Stage1Params p1{reinterpret_cast<const void*>(x), reinterpret_cast<const void*>(w1),
+                        reinterpret_cast<void*>(workspace), rows, int(k), int(q), int(p), int(l), int(r), bn};
+  const Stage2Params p2{reinterpret_cast<const void*>(workspace), reinterpret_cast<const void*>(w2),
+                        reinterpret_cast<void*>(out), rows, int(l), int(s), int(r), s_tiles};
+  auto st = reinterpret_cast<cudaStream_t>(stream);
+  if (dtype == kBFloat16)
+    launch<__nv_bfloat16>(p1, p2, unsigned(row_tiles), st);
+  else
+    launch<__half>(p1, p2, unsigned(row_tiles), st);
+}
+
+}  // namespace monarchrt
