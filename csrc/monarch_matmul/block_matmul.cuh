@@ -34,15 +34,20 @@ constexpr int kChunk = 64;     // K elements per shared-memory row: 128 bytes, 8
 // ldmatrix / stmatrix on 8 consecutive rows and any one piece touch all 32 banks once.
 __device__ __forceinline__ uint32_t swz(int row, int piece) { return row * 128 + ((piece ^ (row & 7)) << 4); }
 
-// cp.async `rows` rows of `width` elements (a multiple of 8, <= kChunk) from `src` (row stride `ld`
-// elements) into a swizzled buffer.
-template <typename T>
-__device__ __forceinline__ void load_rows(unsigned char* dst, const T* src, int64_t ld, int rows, int width) {
-  const int pieces = width >> 3;
-  for (int i = threadIdx.x; i < rows * pieces; i += kThreads) {
-    const int row = i / pieces, piece = i - row * pieces;
-    cp16(dst + swz(row, piece), src + row * ld + piece * 8);
-  }
+// Copies into a swizzled buffer are split the same way everywhere: thread t always moves 16-byte piece
+// t % 8 of rows t / 8 + 16 j, so its destination is fixed (swz(t / 8, t % 8) + 2048 j) and its source
+// offset is computed once; a chunk narrower than 64 elements or with fewer rows masks threads off.
+__device__ __forceinline__ int copy_row() { return threadIdx.x >> 3; }
+__device__ __forceinline__ int copy_piece() { return threadIdx.x & 7; }
+// cp.async rows copy_row() + 16 j < rows (j < kMaxRows / 16) of piece copy_piece() from `src` (this
+// thread's row-0 source) with `src_step` elements between rows 16 apart, if the piece is inside `width`.
+template <int kMaxRows, typename T>
+__device__ __forceinline__ void load_rows(unsigned char* dst, const T* src, int64_t src_step, int rows, int width) {
+  if (copy_piece() * 8 >= width) return;
+  dst += swz(copy_row(), copy_piece());
+#pragma unroll
+  for (int j = 0; j < kMaxRows / 16; ++j)
+    if (copy_row() + 16 * j < rows) cp16(dst + 2048 * j, src + j * src_step);
 }
 __device__ __forceinline__ void swap(uint32_t& a, uint32_t& b) {
   const uint32_t t = a;
@@ -68,28 +73,33 @@ struct Stage1Params {
   int bn;         // output columns per CTA: 16, 32, 48 or 64, dividing q
 };
 
-// grid (row tiles, k, q / bn). y1 block g = x[:, g*p ..] w1[g]^T, columns c0 .. c0 + bn of it.
+// grid (row tiles * k * q / bn), column tiles fastest: y1 block g = x[:, g*p ..] w1[g]^T, columns
+// c0 .. c0 + bn of it. The CTAs that read one block of x run together, so x leaves DRAM once.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) block_matmul_kernel(const Stage1Params prm) {
   constexpr int kStage = 2 * kTileRows * 128;  // A rows, then up to 64 B rows
   __shared__ __align__(128) unsigned char smem[2 * kStage];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t tile = blockIdx.x;
-  const int g = blockIdx.y, c0 = blockIdx.z * prm.bn;
+  const int c_tiles = prm.q / prm.bn;
+  const int64_t tile_g = blockIdx.x / c_tiles, tile = tile_g / prm.k;
+  const int g = int(tile_g - tile * prm.k), c0 = int(blockIdx.x - tile_g * c_tiles) * prm.bn;
   const int n = prm.k * prm.p, n16 = prm.bn >> 4;
   // rows past the end read the last row (finite values in y1t's padding, never stored to out)
   const int valid = rows_in_tile(prm.rows, tile);
-  const T* x = static_cast<const T*>(prm.x) + (tile * kTileRows) * n + int64_t(g) * prm.p;
-  const T* w = static_cast<const T*>(prm.w1) + (int64_t(g) * prm.q + c0) * prm.p;
+  const T* x = static_cast<const T*>(prm.x) + (tile * kTileRows) * n + int64_t(g) * prm.p + copy_piece() * 8;
+  const T* x_rows[kTileRows / 16];  // this thread's rows of x, clamped to the last valid one
+#pragma unroll
+  for (int j = 0; j < kTileRows / 16; ++j) x_rows[j] = x + int64_t(min(copy_row() + 16 * j, valid - 1)) * n;
+  const T* w = static_cast<const T*>(prm.w1) + (int64_t(g) * prm.q + c0 + copy_row()) * prm.p + copy_piece() * 8;
 
   auto issue = [&](int kc, unsigned char* buf) {
     const int width = min(kChunk, prm.p - kc * kChunk);
-    const int pieces = width >> 3;
-    for (int i = threadIdx.x; i < kTileRows * pieces; i += kThreads) {
-      const int row = i / pieces, piece = i - row * pieces;
-      cp16(buf + swz(row, piece), x + int64_t(min(row, valid - 1)) * n + kc * kChunk + piece * 8);
+    if (copy_piece() * 8 < width) {
+#pragma unroll
+      for (int j = 0; j < kTileRows / 16; ++j)
+        cp16(buf + swz(copy_row(), copy_piece()) + 2048 * j, x_rows[j] + kc * kChunk);
     }
-    load_rows(buf + kTileRows * 128, w + kc * kChunk, prm.p, prm.bn, width);
+    load_rows<64>(buf + kTileRows * 128, w + kc * kChunk, 16 * prm.p, prm.bn, width);
     cp_async_commit();
   };
 
@@ -135,12 +145,20 @@ __global__ void __launch_bounds__(kThreads) block_matmul_kernel(const Stage1Para
     }
   }
   __syncthreads();
-  T* y1t = static_cast<T*>(prm.y1t) + tile * (int64_t(prm.L) * prm.R * kTileRows);
-  for (int i = threadIdx.x; i < prm.bn * 8; i += kThreads) {
-    const int c = i >> 3, piece = i & 7;
-    const int col = g * prm.q + c0 + c, r = col / prm.L, l = col - r * prm.L;
-    *reinterpret_cast<uint4*>(y1t + (int64_t(l) * prm.R + r) * kTileRows + piece * 8) =
-        *reinterpret_cast<const uint4*>(smem + swz(c, piece));
+  T* y1t = static_cast<T*>(prm.y1t) + tile * (int64_t(prm.L) * prm.R * kTileRows) + copy_piece() * 8;
+  const int col = g * prm.q + c0 + copy_row(), step_r = 16 / prm.L, step_l = 16 % prm.L;
+  int r = col / prm.L, l = col - r * prm.L;  // column col + 16 j = r*L + l, advanced without dividing
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    if (16 * j < prm.bn)
+      *reinterpret_cast<uint4*>(y1t + (int64_t(l) * prm.R + r) * kTileRows) =
+          *reinterpret_cast<const uint4*>(smem + swz(copy_row(), copy_piece()) + 2048 * j);
+    r += step_r;
+    l += step_l;
+    if (l >= prm.L) {
+      l -= prm.L;
+      ++r;
+    }
   }
 }
 
@@ -161,7 +179,9 @@ template <int BL, int NT> struct Stage2Smem {
   static constexpr int kBytes = kStages * (kA + kW) + kTileRows * kOutRow;
 };
 
-// grid (row tiles * s_tiles, L / BL): out[:, s*L + l] for BL consecutive l and 8*NT consecutive s.
+// grid (row tiles * s_tiles * L / BL), l groups fastest: out[:, s*L + l] for BL consecutive l and 8*NT
+// consecutive s. The CTAs that write one 128-byte line of out (the same rows and s, all l) run together,
+// so its sectors meet in L2 before the line goes to DRAM.
 // The gathered output O[i][s][l] (tile row i, BL l per (i, s): 16 or 32 contiguous bytes) is swizzled at
 // two levels so the accumulator stores of a warp (8 rows x 4 column pairs, one l each) hit 32 banks:
 // 16-byte piece u of row i at u ^ (i & 7), and 4-byte word w of a piece at w ^ ((s >> 1) & 3).
@@ -172,38 +192,61 @@ __global__ void __launch_bounds__(kThreads) reordered_matmul_kernel(const Stage2
   extern __shared__ __align__(128) unsigned char smem[];
   unsigned char* const s_out = smem + Smem::kStages * (Smem::kA + Smem::kW);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t tile = blockIdx.x / prm.s_tiles;
-  const int s0 = (blockIdx.x - tile * prm.s_tiles) * NT * 8, l0 = blockIdx.y * BL;
-  const T* y1t = static_cast<const T*>(prm.y1t) + tile * (int64_t(prm.L) * prm.R * kTileRows);
-  const T* w2 = static_cast<const T*>(prm.w2);
+  const int l_groups = prm.L / BL;
+  const int64_t tile_s = blockIdx.x / l_groups, tile = tile_s / prm.s_tiles;
+  const int l0 = int(blockIdx.x - tile_s * l_groups) * BL, s0 = int(tile_s - tile * prm.s_tiles) * NT * 8;
+  // this thread's copy sources (load_rows): A rows r of y1t[tile][l*R + 64 rc + r][0 .. 64], w2[l][s0 + s][64 rc ..]
+  const T* a_src = static_cast<const T*>(prm.y1t) + tile * (int64_t(prm.L) * prm.R * kTileRows) +
+                   int64_t(l0) * prm.R * kTileRows + copy_row() * kTileRows + copy_piece() * 8;
+  const T* w_src = static_cast<const T*>(prm.w2) + (int64_t(l0) * prm.S + s0 + copy_row()) * prm.R + copy_piece() * 8;
   const int nrc = (prm.R + kChunk - 1) / kChunk, total = BL * nrc;
 
+  // steps run over (l, r chunk) in order; the issue side is kStages - 1 steps ahead
+  int issue_rc = 0, issue_stage = 0;
   auto issue = [&](int step) {
     if (step < total) {
-      const int li = step / nrc, rc = step - li * nrc, l = l0 + li;
-      const int width = min(kChunk, prm.R - rc * kChunk);
-      unsigned char* buf = smem + (step % Smem::kStages) * (Smem::kA + Smem::kW);
-      // A: rows r of y1t[tile][l*R + 64 rc + r][0 .. 64]
-      const T* a = y1t + (int64_t(l) * prm.R + rc * kChunk) * kTileRows;
-      for (int i = threadIdx.x; i < width * 8; i += kThreads) cp16(buf + swz(i >> 3, i & 7), a + i * 8);
-      load_rows(buf + Smem::kA, w2 + (int64_t(l) * prm.S + s0) * prm.R + rc * kChunk, prm.R, NT * 8, width);
+      const int width = min(kChunk, prm.R - issue_rc * kChunk);
+      unsigned char* buf = smem + issue_stage * (Smem::kA + Smem::kW);
+      load_rows<kChunk>(buf, a_src, 16 * kTileRows, width, kChunk);
+      load_rows<NT * 8>(buf + Smem::kA, w_src, 16 * prm.R, NT * 8, width);
+      issue_stage = issue_stage == Smem::kStages - 1 ? 0 : issue_stage + 1;
+      if (++issue_rc == nrc) {  // next l
+        issue_rc = 0;
+        a_src += int64_t(prm.R) * kTileRows - (nrc - 1) * kChunk * kTileRows;
+        w_src += int64_t(prm.S) * prm.R - (nrc - 1) * kChunk;
+      } else {
+        a_src += kChunk * kTileRows;
+        w_src += kChunk;
+      }
     }
     cp_async_commit();  // possibly empty: keeps the group count per step fixed
   };
 
+  // Shared-memory offsets of this thread's accumulator stores into O at l = 0 (piece and word move with l)
+  const int quad = lane & 3, group = lane >> 2;
+  uint32_t o_off[NT][2][2];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int row = warp * 16 + group + 8 * h, u = (nt * 8 + 2 * quad + e) * kPiecesPerS;
+        o_off[nt][h][e] = row * Smem::kOutRow + (((u & ~7) | ((u ^ row) & 7)) << 4);
+      }
+
   float acc[NT][4] = {};
   uint32_t held[NT][2];  // even l's results, rounded, waiting for the odd l to pair with
-  const int quad = lane & 3, group = lane >> 2;
-  issue(0);
-  issue(1);
+  const int mat = lane >> 3, mrow = lane & 7;
+#pragma unroll
+  for (int step = 0; step < Smem::kStages - 1; ++step) issue(step);
+  int li = 0, rc = 0, stage = 0;
   for (int step = 0; step < total; ++step) {
-    issue(step + 2);
-    cp_async_wait<2>();
+    issue(step + Smem::kStages - 1);
+    cp_async_wait<Smem::kStages - 1>();
     __syncthreads();
-    const unsigned char* buf = smem + (step % Smem::kStages) * (Smem::kA + Smem::kW);
-    const int li = step / nrc, rc = step - li * nrc;
+    const unsigned char* buf = smem + stage * (Smem::kA + Smem::kW);
     const int ksteps = min(kChunk, prm.R - rc * kChunk) >> 4;
-    const int mat = lane >> 3, mrow = lane & 7;
     for (int kk = 0; kk < ksteps; ++kk) {
       uint32_t a[4];  // K-major A: stored rows are r, each holding 8 consecutive tile rows
       ldsm_x4_t(a, buf + swz(kk * 16 + (mat >> 1) * 8 + mrow, 2 * warp + (mat & 1)));
@@ -215,8 +258,9 @@ __global__ void __launch_bounds__(kThreads) reordered_matmul_kernel(const Stage2
         mma16<T>(acc[2 * j + 1], a, b[2], b[3]);
       }
     }
-    if (rc == nrc - 1) {
-      // this l is complete: pair it with the previous one (consecutive l share a 4-byte word of O)
+    if (++rc == nrc) {
+      // l = l0 + li is complete: pair it with the previous one (consecutive l share a 4-byte word of O)
+      const uint32_t piece = (li >> 3) << 4, word = (((li >> 1) & 3) ^ quad) << 2;  // (s >> 1) & 3 == quad
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
         const uint32_t lo_rows = pack2<T>(acc[nt][0], acc[nt][1]), hi_rows = pack2<T>(acc[nt][2], acc[nt][3]);
@@ -224,15 +268,9 @@ __global__ void __launch_bounds__(kThreads) reordered_matmul_kernel(const Stage2
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             const uint32_t prev = held[nt][h], cur = h ? hi_rows : lo_rows;
-            const int row = warp * 16 + group + 8 * h;
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {  // column s = nt*8 + 2*quad + e
-              const int s = nt * 8 + 2 * quad + e;
-              const int u = s * kPiecesPerS + (li >> 3), word = ((li >> 1) & 3) ^ ((s >> 1) & 3);
-              const uint32_t v = e ? __byte_perm(prev, cur, 0x7632) : __byte_perm(prev, cur, 0x5410);
-              *reinterpret_cast<uint32_t*>(s_out + row * Smem::kOutRow + (((u & ~7) | ((u ^ row) & 7)) << 4) +
-                                           word * 4) = v;
-            }
+            // column s = nt*8 + 2*quad + e: the low halves (e = 0) pair up, then the high ones
+            *reinterpret_cast<uint32_t*>(s_out + ((o_off[nt][h][0] ^ piece) + word)) = __byte_perm(prev, cur, 0x5410);
+            *reinterpret_cast<uint32_t*>(s_out + ((o_off[nt][h][1] ^ piece) + word)) = __byte_perm(prev, cur, 0x7632);
           }
         } else {
           held[nt][0] = lo_rows;
@@ -240,21 +278,23 @@ __global__ void __launch_bounds__(kThreads) reordered_matmul_kernel(const Stage2
         }
         acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
       }
+      rc = 0;
+      ++li;
     }
+    stage = stage == Smem::kStages - 1 ? 0 : stage + 1;
     __syncthreads();
   }
 
-  // O -> out: one 16-byte piece per thread and pass, rows past the end skipped
+  // O -> out: thread t always moves piece t % kPiecesPerRow of rows t / kPiecesPerRow + kRowsPerPass j
+  constexpr int kPiecesPerRow = NT * 8 * kPiecesPerS, kRowsPerPass = kThreads / kPiecesPerRow;
   const int64_t out_cols = int64_t(prm.S) * prm.L;
   const int valid = rows_in_tile(prm.rows, tile);
-  constexpr int kPiecesPerRow = NT * 8 * kPiecesPerS;
-  T* out = static_cast<T*>(prm.out) + tile * kTileRows * out_cols;
-  for (int i = threadIdx.x; i < valid * kPiecesPerRow; i += kThreads) {
-    const int row = i / kPiecesPerRow, u = i - row * kPiecesPerRow;
-    const int s = u / kPiecesPerS, half = u - s * kPiecesPerS;
+  const int u = threadIdx.x % kPiecesPerRow, s = u / kPiecesPerS, half = u % kPiecesPerS;
+  const int flip = (s >> 1) & 3;  // undo the word swizzle: word i <- word i ^ flip
+  T* out = static_cast<T*>(prm.out) + tile * kTileRows * out_cols + int64_t(s0 + s) * prm.L + l0 + half * 8;
+  for (int row = threadIdx.x / kPiecesPerRow; row < valid; row += kRowsPerPass) {
     const uint4 v = *reinterpret_cast<const uint4*>(s_out + row * Smem::kOutRow + (((u & ~7) | ((u ^ row) & 7)) << 4));
-    uint32_t w0 = v.x, w1 = v.y, w2 = v.z, w3 = v.w;  // undo the word swizzle: word i <- word i ^ flip
-    const int flip = (s >> 1) & 3;
+    uint32_t w0 = v.x, w1 = v.y, w2 = v.z, w3 = v.w;
     if (flip & 1) {
       swap(w0, w1);
       swap(w2, w3);
@@ -263,7 +303,7 @@ __global__ void __launch_bounds__(kThreads) reordered_matmul_kernel(const Stage2
       swap(w0, w2);
       swap(w1, w3);
     }
-    *reinterpret_cast<uint4*>(out + row * out_cols + int64_t(s0 + s) * prm.L + l0 + half * 8) = uint4{w0, w1, w2, w3};
+    *reinterpret_cast<uint4*>(out + row * out_cols) = uint4{w0, w1, w2, w3};
   }
 }
 

@@ -17,13 +17,13 @@ void launch_stage2(const Stage2Params& p, unsigned row_tiles, cudaStream_t strea
   auto kernel = reordered_matmul_kernel<T, BL, NT>;
   constexpr int bytes = Stage2Smem<BL, NT>::kBytes;
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), "smem attribute");
-  kernel<<<dim3(row_tiles * unsigned(p.s_tiles), unsigned(p.L / BL)), kThreads, bytes, stream>>>(p);
+  kernel<<<row_tiles * unsigned(p.s_tiles * (p.L / BL)), kThreads, bytes, stream>>>(p);
   check(cudaGetLastError(), "reordered_matmul_kernel launch");
 }
 
 template <typename T>
 void launch(const Stage1Params& p1, const Stage2Params& p2, unsigned row_tiles, cudaStream_t stream) {
-  block_matmul_kernel<T><<<dim3(row_tiles, unsigned(p1.k), unsigned(p1.q / p1.bn)), kThreads, 0, stream>>>(p1);
+  block_matmul_kernel<T><<<row_tiles * unsigned(p1.k * (p1.q / p1.bn)), kThreads, 0, stream>>>(p1);
   check(cudaGetLastError(), "block_matmul_kernel launch");
   const bool wide_s = p2.S % 32 == 0, wide_l = p2.L % 16 == 0;
   if (wide_l && wide_s) launch_stage2<T, 16, 4>(p2, row_tiles, stream);
@@ -48,13 +48,13 @@ void monarch_matmul(uintptr_t x, uintptr_t w1, uintptr_t w2, uintptr_t workspace
   if (l * r != k * q) fail(dims() + ": l*r != k*q");
   if (p % 16 || q % 16 || r % 16 || s % 16 || l % 8)
     fail(dims() + ": the CUDA kernels take p, q, r, s multiples of 16 and l a multiple of 8");
-  if (k > 65535 || l / 8 > 65535 || k * q > (int64_t(1) << 31)) fail(dims() + ": too many blocks");
+  if (k * q > (int64_t(1) << 31)) fail(dims() + ": too many blocks");
   if ((x | w1 | w2 | workspace | out) % 16) fail("x, w1, w2, workspace and out must be 16-byte aligned");
   if (dtype != kBFloat16 && dtype != kFloat16)
     fail("dtype code " + std::to_string(dtype) + " is not fp16 (0) or bf16 (1)");
   const int64_t row_tiles = (rows + kTileRows - 1) / kTileRows;
   const int s_tiles = int(s % 32 == 0 ? s / 32 : s / 16);
-  if (row_tiles * s_tiles > 0x7fffffff) fail("rows=" + std::to_string(rows) + ": too many rows for one launch");
+  if (row_tiles * s_tiles * (l / 8) > 0x7fffffff || row_tiles * k * (q / 16) > 0x7fffffff) fail("rows=" + std::to_string(rows) + ": too many rows for one launch");
   if (rows == 0) return;
   int bn = 16;
   for (int cand : {64, 48, 32})
