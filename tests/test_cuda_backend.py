@@ -263,6 +263,24 @@ def test_cuda_monarch_matmul_supports(monkeypatch, change, arch, reason):
     assert got == reason if reason is None else reason in got
 
 
+@pytest.mark.parametrize(
+    "arch, chosen, why_not_cuda",
+    [(H100, "cuda", None), (B200, "triton", "not measured against Triton on sm_100")],
+    ids=["h100", "b200-unmeasured"],
+)
+def test_automatic_selection_takes_the_cuda_matmul_where_it_was_measured_faster(
+    monkeypatch, arch, chosen, why_not_cuda
+):
+    from monarchrt_ops import registry
+
+    monkeypatch.setattr(cuda, "extension", lambda: (_FakeExtension, None))
+    sel = registry.select("monarch_matmul", _matmul_problem(), arch)
+    assert sel.backend.name == chosen
+    rejected = dict(sel.rejected)
+    assert (why_not_cuda is None and "cuda" not in rejected) or why_not_cuda in rejected["cuda"]
+    assert registry.select("monarch_matmul", _matmul_problem(), arch, "cuda").backend.name == "cuda"
+
+
 @pytest.mark.skipif(cuda.extension()[0] is None, reason="the extension is not built on this machine")
 @pytest.mark.parametrize(
     "change, msg",
@@ -283,8 +301,9 @@ def test_matmul_launcher_rejects_bad_arguments_before_touching_the_device(change
         module.monarch_matmul(**{**args, **change})
 
 
-# (w1 shape, w2 shape, rows): every kernel variant (16 or 8 consecutive l per CTA, 32 or 16 columns s),
-# K longer than one 64-wide chunk in both kernels (p = 96, 128; r = 128), partial last row tiles
+# (w1 shape, w2 shape, rows): every kernel-2 variant (csrc/monarch_matmul/launch.cu, stage2_shape: 32 or
+# 16 columns s per CTA, 16 or 8 consecutive l), several column tiles, K longer than one 64-wide chunk
+# in both kernels (p = 96, 128; r = 128), partial last row tiles
 MATMUL_CASES = {
     "square-1024": ((32, 32, 32), (32, 32, 32), 197),
     "square-4096": ((64, 64, 64), (64, 64, 64), 4096 + 17),
@@ -292,6 +311,9 @@ MATMUL_CASES = {
     "l32-s16": ((16, 32, 16), (32, 16, 16), 64),
     "l24-s32": ((8, 48, 32), (24, 32, 16), 1),
     "l8-s48-r128": ((8, 128, 128), (8, 48, 128), 100),
+    "l8-s128": ((4, 32, 16), (8, 128, 16), 70),
+    "l48-s32": ((16, 48, 16), (48, 32, 16), 65),
+    "l48-s16": ((16, 48, 16), (48, 16, 16), 64),
 }
 
 

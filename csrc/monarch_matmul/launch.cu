@@ -21,14 +21,23 @@ void launch_stage2(const Stage2Params& p, unsigned row_tiles, cudaStream_t strea
   check(cudaGetLastError(), "reordered_matmul_kernel launch");
 }
 
+// Kernel 2's shape: 8*NT columns s per CTA and BL consecutive l, so each (row, s) writes BL*2 contiguous
+// bytes of out. Measured on an H100 at n = 4096 (bench/NOTES.md): BL = 16, NT = 4 139 us; BL = 8 (two
+// CTAs share each 32-byte sector of out) 188-266 us, even with NT = 8 reading y1 once; BL = 32, NT = 2
+// (64-byte runs, four column tiles) 157 us. So BL = 16 wherever L allows, and 32 columns where S does.
+struct Stage2Shape {
+  int nt, bl;
+};
+Stage2Shape stage2_shape(int64_t s, int64_t l) { return {s % 32 == 0 ? 4 : 2, l % 16 == 0 ? 16 : 8}; }
+
 template <typename T>
-void launch(const Stage1Params& p1, const Stage2Params& p2, unsigned row_tiles, cudaStream_t stream) {
+void launch(const Stage1Params& p1, const Stage2Params& p2, Stage2Shape shape, unsigned row_tiles,
+            cudaStream_t stream) {
   block_matmul_kernel<T><<<row_tiles * unsigned(p1.k * (p1.q / p1.bn)), kThreads, 0, stream>>>(p1);
   check(cudaGetLastError(), "block_matmul_kernel launch");
-  const bool wide_s = p2.S % 32 == 0, wide_l = p2.L % 16 == 0;
-  if (wide_l && wide_s) launch_stage2<T, 16, 4>(p2, row_tiles, stream);
-  else if (wide_l) launch_stage2<T, 16, 2>(p2, row_tiles, stream);
-  else if (wide_s) launch_stage2<T, 8, 4>(p2, row_tiles, stream);
+  if (shape.nt == 4 && shape.bl == 16) launch_stage2<T, 16, 4>(p2, row_tiles, stream);
+  else if (shape.nt == 4) launch_stage2<T, 8, 4>(p2, row_tiles, stream);
+  else if (shape.bl == 16) launch_stage2<T, 16, 2>(p2, row_tiles, stream);
   else launch_stage2<T, 8, 2>(p2, row_tiles, stream);
 }
 }  // namespace
@@ -53,7 +62,8 @@ void monarch_matmul(uintptr_t x, uintptr_t w1, uintptr_t w2, uintptr_t workspace
   if (dtype != kBFloat16 && dtype != kFloat16)
     fail("dtype code " + std::to_string(dtype) + " is not fp16 (0) or bf16 (1)");
   const int64_t row_tiles = (rows + kTileRows - 1) / kTileRows;
-  const int s_tiles = int(s % 32 == 0 ? s / 32 : s / 16);
+  const Stage2Shape shape = stage2_shape(s, l);
+  const int s_tiles = int(s / (8 * shape.nt));
   if (row_tiles * s_tiles * (l / 8) > 0x7fffffff || row_tiles * k * (q / 16) > 0x7fffffff) fail("rows=" + std::to_string(rows) + ": too many rows for one launch");
   if (rows == 0) return;
   int bn = 16;
@@ -68,9 +78,9 @@ void monarch_matmul(uintptr_t x, uintptr_t w1, uintptr_t w2, uintptr_t workspace
                         reinterpret_cast<void*>(out), rows, int(l), int(s), int(r), s_tiles};
   auto st = reinterpret_cast<cudaStream_t>(stream);
   if (dtype == kBFloat16)
-    launch<__nv_bfloat16>(p1, p2, unsigned(row_tiles), st);
+    launch<__nv_bfloat16>(p1, p2, shape, unsigned(row_tiles), st);
   else
-    launch<__half>(p1, p2, unsigned(row_tiles), st);
+    launch<__half>(p1, p2, shape, unsigned(row_tiles), st);
 }
 
 }  // namespace monarchrt
