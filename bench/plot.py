@@ -17,10 +17,10 @@ def bars(result: dict) -> list[tuple[str, float, str]]:
     for r in result.get("hadamard", {}).get("rows", []):
         out.append((f"hadamard n={r['n']}", r["triton_share_of_clone"], "share of clone bandwidth"))
     for r in result.get("monarch_matmul", {}).get("rows", []):
-        if "speedup_vs_bmm_permute_graph" in r:  # kernel time: eager ~0.1 ms calls are host-bound
-            out.append((f"monarch {r['shape']}", r["speedup_vs_bmm_permute_graph"], "x bmm + permutes (CUDA graphs)"))
-        else:
-            out.append((f"monarch {r['shape']}", r["speedup_vs_bmm_permute"], "x bmm + permutes"))
+        for backend in ("triton", "cuda"):
+            if f"{backend}_graph_ms" in r:  # kernel time: eager ~0.1 ms calls are host-bound
+                speedup = r["bmm_permute_graph_ms"] / r[f"{backend}_graph_ms"]
+                out.append((f"monarch {r['shape']} {backend}", speedup, "x bmm + permutes (CUDA graphs)"))
     return out
 
 
