@@ -28,8 +28,9 @@ def extension():
     return _C, None
 
 
-def arch_reason(arch: Arch) -> str | None:
-    """Why the extension cannot run on ``arch`` (None: it can)."""
+def arch_reason(arch: Arch, sm90_feature: str | None = None) -> str | None:
+    """Why the extension cannot run on ``arch`` (None: it can); ``sm90_feature`` names an instruction
+    of sm_90 and newer that the kernel needs."""
     module, reason = extension()
     if module is None:
         return reason
@@ -39,6 +40,19 @@ def arch_reason(arch: Arch) -> str | None:
     major, minor = arch.capability
     if f"{major}{minor}a" not in built and f"{major}{minor}" not in built:
         return f"the extension was built for sm_{', sm_'.join(built)}; this device is sm_{major}{minor}"
+    if sm90_feature and arch.capability < (9, 0):
+        return f"the kernel uses {sm90_feature}, which needs sm_90 or newer (device is sm_{major}{minor})"
+    return None
+
+
+def unmeasured_arch_reason(arch: Arch) -> str | None:
+    """Why automatic selection passes a kernel over on ``arch``: the kernels were measured against
+    Triton on sm_90 (H100) only (bench/NOTES.md)."""
+    if arch.capability[0] != 9:
+        return (
+            f"not measured against Triton on sm_{arch.capability[0]}{arch.capability[1]} "
+            "(bench/NOTES.md); explicit backend='cuda' only"
+        )
     return None
 
 
@@ -84,19 +98,12 @@ class CudaMonarchMatmul(NoConfig):
     def auto_reason(self, problem: MonarchMatmulProblem, arch: Arch) -> str | None:
         # Measured on an H100 against the Triton pair, bf16, 16K rows (bench/NOTES.md, "Monarch matmul"):
         # faster at all three benchmark shapes (n = 4096, 1024, 768 -> 384). Not measured elsewhere.
-        if arch.capability[0] != 9:
-            return (
-                f"not measured against Triton on sm_{arch.capability[0]}{arch.capability[1]} "
-                "(bench/NOTES.md); explicit backend='cuda' only"
-            )
-        return None
+        return unmeasured_arch_reason(arch)
 
     def supports(self, problem: MonarchMatmulProblem, arch: Arch) -> str | None:
-        reason = arch_reason(arch)
+        reason = arch_reason(arch, "stmatrix")
         if reason is not None:
             return reason
-        if arch.capability < (9, 0):
-            return f"stmatrix needs sm_90 or newer (device is sm_{arch.capability[0]}{arch.capability[1]})"
         if problem.dtype not in _DTYPE_CODES:
             return f"dtype {problem.dtype} is not fp16/bf16"
         (k, q, p), (l, s, r) = problem.w1_shape, problem.w2_shape
@@ -130,11 +137,9 @@ class CudaAttention(NoConfig):
         # 8x16 (0.63x), where each cluster sub-step has too little work for its fixed hand-off cost.
         # Automatic selection takes it inside that measured region only; backend="cuda" runs any
         # supported problem.
-        if arch.capability[0] != 9:
-            return (
-                f"not measured against Triton on sm_{arch.capability[0]}{arch.capability[1]} "
-                "(bench/NOTES.md); explicit backend='cuda' only"
-            )
+        reason = unmeasured_arch_reason(arch)
+        if reason is not None:
+            return reason
         if problem.b1 < 24 or problem.b2 < 40:
             return (
                 f"tile {problem.b1}x{problem.b2}: measured slower than Triton below 24x40 on sm_90 "
@@ -143,11 +148,9 @@ class CudaAttention(NoConfig):
         return None
 
     def supports(self, problem: AttentionProblem, arch: Arch) -> str | None:
-        reason = arch_reason(arch)
+        reason = arch_reason(arch, "thread-block clusters")
         if reason is not None:
             return reason
-        if arch.capability < (9, 0):
-            return f"thread-block clusters need sm_90 or newer (device is sm_{arch.capability[0]}{arch.capability[1]})"
         module, _ = extension()
         if arch.smem_per_block and arch.smem_per_block < module.monarch_attention_fwd_smem_bytes:
             return (
