@@ -24,9 +24,9 @@ import torch
 
 import monarchrt_ops as m
 from monarchrt_ops.arch import arch_of
+from monarchrt_ops.autotune.shapes import MONARCH_MATMUL_SHAPES
 from monarchrt_ops.problem import MonarchMatmulProblem
 from monarchrt_ops.registry import get_backend
-from monarchrt_ops.autotune.shapes import MONARCH_MATMUL_SHAPES
 
 from .common import bench_ms, graph_ms, header
 

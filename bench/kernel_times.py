@@ -4,6 +4,8 @@ op to work on, with each kernel's effective bandwidth against what it must move.
     python bench/kernel_times.py   # on a GPU machine, after bench/device_run.sh installed the package
 """
 
+import functools
+
 import torch
 from torch.profiler import ProfilerActivity, profile
 
@@ -37,5 +39,5 @@ if __name__ == "__main__":
         mb_in, mb_mid, mb_out = (rows * c * 2 / 1e6 for c in (s1[0] * s1[2], s1[0] * s1[1], s2[0] * s2[1]))
         print(f"{name}: x {mb_in:.0f} MB, y1 {mb_mid:.0f} MB, out {mb_out:.0f} MB")
         for backend in ("triton", "cuda"):
-            for kernel, us in kernel_us(lambda b=backend: m.monarch_matmul(x, w1, w2, backend=b)).items():
+            for kernel, us in kernel_us(functools.partial(m.monarch_matmul, x, w1, w2, backend=backend)).items():
                 print(f"  {backend:7} {us:8.1f} us  {kernel[:90]}")

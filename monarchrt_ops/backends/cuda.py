@@ -106,9 +106,10 @@ class CudaMonarchMatmul(NoConfig):
             return reason
         if problem.dtype not in _DTYPE_CODES:
             return f"dtype {problem.dtype} is not fp16/bf16"
-        (k, q, p), (l, s, r) = problem.w1_shape, problem.w2_shape
+        (_, q, p), (l, s, r) = problem.w1_shape, problem.w2_shape
         if p % 16 or q % 16 or r % 16 or s % 16 or l % 8:
-            return f"w1 {problem.w1_shape}, w2 {problem.w2_shape}: the CUDA kernels take p, q, r, s multiples of 16, l of 8"
+            shapes = f"w1 {problem.w1_shape}, w2 {problem.w2_shape}"
+            return f"{shapes}: the CUDA kernels take p, q, r, s multiples of 16, l of 8"
         return None
 
     def launch(self, config, x2d, w1, w2):
