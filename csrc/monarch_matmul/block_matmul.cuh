@@ -11,9 +11,9 @@
 // - kernel 2 (reordered_matmul_kernel) takes for each l the R x 64 block y1t[t][l*R ..][:] (contiguous)
 //   as the K-major A operand (ldmatrix.trans) against w2[l]. The products of BL consecutive l are
 //   gathered in shared memory so that each (row, s) writes BL*2 contiguous bytes of out[row, s*L + l]:
-//   the second reorder (l s) -> (s l) is a full-sector write.
-// HBM traffic: x, out once each, y1 written and read once (4 passes of rows * n elements); the weights
-// come from L2. Limits (the launcher checks): fp16/bf16, p, q, R, S multiples of 16, L a multiple of 8,
+//   the second reorder (l s) -> (s l) writes whole 32-byte sectors (BL = 16; L = 8 * odd takes BL = 8).
+// HBM traffic: x, out once each, y1 written and read once (4 passes of rows * n elements; the CTAs of
+// other column tiles re-read y1 while it is in L2); the weights come from L2. Limits (the launcher checks): fp16/bf16, p, q, R, S multiples of 16, L a multiple of 8,
 // 16-byte aligned contiguous tensors.
 #pragma once
 

@@ -80,10 +80,11 @@ class CudaHadamard(NoConfig):
         module, _ = extension()
         src = x2d if x2d.data_ptr() % 16 == 0 else x2d.clone()  # 16-byte vector loads
         dst = out2d if out2d.data_ptr() % 16 == 0 else torch.empty_like(out2d)
-        module.hadamard_pow2(
-            src.data_ptr(), dst.data_ptr(), src.shape[0], src.shape[1], src.stride(0), dst.stride(0), scale,
-            _DTYPE_CODES[src.dtype], torch.cuda.current_stream(src.device).cuda_stream,
-        )  # fmt: skip
+        with torch.cuda.device(src.device):  # the launcher uses the current device
+            module.hadamard_pow2(
+                src.data_ptr(), dst.data_ptr(), src.shape[0], src.shape[1], src.stride(0), dst.stride(0), scale,
+                _DTYPE_CODES[src.dtype], torch.cuda.current_stream(src.device).cuda_stream,
+            )  # fmt: skip
         if dst is not out2d:
             out2d.copy_(dst)
         return out2d
@@ -119,10 +120,11 @@ class CudaMonarchMatmul(NoConfig):
         x2d, w1, w2 = (_aligned_contiguous(t) for t in (x2d, w1, w2))
         out = torch.empty(rows, s * l, dtype=x2d.dtype, device=x2d.device)
         workspace = torch.empty(module.monarch_matmul_workspace_elems(rows, k, q), dtype=x2d.dtype, device=x2d.device)
-        module.monarch_matmul(
-            x2d.data_ptr(), w1.data_ptr(), w2.data_ptr(), workspace.data_ptr(), out.data_ptr(),
-            rows, k, q, p, l, s, r, _DTYPE_CODES[x2d.dtype], torch.cuda.current_stream(x2d.device).cuda_stream,
-        )  # fmt: skip
+        with torch.cuda.device(x2d.device):  # the launcher uses the current device
+            module.monarch_matmul(
+                x2d.data_ptr(), w1.data_ptr(), w2.data_ptr(), workspace.data_ptr(), out.data_ptr(),
+                rows, k, q, p, l, s, r, _DTYPE_CODES[x2d.dtype], torch.cuda.current_stream(x2d.device).cuda_stream,
+            )  # fmt: skip
         return out
 
 
@@ -178,12 +180,13 @@ class CudaAttention(NoConfig):
         bsz, n_a, b1, b2, nh, d = q.shape
         z = torch.empty(bsz, n_a, b1, b2, nh, d, dtype=q.dtype, device=q.device)
         lse = torch.empty(bsz, n_a, b1, b2, nh, dtype=torch.float32, device=q.device)
-        module.monarch_attention_fwd(
-            q.data_ptr(), k.data_ptr(), v.data_ptr(), z.data_ptr(), lse.data_ptr(),
-            list(q.stride()[:5]), list(k.stride()[:5]), list(v.stride()[:5]),
-            bsz, nh, n_a, k.shape[1], b1, b2, d, causal_block_tiles, sm_scale, _DTYPE_CODES[q.dtype],
-            torch.cuda.current_stream(q.device).cuda_stream,
-        )  # fmt: skip
+        with torch.cuda.device(q.device):  # the launcher uses the current device
+            module.monarch_attention_fwd(
+                q.data_ptr(), k.data_ptr(), v.data_ptr(), z.data_ptr(), lse.data_ptr(),
+                list(q.stride()[:5]), list(k.stride()[:5]), list(v.stride()[:5]),
+                bsz, nh, n_a, k.shape[1], b1, b2, d, causal_block_tiles, sm_scale, _DTYPE_CODES[q.dtype],
+                torch.cuda.current_stream(q.device).cuda_stream,
+            )  # fmt: skip
         return z, lse
 
     def launch_backward(self, config, dz, dlse, q, k, v, z, lse, *, sm_scale, causal_block_tiles, num_iters):
