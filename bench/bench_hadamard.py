@@ -15,9 +15,11 @@ from pathlib import Path
 import torch
 
 import monarchrt_ops as m
+from monarchrt_ops.arch import arch_of
 from monarchrt_ops.autotune.shapes import HADAMARD_BYTES, HADAMARD_SIZES
 from monarchrt_ops.backends import cuda
-from monarchrt_ops.hadamard_matrices import hadamard_matrix
+from monarchrt_ops.hadamard_matrices import factor, hadamard_matrix
+from monarchrt_ops.problem import HadamardProblem
 
 from .common import bench_ms, header
 
@@ -35,7 +37,8 @@ def main(argv=None) -> int:
         moved = 2 * x.numel() * x.element_size()
         row = {"n": n, "rows": rows, "clone_ms": bench_ms(lambda x=x: x.clone())}
         row["triton_ms"] = bench_ms(lambda x=x: m.hadamard(x, backend="triton"))
-        if 256 <= n <= 32768 and n & (n - 1) == 0 and cuda.extension()[0] is not None:
+        problem = HadamardProblem(rows, n, factor(n)[0], x.dtype)
+        if cuda.CudaHadamard().supports(problem, arch_of(x.device)) is None:
             row["cuda_ms"] = bench_ms(lambda x=x: m.hadamard(x, backend="cuda"))
         if n <= 16384:  # the dense H_n (n^2 bf16) and its product stay reasonable
             h = (hadamard_matrix(n) / n**0.5).to("cuda", torch.bfloat16)

@@ -15,7 +15,10 @@ def bars(result: dict) -> list[tuple[str, float, str]]:
             dense = min(v for k, v in r.items() if k.endswith("_fwd_bwd_ms") and k.startswith("sdpa") and v)
             out.append((f"attn {r['shape']} fwd+bwd", dense / r["monarch_fwd_bwd_ms"], "x fastest dense SDPA"))
     for r in result.get("hadamard", {}).get("rows", []):
-        out.append((f"hadamard n={r['n']}", r["triton_share_of_clone"], "share of clone bandwidth"))
+        for backend in ("triton", "cuda"):
+            share = r.get(f"{backend}_share_of_clone")
+            if share is not None:
+                out.append((f"hadamard n={r['n']} {backend}", share, "share of clone bandwidth"))
     for r in result.get("monarch_matmul", {}).get("rows", []):
         for backend in ("triton", "cuda"):
             if f"{backend}_graph_ms" in r:  # kernel time: eager ~0.1 ms calls are host-bound

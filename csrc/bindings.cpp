@@ -30,9 +30,11 @@ static std::vector<std::string> compiled_archs() {
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "monarchrt_ops CUDA kernels (pointer-level launchers; the torch ops live in Python)";
-  m.def("hadamard_pow2", &monarchrt::hadamard_pow2, py::arg("x"), py::arg("out"), py::arg("rows"), py::arg("n"),
-        py::arg("x_stride"), py::arg("out_stride"), py::arg("scale"), py::arg("dtype"), py::arg("stream"),
-        "out = x @ H_n^T * scale for rows of n = 2^k halves (256 <= n <= 32768); out may be x");
+  m.def("hadamard", &monarchrt::hadamard, py::arg("x"), py::arg("out"), py::arg("rows"), py::arg("n"), py::arg("m"),
+        py::arg("hm"), py::arg("hm_size"), py::arg("scale"), py::arg("dtype"), py::arg("stream"),
+        "out = x @ H_n^T * scale over contiguous rows of n = m * 2^k halves; out may be x");
+  m.def("hadamard_smem_bytes", &monarchrt::hadamard_smem_bytes, py::arg("n"), py::arg("m"),
+        "shared memory per block the Hadamard kernel needs for rows of n = m * 2^k");
   m.def("monarch_attention_fwd", &monarchrt::monarch_attention_fwd, py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("z"), py::arg("lse"), py::arg("q_strides"), py::arg("k_strides"), py::arg("v_strides"),
         py::arg("batch"), py::arg("nh"), py::arg("n_q_tiles"), py::arg("n_kv_tiles"), py::arg("b1"), py::arg("b2"),

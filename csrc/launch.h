@@ -17,8 +17,11 @@ inline void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
 }
 
-void hadamard_pow2(uintptr_t x, uintptr_t out, int64_t rows, int64_t n, int64_t x_stride, int64_t out_stride,
-                   float scale, int dtype, uintptr_t stream);
+// Hadamard transform (csrc/hadamard): out = x @ H_n^T * scale over contiguous rows [rows, n], n = m * 2^k;
+// out may be x. For m > 1, hm is H_m (or H_m^T) zero-padded to [hm_size, hm_size] in the dtype.
+void hadamard(uintptr_t x, uintptr_t out, int64_t rows, int64_t n, int64_t m, uintptr_t hm, int64_t hm_size,
+              float scale, int dtype, uintptr_t stream);
+int64_t hadamard_smem_bytes(int64_t n, int64_t m);
 
 // Fused Monarch attention forward, num_iters = 1 (csrc/attention). Tile-order q [B, A, b1, b2, nh, d],
 // k, v [B, F, b1, b2, nh, d] (element strides of the first five dims); z like q and lse [B, A, b1, b2, nh]

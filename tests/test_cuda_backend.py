@@ -41,8 +41,6 @@ def test_other_architecture_gives_a_clear_reason(monkeypatch):
     ada = Arch("sm89", (8, 9), "NVIDIA L40S")
     reason = cuda.CudaHadamard().supports(HadamardProblem(4, 1024, 1, torch.float16), ada)
     assert reason == "the extension was built for sm_90a, sm_100a; this device is sm_89"
-    assert cuda.CudaHadamard().supports(HadamardProblem(4, 1024, 1, torch.float16), H100) is None
-    assert "n=24" in cuda.CudaHadamard().supports(HadamardProblem(4, 24, 12, torch.float16), H100)
     fp32_mid = HadamardProblem(4, 1024, 1, torch.float16, fp32_intermediate=True)
     assert "no fp32_intermediate" in cuda.CudaHadamard().supports(fp32_mid, H100)
 
@@ -52,9 +50,44 @@ def test_explicit_cuda_backend_on_cpu_raises():
         m.hadamard(torch.randn(2, 256, dtype=torch.float16), backend="cuda")
 
 
+class _FakeHadamardExtension:
+    @staticmethod
+    def compiled_archs():
+        return ["90a", "100a", "120a"]
+
+    @staticmethod
+    def hadamard_smem_bytes(n, m):
+        return max(32768, 2 * n)
+
+
+def test_hadamard_supports_every_size_whose_rows_fit_shared_memory(monkeypatch):
+    monkeypatch.setattr(cuda, "extension", lambda: (_FakeHadamardExtension, None))
+    for n, mm in [(2, 1), (128, 1), (65536, 1), (12, 12), (20 * 4096, 20), (28 * 4096, 28)]:
+        assert cuda.CudaHadamard().supports(HadamardProblem(4, n, mm, torch.bfloat16), H100) is None
+    rtx5090 = Arch("sm120", (12, 0), "NVIDIA GeForce RTX 5090", 170, 101376)
+    reason = cuda.CudaHadamard().supports(HadamardProblem(4, 65536, 1, torch.bfloat16), rtx5090)
+    assert reason == "n=65536: needs 131072 B of shared memory per block; the device has 101376"
+    assert "not fp16/bf16" in cuda.CudaHadamard().supports(HadamardProblem(4, 256, 1, torch.float32), H100)
+
+
+def test_hadamard_automatic_selection_follows_the_measurements():
+    auto = cuda.CudaHadamard().auto_reason
+    assert auto(HadamardProblem(4, 4096, 1, torch.bfloat16), H100) is None
+    assert auto(HadamardProblem(4, 28 * 1024, 28, torch.bfloat16), H100) is None
+    assert "measured slower than Triton" in auto(HadamardProblem(4, 12 * 256, 12, torch.bfloat16), H100)
+    b200 = Arch("sm100", (10, 0), "NVIDIA B200", 148, 232448)
+    assert "not measured" in auto(HadamardProblem(4, 4096, 1, torch.bfloat16), b200)
+
+
+# every pass of the kernel: the contiguous fields alone (n <= 16) and chained (n <= 256, and rows sharing
+# a field below 256), each strided field and each top-bits factor; m * 2^k on tensor cores (2^k >= 8, one
+# and two k-tiles) and on CUDA cores (2^k < 8); 37 rows leave a partial last chunk
+HADAMARD_SIZES = [2**k for k in range(1, 17)] + [12, 24, 20 * 2, 28 * 4, 12 * 8, 20 * 64, 28 * 512, 12 * 4096]
+
+
 @pytest.mark.skipif(not GPU, reason="GPU tier")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("n", [2**k for k in range(8, 16)])
+@pytest.mark.parametrize("n", HADAMARD_SIZES)
 def test_cuda_hadamard_matches_reference(n, dtype, poison_empty):
     x = torch.randn(37, n, dtype=torch.float64)
     ref = m.hadamard(x, backend="reference")
@@ -65,21 +98,46 @@ def test_cuda_hadamard_matches_reference(n, dtype, poison_empty):
     assert rel_err(y, ref) < TOL[dtype]
 
 
+@pytest.mark.skipif(not GPU, reason="GPU tier")
+@pytest.mark.parametrize("n", [20 * 2, 28 * 64])
+def test_cuda_hadamard_gradient_applies_the_transpose(n):
+    """H_20 and H_28 are not symmetric: the backward must use the transposed table."""
+    x = torch.randn(5, n, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(5, n, dtype=torch.float64)
+    (ref,) = torch.autograd.grad(m.hadamard(x, backend="reference"), x, dy)
+    xc = x.detach().to("cuda", torch.float16).requires_grad_()
+    (got,) = torch.autograd.grad(m.hadamard(xc, backend="cuda"), xc, dy.to("cuda", torch.float16))
+    assert rel_err(got, ref) < TOL[torch.float16]
+
+
+@pytest.mark.skipif(not GPU, reason="GPU tier")
+def test_cuda_hadamard_is_chosen_automatically_on_sm90():
+    from monarchrt_ops.arch import arch_of
+    from monarchrt_ops.registry import select
+
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("automatic selection of the CUDA Hadamard is measured on sm_90 only")
+    sel = select("hadamard", HadamardProblem(64, 4096, 1, torch.bfloat16), arch_of("cuda"), None)
+    assert sel.backend.name == "cuda"
+
+
 @pytest.mark.skipif(cuda.extension()[0] is None, reason="the extension is not built on this machine")
 @pytest.mark.parametrize(
     "args, msg",
     [
-        ((0, 0, 1, 100, 100, 100, 1.0, 1, 0), "n=100 must be a power of two in \\[256, 32768\\]"),
-        ((0, 0, 1, 65536, 65536, 65536, 1.0, 1, 0), "n=65536 must be a power of two"),
-        ((8, 0, 1, 256, 256, 256, 1.0, 1, 0), "16-byte aligned"),
-        ((0, 0, 1, 256, 256, 256, 1.0, 7, 0), "dtype code 7 is not fp16 \\(0\\) or bf16 \\(1\\)"),
+        ((0, 0, 1, 100, 1, 0, 0, 1.0, 1, 0), "n / m = 100 must be a power of two"),
+        ((0, 0, 1, 2**17, 1, 0, 0, 1.0, 1, 0), "must be a power of two <= 65536"),
+        ((0, 0, 1, 24, 24, 0, 0, 1.0, 1, 0), "m must be 1, 12, 20 or 28"),
+        ((0, 0, 1, 24, 12, 0, 0, 1.0, 1, 0), "m=12 needs H_m zero-padded to 16x16"),
+        ((8, 0, 1, 256, 1, 0, 0, 1.0, 1, 0), "16-byte aligned"),
+        ((0, 0, 1, 256, 1, 0, 0, 1.0, 7, 0), "dtype code 7 is not fp16 \\(0\\) or bf16 \\(1\\)"),
     ],
-    ids=["not-pow2", "too-large", "misaligned", "dtype"],
+    ids=["not-pow2", "too-large", "bad-m", "no-table", "misaligned", "dtype"],
 )
 def test_launcher_rejects_bad_arguments_before_touching_the_device(args, msg):
     module, _ = cuda.extension()
     with pytest.raises(ValueError, match=msg):
-        module.hadamard_pow2(*args)
+        module.hadamard(*args)
 
 
 # --- fused attention forward (csrc/attention) ----------------------------------------------------

@@ -1,51 +1,98 @@
-// Host launcher of the Hadamard kernel: pointers, sizes, strides and a stream; no torch headers.
+// Host launcher of the Hadamard kernel: pointers, sizes and a stream; no torch headers.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
-#include "hadamard_sm80.cuh"
+#include "hadamard.cuh"
 #include "../launch.h"
 
 namespace monarchrt {
 
 namespace {
-constexpr int kThreads = 128;
-constexpr int kSmemTarget = 16 * 1024;  // rows per block fill ~16 KB: several blocks per SM
+constexpr int64_t kChunkTarget = 16384;  // elements per CTA (32 KB): several CTAs per SM overlap load and compute
 
-template <typename T>
-void launch(const void* x, void* out, int64_t rows, int log2n, int64_t x_stride, int64_t out_stride, float scale,
-            cudaStream_t stream) {
-  const int n = 1 << log2n;
-  const int rows_per_block = n * int(sizeof(T)) >= kSmemTarget ? 1 : kSmemTarget / (n * int(sizeof(T)));
-  const size_t smem = size_t(rows_per_block) * n * sizeof(T);
-  auto kernel = hadamard_pow2_kernel<T>;
+// Elements per CTA: whole rows, ~kChunkTarget, a multiple of 256 (the factors' 16x16 fields), and for
+// n = m * n2 an even number of 8-column blocks.
+int64_t chunk_elems(int64_t n, int64_t n2) {
+  const int64_t unit = n2 >= 256 ? 1 : 256 / n2;  // rows
+  const int64_t rows = std::max(unit, kChunkTarget / n / unit * unit);
+  return rows * n;
+}
+
+// log2 of n2 = n / m, a power of two, m in {1, 12, 20, 28} (n = 40 * 2^k is 20 * 2^(k+1)); throws otherwise.
+int log2_n2(int64_t n, int64_t m) {
+  if (!(m == 1 || m == 12 || m == 20 || m == 28) || n < 1 || n % m)
+    throw std::invalid_argument("hadamard: n=" + std::to_string(n) + ", m=" + std::to_string(m) +
+                                ": m must be 1, 12, 20 or 28 and divide n");
+  const int64_t n2 = n / m;
+  int k = 0;
+  while ((int64_t(1) << k) < n2) ++k;
+  if ((int64_t(1) << k) != n2 || n2 > 65536)
+    throw std::invalid_argument("hadamard: n / m = " + std::to_string(n2) + " must be a power of two <= 65536");
+  return k;
+}
+template <typename T, int kSpecial>
+void run_kernel(const hadacore::Params& p, int64_t blocks, int64_t smem, cudaStream_t s) {
+  auto kernel = hadacore::hadamard_kernel<T, kSpecial>;
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), "smem attribute");
-  const int64_t blocks = (rows + rows_per_block - 1) / rows_per_block;
-  kernel<<<dim3(unsigned(blocks)), kThreads, smem, stream>>>(static_cast<const T*>(x), static_cast<T*>(out), rows,
-                                                             log2n, x_stride, out_stride, scale, rows_per_block);
-  check(cudaGetLastError(), "hadamard_pow2_kernel launch");
+  kernel<<<dim3(unsigned(blocks)), hadacore::kThreads, size_t(smem), s>>>(p);
+  check(cudaGetLastError(), "hadamard_kernel launch");
+}
+
+template <typename T> void run(int special, const hadacore::Params& p, int64_t blocks, int64_t smem, cudaStream_t s) {
+  switch (special) {
+    case hadacore::kNone: return run_kernel<T, hadacore::kNone>(p, blocks, smem, s);
+    case hadacore::kScalar: return run_kernel<T, hadacore::kScalar>(p, blocks, smem, s);
+    case 1: return run_kernel<T, 1>(p, blocks, smem, s);
+    default: return run_kernel<T, 2>(p, blocks, smem, s);
+  }
 }
 }  // namespace
 
-void hadamard_pow2(uintptr_t x, uintptr_t out, int64_t rows, int64_t n, int64_t x_stride, int64_t out_stride,
-                   float scale, int dtype, uintptr_t stream) {
-  int log2n = 0;
-  while ((int64_t(1) << log2n) < n) ++log2n;
-  if ((int64_t(1) << log2n) != n || n < 256 || n > 32768)
-    throw std::invalid_argument("hadamard_pow2: n=" + std::to_string(n) + " must be a power of two in [256, 32768]");
-  if (x % 16 || out % 16 || x_stride % 8 || out_stride % 8)
-    throw std::invalid_argument("hadamard_pow2: pointers must be 16-byte aligned and row strides multiples of 8");
+int64_t hadamard_smem_bytes(int64_t n, int64_t m) {
+  const int k = log2_n2(n, m);
+  return chunk_elems(n, int64_t(1) << k) * 2;
+}
+
+void hadamard(uintptr_t x, uintptr_t out, int64_t rows, int64_t n, int64_t m, uintptr_t hm, int64_t hm_size,
+              float scale, int dtype, uintptr_t stream) {
+  const int k = log2_n2(n, m);
+  if (x % 16 || out % 16) throw std::invalid_argument("hadamard: x and out must be 16-byte aligned");
+  const int mp = m == 1 ? 0 : m <= 16 ? 16 : 32;
+  if (m > 1 && (hm == 0 || hm_size != mp))
+    throw std::invalid_argument("hadamard: m=" + std::to_string(m) + " needs H_m zero-padded to " +
+                                std::to_string(mp) + "x" + std::to_string(mp));
+  if (dtype != kBFloat16 && dtype != kFloat16)
+    throw std::invalid_argument("hadamard: dtype code " + std::to_string(dtype) + " is not fp16 (0) or bf16 (1)");
   if (rows <= 0) return;
+  const int64_t chunk = chunk_elems(n, int64_t(1) << k), smem = chunk * 2;
+  int device = 0, smem_max = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "smem limit");
+  if (smem > smem_max)
+    throw std::invalid_argument("hadamard: n=" + std::to_string(n) + " needs " + std::to_string(smem) +
+                                " B of shared memory per block; the device has " + std::to_string(smem_max));
+  const int64_t blocks = (rows * n + chunk - 1) / chunk;
+  if (blocks > 0x7fffffff) throw std::invalid_argument("hadamard: too many rows for one launch");
+  hadacore::Params p{};
+  p.x = reinterpret_cast<const void*>(x);
+  p.out = reinterpret_cast<void*>(out);
+  p.hm = reinterpret_cast<const void*>(hm);
+  p.elems = rows * n;
+  p.n = int(n);
+  p.m = int(m);
+  p.mp = mp;
+  p.log2n2 = k;
+  p.chunk = int(chunk);
+  p.scale = scale;
   auto s = reinterpret_cast<cudaStream_t>(stream);
+  const int special = m == 1 ? hadacore::kNone : k < 3 ? hadacore::kScalar : mp / 16;
   if (dtype == kBFloat16)
-    launch<__nv_bfloat16>(reinterpret_cast<const void*>(x), reinterpret_cast<void*>(out), rows, log2n, x_stride,
-                          out_stride, scale, s);
-  else if (dtype == kFloat16)
-    launch<__half>(reinterpret_cast<const void*>(x), reinterpret_cast<void*>(out), rows, log2n, x_stride, out_stride,
-                   scale, s);
+    run<__nv_bfloat16>(special, p, blocks, smem, s);
   else
-    throw std::invalid_argument("hadamard_pow2: dtype code " + std::to_string(dtype) + " is not fp16 (0) or bf16 (1)");
+    run<__half>(special, p, blocks, smem, s);
 }
 
 }  // namespace monarchrt

@@ -12,7 +12,8 @@ import functools
 import torch
 
 from ..arch import Arch, arch_of
-from ..problem import AttentionProblem, MonarchMatmulProblem
+from ..hadamard_matrices import special
+from ..problem import AttentionProblem, HadamardProblem, MonarchMatmulProblem
 from ..registry import NoConfig
 
 _DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1}
@@ -57,37 +58,61 @@ def unmeasured_arch_reason(arch: Arch) -> str | None:
 
 
 class CudaHadamard(NoConfig):
+    """One kernel (csrc/hadamard): a CTA transforms ~32 KB of whole rows in shared memory with 16x16
+    Hadamard factors on tensor cores, then H_m for n = m * 2^k (hadamard.cuh says how)."""
+
     name = "cuda"
 
-    # Measured on an H100 (bench/results/h100-hadamard-v1.json): 16-51 % of clone bandwidth against
-    # Triton's 52-99 %, so automatic selection passes it over; backend="cuda" still runs it.
-    def auto_reason(self, problem, arch: Arch) -> str | None:
-        return "slower than the Triton kernel on sm_90 (bench/NOTES.md); explicit backend='cuda' only"
+    def auto_reason(self, problem: HadamardProblem, arch: Arch) -> str | None:
+        # Measured on an H100 against Triton, bf16, 256 MB (bench/NOTES.md, "Hadamard transform"): powers of
+        # two 128..32K at 96-100 % of the copy rate (Triton 58-99 %); n = m * 2^k slower than Triton up to
+        # n = 10240 (60-87 % against 75-94 %) and faster at 28 x 1024 (75 % against 54 %).
+        reason = unmeasured_arch_reason(arch)
+        if reason is None and problem.m > 1 and problem.n <= 16384:
+            return (
+                f"n={problem.n} = {problem.m} x {problem.n // problem.m}: measured slower than Triton for "
+                "m * 2^k up to 16K on sm_90 (bench/NOTES.md); explicit backend='cuda' only"
+            )
+        return reason
 
-    def supports(self, problem, arch: Arch) -> str | None:
-        reason = arch_reason(arch)
+    def supports(self, problem: HadamardProblem, arch: Arch) -> str | None:
+        reason = arch_reason(arch, "stmatrix")
         if reason is not None:
             return reason
         if problem.dtype not in _DTYPE_CODES:
             return f"dtype {problem.dtype} is not fp16/bf16"
-        if problem.m != 1 or not 256 <= problem.n <= 32768:
-            return f"n={problem.n}: the CUDA kernel takes powers of two 256..32768"
         if problem.fp32_intermediate:
             return "the CUDA kernel rounds to the input dtype between factors (no fp32_intermediate)"
+        module, _ = extension()
+        smem = module.hadamard_smem_bytes(problem.n, problem.m)
+        if arch.smem_per_block and smem > arch.smem_per_block:
+            return f"n={problem.n}: needs {smem} B of shared memory per block; the device has {arch.smem_per_block}"
         return None
 
     def launch(self, config, x2d, out2d, *, m, n2, scale, transpose, fp32_intermediate=False):
         module, _ = extension()
-        src = x2d if x2d.data_ptr() % 16 == 0 else x2d.clone()  # 16-byte vector loads
-        dst = out2d if out2d.data_ptr() % 16 == 0 else torch.empty_like(out2d)
+        src = _aligned_contiguous(x2d)  # flat rows, 16-byte vector loads
+        dst = out2d if out2d.data_ptr() % 16 == 0 and out2d.is_contiguous() else torch.empty_like(src)
+        hm = _special_table(m, transpose, src.dtype, src.device) if m > 1 else None
         with torch.cuda.device(src.device):  # the launcher uses the current device
-            module.hadamard_pow2(
-                src.data_ptr(), dst.data_ptr(), src.shape[0], src.shape[1], src.stride(0), dst.stride(0), scale,
+            module.hadamard(
+                src.data_ptr(), dst.data_ptr(), src.shape[0], src.shape[1], m,
+                0 if hm is None else hm.data_ptr(), 0 if hm is None else hm.shape[0], scale,
                 _DTYPE_CODES[src.dtype], torch.cuda.current_stream(src.device).cuda_stream,
             )  # fmt: skip
         if dst is not out2d:
             out2d.copy_(dst)
         return out2d
+
+
+@functools.cache
+def _special_table(m: int, transpose: bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """H_m (H_m^T for the transpose) zero-padded to 16 or 32 square: the kernel's A operand."""
+    h = special(m).T if transpose else special(m)
+    size = 16 if m <= 16 else 32
+    table = torch.zeros(size, size, dtype=torch.float64)
+    table[:m, :m] = h
+    return table.to(device, dtype)
 
 
 class CudaMonarchMatmul(NoConfig):
