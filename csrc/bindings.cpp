@@ -39,7 +39,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("z"), py::arg("lse"), py::arg("q_strides"), py::arg("k_strides"), py::arg("v_strides"),
         py::arg("batch"), py::arg("nh"), py::arg("n_q_tiles"), py::arg("n_kv_tiles"), py::arg("b1"), py::arg("b2"),
         py::arg("head_dim"), py::arg("causal_block_tiles"), py::arg("sm_scale"), py::arg("dtype"), py::arg("stream"),
-        "Fused Monarch attention forward (num_iters = 1): one 8-CTA cluster per (batch, head, query tile)");
+        py::arg("mma_sync_only") = false,
+        "Fused Monarch attention forward (num_iters = 1): one 8-CTA cluster per (batch, head, query tile); "
+        "mma_sync_only runs the portable stage-R path (sm_100a / sm_120a's) on sm_90a too");
   m.attr("monarch_attention_fwd_smem_bytes") = monarchrt::monarch_attention_fwd_smem_bytes();
   m.def("monarch_matmul", &monarchrt::monarch_matmul, py::arg("x"), py::arg("w1"), py::arg("w2"),
         py::arg("workspace"), py::arg("out"), py::arg("rows"), py::arg("k"), py::arg("q"), py::arg("p"), py::arg("l"),

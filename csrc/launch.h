@@ -25,12 +25,13 @@ int64_t hadamard_smem_bytes(int64_t n, int64_t m);
 
 // Fused Monarch attention forward, num_iters = 1 (csrc/attention). Tile-order q [B, A, b1, b2, nh, d],
 // k, v [B, F, b1, b2, nh, d] (element strides of the first five dims); z like q and lse [B, A, b1, b2, nh]
-// float32, both contiguous.
+// float32, both contiguous. mma_sync_only: the portable stage-R path (sm_100a / sm_120a's) on sm_90a too.
 void monarch_attention_fwd(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t z, uintptr_t lse,
                            const std::vector<int64_t>& q_strides, const std::vector<int64_t>& k_strides,
                            const std::vector<int64_t>& v_strides, int64_t batch, int64_t nh, int64_t n_q_tiles,
                            int64_t n_kv_tiles, int64_t b1, int64_t b2, int64_t head_dim,
-                           int64_t causal_block_tiles, float sm_scale, int dtype, uintptr_t stream);
+                           int64_t causal_block_tiles, float sm_scale, int dtype, uintptr_t stream,
+                           bool mma_sync_only);
 int monarch_attention_fwd_smem_bytes();
 
 // Monarch matmul (csrc/monarch_matmul): x [rows, k*p], w1 [k, q, p], w2 [l, s, r] -> out [rows, s*l], all

@@ -268,6 +268,15 @@ def test_cuda_attention_matches_reference(name, dtype, poison_empty):
 
 
 @pytest.mark.skipif(not GPU, reason="GPU tier")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", ["30x52-3-frames", "7x11", "17x8-causal-1", "ar-2-vs-5"])
+def test_cuda_attention_portable_path_matches_reference(name, dtype, poison_empty, monkeypatch):
+    """The mma.sync stage R that sm_100a and sm_120a run, forced on this GPU (on sm_90a it replaces wgmma)."""
+    monkeypatch.setattr(cuda.CudaAttention, "mma_sync_only", True)
+    test_cuda_attention_matches_reference(name, dtype, poison_empty)
+
+
+@pytest.mark.skipif(not GPU, reason="GPU tier")
 def test_cuda_attention_kv_cache_slice_and_gradients(poison_empty):
     """A cache slice of a longer buffer (strided rows), and gradients through the Triton backward."""
     shape, hw = (30, 52), 30 * 52

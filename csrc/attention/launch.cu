@@ -11,10 +11,10 @@ namespace monarchrt {
 
 namespace {
 template <typename T>
-void launch(const attention::FwdParams& p, int batch, cudaStream_t stream) {
+void launch(const attention::FwdParams& p, int batch, bool mma_sync_only, cudaStream_t stream) {
   using namespace attention;
   static_assert(kSmemBytes <= 227 * 1024, "the fused forward must fit sm_90 / sm_100 shared memory");
-  auto kernel = monarch_fwd_cluster_kernel<T>;
+  auto kernel = mma_sync_only ? monarch_fwd_cluster_kernel<T, false> : monarch_fwd_cluster_kernel<T, true>;
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes), "smem attribute");
   const dim3 grid(unsigned(p.n_q_tiles * kCluster), unsigned(p.nh), unsigned(batch));
   kernel<<<grid, kThreads, kSmemBytes, stream>>>(p);
@@ -28,7 +28,8 @@ void monarch_attention_fwd(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t z, u
                            const std::vector<int64_t>& q_strides, const std::vector<int64_t>& k_strides,
                            const std::vector<int64_t>& v_strides, int64_t batch, int64_t nh, int64_t n_q_tiles,
                            int64_t n_kv_tiles, int64_t b1, int64_t b2, int64_t head_dim,
-                           int64_t causal_block_tiles, float sm_scale, int dtype, uintptr_t stream) {
+                           int64_t causal_block_tiles, float sm_scale, int dtype, uintptr_t stream,
+                           bool mma_sync_only) {
   using namespace attention;
   auto fail = [](const std::string& what) { throw std::invalid_argument("monarch_attention_fwd: " + what); };
   if (head_dim != kD) fail("head_dim=" + std::to_string(head_dim) + " (the fused kernel takes 128)");
@@ -67,9 +68,9 @@ void monarch_attention_fwd(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t z, u
   p.scale_log2 = sm_scale * 1.4426950408889634f;
   auto s = reinterpret_cast<cudaStream_t>(stream);
   if (dtype == kBFloat16)
-    launch<__nv_bfloat16>(p, int(batch), s);
+    launch<__nv_bfloat16>(p, int(batch), mma_sync_only, s);
   else if (dtype == kFloat16)
-    launch<__half>(p, int(batch), s);
+    launch<__half>(p, int(batch), mma_sync_only, s);
   else
     fail("dtype code " + std::to_string(dtype) + " is not fp16 (0) or bf16 (1)");
 }

@@ -197,7 +197,9 @@ __device__ __forceinline__ void fence_to_async_proxy() { asm volatile("fence.pro
 __device__ __forceinline__ void fence_to_async_proxy() {}
 #endif
 
-template <typename T>
+// kWgmma: stage R on warpgroup MMA where the target has it (sm_90a); false runs the portable mma.sync path
+// (what sm_100a and sm_120a run) on every target, so that path is tested on an H100 too.
+template <typename T, bool kWgmma>
 __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
     monarch_fwd_cluster_kernel(const FwdParams p) {
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -329,6 +331,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
       float sacc[8][4] = {};
       {  // S[j, l] = <Q[k, j], K[k, l]>, rows 16 mt + (g, g + 8), all 64 columns l
 #ifdef MONARCHRT_WGMMA
+        if constexpr (kWgmma) {
         // one m64n64k16 per 16 features, the producer warpgroup's 64 rows j at once
         float* d = &sacc[0][0];
         fence_operands(d);
@@ -342,7 +345,9 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
         cute::warpgroup_commit_batch();
         cute::warpgroup_wait<0>();
         fence_operands(d);
-#else
+        } else
+#endif
+        {
 #pragma unroll
         for (int ks = 0; ks < kD / 16; ++ks) {
           uint32_t af[4];
@@ -355,7 +360,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
             mma16<T>(sacc[2 * np + 1], af, bf[2], bf[3]);
           }
         }
-#endif
+        }
       }
       producer_barrier();  // every producer has read the query row
       if (step + 1 < total) load_q(sub_next);
@@ -436,6 +441,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
           }
         };
 #ifdef MONARCHRT_WGMMA
+        if constexpr (kWgmma) {
         // one m64n64k16 per 16 columns l: R from registers, K or V read MN-major (features contiguous); the
         // next part's products run while this part is pushed
         float acc[2][8][4];
@@ -462,7 +468,9 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
           fence_operands(&acc[part & 1][0][0]);
           push_part(part, acc[part & 1]);
         }
-#else
+        } else
+#endif
+        {
 #pragma unroll
         for (int part = 0; part < 4; ++part) {
           const T* src = part >> 1 ? s_v : s_k;
@@ -480,7 +488,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
           }
           push_part(part, acc);
         }
-#endif
+        }
         if (has_row && tig == 0) {
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
