@@ -8,7 +8,9 @@
 - H_40: H_2 (x) H_20 (Sylvester doubling of H_12's sibling H_20). Not symmetric.
 
 Every H_m satisfies H H^T = m I. A size n = m * 2^k uses H_n = H_m (x) H_{2^k}, the first
-factor on the slow index: ``x.view(m, 2^k)`` -> ``H_m X H_{2^k}^T``.
+factor on the slow index: ``x.view(m, 2^k)`` -> ``H_m X H_{2^k}^T``, with the smallest m of
+SPECIAL_ORDERS that fits (``factor``): 40 * 2^k is 20 * 2^(k+1), so n = 40 * 2^k uses
+H_20 (x) H_{2^(k+1)}, not H_40 (x) H_{2^k}; H_40 is defined for completeness and no size selects it.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from monarchrt_ops.hadamard_matrices import SPECIAL_ORDERS, hadamard_matrix, spe
 GPU = torch.cuda.is_available()
 DEVICE = "cuda" if GPU else "cpu"
 POW2 = [2**k for k in range(1, 16)]
-SPECIAL = [12 * 4, 20 * 2, 28 * 64, 40 * 16, 12 * 4096, 20]
+SPECIAL = [12 * 4, 20 * 2, 28 * 64, 40 * 16, 12 * 4096, 20, 40 * 4096]
 
 
 @pytest.mark.parametrize("order", SPECIAL_ORDERS)
@@ -56,12 +56,13 @@ def test_in_place_returns_nothing_and_matches():
     [
         (lambda: m.hadamard(torch.randn(2, 24 * 3)), ValueError, "n=72 is not supported"),
         (lambda: m.hadamard(torch.randn(2, 2**17)), ValueError, "n=131072 is not supported"),
+        (lambda: m.hadamard(torch.randn(2, 12 * 8192)), ValueError, "n=98304 is not supported"),
         (lambda: m.hadamard(torch.randn(2, 8).long()), TypeError, "torch.int64 is not supported"),
         (lambda: m.hadamard_(torch.randn(2, 8, requires_grad=True)), ValueError, "requires grad"),
         (lambda: m.hadamard_(torch.randn(8, 2).T), ValueError, "contiguous"),
         (lambda: m.hadamard(torch.randn(2, 8), backend="cudnn"), ValueError, "backend='cudnn' is not one of"),
     ],
-    ids=["size", "too-large", "dtype", "inplace-grad", "inplace-strided", "backend"],
+    ids=["size", "too-large", "special-too-large", "dtype", "inplace-grad", "inplace-strided", "backend"],
 )
 def test_bad_input(fn, exc, msg):
     with pytest.raises(exc, match=msg):
@@ -76,7 +77,8 @@ def test_opcheck_and_compile():
     torch.testing.assert_close(fn(x), m.hadamard(x) * 2)
 
 
-TRITON_SIZES = [2, 8, 16, 24, 64, 160, 256, 768, 1024, 4096, 5120, 8192, 12 * 1024, 2**16] + ([2**15] if GPU else [])
+TRITON_SIZES = [2, 8, 16, 24, 64, 160, 256, 768, 1024, 4096, 5120, 8192, 12 * 1024, 2**16, 40 * 4096]
+TRITON_SIZES += [2**15] if GPU else []
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if GPU else [])
 
 
