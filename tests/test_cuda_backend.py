@@ -99,6 +99,21 @@ def test_cuda_hadamard_matches_reference(n, dtype, poison_empty):
 
 
 @pytest.mark.skipif(not GPU, reason="GPU tier")
+@pytest.mark.parametrize("n", [12, 2048])
+def test_cuda_hadamard_misaligned_rows(n, poison_empty):
+    """Rows starting 2 bytes past a 16-byte boundary: the launcher copies to aligned buffers and back."""
+    x = torch.randn(9, n, dtype=torch.float64)
+    ref = m.hadamard(x, backend="reference")
+    flat = torch.empty(9 * n + 1, dtype=torch.float16, device="cuda")
+    y = flat[1:].view(9, n)
+    y.copy_(x)
+    assert y.data_ptr() % 16 != 0
+    assert rel_err(m.hadamard(y, backend="cuda"), ref) < TOL[torch.float16]
+    m.hadamard_(y, backend="cuda")
+    assert rel_err(y, ref) < TOL[torch.float16]
+
+
+@pytest.mark.skipif(not GPU, reason="GPU tier")
 @pytest.mark.parametrize("n", [20 * 2, 28 * 64])
 def test_cuda_hadamard_gradient_applies_the_transpose(n):
     """H_20 and H_28 are not symmetric: the backward must use the transposed table."""
