@@ -61,7 +61,7 @@ __device__ __forceinline__ int swz(int e) {
 // identity on the others: A[i][j] = 0 unless i and j agree outside mask, else (-1)^popcount(i & j & mask).
 // Built from the bits of +-1 in T with integer operations (a conversion per entry costs more).
 template <typename T> __device__ __forceinline__ uint32_t factor_bits(int i, int j, int mask) {
-  constexpr uint32_t kOne = sizeof(T) == 2 && std::is_same_v<T, __half> ? 0x3C00u : 0x3F80u;
+  constexpr uint32_t kOne = std::is_same_v<T, __half> ? 0x3C00u : 0x3F80u;  // 1.0 in fp16 or bf16
   return ((i ^ j) & ~mask & 15) ? 0u : kOne | ((__popc(i & j & mask) & 1u) << 15);
 }
 template <typename T> __device__ __forceinline__ void factor_fragment(uint32_t (&a)[4], int mask, int lane) {
