@@ -33,6 +33,7 @@ int log2_n2(int64_t n, int64_t m) {
     throw std::invalid_argument("hadamard: n / m = " + std::to_string(n2) + " must be a power of two <= 65536");
   return k;
 }
+
 template <typename T, int kSpecial>
 void run_kernel(const hadacore::Params& p, int64_t blocks, int64_t smem, cudaStream_t s) {
   auto kernel = hadacore::hadamard_kernel<T, kSpecial>;
