@@ -46,6 +46,11 @@ def arch_reason(arch: Arch, sm90_feature: str | None = None) -> str | None:
     return None
 
 
+def slower_than_triton(subject: str, region: str) -> str:
+    """Why automatic selection passes a kernel over for ``subject``: it measured slower than Triton in ``region``."""
+    return f"{subject}: measured slower than Triton {region} on sm_90 (bench/NOTES.md); explicit backend='cuda' only"
+
+
 def unmeasured_arch_reason(arch: Arch) -> str | None:
     """Why automatic selection passes a kernel over on ``arch``: the kernels were measured against
     Triton on sm_90 (H100) only (bench/NOTES.md)."""
@@ -69,10 +74,8 @@ class CudaHadamard(NoConfig):
         # n = 10240 (60-87 % against 75-94 %) and faster at 28 x 1024 (75 % against 54 %).
         reason = unmeasured_arch_reason(arch)
         if reason is None and problem.m > 1 and problem.n <= 16384:
-            return (
-                f"n={problem.n} = {problem.m} x {problem.n // problem.m}: measured slower than Triton for "
-                "m * 2^k up to 16K on sm_90 (bench/NOTES.md); explicit backend='cuda' only"
-            )
+            n, mm = problem.n, problem.m
+            return slower_than_triton(f"n={n} = {mm} x {n // mm}", "for m * 2^k up to 16K")
         return reason
 
     def supports(self, problem: HadamardProblem, arch: Arch) -> str | None:
@@ -172,10 +175,7 @@ class CudaAttention(NoConfig):
         if reason is not None:
             return reason
         if problem.b1 < 24 or problem.b2 < 40:
-            return (
-                f"tile {problem.b1}x{problem.b2}: measured slower than Triton below 24x40 on sm_90 "
-                "(bench/NOTES.md); explicit backend='cuda' only"
-            )
+            return slower_than_triton(f"tile {problem.b1}x{problem.b2}", "below 24x40")
         return None
 
     def supports(self, problem: AttentionProblem, arch: Arch) -> str | None:
