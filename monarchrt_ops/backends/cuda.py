@@ -71,7 +71,8 @@ class CudaHadamard(NoConfig):
     def auto_reason(self, problem: HadamardProblem, arch: Arch) -> str | None:
         # Measured on an H100 against Triton, bf16, 256 MB (bench/NOTES.md, "Hadamard transform"): powers of
         # two 128..32K at 96-100 % of the copy rate (Triton 58-99 %); n = m * 2^k slower than Triton up to
-        # n = 10240 (60-87 % against 75-94 %) and faster at 28 x 1024 (75 % against 54 %).
+        # n = 10240 (60-87 % against 75-94 %) and faster at 28 x 1024 (75 % against 54 %), the one size
+        # measured above 16K (beyond 32K elements Triton takes two passes over the data).
         reason = unmeasured_arch_reason(arch)
         if reason is None and problem.m > 1 and problem.n <= 16384:
             n, mm = problem.n, problem.m
