@@ -89,3 +89,13 @@ def hadamard_matrix(n: int) -> torch.Tensor:
     """Dense H_n = H_m (x) H_{2^k}, float64 (for tests and small references)."""
     m, p = factor(n)
     return torch.kron(special(m) if m > 1 else torch.ones(1, 1, dtype=torch.float64), sylvester(p))
+
+
+@functools.cache
+def padded_matrix(kind: str, size: int, pad: int, transpose: bool, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """``special(size)`` or ``sylvester(size)`` (kind 'special' / 'sylvester'), transposed if asked, zero-padded
+    to ``pad x pad`` and cached on ``device`` in ``dtype``: the operand tables the kernels read."""
+    h = special(size) if kind == "special" else sylvester(size)
+    out = torch.zeros(pad, pad, dtype=torch.float64)
+    out[:size, :size] = h.T if transpose else h
+    return out.to(dtype=dtype, device=device).contiguous()

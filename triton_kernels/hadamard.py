@@ -10,13 +10,11 @@ chunks, then the m factor across them), each safe in place.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
-from ..hadamard_matrices import SPECIAL_ORDERS, special, sylvester
+from ..hadamard_matrices import SPECIAL_ORDERS, padded_matrix
 
 # A 128x128 factor measured 77 % of clone at n = 128 and 42 % at n = 2048 = 128 x 16 on an H100,
 # against 99 % for 16 x 16 (bench/NOTES.md): factors stay <= 64 where the size allows.
@@ -87,19 +85,6 @@ def _factors(n_pad: int) -> tuple[int, int, int]:
     return tuple(1 << b for b in sizes) + (1,) * (3 - len(sizes))
 
 
-def _padded(h: torch.Tensor, size: int) -> torch.Tensor:
-    out = torch.zeros(size, size, dtype=torch.float64)
-    out[: h.shape[0], : h.shape[1]] = h
-    return out
-
-
-@functools.cache
-def _matrix(kind: str, size: int, pad: int, transpose: bool, dtype: torch.dtype, device: str) -> torch.Tensor:
-    h = special(size) if kind == "special" else sylvester(size)
-    h = h.T if transpose else h
-    return _padded(h, pad).to(dtype=dtype, device=device).contiguous()
-
-
 def _launch(x, y, m, n2, scale, transpose, apply_m, br, nb, fp32_intermediate):
     """One kernel launch over 2-D x, y: H_n2 along rows when nb covers them (else H_m only)."""
     apply_n = nb >= n2
@@ -108,8 +93,8 @@ def _launch(x, y, m, n2, scale, transpose, apply_m, br, nb, fp32_intermediate):
     f0, f1, f2 = _factors(n_pad)
     dev = str(x.device)
     dt = torch.float32 if fp32_intermediate else x.dtype
-    hm = _matrix("special" if m in SPECIAL_ORDERS else "sylvester", m, _pow2_at_least(m), transpose, dt, dev)
-    hf = [_matrix("sylvester", min(n2, f), f, False, dt, dev) for f in (f0, max(f1, 16), max(f2, 16))]
+    hm = padded_matrix("special" if m in SPECIAL_ORDERS else "sylvester", m, _pow2_at_least(m), transpose, dt, dev)
+    hf = [padded_matrix("sylvester", min(n2, f), f, False, dt, dev) for f in (f0, max(f1, 16), max(f2, 16))]
     tile = br * m_tile * (n_pad if apply_n else nb)
     grid = (triton.cdiv(x.shape[0], br), triton.cdiv(n2, nb))
     _hadamard_kernel[grid](

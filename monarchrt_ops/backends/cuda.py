@@ -12,7 +12,7 @@ import functools
 import torch
 
 from ..arch import Arch, arch_of
-from ..hadamard_matrices import special
+from ..hadamard_matrices import padded_matrix
 from ..problem import AttentionProblem, HadamardProblem, MonarchMatmulProblem
 from ..registry import NoConfig
 
@@ -97,7 +97,9 @@ class CudaHadamard(NoConfig):
         module, _ = extension()
         src = _aligned_contiguous(x2d)  # flat rows, 16-byte vector loads
         dst = out2d if out2d.data_ptr() % 16 == 0 and out2d.is_contiguous() else torch.empty_like(src)
-        hm = _special_table(m, transpose, src.dtype, src.device) if m > 1 else None
+        hm = None
+        if m > 1:  # H_m (H_m^T for the transpose) zero-padded to 16 or 32: the kernel's A operand
+            hm = padded_matrix("special", m, 16 if m <= 16 else 32, transpose, src.dtype, str(src.device))
         with torch.cuda.device(src.device):  # the launcher uses the current device
             module.hadamard(
                 src.data_ptr(), dst.data_ptr(), src.shape[0], src.shape[1], m,
@@ -107,16 +109,6 @@ class CudaHadamard(NoConfig):
         if dst is not out2d:
             out2d.copy_(dst)
         return out2d
-
-
-@functools.cache
-def _special_table(m: int, transpose: bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """H_m (H_m^T for the transpose) zero-padded to 16 or 32 square: the kernel's A operand."""
-    h = special(m).T if transpose else special(m)
-    size = 16 if m <= 16 else 32
-    table = torch.zeros(size, size, dtype=torch.float64)
-    table[:m, :m] = h
-    return table.to(device, dtype)
 
 
 class CudaMonarchMatmul(NoConfig):
