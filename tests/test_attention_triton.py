@@ -17,6 +17,7 @@ DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if GPU else [])
 CASES = {
     "6x10": (2, 2, (6, 10), 1, {}),
     "7x11-batch2": (2, 2, (7, 11), 2, {}),
+    "3x20-rows-across-tiles": (2, 2, (3, 20), 1, {}),  # b2 > 16: several l blocks in fp32; 40 (a, j) rows
     "tiled-f2-h2-w2": (2, 2, (6, 10), 1, {"f_tied": 2, "h_reduce": 2, "w_reduce": 2}),
     "causal-1": (3, 3, (5, 6), 1, {"causal_block_frames": 1}),
     "causal-3": (4, 4, (3, 4), 1, {"causal_block_frames": 3}),

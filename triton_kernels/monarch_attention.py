@@ -1,8 +1,9 @@
 """Launchers of the Monarch attention Triton kernels: tensors in, tensors out, config given.
 
 Knows nothing of torch ops or the registry. Config keys (validity: backends/triton.py):
-``block_j, block_l, r_warps`` (stage-R kernels), ``block_i, block_k, l_warps`` (stage-L kernels),
-``num_stages``. Tile-order shapes: q ``[B, A, b1, b2, nh, d]``, k and v ``[B, F, b1, b2, nh, d]``.
+``fwd_block_m, fwd_block_l, fwd_warps`` (the forward stage-R kernel, also the backward's recompute),
+``block_j, block_l, r_warps`` (the backward stage-R kernels), ``block_i, block_k, l_warps``
+(stage-L kernels), ``num_stages``. Tile-order shapes: q ``[B, A, b1, b2, nh, d]``, k and v ``[B, F, b1, b2, nh, d]``.
 """
 
 from __future__ import annotations
@@ -34,16 +35,22 @@ class _Scratch:
         self.lse_r = torch.empty_like(self.c_l) if with_lse_r else self.c_l
 
 
+# Fewer stage-R programs than this (small F * b1 * heads) split each key row's (a, j) rows.
+_MIN_STAGE_R_PROGRAMS = 1024
+
+
 def _stage_r(q, k, v, sc: _Scratch, a_r, c_r, sm_scale, common, config, write_y=True, write_lse=False):
     n_a, b1, b2 = q.shape[1], q.shape[2], q.shape[3]
     n_f, bsz, nh = k.shape[1], q.shape[0], q.shape[4]
-    grid = (n_a * n_f * b1, triton.cdiv(b2, config["block_j"]), bsz * nh)
-    _stage_r_fwd[grid](
+    programs = n_f * b1 * bsz * nh
+    row_blocks = triton.cdiv(n_a * b2, config["fwd_block_m"])
+    split = min(row_blocks, max(1, triton.cdiv(_MIN_STAGE_R_PROGRAMS, programs)))
+    _stage_r_fwd[(n_f * b1, split, bsz * nh)](
         q, k, v, q if a_r is None else a_r, sc.c_l if c_r is None else c_r, sc.a_l, sc.y, sc.c_l, sc.lse_r,
         sm_scale, *q.stride()[:5], *k.stride()[:5], *v.stride()[:5], *common,
-        FIRST=a_r is None, WRITE_Y=write_y, WRITE_LSE=write_lse,
+        FIRST=a_r is None, WRITE_Y=write_y, WRITE_LSE=write_lse, ONE_L_BLOCK=b2 <= config["fwd_block_l"],
         HEAD_DIM=q.shape[5], DOT_PRECISION=_dot_precision(q.dtype),
-        BLOCK_J=config["block_j"], BLOCK_L=config["block_l"], num_warps=config["r_warps"],
+        BLOCK_M=config["fwd_block_m"], BLOCK_L=config["fwd_block_l"], num_warps=config["fwd_warps"],
         num_stages=config["num_stages"],
     )  # fmt: skip
 

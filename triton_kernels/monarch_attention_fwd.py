@@ -1,8 +1,9 @@
 """Triton forward kernels of Monarch attention (SPEC section 1), all query tiles in one launch.
 
 Three kernels, each one launch per call:
-- ``_stage_r_fwd``: per (a, f, k) and a block of columns j: softmax over the key row's columns l,
-  giving aL = sum_l R K, Y = sum_l R V and cL = sum_l R log R (online, with an entropy accumulator).
+- ``_stage_r_fwd``: per key row (f, k), over blocks of (a, j) rows taken across every query tile
+  that sees it: softmax over the key row's columns l, giving aL = sum_l R K, Y = sum_l R V and
+  cL = sum_l R log R (with an entropy accumulator).
   The first pass takes the query of row k (L = identity); later passes take aR and the temperature.
   Y is skipped on passes that only feed the aR update; the backward also takes lse_R.
 - ``_stage_l_fwd``: per (a, j) and a block of query rows i: softmax over every visible (f, k),
@@ -46,73 +47,96 @@ def _stage_r_fwd(
     skb, skt, skr, skc, skh,
     svb, svt, svr, svc, svh,
     nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
-    FIRST: tl.constexpr, WRITE_Y: tl.constexpr, WRITE_LSE: tl.constexpr,
-    HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_L: tl.constexpr,
+    FIRST: tl.constexpr, WRITE_Y: tl.constexpr, WRITE_LSE: tl.constexpr, ONE_L_BLOCK: tl.constexpr,
+    HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
-    pid_afk = tl.program_id(0)
-    pid_j = tl.program_id(1)
+    """One key row (f, k) against every query tile that sees it (docs/attention-kernels.md, stage R).
+
+    The rows of a block are (a, j) pairs taken across query tiles, so one block of BLOCK_M rows
+    shares the key row's K/V and the matrix products are BLOCK_M tall whatever b2 is.
+    ONE_L_BLOCK (b2 <= BLOCK_L): the whole key row is one block, so the softmax is exact without
+    rescaling and aL and Y are formed one after the other (one accumulator live at a time).
+    """
+    pid_fk = tl.program_id(0)
     pid_bh = tl.program_id(2)
-    k_row = pid_afk % b1
-    f = (pid_afk // b1) % num_kv_tiles
-    a = pid_afk // (b1 * num_kv_tiles)
+    k_row = pid_fk % b1
+    f = pid_fk // b1
     bb = (pid_bh // nh).to(tl.int64)  # int64: scratch offsets pass 2**31 at Wan 720p sizes
     h = pid_bh % nh
-    if causal_block_tiles > 0:
-        if f // causal_block_tiles > a // causal_block_tiles:  # key tile f is masked for query tile a
-            return
     dtype = Q.dtype.element_ty
-    offs_j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)
     offs_d = tl.arange(0, HEAD_DIM)
-    mask_j = offs_j < b2
-    # one scratch row block: [(b, h, a, f)] then per-layout offsets
-    afk_base = ((bb * nh + h) * num_q_tiles + a) * num_kv_tiles + f
-    if FIRST:
-        # [BJ, D] query of row k, every column j of the block
-        a_r = _rows(Q + bb * sqb + a * sqt + k_row * sqr + h * sqh, offs_j * sqc, mask_j, HEAD_DIM)
-        row_scale = tl.full([BLOCK_J], 1.0, tl.float32) * sm_scale
-    else:
-        a_r = _rows(AR, ((afk_base * b1 + k_row) * b2 + offs_j) * HEAD_DIM, mask_j, HEAD_DIM)
-        c_r = tl.load(CR + (afk_base * b1 + k_row) * b2 + offs_j, mask=mask_j, other=1.0)
-        row_scale = sm_scale * tl.minimum(1.0 / (c_r + TEMPERATURE_EPS), TEMPERATURE_MAX)
-
-    m_i = tl.full([BLOCK_J], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_J], tl.float32)
-    ps_i = tl.zeros([BLOCK_J], tl.float32)  # sum_l p * s, for the entropy
-    acc_al = tl.zeros([BLOCK_J, HEAD_DIM], tl.float32)
-    acc_y = tl.zeros([BLOCK_J, HEAD_DIM], tl.float32)
+    # query tiles that see key tile f: all, or from the first tile of f's causal block on
+    a_first = 0
+    if causal_block_tiles > 0:
+        a_first = (f // causal_block_tiles) * causal_block_tiles
+    row_end = num_q_tiles * b2
     k_base = K + bb * skb + f * skt + k_row * skr + h * skh
     v_base = V + bb * svb + f * svt + k_row * svr + h * svh
-    for l0 in range(0, b2, BLOCK_L):
-        offs_l = l0 + tl.arange(0, BLOCK_L)
-        mask_l = offs_l < b2
-        k_blk = _rows(k_base, offs_l * skc, mask_l, HEAD_DIM)
-        s = tl.dot(a_r, tl.trans(k_blk), input_precision=DOT_PRECISION) * row_scale[:, None]  # [BJ, D] @ [D, BL]
-        s = tl.where(mask_l[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        ps_i = ps_i * alpha + tl.sum(p * tl.where(mask_l[None, :], s, 0.0), 1)
-        acc_al = acc_al * alpha[:, None] + tl.dot(
-            p.to(dtype), k_blk, input_precision=DOT_PRECISION
-        )  # [BJ, BL] @ [BL, D]
-        if WRITE_Y:
-            v_blk = _rows(v_base, offs_l * svc, mask_l, HEAD_DIM)
-            acc_y = acc_y * alpha[:, None] + tl.dot(p.to(dtype), v_blk, input_precision=DOT_PRECISION)
-        m_i = m_new
-    lse = m_i + tl.log(l_i)
-    c_l = ps_i / l_i - lse
-    # [b, h, a, f, j, k, :] rows
-    out_rows = (afk_base * b2 + offs_j) * b1 + k_row
-    tl.store(
-        AL + out_rows[:, None] * HEAD_DIM + offs_d[None, :], (acc_al / l_i[:, None]).to(dtype), mask=mask_j[:, None]
-    )
-    tl.store(CL + out_rows, c_l, mask=mask_j)
-    if WRITE_Y:
-        y_out = (acc_y / l_i[:, None]).to(dtype)
-        tl.store(Y + out_rows[:, None] * HEAD_DIM + offs_d[None, :], y_out, mask=mask_j[:, None])
-    if WRITE_LSE:
-        tl.store(LSE_R + out_rows, lse, mask=mask_j)
+    bh_base = (bb * nh + h) * num_q_tiles
+    for row0 in range(a_first * b2 + tl.program_id(1) * BLOCK_M, row_end, BLOCK_M * tl.num_programs(1)):
+        rows = row0 + tl.arange(0, BLOCK_M)
+        mask_m = rows < row_end
+        a = rows // b2
+        j = rows % b2
+        afk_base = (bh_base + a) * num_kv_tiles + f  # [BM] scratch row block of (b, h, a, f)
+        if FIRST:
+            # query of row k at column j of tile a (L = identity)
+            a_r = _rows(Q + bb * sqb + k_row * sqr + h * sqh, a * sqt + j * sqc, mask_m, HEAD_DIM)
+            row_scale = tl.full([BLOCK_M], 1.0, tl.float32) * sm_scale
+        else:
+            ar_rows = (afk_base * b1 + k_row) * b2 + j
+            a_r = _rows(AR, ar_rows * HEAD_DIM, mask_m, HEAD_DIM)
+            c_r = tl.load(CR + ar_rows, mask=mask_m, other=1.0)
+            row_scale = sm_scale * tl.minimum(1.0 / (c_r + TEMPERATURE_EPS), TEMPERATURE_MAX)
+        out_rows = (afk_base * b2 + j) * b1 + k_row  # [b, h, a, f, j, k]
+        if ONE_L_BLOCK:
+            offs_l = tl.arange(0, BLOCK_L)
+            mask_l = offs_l < b2
+            k_blk = _rows(k_base, offs_l * skc, mask_l, HEAD_DIM)
+            s = tl.dot(a_r, tl.trans(k_blk), input_precision=DOT_PRECISION) * row_scale[:, None]
+            s = tl.where(mask_l[None, :], s, float("-inf"))
+            m_i = tl.max(s, 1)
+            p = tl.exp(s - m_i[:, None])
+            l_i = tl.sum(p, 1)
+            ps_i = tl.sum(p * tl.where(mask_l[None, :], s, 0.0), 1)
+            r = (p / l_i[:, None]).to(dtype)
+            acc = tl.dot(r, k_blk, input_precision=DOT_PRECISION)
+            tl.store(AL + out_rows[:, None] * HEAD_DIM + offs_d[None, :], acc.to(dtype), mask=mask_m[:, None])
+            if WRITE_Y:
+                v_blk = _rows(v_base, offs_l * svc, mask_l, HEAD_DIM)
+                acc = tl.dot(r, v_blk, input_precision=DOT_PRECISION)
+                tl.store(Y + out_rows[:, None] * HEAD_DIM + offs_d[None, :], acc.to(dtype), mask=mask_m[:, None])
+        else:
+            m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+            l_i = tl.zeros([BLOCK_M], tl.float32)
+            ps_i = tl.zeros([BLOCK_M], tl.float32)  # sum_l p * s, for the entropy
+            acc_al = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+            acc_y = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+            for l0 in range(0, b2, BLOCK_L):
+                offs_l = l0 + tl.arange(0, BLOCK_L)
+                mask_l = offs_l < b2
+                k_blk = _rows(k_base, offs_l * skc, mask_l, HEAD_DIM)
+                s = tl.dot(a_r, tl.trans(k_blk), input_precision=DOT_PRECISION) * row_scale[:, None]
+                s = tl.where(mask_l[None, :], s, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                alpha = tl.exp(m_i - m_new)
+                p = tl.exp(s - m_new[:, None])
+                l_i = l_i * alpha + tl.sum(p, 1)
+                ps_i = ps_i * alpha + tl.sum(p * tl.where(mask_l[None, :], s, 0.0), 1)
+                acc_al = acc_al * alpha[:, None] + tl.dot(p.to(dtype), k_blk, input_precision=DOT_PRECISION)
+                if WRITE_Y:
+                    v_blk = _rows(v_base, offs_l * svc, mask_l, HEAD_DIM)
+                    acc_y = acc_y * alpha[:, None] + tl.dot(p.to(dtype), v_blk, input_precision=DOT_PRECISION)
+                m_i = m_new
+            al_out = (acc_al / l_i[:, None]).to(dtype)
+            tl.store(AL + out_rows[:, None] * HEAD_DIM + offs_d[None, :], al_out, mask=mask_m[:, None])
+            if WRITE_Y:
+                y_out = (acc_y / l_i[:, None]).to(dtype)
+                tl.store(Y + out_rows[:, None] * HEAD_DIM + offs_d[None, :], y_out, mask=mask_m[:, None])
+        lse = m_i + tl.log(l_i)
+        tl.store(CL + out_rows, ps_i / l_i - lse, mask=mask_m)
+        if WRITE_LSE:
+            tl.store(LSE_R + out_rows, lse, mask=mask_m)
 
 
 @triton.jit(do_not_specialize=RUNTIME_ARGS)

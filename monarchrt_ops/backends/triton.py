@@ -75,7 +75,13 @@ class TritonAttention(_Triton):
         # fp32 blocks are a quarter the area: 64-wide ones need 330 KB of shared memory in the stage-R
         # backward, 16-wide ones 99 KB, under even an RTX 5090's 99 KB (tests/test_triton_compile.py)
         wide = 16 if problem.dtype == torch.float32 else 64
+        # forward stage R: rows of (a, j) pairs across query tiles; one l block up to b2 = 128
+        fwd_l = min(wide if wide == 16 else 128, max(16, _next_pow2(problem.b2)))
+        fwd_m = 16 if wide == 16 else (128 if fwd_l <= 64 else 64)
         return {
+            "fwd_block_m": fwd_m,
+            "fwd_block_l": fwd_l,
+            "fwd_warps": 8 if fwd_m == 128 else 4,
             "block_j": min(wide, max(16, _next_pow2(problem.b2))),
             "block_l": min(wide, max(16, _next_pow2(problem.b2))),
             "r_warps": 4,
@@ -89,6 +95,9 @@ class TritonAttention(_Triton):
         # Blocks below 16 cannot feed tl.dot; 128-wide blocks of d=128 spill; the first H100 study
         # (bench/NOTES.md) found nothing better outside these values.
         return {
+            "fwd_block_m": [16, 32, 64, 128],
+            "fwd_block_l": [16, 32, 64, 128],
+            "fwd_warps": [4, 8],
             "block_j": [16, 32, 64],
             "block_l": [16, 32, 64],
             "r_warps": [4, 8],
@@ -104,6 +113,11 @@ class TritonAttention(_Triton):
         if reason is not None:
             return reason
         d = problem.head_dim
+        # forward stage R: one [m, d] accumulator and the [m, l] logits with one l block, else two
+        fwd_m, fwd_l = config["fwd_block_m"], config["fwd_block_l"]
+        fwd_acc = fwd_m * (d + fwd_l) * 4 if problem.b2 <= fwd_l else 2 * fwd_m * d * 4
+        if fwd_acc > _MAX_ACC_BYTES:
+            return f"forward stage-R accumulators ({fwd_m} rows, l block {fwd_l}) {fwd_acc} B exceed {_MAX_ACC_BYTES} B"
         if 2 * config["block_j"] * d * 4 > _MAX_ACC_BYTES:
             return f"stage R accumulators 2*{config['block_j']}*{d}*4 B exceed {_MAX_ACC_BYTES} B"
         if config["block_i"] * d * 4 > _MAX_ACC_BYTES:
@@ -113,7 +127,7 @@ class TritonAttention(_Triton):
             # 16-bit inputs stay under 100 KB across this space; fp32 reaches 330 KB at 64-wide blocks,
             # 131 KB at 32 (two stages), 99 KB at 16 with block_i, block_k <= 32 and <= 2 stages.
             widest = 32 if arch.smem_per_block >= 160 * 1024 else 16
-            if max(config["block_j"], config["block_l"]) > widest:
+            if max(config["block_j"], config["block_l"], config["fwd_block_m"], config["fwd_block_l"]) > widest:
                 return f"fp32 stage-R blocks over {widest} exceed {arch.smem_per_block} B of shared memory"
             if config["block_i"] > 32 or config["block_k"] > 32 or config["num_stages"] > 2:
                 return "fp32 stage-L blocks over 32 or more than 2 stages exceed the shared memory"
