@@ -1,0 +1,78 @@
+"""Forward stage-R configs of the Triton backend, timed in the whole Triton forward (one run).
+
+python -m monarchrt_ops.bench.sweep_stage_r [--json PATH]
+
+For each case: the backend default and every ``fwd_block_m x fwd_block_l x fwd_warps x num_stages``
+of a short list that ``is_valid`` accepts, CUDA-graph replay time of the Triton forward (the other
+config keys at their defaults). Feeds the defaults and the tuner's space (docs/attention-kernels.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import monarchrt_ops as m
+from monarchrt_ops.arch import arch_of
+from monarchrt_ops.problem import AttentionProblem
+from monarchrt_ops.registry import get_backend
+
+from .common import graph_ms, header
+
+CASES = {"30x52": ((30, 52), {}), "45x80": ((45, 80), {}), "15x26": ((30, 52), {"h_reduce": 2, "w_reduce": 2})}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--frames", type=int, default=21)
+    args = p.parse_args(argv)
+    from monarchrt_ops.triton_kernels.monarch_attention import monarch_attention_fwd
+
+    backend = get_backend("attention", "triton")
+    arch = arch_of(torch.device("cuda"))
+    out = {"header": header(), "cases": {}}
+    for name, (frame, kw) in CASES.items():
+        tiling = m.make_tiling(frame, **kw)
+        hw = frame[0] * frame[1]
+        q, k, v = (
+            m.to_tiles(torch.randn(1, args.frames * hw, 12, 128, device="cuda", dtype=torch.bfloat16), tiling)
+            for _ in range(3)
+        )
+        prob = AttentionProblem.from_tiles(q, k, 0, 1)
+        base = backend.default_config(prob, arch)
+        rows = []
+        widest_l = max(16, 1 << (tiling.b2 - 1).bit_length())
+        grid = itertools.product([64, 128], [widest_l // 2, widest_l], [4, 8], [2, 3])
+        for cfg in [None, *grid]:
+            config = dict(base)
+            if cfg is not None:
+                config.update(fwd_block_m=cfg[0], fwd_block_l=cfg[1], fwd_warps=cfg[2], num_stages=cfg[3])
+            if backend.is_valid(config, prob, arch) is not None:
+                continue
+            try:
+                ms = graph_ms(
+                    lambda c=config: monarch_attention_fwd(
+                        q, k, v, sm_scale=128**-0.5, causal_block_tiles=0, num_iters=1, config=c
+                    )
+                )
+            except Exception as e:  # noqa: BLE001 - a config that fails to compile is recorded
+                ms = None
+                config["error"] = str(e).splitlines()[0][:200]
+            rows.append({"default": cfg is None, "ms": ms, **config})
+            print(name, "default" if cfg is None else cfg, ms, flush=True)
+        out["cases"][name] = sorted(rows, key=lambda r: r["ms"] or 1e9)
+        best = out["cases"][name][0]
+        print(f"BEST {name}: {best['ms']:.3f} ms {best}", flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
