@@ -57,7 +57,7 @@ def main(argv=None) -> int:
                 continue
             try:
                 ms = graph_ms(
-                    lambda c=config: monarch_attention_fwd(
+                    lambda c=config, q=q, k=k, v=v: monarch_attention_fwd(
                         q, k, v, sm_scale=128**-0.5, causal_block_tiles=0, num_iters=1, config=c
                     )
                 )
