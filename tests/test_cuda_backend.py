@@ -211,14 +211,14 @@ B200 = Arch("sm100", (10, 0), "NVIDIA B200", 148, 232448)
 @pytest.mark.parametrize(
     "change, arch, chosen, why_not_cuda",
     [
-        ({}, H100, "cuda", None),
-        ({"b1": 24, "b2": 40}, H100, "cuda", None),
-        ({"b1": 16, "b2": 32}, H100, "triton", "tile 16x32: measured slower than Triton below 24x40"),
+        ({}, H100, "triton", "tile 30x52: measured slower than Triton at 30x52 and below"),
+        ({"b1": 24, "b2": 40}, H100, "triton", "tile 24x40: measured slower than Triton"),
+        ({"b1": 16, "b2": 32}, H100, "triton", "tile 16x32: measured slower than Triton"),
         ({}, B200, "triton", "not measured against Triton on sm_100"),
     ],
     ids=["h100-30x52", "h100-24x40", "h100-16x32", "b200-unmeasured"],
 )
-def test_automatic_selection_takes_the_fused_forward_only_where_it_was_measured_faster(
+def test_automatic_selection_passes_the_fused_forward_over_where_triton_measured_faster(
     monkeypatch, change, arch, chosen, why_not_cuda
 ):
     from monarchrt_ops import registry

@@ -159,17 +159,15 @@ class CudaAttention(NoConfig):
     mma_sync_only = False
 
     def auto_reason(self, problem: AttentionProblem, arch: Arch) -> str | None:
-        # Measured on an H100 against Triton, bf16, 21 frames (bench/NOTES.md, "CUDA fused forward"):
-        # faster on tiles 24x40 (1.52x), 30x52 (1.42x) and 32x64 (1.21x); slower on 16x32 (0.95x) and
-        # 8x16 (0.63x), where each cluster sub-step has too little work for its fixed hand-off cost.
-        # Automatic selection takes it inside that measured region only; backend="cuda" runs any
+        # Measured on the H200 against Triton, bf16, 21 frames (docs/attention-kernels.md, "Measured"):
+        # since the Triton stage R takes its rows across query tiles, Triton is faster at 30x52 (4.13 vs
+        # 4.66 ms), the tile where this kernel had its largest lead (1.42x on the H100 before), and on
+        # the AR and block-causal cases. Automatic selection no longer takes it; backend="cuda" runs any
         # supported problem.
         reason = unmeasured_arch_reason(arch)
         if reason is not None:
             return reason
-        if problem.b1 < 24 or problem.b2 < 40:
-            return slower_than_triton(f"tile {problem.b1}x{problem.b2}", "below 24x40")
-        return None
+        return slower_than_triton(f"tile {problem.b1}x{problem.b2}", "at 30x52 and below since Triton's batched stage R")
 
     def supports(self, problem: AttentionProblem, arch: Arch) -> str | None:
         reason = arch_reason(arch, "thread-block clusters")

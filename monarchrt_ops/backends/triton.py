@@ -75,15 +75,16 @@ class TritonAttention(_Triton):
         # fp32 blocks are a quarter the area: 64-wide ones need 330 KB of shared memory in the stage-R
         # backward, 16-wide ones 99 KB, under even an RTX 5090's 99 KB (tests/test_triton_compile.py)
         wide = 16 if problem.dtype == torch.float32 else 64
-        # forward stage R: rows of (a, j) pairs across query tiles; one l block up to b2 = 128
-        fwd_l = min(wide if wide == 16 else 128, max(16, _next_pow2(problem.b2)))
-        fwd_m = 16 if wide == 16 else (128 if fwd_l <= 64 else 64)
+        # forward stage R: rows of (a, j) pairs across query tiles; the H200 sweep (bench/sweep_stage_r.py,
+        # docs/attention-kernels.md) found 64 rows, 4 warps and an l block of min(64, b2 rounded up to a
+        # power of two) best or within 1 % of it at 30x52, 45x80 and 15x26
+        row_block = min(wide, max(16, _next_pow2(problem.b2)))
         return {
-            "fwd_block_m": fwd_m,
-            "fwd_block_l": fwd_l,
-            "fwd_warps": 8 if fwd_m == 128 else 4,
-            "block_j": min(wide, max(16, _next_pow2(problem.b2))),
-            "block_l": min(wide, max(16, _next_pow2(problem.b2))),
+            "fwd_block_m": wide,
+            "fwd_block_l": row_block,
+            "fwd_warps": 4,
+            "block_j": row_block,
+            "block_l": row_block,
             "r_warps": 4,
             "block_i": min(64 if wide == 64 else 32, max(16, _next_pow2(problem.b1))),
             "block_k": min(32, max(16, _next_pow2(problem.b1))),
