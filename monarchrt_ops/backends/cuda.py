@@ -167,9 +167,7 @@ class CudaAttention(NoConfig):
         reason = unmeasured_arch_reason(arch)
         if reason is not None:
             return reason
-        return slower_than_triton(
-            f"tile {problem.b1}x{problem.b2}", "at 30x52 and below since Triton's batched stage R"
-        )
+        return slower_than_triton(f"tile {problem.b1}x{problem.b2}", "at 30x52 and below (batched stage R)")
 
     def supports(self, problem: AttentionProblem, arch: Arch) -> str | None:
         reason = arch_reason(arch, "thread-block clusters")
