@@ -2,6 +2,7 @@
 
 Knows nothing of torch ops or the registry. Config keys (validity: backends/triton.py):
 ``fwd_block_m, fwd_block_l, fwd_warps`` (the forward stage-R kernel, also the backward's recompute),
+``fwd_block_k`` (key rows per step of the forward stage-L kernel, across key tiles),
 ``block_j, block_l, r_warps`` (the backward stage-R kernels), ``block_i, block_k, l_warps``
 (stage-L kernels), ``num_stages``. Tile-order shapes: q ``[B, A, b1, b2, nh, d]``, k and v ``[B, F, b1, b2, nh, d]``.
 """
@@ -72,7 +73,7 @@ def monarch_attention_fwd(q, k, v, *, sm_scale: float, causal_block_tiles: int, 
         _stage_l_fwd[grid_l](
             q, sc.a_l, sc.y, sc.c_l, z, lse, sm_scale, *q.stride()[:5], *common,
             WRITE_Z=last, HEAD_DIM=d, DOT_PRECISION=_dot_precision(q.dtype),
-            BLOCK_I=config["block_i"], BLOCK_K=config["block_k"],
+            BLOCK_I=config["block_i"], BLOCK_K=config["fwd_block_k"],
             num_warps=config["l_warps"], num_stages=config["num_stages"],
         )  # fmt: skip
         if not last:

@@ -6,8 +6,8 @@ Three kernels, each one launch per call:
   cL = sum_l R log R (with an entropy accumulator).
   The first pass takes the query of row k (L = identity); later passes take aR and the temperature.
   Y is skipped on passes that only feed the aR update; the backward also takes lse_R.
-- ``_stage_l_fwd``: per (a, j) and a block of query rows i: softmax over every visible (f, k),
-  giving Z and the log-normaliser lse_L.
+- ``_stage_l_fwd``: per (a, j) and a block of query rows i: softmax over every visible (f, k), taken
+  as one flat sequence of key rows, giving Z and the log-normaliser lse_L.
 - ``_stage_l_update``: per (a, f, j) and a block of key rows k: the num_iters > 1 update
   aR = sum_i L Q, cR = sum_i L, from the stage-L normaliser of the previous kernel.
 
@@ -167,23 +167,24 @@ def _stage_l_fwd(
     l_i = tl.zeros([BLOCK_I], tl.float32)
     acc = tl.zeros([BLOCK_I, HEAD_DIM], tl.float32)
     bha = (bb * nh + h) * num_q_tiles + a
-    for f in range(0, f_end):
-        row0 = ((bha * num_kv_tiles + f) * b2 + j) * b1  # [b, h, a, f, j, k=0]
-        for k0 in range(0, b1, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            mask_k = offs_k < b1
-            a_l = _rows(AL, (row0 + offs_k) * HEAD_DIM, mask_k, HEAD_DIM)
-            c_l = tl.load(CL + row0 + offs_k, mask=mask_k, other=0.0)
-            s = tl.dot(q, tl.trans(a_l), input_precision=DOT_PRECISION) * sm_scale - c_l[None, :]  # [BI, D] @ [D, BK]
-            s = tl.where(mask_k[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            alpha = tl.exp(m_i - m_new)
-            p = tl.exp(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            if WRITE_Z:
-                y = _rows(Y, (row0 + offs_k) * HEAD_DIM, mask_k, HEAD_DIM)
-                acc = acc * alpha[:, None] + tl.dot(p.to(dtype), y, input_precision=DOT_PRECISION)  # [BI, BK] @ [BK, D]
-            m_i = m_new
+    # the visible key rows (f, k) as one flat sequence, so a block spans key tiles (no per-tile padding)
+    n_keys = f_end * b1
+    for key0 in range(0, n_keys, BLOCK_K):
+        keys = key0 + tl.arange(0, BLOCK_K)
+        mask_k = keys < n_keys
+        rows = ((bha * num_kv_tiles + keys // b1) * b2 + j) * b1 + keys % b1  # [b, h, a, f, j, k]
+        a_l = _rows(AL, rows * HEAD_DIM, mask_k, HEAD_DIM)
+        c_l = tl.load(CL + rows, mask=mask_k, other=0.0)
+        s = tl.dot(q, tl.trans(a_l), input_precision=DOT_PRECISION) * sm_scale - c_l[None, :]  # [BI, D] @ [D, BK]
+        s = tl.where(mask_k[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if WRITE_Z:
+            y = _rows(Y, rows * HEAD_DIM, mask_k, HEAD_DIM)
+            acc = acc * alpha[:, None] + tl.dot(p.to(dtype), y, input_precision=DOT_PRECISION)  # [BI, BK] @ [BK, D]
+        m_i = m_new
     # LSE and Z are contiguous [B, A, b1, b2, nh] and [B, A, b1, b2, nh, D]
     tok = ((bb * num_q_tiles + a) * b1 + offs_i) * b2 + j
     tl.store(LSE + tok * nh + h, m_i + tl.log(l_i), mask=mask_i)

@@ -83,6 +83,7 @@ class TritonAttention(_Triton):
             "fwd_block_m": wide,
             "fwd_block_l": row_block,
             "fwd_warps": 4,
+            "fwd_block_k": 2 * wide if wide == 64 else 16,
             "block_j": row_block,
             "block_l": row_block,
             "r_warps": 4,
@@ -99,6 +100,7 @@ class TritonAttention(_Triton):
             "fwd_block_m": [16, 32, 64, 128],
             "fwd_block_l": [16, 32, 64, 128],
             "fwd_warps": [4, 8],
+            "fwd_block_k": [16, 32, 64, 128],
             "block_j": [16, 32, 64],
             "block_l": [16, 32, 64],
             "r_warps": [4, 8],
@@ -121,8 +123,9 @@ class TritonAttention(_Triton):
             return f"forward stage-R accumulators ({fwd_m} rows, l block {fwd_l}) {fwd_acc} B exceed {_MAX_ACC_BYTES} B"
         if 2 * config["block_j"] * d * 4 > _MAX_ACC_BYTES:
             return f"stage R accumulators 2*{config['block_j']}*{d}*4 B exceed {_MAX_ACC_BYTES} B"
-        if config["block_i"] * d * 4 > _MAX_ACC_BYTES:
-            return f"stage L accumulator {config['block_i']}*{d}*4 B exceeds {_MAX_ACC_BYTES} B"
+        stage_l = config["block_i"] * (d + config["fwd_block_k"]) * 4
+        if stage_l > _MAX_ACC_BYTES:
+            return f"stage L accumulator and logits {stage_l} B exceed {_MAX_ACC_BYTES} B"
         if arch.smem_per_block and problem.dtype == torch.float32:
             # Shared memory measured by compiling every kernel (tests/test_triton_compile.py, d=128):
             # 16-bit inputs stay under 100 KB across this space; fp32 reaches 330 KB at 64-wide blocks,
@@ -130,7 +133,7 @@ class TritonAttention(_Triton):
             widest = 32 if arch.smem_per_block >= 160 * 1024 else 16
             if max(config["block_j"], config["block_l"], config["fwd_block_m"], config["fwd_block_l"]) > widest:
                 return f"fp32 stage-R blocks over {widest} exceed {arch.smem_per_block} B of shared memory"
-            if config["block_i"] > 32 or config["block_k"] > 32 or config["num_stages"] > 2:
+            if max(config["block_i"], config["block_k"], config["fwd_block_k"]) > 32 or config["num_stages"] > 2:
                 return "fp32 stage-L blocks over 32 or more than 2 stages exceed the shared memory"
         return None
 
