@@ -46,7 +46,31 @@ except ImportError as e:  # pragma: no cover - exercised only without diffusers
         f"monarchrt_ops.integrations.diffusers needs diffusers (pip install diffusers); importing it failed: {e}"
     ) from e
 
-__all__ = ["MonarchAttentionHandle", "MonarchWanAttnProcessor", "apply_monarch_attention"]
+__all__ = [
+    "WAN_2_1_T2V_1_3B",
+    "MonarchAttentionHandle",
+    "MonarchWanAttnProcessor",
+    "apply_monarch_attention",
+    "random_wan_transformer",
+]
+
+# WanTransformer3DModel config of Wan 2.1 T2V 1.3B (Wan-AI/Wan2.1-T2V-1.3B-Diffusers transformer/config.json):
+# for random-weight runs (examples, bench). 480x832 video -> latent 60x104 -> 30x52 tokens per frame.
+WAN_2_1_T2V_1_3B = {
+    "patch_size": (1, 2, 2),
+    "num_attention_heads": 12,
+    "attention_head_dim": 128,
+    "in_channels": 16,
+    "out_channels": 16,
+    "text_dim": 4096,
+    "freq_dim": 256,
+    "ffn_dim": 8960,
+    "num_layers": 30,
+    "cross_attn_norm": True,
+    "qk_norm": "rms_norm_across_heads",
+    "eps": 1e-6,
+    "rope_max_seq_len": 1024,
+}
 
 _BLOCK_INDEX = re.compile(r"^blocks\.(\d+)\.")
 
@@ -286,3 +310,21 @@ def apply_monarch_attention(
 
     hook = transformer.register_forward_pre_hook(pre_hook, with_kwargs=True)
     return MonarchAttentionHandle(transformer, state, originals, [hook])
+
+
+def random_wan_transformer(config: dict | None = None, *, dtype=torch.bfloat16, device="cpu", seed: int = 0):
+    """A randomly initialised ``WanTransformer3DModel`` (default: :data:`WAN_2_1_T2V_1_3B`) in
+    ``dtype``, with the modules diffusers keeps in float32 (``_keep_in_fp32_modules``) left in float32
+    as ``from_pretrained(torch_dtype=...)`` does. For examples and benchmarks; no weights are downloaded."""
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = WanTransformer3DModel(**(config or WAN_2_1_T2V_1_3B))
+    torch.nn.Module.to(model, dtype=dtype)  # nn.Module.to: ModelMixin.to warns about the fp32 modules we fix next
+    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    if dtype in (torch.float16, torch.bfloat16):
+        for name, module in model.named_modules():
+            if any(part in keep for part in name.split(".")):
+                torch.nn.Module.to(module, dtype=torch.float32)
+    return model.eval()
