@@ -58,3 +58,13 @@ def test_wan_diffusers_example_runs_tiny():
     example = load("wan_diffusers")
     assert example.main(["--tiny", "--w-reduce-all"]) < 1e-12  # b2 = 1: Monarch attention is dense attention
     assert 0 < example.main(["--tiny", "--h-reduce", "2", "--w-reduce", "2"]) < 1
+
+
+def test_wan_model_bench_quick_runs_every_case():
+    pytest.importorskip("diffusers")
+    from monarchrt_ops.bench import bench_wan_model
+
+    result = bench_wan_model.main(["--quick", "--device", "cpu", "--no-compile", "--runs", "1", "--warmup", "0"])
+    cases = result["cases"]
+    assert set(cases) == {"forward/dense/eager", "forward/monarch/eager", "ar/dense", "ar/monarch"}
+    assert all("median_ms" in c for c in cases.values()), cases

@@ -30,6 +30,10 @@ assert torch.equal(fn(q), monarchrt_ops.monarch_attention(q, k, v, (4, 6)))
 cache = acme_monarch.MonarchKVCache(1, 2, 8, (4, 6), 2, dtype=torch.float64)
 cache.append(k, v)
 assert torch.equal(cache.attend(q), a.new_tensor(monarchrt_ops.monarch_attention(q, k, v, (4, 6))))
+import importlib.util
+if importlib.util.find_spec("monarchrt_ops._C") is not None:  # built where nvcc is: both extensions load
+    import monarchrt_ops._C, acme_monarch._C
+    assert acme_monarch._C is not monarchrt_ops._C
 print("ok")
 """
 
