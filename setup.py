@@ -22,6 +22,7 @@ from setuptools.command.build_ext import build_ext
 PACKAGE_DIRS = {
     "monarchrt_ops": "monarchrt_ops",
     "monarchrt_ops.backends": "monarchrt_ops/backends",
+    "monarchrt_ops.integrations": "monarchrt_ops/integrations",
     "monarchrt_ops.triton_kernels": "triton_kernels",
     "monarchrt_ops.autotune": "autotune",
     "monarchrt_ops.tuned_configs": "tuned_configs",

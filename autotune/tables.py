@@ -50,12 +50,18 @@ def gpu_table_name(device_name: str) -> str | None:
     return None
 
 
+def _sibling(name: str) -> str:
+    """``<package>.<name>`` for the package this module is installed in (a vendored copy under
+    another name reads its own tables and kernels, not monarchrt_ops')."""
+    return f"{__package__.rpartition('.')[0]}.{name}"
+
+
 def tables_dir() -> Path:
     """``MONARCHRT_TUNED_CONFIGS`` if set, else the installed ``monarchrt_ops/tuned_configs``."""
     override = os.environ.get("MONARCHRT_TUNED_CONFIGS")
     if override:
         return Path(override)
-    return Path(str(importlib.resources.files("monarchrt_ops.tuned_configs")))
+    return Path(str(importlib.resources.files(_sibling("tuned_configs"))))
 
 
 def validate_table(data: Any) -> list[str]:
@@ -207,7 +213,7 @@ OP_SOURCES = {
 
 def source_hash(op: str) -> str:
     """sha256 over the kernel sources of ``op``: a table names it, ``verify`` compares it."""
-    folder = Path(str(importlib.resources.files("monarchrt_ops.triton_kernels")))
+    folder = Path(str(importlib.resources.files(_sibling("triton_kernels"))))
     h = hashlib.sha256()
     for name in OP_SOURCES[op]:
         h.update(name.encode())

@@ -1,0 +1,161 @@
+"""MonarchKVCache: chunked writes/reads equal direct Monarch attention; windows, sinks, grads, misuse."""
+
+import pytest
+import torch
+from conftest import qkv
+
+from monarchrt_ops import MonarchKVCache, monarch_attention
+
+SHAPE = (4, 6)
+HW = SHAPE[0] * SHAPE[1]
+NH, D = 2, 8
+TILING = {"f_tied": 2, "h_reduce": 2, "w_reduce": 3}
+
+
+def chunks(frames, seed=0):
+    """Natural-order q, k, v of ``frames`` frames, float64."""
+    return qkv(1, frames, frames, SHAPE, NH, D, seed=seed)
+
+
+def frames_of(x, lo, hi):
+    return x[:, lo * HW : hi * HW]
+
+
+def make(max_frames, **kw):
+    return MonarchKVCache(1, NH, D, SHAPE, max_frames, dtype=torch.float64, **{**TILING, **kw})
+
+
+def test_chunked_appends_equal_attention_over_the_prefix():
+    q, k, v = chunks(6)
+    cache = make(6)
+    for lo in (0, 2, 4):
+        cq, ck, cv = (frames_of(x, lo, lo + 2) for x in (q, k, v))
+        out = cache.update_and_attend(cq, ck, cv)
+        ref = monarch_attention(cq, frames_of(k, 0, lo + 2), frames_of(v, 0, lo + 2), SHAPE, **TILING)
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+        assert cache.num_frames == lo + 2 and cache.next_frame == lo + 2
+    torch.testing.assert_close(cache.keys(), k, rtol=0, atol=0)
+    torch.testing.assert_close(cache.values(), v, rtol=0, atol=0)
+
+
+def test_tiling_travels_with_the_cache():
+    """The issue's bug: a write with w_reduce=2 and a read with the default gave a wrong answer.
+    The cache reads with the tiling it was written with, whatever the caller does."""
+    q, k, v = chunks(2)
+    cache = MonarchKVCache(1, NH, D, SHAPE, 2, w_reduce=2, dtype=torch.float64)
+    out = cache.update_and_attend(q, k, v)
+    torch.testing.assert_close(out, monarch_attention(q, k, v, SHAPE, w_reduce=2), rtol=0, atol=1e-12)
+    assert not torch.allclose(out, monarch_attention(q, k, v, SHAPE), atol=1e-3)
+
+
+def test_sliding_window_with_sinks_keeps_the_front_and_the_last_frames():
+    q, k, v = chunks(12, seed=1)
+    cache = make(8, local_attn_size=6, sink_size=2)
+    for lo in range(0, 12, 2):
+        cq, ck, cv = (frames_of(x, lo, lo + 2) for x in (q, k, v))
+        out = cache.update_and_attend(cq, ck, cv)
+        hi = lo + 2
+        kept = list(range(0, min(hi, 2))) + list(range(max(2, hi - 4), hi))  # 2 sinks + last 4
+        kk = torch.cat([frames_of(k, f, f + 1) for f in kept], dim=1)
+        vv = torch.cat([frames_of(v, f, f + 1) for f in kept], dim=1)
+        ref = monarch_attention(cq, kk, vv, SHAPE, **TILING)
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+        torch.testing.assert_close(cache.keys(), kk, rtol=0, atol=0)
+        assert cache.num_frames == len(kept) and cache.next_frame == hi
+    assert cache.capacity == 6
+
+
+def test_sliding_window_without_sinks():
+    q, k, v = chunks(8, seed=2)
+    cache = make(4, local_attn_size=4)
+    for lo in range(0, 8, 2):
+        cache.append(frames_of(k, lo, lo + 2), frames_of(v, lo, lo + 2))
+    cq = frames_of(q, 6, 8)
+    ref = monarch_attention(cq, frames_of(k, 4, 8), frames_of(v, 4, 8), SHAPE, **TILING)
+    torch.testing.assert_close(cache.attend(cq), ref, rtol=0, atol=1e-12)
+
+
+def test_rewriting_the_last_chunk_replaces_it():
+    """Denoising steps (and the clean-context pass) write the same chunk again."""
+    q, k, v = chunks(4, seed=3)
+    _, k2, v2 = chunks(4, seed=4)
+    cache = make(4)
+    cache.write(frames_of(k, 0, 2), frames_of(v, 0, 2), 0)
+    cache.write(frames_of(k, 2, 4), frames_of(v, 2, 4), 2)
+    cache.write(frames_of(k2, 2, 4), frames_of(v2, 2, 4), 2)  # rewrite
+    assert cache.num_frames == 4 and cache.next_frame == 4 and cache.last_write == (2, 2)
+    kk = torch.cat([frames_of(k, 0, 2), frames_of(k2, 2, 4)], 1)
+    vv = torch.cat([frames_of(v, 0, 2), frames_of(v2, 2, 4)], 1)
+    cq = frames_of(q, 2, 4)
+    torch.testing.assert_close(cache.attend(cq), monarch_attention(cq, kk, vv, SHAPE, **TILING), rtol=0, atol=1e-12)
+
+
+def test_gradients_reach_the_new_kv_only():
+    q, k, v = chunks(4, seed=5)
+    old_k, old_v = frames_of(k, 0, 2).clone().requires_grad_(), frames_of(v, 0, 2).clone().requires_grad_()
+    new_k, new_v = frames_of(k, 2, 4).clone().requires_grad_(), frames_of(v, 2, 4).clone().requires_grad_()
+    cq = frames_of(q, 2, 4).clone().requires_grad_()
+    cache = make(4)
+    cache.append(old_k, old_v)
+    cache.append(new_k, new_v)
+    dout = torch.randn_like(cq)
+    (cache.attend(cq) * dout).sum().backward()
+    assert old_k.grad is None and old_v.grad is None
+    assert not cache.k_buffer.requires_grad and cache.k_buffer.grad is None
+
+    rq, rk, rv = (x.detach().clone().requires_grad_() for x in (cq, new_k, new_v))
+    ref = monarch_attention(rq, torch.cat([old_k.detach(), rk], 1), torch.cat([old_v.detach(), rv], 1), SHAPE, **TILING)
+    (ref * dout).sum().backward()
+    for got, want in ((cq, rq), (new_k, rk), (new_v, rv)):
+        torch.testing.assert_close(got.grad, want.grad, rtol=0, atol=1e-12)
+        assert want.grad.abs().sum() > 0
+
+
+def test_misuse_raises_clear_errors():
+    q, k, v = chunks(2)
+    cache = make(4)
+    with pytest.raises(ValueError, match="empty"):
+        cache.attend(q)
+    with pytest.raises(TypeError, match="float32.*holds torch.float64"):
+        cache.append(k.float(), v.float())
+    with pytest.raises(ValueError, match="on meta.*on cpu"):
+        cache.append(k.to("meta"), v.to("meta"))
+    with pytest.raises(ValueError, match="heads=1.*heads=2"):
+        cache.append(k[:, :, :1], v[:, :, :1])
+    with pytest.raises(ValueError, match="multiple of H\\*W"):
+        cache.append(k[:, :-1], v[:, :-1])
+    with pytest.raises(ValueError, match="f_tied=2"):
+        cache.append(frames_of(k, 0, 1), frames_of(v, 0, 1))
+    with pytest.raises(ValueError, match="differ in shape"):
+        cache.append(k, v[:, : HW * 2, :, :].repeat(1, 2, 1, 1))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        cache.append(k.numpy(), v)
+    cache.append(k, v)
+    with pytest.raises(ValueError, match="start_frame=4"):
+        cache.write(k, v, 4)
+    with pytest.raises(ValueError, match="needs 2 frames"):
+        cache.write(torch.cat([k, k], 1), torch.cat([v, v], 1), 0)
+    cache.append(k, v)
+    with pytest.raises(ValueError, match="overflows the cache of max_frames=4"):
+        cache.append(k, v)
+    with pytest.raises(TypeError, match="q.dtype"):
+        cache.attend(q.float())
+    with pytest.raises(ValueError, match="batch=2"):
+        cache.attend(q.repeat(2, 1, 1, 1))
+    with pytest.raises(ValueError, match="sink_size needs a sliding window"):
+        make(4, sink_size=2)
+    with pytest.raises(ValueError, match="exceeds max_frames"):
+        make(4, local_attn_size=6)
+    with pytest.raises(ValueError, match="smaller than local_attn_size"):
+        make(4, local_attn_size=4, sink_size=4)
+    with pytest.raises(ValueError, match="max_frames=3 must be a multiple of f_tied=2"):
+        make(3)
+    with pytest.raises(ValueError, match="w_reduce"):
+        MonarchKVCache(1, NH, D, SHAPE, 4, w_reduce=4)
+    windowed = make(4, local_attn_size=4, sink_size=2)
+    with pytest.raises(ValueError, match="does not fit a window"):
+        windowed.append(torch.cat([k, k], 1), torch.cat([v, v], 1))
+    cache.reset()
+    assert cache.num_frames == 0 and cache.next_frame == 0
+    with pytest.raises(ValueError, match="empty"):
+        cache.keys()
