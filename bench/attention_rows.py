@@ -6,7 +6,9 @@ Per case (bf16, 12 heads, d = 128, batch 1, public API): the fastest dense SDPA 
 this package's automatic choice and each GPU backend that supports the case, and, with ``--peer``,
 the MonarchRT authors' Triton kernel (a file carried for the bench only, never part of the
 package). Each is timed eagerly (``bench_ms``) and replayed from a CUDA graph (``graph_ms``).
-``--profile`` adds the GPU time of each kernel of the automatic choice (torch.profiler).
+``--profile`` adds the GPU time of each kernel of the automatic choice (torch.profiler);
+``--backward ROW ...`` also times forward+backward (gradients of q, k, v) of those rows, ours
+(automatic choice) against the fastest dense SDPA.
 """
 
 from __future__ import annotations
@@ -107,7 +109,19 @@ def _profile(fn) -> list[dict]:
     return sorted(rows, key=lambda r: -r["ms_per_call"])[:8]
 
 
-def run_row(row: Row, peer, profile: bool) -> dict:
+def _fwd_bwd(fn, inputs, dout_like) -> dict:
+    """Forward + backward of ``fn(*inputs)`` (natural-order output), timed like the forward."""
+    leaves = [x.detach().requires_grad_() for x in inputs]
+    dout = torch.randn_like(dout_like)
+
+    def step():
+        out = fn(*leaves)
+        torch.autograd.grad(out, leaves, dout)
+
+    return _time(step)
+
+
+def run_row(row: Row, peer, profile: bool, backward: bool = False) -> dict:
     hw = row.frame_shape[0] * row.frame_shape[1]
     gen = torch.Generator(device="cuda").manual_seed(0)
 
@@ -186,6 +200,7 @@ def main(argv=None) -> int:
     p.add_argument("--peer", type=Path, default=None, help="the authors' monarch_attn.py, carried for the bench")
     p.add_argument("--peer-configs", type=int, default=12, help="autotune configs kept per peer kernel")
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--backward", nargs="*", default=[], help="rows to also time forward+backward")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     peer = _load_peer(args.peer, args.peer_configs) if args.peer and args.peer.exists() else None
@@ -199,7 +214,7 @@ def main(argv=None) -> int:
     for row in ROWS:
         if row.name not in args.rows:
             continue
-        r = run_row(row, peer, args.profile)
+        r = run_row(row, peer, args.profile, row.name in args.backward)
         result["rows"].append(r)
         print(json.dumps(r), flush=True)
         if args.json:
@@ -224,6 +239,12 @@ def main(argv=None) -> int:
             + " ".join(f"{c:>12s}" for c in cells)
             + f" {r.get('speedup_auto_graph', float('nan')):7.2f}"
         )
+    for r in result["rows"]:
+        if "ours_auto_fwd_bwd" in r:
+            ours = r["ours_auto_fwd_bwd"]
+            best = min((ours[key] for key in ("eager_ms", "graph_ms") if key in ours), default=float("nan"))
+            dense = r["fastest_dense_fwd_bwd_ms"] or float("nan")
+            print(f"fwd+bwd {r['row']:20s} dense {dense:8.3f}  ours {best:8.3f}  x dense {dense / best:5.2f}  {ours}")
     return 0
 
 

@@ -75,7 +75,7 @@ class TritonAttention(_Triton):
         # fp32 blocks are a quarter the area: 64-wide ones need 330 KB of shared memory in the stage-R
         # backward, 16-wide ones 99 KB, under even an RTX 5090's 99 KB (tests/test_triton_compile.py)
         wide = 16 if problem.dtype == torch.float32 else 64
-        # forward stage R: rows of (a, j) pairs across query tiles; the H200 sweep (bench/sweep_stage_r.py,
+        # forward stage R: rows of (a, j) pairs across query tiles; the H200 sweep (bench/sweep_forward.py,
         # docs/attention-kernels.md) found 64 rows, 4 warps and an l block of min(64, b2 rounded up to a
         # power of two) best or within 1 % of it at 30x52, 45x80 and 15x26
         row_block = min(wide, max(16, _next_pow2(problem.b2)))

@@ -1,10 +1,11 @@
-"""Forward stage-R configs of the Triton backend, timed in the whole Triton forward (one run).
+"""Forward configs of the Triton backend, one stage at a time, timed in the whole Triton forward.
 
-python -m monarchrt_ops.bench.sweep_stage_r [--json PATH]
+python -m monarchrt_ops.bench.sweep_forward [--stage r|l] [--json PATH]
 
-For each case: the backend default and every ``fwd_block_m x fwd_block_l x fwd_warps x num_stages``
-of a short list that ``is_valid`` accepts, CUDA-graph replay time of the Triton forward (the other
-config keys at their defaults). Feeds the defaults and the tuner's space (docs/attention-kernels.md).
+For each case: the backend default and every config of a short list that ``is_valid`` accepts
+(stage R: ``fwd_block_m x fwd_block_l x fwd_warps x num_stages``; stage L: ``fwd_block_k x
+l_warps``), CUDA-graph replay time of the Triton forward, the other keys at their defaults.
+Feeds the defaults and the tuner's space (docs/attention-kernels.md).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--frames", type=int, default=21)
+    p.add_argument("--stage", choices=("r", "l"), default="r")
     args = p.parse_args(argv)
     from monarchrt_ops.triton_kernels.monarch_attention import monarch_attention_fwd
 
@@ -48,11 +50,16 @@ def main(argv=None) -> int:
         base = backend.default_config(prob, arch)
         rows = []
         widest_l = max(16, 1 << (tiling.b2 - 1).bit_length())
-        grid = itertools.product([64, 128], [widest_l // 2, widest_l], [4, 8], [2, 3])
+        if args.stage == "r":
+            keys = ("fwd_block_m", "fwd_block_l", "fwd_warps", "num_stages")
+            grid = itertools.product([64, 128], [widest_l // 2, widest_l], [4, 8], [2, 3])
+        else:
+            keys = ("fwd_block_k", "l_warps")
+            grid = itertools.product([32, 64, 128], [4, 8])
         for cfg in [None, *grid]:
             config = dict(base)
             if cfg is not None:
-                config.update(fwd_block_m=cfg[0], fwd_block_l=cfg[1], fwd_warps=cfg[2], num_stages=cfg[3])
+                config.update(zip(keys, cfg, strict=True))
             if backend.is_valid(config, prob, arch) is not None:
                 continue
             try:
