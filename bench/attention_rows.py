@@ -184,6 +184,17 @@ def run_row(row: Row, peer, profile: bool, backward: bool = False) -> dict:
                 out["peer"]["rel_err_vs_ours"] = ((got - ref).norm() / ref.norm()).item()
         except Exception as e:  # noqa: BLE001 - a peer failure is recorded, never fatal
             out["peer"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+    if backward and not row.kv_cache:
+        dense_fb = []
+        for name, be in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
+            with sdpa_kernel(be):
+                t = _fwd_bwd(lambda a, b, c: _dense(a, b, c).transpose(1, 2), (q, k, v), q)
+            out[f"dense_{name}_fwd_bwd"] = t
+            dense_fb += [t[key] for key in ("eager_ms", "graph_ms") if key in t]
+        out["fastest_dense_fwd_bwd_ms"] = min(dense_fb) if dense_fb else None
+        out["ours_auto_fwd_bwd"] = _fwd_bwd(
+            lambda a, b, c: m.monarch_attention(a, b, c, row.frame_shape, **row.kw), (q, k, v), q
+        )
     best = [
         out[f"ours_{b}"].get("graph_ms") for b in ("auto", "cuda", "triton") if "graph_ms" in out.get(f"ours_{b}", {})
     ]

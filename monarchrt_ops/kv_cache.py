@@ -114,6 +114,8 @@ class MonarchKVCache:
         shape = (batch_size, capacity * self.tiling.tokens_per_frame, num_heads, head_dim)
         self.k_buffer = torch.zeros(shape, dtype=dtype, device=self.device)
         self.v_buffer = torch.zeros(shape, dtype=dtype, device=self.device)
+        # the buffers' device is the one every input is compared with: "cuda" names "cuda:<current>"
+        self.device = self.k_buffer.device
         self.reset()
 
     # ------------------------------------------------------------------ state

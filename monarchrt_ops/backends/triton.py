@@ -79,15 +79,18 @@ class TritonAttention(_Triton):
         # docs/attention-kernels.md) found 64 rows, 4 warps and an l block of min(64, b2 rounded up to a
         # power of two) best or within 1 % of it at 30x52, 45x80 and 15x26
         row_block = min(wide, max(16, _next_pow2(problem.b2)))
+        block_i = min(64 if wide == 64 else 32, max(16, _next_pow2(problem.b1)))
+        # forward stage L: key blocks of 128 rows for up to 32 query rows, 64 for 64 (the H200 sweep,
+        # bench/sweep_forward.py --stage l: 128 best at 30x52 and 15x26, 64 at 45x80, where 128 spills)
         return {
             "fwd_block_m": wide,
             "fwd_block_l": row_block,
             "fwd_warps": 4,
-            "fwd_block_k": 2 * wide if wide == 64 else 16,
+            "fwd_block_k": 16 if wide == 16 else min(128, 4096 // block_i),
             "block_j": row_block,
             "block_l": row_block,
             "r_warps": 4,
-            "block_i": min(64 if wide == 64 else 32, max(16, _next_pow2(problem.b1))),
+            "block_i": block_i,
             "block_k": min(32, max(16, _next_pow2(problem.b1))),
             "l_warps": 4,
             "num_stages": 2,
