@@ -2,7 +2,8 @@
 
 Knows nothing of torch ops or the registry. Config keys (validity: backends/triton.py):
 ``fwd_block_m, fwd_block_l, fwd_warps`` (the forward stage-R kernel, also the backward's recompute),
-``fwd_block_k`` (key rows per step of the forward stage-L kernel, across key tiles),
+``fwd_block_k``, ``bwd_block_k`` (key rows per step of the forward stage-L kernel and of the
+backward's dQ stage-L kernel, across key tiles),
 ``block_j, block_l, r_warps`` (the backward stage-R kernels), ``block_i, block_k, l_warps``
 (stage-L kernels), ``num_stages``. Tile-order shapes: q ``[B, A, b1, b2, nh, d]``, k and v ``[B, F, b1, b2, nh, d]``.
 """
@@ -122,8 +123,9 @@ def monarch_attention_bwd(dz, dlse, q, k, v, z, lse, *, sm_scale: float, causal_
         q, dz, lse, delta_l, sc.a_l, sc.y, sc.c_l, da_l, dy, dc_l, delta_r, sm_scale, *strides_q, *common, **l_meta
     )
     _stage_l_bwd_q[(n_a * b2, triton.cdiv(b1, config["block_i"]), bsz * nh)](
-        q, dz, lse, delta_l, sc.a_l, sc.y, sc.c_l, dq, sm_scale, *strides_q, *common, **l_meta
-    )
+        q, dz, lse, delta_l, sc.a_l, sc.y, sc.c_l, dq, sm_scale, *strides_q, *common,
+        **{**l_meta, "BLOCK_K": config["bwd_block_k"]},
+    )  # fmt: skip
     strides_kv = (*k.stride()[:5], *v.stride()[:5])
     _stage_r_bwd_kv[(n_f * b1, triton.cdiv(b2, config["block_l"]), bsz * nh)](
         q, k, v, sc.lse_r, da_l, dy, dc_l, delta_r, dk, dv, sm_scale, *q.stride()[:5], *strides_kv, *common, **r_meta

@@ -110,19 +110,19 @@ def _stage_l_bwd_q(
         f_end = tl.minimum(num_kv_tiles, (a // causal_block_tiles + 1) * causal_block_tiles)
     acc = tl.zeros([BLOCK_I, HEAD_DIM], tl.float32)
     bha = (bb * nh + h) * num_q_tiles + a
-    for f in range(0, f_end):
-        row0 = ((bha * num_kv_tiles + f) * b2 + j) * b1
-        for k0 in range(0, b1, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            mask_k = offs_k < b1
-            rows = row0 + offs_k
-            a_l = _rows(AL, rows * HEAD_DIM, mask_k, HEAD_DIM)
-            y = _rows(Y, rows * HEAD_DIM, mask_k, HEAD_DIM)
-            c_l = tl.load(CL + rows, mask=mask_k, other=0.0)
-            s = tl.dot(q, tl.trans(a_l), input_precision=DOT_PRECISION) * sm_scale - c_l[None, :]
-            p = tl.where(mask_k[None, :], tl.exp(s - lse[:, None]), 0.0)
-            ds = p * (tl.dot(dz, tl.trans(y), input_precision=DOT_PRECISION) - d_l[:, None])
-            acc += tl.dot(ds.to(dtype), a_l, input_precision=DOT_PRECISION)  # [BI, BK] @ [BK, D]
+    # the visible key rows (f, k) as one flat sequence, as in the forward stage L
+    n_keys = f_end * b1
+    for key0 in range(0, n_keys, BLOCK_K):
+        keys = key0 + tl.arange(0, BLOCK_K)
+        mask_k = keys < n_keys
+        rows = ((bha * num_kv_tiles + keys // b1) * b2 + j) * b1 + keys % b1
+        a_l = _rows(AL, rows * HEAD_DIM, mask_k, HEAD_DIM)
+        y = _rows(Y, rows * HEAD_DIM, mask_k, HEAD_DIM)
+        c_l = tl.load(CL + rows, mask=mask_k, other=0.0)
+        s = tl.dot(q, tl.trans(a_l), input_precision=DOT_PRECISION) * sm_scale - c_l[None, :]
+        p = tl.where(mask_k[None, :], tl.exp(s - lse[:, None]), 0.0)
+        ds = p * (tl.dot(dz, tl.trans(y), input_precision=DOT_PRECISION) - d_l[:, None])
+        acc += tl.dot(ds.to(dtype), a_l, input_precision=DOT_PRECISION)  # [BI, BK] @ [BK, D]
     tl.store(DQ + (tok[:, None] * nh + h) * HEAD_DIM + offs_d[None, :], acc * sm_scale, mask=mask_i[:, None])
 
 
@@ -179,22 +179,23 @@ def _stage_r_bwd_kv(
         a_start = (f // causal_block_tiles) * causal_block_tiles
     acc_dk = tl.zeros([BLOCK_L, HEAD_DIM], tl.float32)
     acc_dv = tl.zeros([BLOCK_L, HEAD_DIM], tl.float32)
-    for a in range(a_start, num_q_tiles):
+    # (a, j) rows of every query tile that sees f, BLOCK_J at a time across tiles (as the forward)
+    row_end = num_q_tiles * b2
+    for row0 in range(a_start * b2, row_end, BLOCK_J):
+        qrows = row0 + tl.arange(0, BLOCK_J)
+        mask_j = qrows < row_end
+        a = qrows // b2
+        offs_j = qrows % b2
         afk_base = ((bb * nh + h) * num_q_tiles + a) * num_kv_tiles + f
-        for j0 in range(0, b2, BLOCK_J):
-            offs_j = j0 + tl.arange(0, BLOCK_J)
-            mask_j = offs_j < b2
-            q = _rows(Q + bb * sqb + a * sqt + k_row * sqr + h * sqh, offs_j * sqc, mask_j, HEAD_DIM)
-            rows = (afk_base * b2 + offs_j) * b1 + k_row
-            lse_r, d_al, d_y, d_cl, delta_r = _stage_r_grads(LSE_R, DAL, DY, DCL, DELTA_R, rows, mask_j, HEAD_DIM)
-            mask = mask_j[:, None] & mask_l[None, :]
-            r, ds = _stage_r_grad_logits(
-                q, k_blk, v_blk, lse_r, d_al, d_y, d_cl, delta_r, mask, sm_scale, DOT_PRECISION
-            )
-            r_t = tl.trans(r).to(dtype)
-            acc_dk += tl.dot(tl.trans(ds * sm_scale).to(dtype), q, input_precision=DOT_PRECISION)  # [BL, BJ] @ [BJ, D]
-            acc_dk += tl.dot(r_t, d_al, input_precision=DOT_PRECISION)
-            acc_dv += tl.dot(r_t, d_y, input_precision=DOT_PRECISION)
+        q = _rows(Q + bb * sqb + k_row * sqr + h * sqh, a * sqt + offs_j * sqc, mask_j, HEAD_DIM)
+        rows = (afk_base * b2 + offs_j) * b1 + k_row
+        lse_r, d_al, d_y, d_cl, delta_r = _stage_r_grads(LSE_R, DAL, DY, DCL, DELTA_R, rows, mask_j, HEAD_DIM)
+        mask = mask_j[:, None] & mask_l[None, :]
+        r, ds = _stage_r_grad_logits(q, k_blk, v_blk, lse_r, d_al, d_y, d_cl, delta_r, mask, sm_scale, DOT_PRECISION)
+        r_t = tl.trans(r).to(dtype)
+        acc_dk += tl.dot(tl.trans(ds * sm_scale).to(dtype), q, input_precision=DOT_PRECISION)  # [BL, BJ] @ [BJ, D]
+        acc_dk += tl.dot(r_t, d_al, input_precision=DOT_PRECISION)
+        acc_dv += tl.dot(r_t, d_y, input_precision=DOT_PRECISION)
     out = (((bb * num_kv_tiles + f) * b1 + k_row) * b2 + offs_l) * nh + h
     tl.store(DK + out[:, None] * HEAD_DIM + offs_d[None, :], acc_dk, mask=mask_l[:, None])
     tl.store(DV + out[:, None] * HEAD_DIM + offs_d[None, :], acc_dv, mask=mask_l[:, None])

@@ -81,12 +81,14 @@ class TritonAttention(_Triton):
         row_block = min(wide, max(16, _next_pow2(problem.b2)))
         block_i = min(64 if wide == 64 else 32, max(16, _next_pow2(problem.b1)))
         # forward stage L: key blocks of 128 rows for up to 32 query rows, 64 for 64 (the H200 sweep,
-        # bench/sweep_forward.py --stage l: 128 best at 30x52 and 15x26, 64 at 45x80, where 128 spills)
+        # bench/sweep_forward.py --stage l: 128 best at 30x52 and 15x26, 64 at 45x80, where 128 spills);
+        # the backward's dQ kernel holds three [rows, keys] fp32 blocks, so half that (not yet swept)
         return {
             "fwd_block_m": wide,
             "fwd_block_l": row_block,
             "fwd_warps": 4,
             "fwd_block_k": 16 if wide == 16 else min(128, 4096 // block_i),
+            "bwd_block_k": 16 if wide == 16 else min(64, 2048 // block_i),
             "block_j": row_block,
             "block_l": row_block,
             "r_warps": 4,
@@ -104,6 +106,7 @@ class TritonAttention(_Triton):
             "fwd_block_l": [16, 32, 64, 128],
             "fwd_warps": [4, 8],
             "fwd_block_k": [16, 32, 64, 128],
+            "bwd_block_k": [16, 32, 64, 128],
             "block_j": [16, 32, 64],
             "block_l": [16, 32, 64],
             "r_warps": [4, 8],
@@ -126,9 +129,10 @@ class TritonAttention(_Triton):
             return f"forward stage-R accumulators ({fwd_m} rows, l block {fwd_l}) {fwd_acc} B exceed {_MAX_ACC_BYTES} B"
         if 2 * config["block_j"] * d * 4 > _MAX_ACC_BYTES:
             return f"stage R accumulators 2*{config['block_j']}*{d}*4 B exceed {_MAX_ACC_BYTES} B"
-        stage_l = config["block_i"] * (d + config["fwd_block_k"]) * 4
+        # the stage-L accumulator with the logits (forward) or logits, probabilities and dS (dQ backward)
+        stage_l = config["block_i"] * (d + max(config["fwd_block_k"], 3 * config["bwd_block_k"])) * 4
         if stage_l > _MAX_ACC_BYTES:
-            return f"stage L accumulator and logits {stage_l} B exceed {_MAX_ACC_BYTES} B"
+            return f"stage-L accumulator and key blocks {stage_l} B exceed {_MAX_ACC_BYTES} B"
         if arch.smem_per_block and problem.dtype == torch.float32:
             # Shared memory measured by compiling every kernel (tests/test_triton_compile.py, d=128):
             # 16-bit inputs stay under 100 KB across this space; fp32 reaches 330 KB at 64-wide blocks,
@@ -136,7 +140,8 @@ class TritonAttention(_Triton):
             widest = 32 if arch.smem_per_block >= 160 * 1024 else 16
             if max(config["block_j"], config["block_l"], config["fwd_block_m"], config["fwd_block_l"]) > widest:
                 return f"fp32 stage-R blocks over {widest} exceed {arch.smem_per_block} B of shared memory"
-            if max(config["block_i"], config["block_k"], config["fwd_block_k"]) > 32 or config["num_stages"] > 2:
+            widest_k = max(config["block_k"], config["fwd_block_k"], config["bwd_block_k"])
+            if max(config["block_i"], widest_k) > 32 or config["num_stages"] > 2:
                 return "fp32 stage-L blocks over 32 or more than 2 stages exceed the shared memory"
         return None
 
