@@ -63,26 +63,18 @@ def _heads_to_seq(x: torch.Tensor, group) -> torch.Tensor:
     return x.permute(1, 2, 0, 3, 4).reshape(b, seq // p, p * h, d)
 
 
-class _SeqToHeads(torch.autograd.Function):
+class _AllToAll(torch.autograd.Function):
+    """The Ulysses all-to-all, sequence shards -> head groups (``to_heads``) or back; its gradient
+    is the all-to-all the other way."""
+
     @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _seq_to_heads(x, group)
+    def forward(ctx, x, group, to_heads: bool):
+        ctx.group, ctx.to_heads = group, to_heads
+        return _seq_to_heads(x, group) if to_heads else _heads_to_seq(x, group)
 
     @staticmethod
     def backward(ctx, grad):
-        return _heads_to_seq(grad, ctx.group), None
-
-
-class _HeadsToSeq(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _heads_to_seq(x, group)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _seq_to_heads(grad, ctx.group), None
+        return (_heads_to_seq(grad, ctx.group) if ctx.to_heads else _seq_to_heads(grad, ctx.group)), None, None
 
 
 def _check_shards(q, k, v, world: int) -> None:
@@ -114,9 +106,9 @@ def ulysses_attention(q, k, v, frame_shape, *, group=None, **kwargs) -> torch.Te
         raise ValueError(f"ulysses_attention needs heads divisible by the group size: nh={q.shape[2]}, P={world}")
     if world == 1:
         return monarch_attention(q, k, v, frame_shape, **kwargs)
-    qf, kf, vf = (_SeqToHeads.apply(x, group) for x in (q, k, v))
+    qf, kf, vf = (_AllToAll.apply(x, group, True) for x in (q, k, v))
     out = monarch_attention(qf, kf, vf, frame_shape, **kwargs)
-    return _HeadsToSeq.apply(out, group)
+    return _AllToAll.apply(out, group, False)
 
 
 class _Rotate(torch.autograd.Function):
