@@ -1,7 +1,7 @@
 """What the tuner measures: one op at one shape on one device, checked against the reference.
 
 A case builds its inputs once, computes the reference result once (fp32, on the same device),
-and times a config only after its output passed the SPEC 4 tolerance. ``describe()`` is stored in
+and times a config only after its output passed the docs/testing.md tolerance. ``describe()`` is stored in
 the table entry, so ``verify`` and ``warmup`` rebuild the same case with ``case_from``.
 """
 
@@ -12,7 +12,7 @@ import torch
 from .search import Measurement
 from .shapes import attention_inputs, shape_by_name
 
-TOLERANCE = {torch.bfloat16: 1.5e-2, torch.float16: 3e-3, torch.float32: 5e-4}  # SPEC 4 (fp32: tf32)
+TOLERANCE = {torch.bfloat16: 1.5e-2, torch.float16: 3e-3, torch.float32: 5e-4}  # docs/testing.md (fp32: tf32)
 DTYPE_BY_NAME = {str(d).removeprefix("torch."): d for d in TOLERANCE}  # "bfloat16" -> torch.bfloat16
 
 

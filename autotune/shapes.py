@@ -15,7 +15,7 @@ class AttentionShape:
     causal_block_frames: int | None = None
 
 
-# Self-Forcing / Wan 2.1 1.3B: 30x52 tokens a frame, 12 heads, d=128 (SPEC section 5).
+# Self-Forcing / Wan 2.1 1.3B: 30x52 tokens a frame, 12 heads, d=128 (docs/design.md, Benchmark shapes and targets).
 SELF_FORCING_BIDIR = AttentionShape("self-forcing-bidir-21", 21, 21, (30, 52))
 SELF_FORCING_AR = AttentionShape("self-forcing-ar-3-vs-21", 3, 21, (30, 52))
 SELF_FORCING_CAUSAL = AttentionShape("self-forcing-causal-21-blocks-3", 21, 21, (30, 52), causal_block_frames=3)
@@ -46,11 +46,11 @@ def attention_inputs(shape: AttentionShape, dtype, device, seed: int = 0, heads:
     return mk(shape.q_frames), mk(shape.kv_frames), mk(shape.kv_frames)
 
 
-# Hadamard: bf16 inputs of 256 MB, n = 2^7 .. 2^15 (SPEC section 5 table) plus the m * 2^k sizes.
+# Hadamard: bf16 inputs of 256 MB, n = 2^7 .. 2^15 plus the m * 2^k sizes (docs/design.md, targets).
 HADAMARD_BYTES = 256 * 2**20
 HADAMARD_SIZES = [2**k for k in range(7, 16)] + [12 * 256, 20 * 512, 28 * 1024, 40 * 128]
 
-# Monarch matmul: (rows, w1 (k, q, p), w2 (l, s, r)); SPEC target n = 4096, 16K rows.
+# Monarch matmul: (rows, w1 (k, q, p), w2 (l, s, r)); target (docs/design.md) n = 4096, 16K rows.
 MONARCH_MATMUL_SHAPES = [
     ("square-4096-16k-rows", 16384, (64, 64, 64), (64, 64, 64)),
     ("square-1024-16k-rows", 16384, (32, 32, 32), (32, 32, 32)),

@@ -5,7 +5,7 @@ python -m monarchrt_ops.bench.bench_attention [--shapes NAME ...] [--backward] [
 Time: median of triton.testing.do_bench (CUDA events, L2 flushed between runs).
 Every GPU backend of the op that supports the shape is timed (``monarch_<backend>_ms``); ``monarch_ms``
 and the speedup are the fastest of them, named in ``monarch_backend``.
-TFLOP/s: useful Monarch FLOPs (AttentionProblem.forward_flops, SPEC 1 Cost) over the time;
+TFLOP/s: useful Monarch FLOPs (AttentionProblem.forward_flops, docs/math.md, Cost) over the time;
 dense SDPA: 4 * n_q * n_k * d per head forward, x3.5 for forward+backward (FA2 convention).
 """
 

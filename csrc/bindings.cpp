@@ -46,7 +46,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("monarch_matmul", &monarchrt::monarch_matmul, py::arg("x"), py::arg("w1"), py::arg("w2"),
         py::arg("workspace"), py::arg("out"), py::arg("rows"), py::arg("k"), py::arg("q"), py::arg("p"), py::arg("l"),
         py::arg("s"), py::arg("r"), py::arg("dtype"), py::arg("stream"),
-        "Monarch matmul out = P2 B2 P1 B1 x (SPEC 2) in two kernels; workspace holds y1 tile-transposed");
+        "Monarch matmul out = P2 B2 P1 B1 x (docs/math.md) in two kernels; workspace holds y1 tile-transposed");
   m.def("monarch_matmul_workspace_elems", &monarchrt::monarch_matmul_workspace_elems, py::arg("rows"),
         py::arg("k"), py::arg("q"), "elements of the workspace monarch_matmul needs");
   m.def("compiled_archs", &compiled_archs, "CUDA architectures this build holds machine code for, e.g. ['90a']");

@@ -116,7 +116,7 @@ def monarch_attention(
         q: ``(B, Sq, nh, d)``; ``Sq`` a multiple of ``H*W`` (and of ``f_tied`` frames).
         k, v: ``(B, Skv, nh, d)``; ``Skv`` may differ from ``Sq`` (attention over a KV slice).
         frame_shape: ``(H, W)`` tokens per frame after patchify, e.g. ``(30, 52)``.
-        f_tied, h_reduce, w_reduce: tiling (SPEC 1): a tile has ``f_tied*H/h_reduce`` rows and
+        f_tied, h_reduce, w_reduce: tiling (docs/math.md): a tile has ``f_tied*H/h_reduce`` rows and
             ``W/w_reduce`` columns. H must divide by h_reduce, W by w_reduce.
         sm_scale: softmax scale, default ``d ** -0.5``; kept in full precision.
         causal_block_frames: block-causal mask in frames (``Sq == Skv`` required, a multiple of

@@ -1,4 +1,4 @@
-"""Hadamard transform over the last dim: ``hadamard(x) = x @ H_n^T * scale`` (SPEC section 2)."""
+"""Hadamard transform over the last dim: ``hadamard(x) = x @ H_n^T * scale`` (docs/math.md)."""
 
 from __future__ import annotations
 

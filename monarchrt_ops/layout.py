@@ -2,7 +2,7 @@
 
 Natural order: ``(B, S, nh, d)`` with ``S = frames * H * W``, frame-major, then row, then column.
 Tile order: ``(B, T, b1, b2, nh, d)`` with ``T = (frames / f_tied) * h_reduce * w_reduce`` tiles of
-``b1 = f_tied * H / h_reduce`` rows and ``b2 = W / w_reduce`` columns (SPEC section 1, Tiling).
+``b1 = f_tied * H / h_reduce`` rows and ``b2 = W / w_reduce`` columns (docs/math.md, Inputs and tiles).
 
 A token at (frame t, row y, column x) lands in tile ``((t // f_tied) * h_reduce + y // (H / h_reduce))
 * w_reduce + x // (W / w_reduce)``, tile row ``(t % f_tied) * (H / h_reduce) + y % (H / h_reduce)`` and

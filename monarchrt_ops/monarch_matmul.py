@@ -1,4 +1,4 @@
-"""Monarch (block-diagonal butterfly) matmul of Dao et al. 2022 (SPEC section 2), and MonarchLinear."""
+"""Monarch (block-diagonal butterfly) matmul of Dao et al. 2022 (docs/math.md), and MonarchLinear."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def monarch_matmul(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, *, backe
     """Monarch product ``(..., k*p) -> (..., s*l)`` with ``w1 (k, q, p)``, ``w2 (l, s, r)``, ``l*r = k*q``.
 
     Equals ``x @ M.T`` for the dense Monarch matrix M = P2 B2 P1 B1 (block-diagonal B1, B2 and the
-    two reorders of SPEC 2). Differentiable in x, w1 and w2.
+    two reorders of docs/math.md). Differentiable in x, w1 and w2.
 
     Example:
         >>> x = torch.randn(8, 16)

@@ -41,7 +41,7 @@ class AttentionProblem:
         return sum(min(self.kv_tiles, (a // c + 1) * c) for a in range(self.q_tiles))
 
     def forward_flops(self) -> float:
-        """Useful forward FLOPs (SPEC 1, Cost), unpadded, over the visible tile pairs.
+        """Useful forward FLOPs (docs/math.md, Cost), unpadded, over the visible tile pairs.
 
         Final pass: b1 * b2 * d * (6 * b2 + 4 * b1) per visible (query tile, key tile) pair and head.
         Each earlier iteration adds b1 * b2 * d * (4 * b2 + 4 * b1): S_R and aL, then S_L and the aR

@@ -4,7 +4,7 @@ Written for clarity, not speed: it materialises R (size A*F*b1*b2*b2 per head) a
 Any floating dtype; half inputs are computed in float32, float64 stays float64; differentiable.
 
 Shapes (tile order, see layout.py): q ``[B, A, b1, b2, nh, d]``, k and v ``[B, F, b1, b2, nh, d]``.
-Inside, heads move to the front: ``[B, nh, A, b1, b2, d]``. Index names follow SPEC section 1:
+Inside, heads move to the front: ``[B, nh, A, b1, b2, d]``. Index names follow docs/math.md:
 query (a, i, j), key (f, k, l).
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-# Inverse temperature cap and its guard for key rows that receive no query mass (SPEC 1, T > 1).
+# Inverse temperature cap and its guard for key rows that receive no query mass (docs/math.md, Several iterations).
 TEMPERATURE_EPS = 1e-6
 TEMPERATURE_MAX = 1e4
 
@@ -88,7 +88,7 @@ def monarch_state(
     causal_block_tiles: int | None = None,
     num_iters: int = 1,
 ) -> MonarchState:
-    """All intermediates of Monarch attention on tile-order inputs (SPEC section 1)."""
+    """All intermediates of Monarch attention on tile-order inputs (docs/math.md)."""
     dtype = compute_dtype(q.dtype)
     root = math.sqrt(sm_scale)  # kept in full precision, never rounded to the input dtype
     q_s = _heads_first(q).to(dtype) * root  # Q~ [B, nh, A, b1, b2, d]

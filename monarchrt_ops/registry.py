@@ -1,6 +1,6 @@
 """Backend registry: which implementation runs an op on a device, with which config, and why.
 
-Every backend of an op answers five questions (SPEC section 3):
+Every backend of an op answers five questions (docs/design.md):
 ``supports(problem, arch) -> None | reason``, ``default_config(problem, arch)``,
 ``search_space(problem, arch)``, ``is_valid(config, problem, arch) -> None | reason`` (the single
 statement of a config's constraints, used by the tuner and at run time) and ``launch``.

@@ -1,4 +1,4 @@
-"""Plain-PyTorch references for the Hadamard transform and the Monarch matmul (SPEC section 2).
+"""Plain-PyTorch references for the Hadamard transform and the Monarch matmul (docs/math.md).
 
 The oracles of the kernels and the CPU path; float32 math for half inputs, float64 kept.
 """

@@ -18,7 +18,7 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out - ref).norm() / ref.norm()).item()
 
 
-# SPEC section 4: against float64, relative norm error.
+# docs/testing.md: against float64, relative norm error.
 TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1.5e-2}
 
 

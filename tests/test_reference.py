@@ -1,4 +1,4 @@
-"""The reference backend against independent formulas and the identities of SPEC section 1 (float64)."""
+"""The reference backend against independent formulas and the identities of docs/math.md (float64)."""
 
 import itertools
 import math
@@ -14,7 +14,7 @@ REF = {"backend": "reference"}
 
 
 def loop_monarch(q, k, v, b1, b2, scale):
-    """num_iters = 1 straight from SPEC 1, with Python loops over tile indices. One batch/head,
+    """num_iters = 1 straight from docs/math.md, with Python loops over tile indices. One batch/head,
     q [A, b1, b2, d], k, v [F, b1, b2, d]."""
     n_a, n_f = q.shape[0], k.shape[0]
     qs, ks = q * math.sqrt(scale), k * math.sqrt(scale)

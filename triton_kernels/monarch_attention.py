@@ -92,7 +92,7 @@ def monarch_attention_fwd(q, k, v, *, sm_scale: float, causal_block_tiles: int, 
 
 
 def monarch_attention_bwd(dz, dlse, q, k, v, z, lse, *, sm_scale: float, causal_block_tiles: int, config: dict):
-    """Gradients of num_iters = 1 Monarch attention (SPEC 1, Backward) -> ``(dq, dk, dv)``.
+    """Gradients of num_iters = 1 Monarch attention (docs/math.md, Backward) -> ``(dq, dk, dv)``.
 
     Recomputes stage R; dQ, dK, dV accumulate in fp32 and are returned in q's dtype.
     """

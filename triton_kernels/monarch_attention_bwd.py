@@ -1,4 +1,4 @@
-"""Triton backward kernels of num_iters = 1 Monarch attention (SPEC section 1, Backward).
+"""Triton backward kernels of num_iters = 1 Monarch attention (docs/math.md, Backward).
 
 Stored quantities are unscaled (see monarch_attention_fwd.py): aL = sum_l R K, S_R = s <Q, K>,
 S_L = s <Q, aL> - cL. In those terms, with D_L = <Z, dZ> - dlse:

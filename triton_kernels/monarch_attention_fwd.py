@@ -1,4 +1,4 @@
-"""Triton forward kernels of Monarch attention (SPEC section 1), all query tiles in one launch.
+"""Triton forward kernels of Monarch attention (docs/math.md), all query tiles in one launch.
 
 Three kernels, each one launch per call:
 - ``_stage_r_fwd``: per key row (f, k), over blocks of (a, j) rows taken across every query tile

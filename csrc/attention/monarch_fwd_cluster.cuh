@@ -1,4 +1,4 @@
-// Fused Monarch attention forward (SPEC 1, num_iters = 1): one thread-block cluster of 8 CTAs per
+// Fused Monarch attention forward (docs/math.md, num_iters = 1): one thread-block cluster of 8 CTAs per
 // (batch, head, query tile a); aL, Y and cL never leave the chip.
 //
 // Stage R is batched over key rows k and stage L over columns j, so the two stages see aL/Y in

@@ -1,4 +1,4 @@
-// Hadamard transform of rows of n = m * 2^k halves on tensor cores, the HadaCore way (SPEC 2).
+// Hadamard transform of rows of n = m * 2^k halves on tensor cores, the HadaCore way (docs/math.md).
 //
 // A CTA copies a chunk of whole rows (about 32 KB, one row when rows are longer) into shared memory
 // (cp.async), transforms it there and writes it back with one bulk copy (TMA): one read and one write of

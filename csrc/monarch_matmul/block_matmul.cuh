@@ -1,4 +1,4 @@
-// Monarch matmul (SPEC 2): out = P2 B2 P1 B1 x per row, in two kernels on mma.sync m16n8k16 (fp32
+// Monarch matmul (docs/math.md): out = P2 B2 P1 B1 x per row, in two kernels on mma.sync m16n8k16 (fp32
 // accumulate; sm_90a, sm_100a, sm_120a). Shapes: x [rows, k*p], w1 [k, q, p], w2 [L, S, R], k*q = L*R.
 //
 // The intermediate y1 = B1 x never exists in natural order. It is stored tile-transposed,
