@@ -203,7 +203,7 @@ _SCHEMAS = {
         f"(Tensor dout, Tensor dlse, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, {_ATTN_PARAMS})"
         " -> (Tensor, Tensor, Tensor)"
     ),
-    "kv_cache_write": "(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor new_k, Tensor new_v, int start) -> ()",
+    "kv_cache_write": "(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor new_k, Tensor new_v, SymInt start) -> ()",
     "hadamard": "(Tensor x, float scale, bool transpose, bool fp32_intermediate, str backend) -> Tensor",
     "hadamard_": "(Tensor(a!) x, float scale, bool transpose, bool fp32_intermediate, str backend) -> ()",
     "monarch_matmul": "(Tensor x, Tensor w1, Tensor w2, str backend) -> Tensor",

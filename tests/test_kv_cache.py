@@ -159,3 +159,31 @@ def test_misuse_raises_clear_errors():
     assert cache.num_frames == 0 and cache.next_frame == 0
     with pytest.raises(ValueError, match="empty"):
         cache.keys()
+
+
+def test_compiled_kv_loop_compiles_once_for_every_length():
+    """A fullgraph-compiled write + read step over 21 cache lengths, recompile limits at their
+    defaults: Dynamo specialises the first call and generalises once (automatic dynamic), and
+    every step equals the eager call."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from monarchrt_ops import monarch_attention_kv_cache, write_kv_cache
+
+    shape, hw, frames = (2, 3), 6, 21
+    k_cache = torch.zeros(1, frames * hw, NH, D, dtype=torch.float64)
+    v_cache = torch.zeros_like(k_cache)
+
+    def step(q, new_k, new_v, start, kv_frames):
+        write_kv_cache(k_cache, v_cache, new_k, new_v, start, shape)
+        return monarch_attention_kv_cache(q, k_cache, v_cache, kv_frames, shape)
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    for i in range(frames):
+        q, nk, nv = qkv(1, 1, 1, shape, NH, D, seed=i)
+        got = compiled(q, nk, nv, i, i + 1)
+        want = monarch_attention_kv_cache(q, k_cache, v_cache, i + 1, shape)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])
