@@ -5,11 +5,13 @@ builds the CUDA extension `monarchrt_ops._C` through CMakeLists.txt (the build o
 `monarchrt_ops.autotune`, `monarchrt_ops.tuned_configs` and `monarchrt_ops.bench`, so the distribution never claims the
 top-level names `triton_kernels` (Triton ships one; vLLM imports it) or `autotune`.
 
-CUDA build: MONARCHRT_BUILD_CUDA=1 requires it (a failure fails the install), =0 skips it, unset
-builds it when nvcc is on PATH and pybind11 and nvidia-cutlass are importable, else skips it with
-a message. MONARCHRT_CUDA_ARCHS (default "90a;100a;120a") is the one list of architectures.
+CUDA build: MONARCHRT_BUILD_CUDA=1 requires it (a missing prerequisite or a failed build fails the
+install), =0 skips it, unset builds it when nvcc is on PATH and pybind11 and nvidia-cutlass are
+importable, else skips it with one line saying what is missing. MONARCHRT_CUDA_ARCHS (default
+"90a;100a;120a") is the one list of architectures.
 """
 
+import importlib
 import os
 import shutil
 import subprocess
@@ -31,25 +33,30 @@ PACKAGE_DIRS = {
 CUDA_ARCHS = os.environ.get("MONARCHRT_CUDA_ARCHS", "90a;100a;120a")
 
 
-def cuda_build_wanted() -> tuple[bool, bool]:
-    """(build it, a failure is fatal)."""
+def cuda_build_plan() -> bool:
+    """Whether to build the extension; decided before setup() so that a skipped build declares no
+    extension (declaring one and then skipping it fails an editable install: "can't copy _C...so").
+    MONARCHRT_BUILD_CUDA=1 with a prerequisite missing stops the install with the reason."""
     flag = os.environ.get("MONARCHRT_BUILD_CUDA")
-    if flag is not None:
-        return flag == "1", flag == "1"
-    return shutil.which("nvcc") is not None, False
+    if flag == "0":
+        return False
+    missing = [] if shutil.which("nvcc") else ["nvcc on PATH"]
+    for module, dist in (("pybind11", "pybind11"), ("cutlass_library", "nvidia-cutlass")):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(dist)
+    if missing and flag == "1":
+        sys.exit(f"monarchrt_ops: MONARCHRT_BUILD_CUDA=1 but {', '.join(missing)} missing")
+    if missing:
+        print(f"monarchrt_ops: skipping the CUDA extension (missing {', '.join(missing)}); "
+              "pip install pybind11 nvidia-cutlass with nvcc on PATH to build it")  # fmt: skip
+        return False
+    return True
 
 
 class CMakeBuild(build_ext):
     def build_extension(self, ext):
-        _, required = cuda_build_wanted()
-        try:
-            import cutlass_library  # noqa: F401  (headers only)
-            import pybind11  # noqa: F401
-        except ImportError as e:
-            if required:
-                raise
-            print(f"monarchrt_ops: skipping the CUDA extension ({e}); pip install pybind11 nvidia-cutlass")
-            return
         out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
         build_dir = Path(self.build_temp).resolve() / "cmake"
         generator = ["-G", "Ninja"] if shutil.which("ninja") else []
@@ -62,7 +69,7 @@ class CMakeBuild(build_ext):
         subprocess.run(["cmake", "--build", str(build_dir), "--parallel"], check=True)
 
 
-build, _ = cuda_build_wanted()
+build = cuda_build_plan()
 setup(
     packages=list(PACKAGE_DIRS),
     package_dir=PACKAGE_DIRS,
