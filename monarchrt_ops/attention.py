@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
 from . import ops
 from .layout import Tiling, from_tile_sequence, to_tile_sequence
+from .limits import MAX_HEAD_DIM, MAX_NUM_ITERS, SM_SCALE_RANGE
 from .registry import backend_names
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-MAX_HEAD_DIM = 256  # the reference takes any size; kernels state narrower limits via supports()
 
 
-def _check_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+def _check_int(name: str, value, minimum: int = 1, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, numbers.Integral)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    value = value if isinstance(value, int) else int(value)  # numpy integers
     if value < minimum:
         raise ValueError(f"{name}={value} must be >= {minimum}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}={value} must be <= {maximum}")
     return value
 
 
@@ -61,30 +65,33 @@ def _check_seq(name: str, seq: int, tiling: Tiling) -> int:
     return frames
 
 
-def _check_qkv(q, k, v) -> None:
-    q, k, v = (_check_tensor(n, x) for n, x in (("q", q), ("k", k), ("v", v)))
+def _check_qkv(q, k, v, names=("q", "k", "v")) -> None:
+    nq, nk, nv = names
+    q, k, v = (_check_tensor(n, x) for n, x in zip(names, (q, k, v), strict=True))
     if k.shape != v.shape:
-        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+        raise ValueError(f"{nk} and {nv} must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
     for what, i in (("batch", 0), ("heads", 2), ("head_dim", 3)):
         if q.shape[i] != k.shape[i]:
-            raise ValueError(f"q and k differ in {what}: {q.shape[i]} vs {k.shape[i]}")
+            raise ValueError(f"{nq} and {nk} differ in {what}: {q.shape[i]} vs {k.shape[i]}")
     if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+        raise TypeError(f"{nq}, {nk}, {nv} must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+        raise ValueError(f"{nq}, {nk}, {nv} must be on one device, got {q.device}, {k.device}, {v.device}")
     d = q.shape[3]
     if not 1 <= d <= MAX_HEAD_DIM:
         raise ValueError(f"head_dim={d} is not supported; use 1..{MAX_HEAD_DIM}")
 
 
-def _check_scale(sm_scale, head_dim: int) -> float:
+def _check_scale(sm_scale, head_dim: int, dtype: torch.dtype) -> float:
     if sm_scale is None:
         return head_dim**-0.5
-    if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)):
+    if isinstance(sm_scale, bool) or not isinstance(sm_scale, numbers.Real):
         raise TypeError(f"sm_scale must be a float or None, got {type(sm_scale).__name__}")
-    if not (math.isfinite(sm_scale) and sm_scale > 0):
-        raise ValueError(f"sm_scale={sm_scale} must be a positive finite number")
-    return float(sm_scale)
+    sm_scale = float(sm_scale)  # numpy scalars
+    lo, hi = SM_SCALE_RANGE[dtype]
+    if not (math.isfinite(sm_scale) and lo <= sm_scale <= hi):
+        raise ValueError(f"sm_scale={sm_scale} must be a positive finite number in [{lo:g}, {hi:g}] for {dtype} inputs")
+    return sm_scale
 
 
 def _check_backend(backend) -> str:
@@ -172,15 +179,15 @@ def monarch_attention_with_lse(
     tiling = make_tiling(frame_shape, f_tied, h_reduce, w_reduce)
     _check_seq("q", q.shape[1], tiling)
     _check_seq("k", k.shape[1], tiling)
-    _check_int("num_iters", num_iters)
+    num_iters = _check_int("num_iters", num_iters, maximum=MAX_NUM_ITERS)
     cbf = 0
     if causal_block_frames is not None:
-        cbf = _check_int("causal_block_frames", causal_block_frames)
+        cbf = _check_int("causal_block_frames", causal_block_frames, maximum=q.shape[1] // tiling.tokens_per_frame)
         if q.shape[1] != k.shape[1]:
             raise ValueError(f"causal_block_frames needs Sq == Skv, got Sq={q.shape[1]}, Skv={k.shape[1]}")
         if cbf % f_tied:
             raise ValueError(f"causal_block_frames={cbf} must be a multiple of f_tied={f_tied}")
-    scale = _check_scale(sm_scale, q.shape[3])
+    scale = _check_scale(sm_scale, q.shape[3], q.dtype)
     return ops.attention(
         q,
         k,
@@ -224,11 +231,11 @@ def write_kv_cache(
         >>> nk = nv = torch.randn(1, 60, 2, 16)
         >>> write_kv_cache(kc, vc, nk, nv, 1, (6, 10))
     """
-    _check_qkv(new_k, k_cache, v_cache)
+    _check_qkv(new_k, k_cache, v_cache, names=("new_k", "k_cache", "v_cache"))
+    _check_qkv(new_v, k_cache, v_cache, names=("new_v", "k_cache", "v_cache"))
     if new_k.shape != new_v.shape:
         raise ValueError(f"new_k and new_v differ in shape: {tuple(new_k.shape)} vs {tuple(new_v.shape)}")
-    if new_v.dtype != new_k.dtype:
-        raise TypeError(f"new_k and new_v differ in dtype: {new_k.dtype} vs {new_v.dtype}")
+    _check_writable_cache(k_cache, v_cache, new_k, new_v)
     tiling = make_tiling(frame_shape, f_tied, h_reduce, w_reduce)
     max_frames = _check_seq("k_cache", k_cache.shape[1], tiling)
     n_new = _check_seq("new_k", new_k.shape[1], tiling)
@@ -240,6 +247,35 @@ def write_kv_cache(
     start = start_frame * tiling.tokens_per_frame
     with torch.no_grad():
         ops.kv_cache_write(k_cache, v_cache, to_tile_sequence(new_k, tiling), to_tile_sequence(new_v, tiling), start)
+
+
+def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors may share memory (same storage, overlapping byte ranges)."""
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+
+    def span(x):
+        first = x.storage_offset() * x.element_size()
+        last = first + sum((n - 1) * st for n, st in zip(x.shape, x.stride(), strict=True)) * x.element_size()
+        return first, last + x.element_size()
+
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a0 < b1 and b0 < a1
+
+
+def _check_writable_cache(k_cache, v_cache, new_k, new_v) -> None:
+    """A cache write copies in place: the buffers must own distinct, non-broadcast memory."""
+    for name, x in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if any(st == 0 and n > 1 for n, st in zip(x.shape, x.stride(), strict=True)):
+            raise ValueError(f"{name} is a broadcast (stride-0) view; a cache needs its own memory")
+    if torch.compiler.is_compiling():
+        return  # storages cannot be compared while tracing; eager calls check them
+    if _overlap(k_cache, v_cache):
+        raise ValueError("k_cache and v_cache share memory; pass two separate buffers")
+    for name, x in (("new_k", new_k), ("new_v", new_v)):
+        for cname, c in (("k_cache", k_cache), ("v_cache", v_cache)):
+            if _overlap(x, c):
+                raise ValueError(f"{name} shares memory with {cname}; pass a tensor of its own (e.g. .clone())")
 
 
 class _NewKVGrad(torch.autograd.Function):
@@ -293,7 +329,7 @@ def monarch_attention_kv_cache(
         >>> monarch_attention_kv_cache(torch.randn(1, 60, 2, 16), kc, vc, 1, (6, 10)).shape
         torch.Size([1, 60, 2, 16])
     """
-    _check_qkv(q, k_cache, v_cache)
+    _check_qkv(q, k_cache, v_cache, names=("q", "k_cache", "v_cache"))
     tiling = make_tiling(frame_shape, f_tied, h_reduce, w_reduce)
     max_frames = _check_seq("k_cache", k_cache.shape[1], tiling)
     _check_int("kv_frames", kv_frames)
@@ -308,7 +344,7 @@ def monarch_attention_kv_cache(
     if new_k is not None:
         if k_cache.requires_grad or v_cache.requires_grad:
             raise ValueError("the cache requires grad, so gradients reach it directly; do not pass new_k/new_v")
-        _check_qkv(q, new_k, new_v)
+        _check_qkv(q, new_k, new_v, names=("q", "new_k", "new_v"))
         n_new = _check_seq("new_k", new_k.shape[1], tiling)
         if n_new > kv_frames:
             raise ValueError(f"new_k has {n_new} frames, more than kv_frames={kv_frames}")

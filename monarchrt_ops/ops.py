@@ -14,7 +14,9 @@ Ops (namespace ``monarchrt`` unless ``MONARCHRT_OPS_NAMESPACE`` names another, f
 - ``monarch_matmul(x, w1, w2, backend) -> y`` (autograd in closed form, structured_reference.py).
 
 Inputs are validated by the public functions (attention.py, hadamard.py, monarch_matmul.py); the
-ops trust them.
+attention ops also run the cheap checks of limits.py themselves, eagerly and when traced, since a
+direct ``torch.ops`` call (vendoring, compile) skips the public functions. A second derivative
+through attention raises (``attention_backward`` has no derivative of its own).
 Registering twice (a second import of a vendored copy, a reload) reuses the ops already there.
 """
 
@@ -28,6 +30,7 @@ from . import backends as _backends  # noqa: F401  (registers the backends)
 from .arch import arch_of
 from .hadamard_matrices import factor
 from .layout import Tiling, from_tiles, to_tiles
+from .limits import check_attention_params
 from .problem import AttentionProblem, HadamardProblem, MonarchMatmulProblem
 from .reference import compute_dtype
 from .registry import select
@@ -48,6 +51,9 @@ def _tiles_of(tiling, q, k, v):
 def _attention_impl(
     q, k, v, frame_h, frame_w, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, backend
 ):
+    check_attention_params(
+        frame_h, frame_w, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, q.dtype
+    )
     tiling = Tiling(frame_h, frame_w, f_tied, h_reduce, w_reduce)
     qt, kt, vt = _tiles_of(tiling, q, k, v)
     cbt = causal_block_tiles(tiling, causal_block_frames)
@@ -62,6 +68,9 @@ def _attention_impl(
 def _attention_fake(
     q, k, v, frame_h, frame_w, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, backend
 ):
+    check_attention_params(
+        frame_h, frame_w, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, q.dtype
+    )
     lse = q.new_empty(q.shape[:-1], dtype=compute_dtype(q.dtype))
     return torch.empty_like(q, memory_format=torch.contiguous_format), lse
 
@@ -119,6 +128,13 @@ def _setup_context(ctx, inputs, output):
 
 def _attention_backward_autograd(ctx, dout, dlse):
     q, k, v, out, lse = ctx.saved_tensors
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (dout, dlse, q, k, v)):
+        # a backward that records a graph (create_graph=True) would differentiate attention_backward,
+        # which has no derivative: torch would return zeros with a warning
+        raise RuntimeError(
+            "second derivatives through Monarch attention are not implemented; "
+            "backward with create_graph=True (double backward) is not supported"
+        )
     dq, dk, dv = _lookup("attention_backward")(dout, dlse, q, k, v, out, lse, *ctx.params)
     return (dq, dk, dv) + (None,) * len(ctx.params)
 

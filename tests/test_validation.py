@@ -138,3 +138,78 @@ def test_triton_rejects_other_head_dims(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(ValueError, match=r"head_dim=8 is not in \(64, 128\)"):
         m.monarch_attention(Q, Q, Q, (6, 10), backend="triton")
+
+
+# Hardening (issue 18): silent wrong answers and internal errors that now raise, each naming the argument.
+KC = torch.zeros(1, 240, 2, 8)
+NK = t(1, 60, 2, 8)
+HARDENING = [
+    (
+        "new_v on another device",
+        lambda: m.write_kv_cache(KC.clone(), KC.clone(), NK, NK.to("meta"), 0, (6, 10)),
+        ValueError,
+        "new_v, k_cache, v_cache must be on one device",
+    ),
+    ("k and v caches aliased", lambda: m.write_kv_cache(KC, KC, NK, NK, 0, (6, 10)), ValueError, "share memory"),
+    (
+        "stride-0 cache",
+        lambda: m.write_kv_cache(torch.zeros(1, 1, 2, 8).expand(1, 240, 2, 8), KC.clone(), NK, NK, 0, (6, 10)),
+        ValueError,
+        "k_cache is a broadcast (stride-0) view",
+    ),
+    (
+        "new_k aliases the cache",
+        lambda: m.write_kv_cache(KC, KC.clone(), KC[:, :60], NK, 1, (6, 10)),
+        ValueError,
+        "new_k shares memory with k_cache",
+    ),
+    (
+        "cache messages name the cache",
+        lambda: m.write_kv_cache(KC, t(1, 240, 2, 4), NK, NK, 0, (6, 10)),
+        ValueError,
+        "k_cache and v_cache must have the same shape",
+    ),
+    ("num_iters bounded", lambda: m.monarch_attention(Q, Q, Q, (6, 10), num_iters=2**40), ValueError, "num_iters="),
+    (
+        "causal block beyond the frames",
+        lambda: m.monarch_attention(Q, Q, Q, (6, 10), causal_block_frames=2**63),
+        ValueError,
+        "causal_block_frames=",
+    ),
+    ("sm_scale per dtype", lambda: m.monarch_attention(Q, Q, Q, (6, 10), sm_scale=1e38), ValueError, "sm_scale="),
+    (
+        "direct op: num_iters=0",
+        lambda: m.ops.attention(Q, Q, Q, 6, 10, 1, 1, 1, 0.3, 0, 0, "reference"),
+        ValueError,
+        "num_iters=0 must be in 1..",
+    ),
+    (
+        "direct op: h_reduce does not divide H",
+        lambda: m.ops.attention(Q, Q, Q, 6, 10, 1, 4, 1, 0.3, 0, 1, "reference"),
+        ValueError,
+        "is not divisible by h_reduce=4",
+    ),
+]
+
+
+@pytest.mark.parametrize("name, fn, exc, match", HARDENING, ids=[c[0] for c in HARDENING])
+def test_hardening_raises_naming_the_argument(name, fn, exc, match):
+    with pytest.raises(exc, match=match.replace("(", r"\(").replace(")", r"\)")):
+        fn()
+
+
+def test_numpy_scalars_are_accepted_like_python_ones():
+    np = pytest.importorskip("numpy")
+    ref = m.monarch_attention(Q, Q, Q, (6, 10), num_iters=2, sm_scale=0.25)
+    got = m.monarch_attention(Q, Q, Q, (6, 10), num_iters=np.int64(2), sm_scale=np.float32(0.25))
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
+def test_double_backward_through_attention_raises():
+    q, k, v = (t(1, 120, 2, 8).requires_grad_() for _ in range(3))
+    out = m.monarch_attention(q, k, v, (6, 10), backend="reference")
+    (gq,) = torch.autograd.grad(out.square().sum(), q, create_graph=False)
+    assert gq.abs().sum() > 0  # first order still works
+    out = m.monarch_attention(q, k, v, (6, 10), backend="reference")
+    with pytest.raises(RuntimeError, match="second derivatives through Monarch attention"):
+        torch.autograd.grad(out.square().sum(), q, create_graph=True)

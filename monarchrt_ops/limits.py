@@ -1,0 +1,42 @@
+"""Limits of the attention arguments that every backend shares, stated once.
+
+Kernels state narrower limits of their own through ``supports()``; these bound what the public
+functions and the torch ops accept at all.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MAX_HEAD_DIM = 256  # the reference takes any size; kernels take 64/128 (supports())
+# VMonarch-style alternating updates converge in a handful of iterations; a bound keeps a typo
+# (num_iters=2**40) from running for ever.
+MAX_NUM_ITERS = 16
+# Softmax scale per input dtype: large enough for any sensible temperature, small enough that the
+# fp32 logits (and the -1e30 padding sentinel of the fused CUDA kernel times the scale) stay finite.
+SM_SCALE_RANGE = {
+    torch.float16: (1e-20, 1e8),
+    torch.bfloat16: (1e-20, 1e8),
+    torch.float32: (1e-20, 1e8),
+    torch.float64: (1e-300, 1e150),
+}
+
+
+def check_attention_params(
+    frame_h, frame_w, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, dtype
+) -> None:
+    """The checks the torch ops run themselves (a direct ``torch.ops`` call skips the public
+    functions): cheap, no device access; raises ValueError naming the argument."""
+    for name, value in (("frame_h", frame_h), ("frame_w", frame_w), ("f_tied", f_tied),
+                        ("h_reduce", h_reduce), ("w_reduce", w_reduce)):  # fmt: skip
+        if value < 1:
+            raise ValueError(f"{name}={value} must be >= 1")
+    if frame_h % h_reduce or frame_w % w_reduce:
+        raise ValueError(f"frame {frame_h}x{frame_w} is not divisible by h_reduce={h_reduce}, w_reduce={w_reduce}")
+    if not 1 <= num_iters <= MAX_NUM_ITERS:
+        raise ValueError(f"num_iters={num_iters} must be in 1..{MAX_NUM_ITERS}")
+    if causal_block_frames < 0:
+        raise ValueError(f"causal_block_frames={causal_block_frames} must be >= 0 (0: no mask)")
+    lo, hi = SM_SCALE_RANGE.get(dtype, SM_SCALE_RANGE[torch.float32])
+    if not lo <= sm_scale <= hi:
+        raise ValueError(f"sm_scale={sm_scale} must be in [{lo:g}, {hi:g}] for {dtype}")
