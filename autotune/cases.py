@@ -63,7 +63,7 @@ class AttentionCase(Case):
 
     def __init__(self, shape_name: str, dtype, backward: bool, backend_name="triton", device="cuda", timer=None):
         from .. import make_tiling, to_tiles
-        from ..ops import causal_block_tiles
+        from ..layout import causal_block_tiles
         from ..problem import AttentionProblem
 
         super().__init__(backend_name, device, timer)

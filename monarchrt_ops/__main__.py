@@ -19,7 +19,8 @@ import torch
 
 from . import make_tiling, monarch_attention, reference, to_tiles
 from .arch import arch_of
-from .ops import NAMESPACE, causal_block_tiles
+from .layout import causal_block_tiles
+from .ops import NAMESPACE
 from .problem import AttentionProblem
 from .registry import backend_names, get_backend, select
 

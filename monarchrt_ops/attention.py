@@ -8,7 +8,7 @@ import numbers
 import torch
 
 from . import ops
-from .layout import Tiling, from_tile_sequence, to_tile_sequence
+from .layout import Tiling, causal_block_tiles, from_tiles, tile_sequence_as_tiles, to_tile_sequence, to_tiles
 from .limits import MAX_HEAD_DIM, MAX_NUM_ITERS, SM_SCALE_RANGE
 from .registry import backend_names
 
@@ -188,20 +188,16 @@ def monarch_attention_with_lse(
         if cbf % f_tied:
             raise ValueError(f"causal_block_frames={cbf} must be a multiple of f_tied={f_tied}")
     scale = _check_scale(sm_scale, q.shape[3], q.dtype)
-    return ops.attention(
-        q,
-        k,
-        v,
-        tiling.frame_h,
-        tiling.frame_w,
-        f_tied,
-        h_reduce,
-        w_reduce,
-        scale,
-        cbf,
-        num_iters,
-        _check_backend(backend),
+    return _attention_tiles(
+        to_tiles(q, tiling), to_tiles(k, tiling), to_tiles(v, tiling), tiling, scale, cbf, num_iters, backend
     )
+
+
+def _attention_tiles(qt, kt, vt, tiling: Tiling, scale: float, cbf: int, num_iters: int, backend):
+    """The op on validated tile-order tensors -> natural-order ``(out, lse)``."""
+    cbt = causal_block_tiles(tiling, cbf)
+    z, lse = ops.attention(qt, kt, vt, scale, cbt, num_iters, _check_backend(backend))
+    return from_tiles(z, tiling), from_tiles(lse.unsqueeze(-1), tiling).squeeze(-1)
 
 
 def write_kv_cache(
@@ -351,18 +347,10 @@ def monarch_attention_kv_cache(
         k_slice, v_slice = _NewKVGrad.apply(
             k_slice, v_slice, to_tile_sequence(new_k, tiling), to_tile_sequence(new_v, tiling)
         )
-    # The cache is in tile order: read it back as natural order so the op sees one convention.
-    k_nat = from_tile_sequence(k_slice, tiling)
-    v_nat = from_tile_sequence(v_slice, tiling)
-    return monarch_attention(
-        q,
-        k_nat,
-        v_nat,
-        frame_shape,
-        f_tied=f_tied,
-        h_reduce=h_reduce,
-        w_reduce=w_reduce,
-        sm_scale=sm_scale,
-        num_iters=num_iters,
-        backend=backend,
-    )
+    # The cache is stored in tile order: its slice goes to the op as it is (a view, no copy).
+    num_iters = _check_int("num_iters", num_iters, maximum=MAX_NUM_ITERS)
+    scale = _check_scale(sm_scale, q.shape[3], q.dtype)
+    _check_seq("q", q.shape[1], tiling)
+    kt, vt = tile_sequence_as_tiles(k_slice, tiling), tile_sequence_as_tiles(v_slice, tiling)
+    out, _ = _attention_tiles(to_tiles(q, tiling), kt, vt, tiling, scale, 0, num_iters, backend)
+    return out

@@ -82,6 +82,18 @@ def from_tiles(x: torch.Tensor, tiling: Tiling) -> torch.Tensor:
     return x.reshape(bsz, groups * t.f_tied * t.tokens_per_frame, nh, d)
 
 
+def causal_block_tiles(tiling: Tiling, causal_block_frames: int) -> int:
+    """Causal block in tiles: ``c * h_reduce * w_reduce / f_tied`` (0 when not causal)."""
+    return causal_block_frames * tiling.tiles_per_group // tiling.f_tied
+
+
+def tile_sequence_as_tiles(x: torch.Tensor, tiling: Tiling) -> torch.Tensor:
+    """A tile-order sequence ``(B, S, nh, d)`` (a KV cache slice as stored) viewed as tiles
+    ``(B, T, b1, b2, nh, d)``: a view when the slice is contiguous (a prefix of a contiguous cache)."""
+    bsz, seq, nh, d = x.shape
+    return x.reshape(bsz, tiling.num_tiles(seq), tiling.b1, tiling.b2, nh, d)
+
+
 def to_tile_sequence(x: torch.Tensor, tiling: Tiling) -> torch.Tensor:
     """``(B, S, nh, d)`` natural order -> ``(B, S, nh, d)`` with tokens in tile order.
 

@@ -22,21 +22,13 @@ SM_SCALE_RANGE = {
 }
 
 
-def check_attention_params(
-    frame_h, frame_w, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, dtype
-) -> None:
-    """The checks the torch ops run themselves (a direct ``torch.ops`` call skips the public
+def check_attention_params(sm_scale, causal_block_tiles, num_iters, dtype) -> None:
+    """The checks the torch op runs itself (a direct ``torch.ops`` call skips the public
     functions): cheap, no device access; raises ValueError naming the argument."""
-    for name, value in (("frame_h", frame_h), ("frame_w", frame_w), ("f_tied", f_tied),
-                        ("h_reduce", h_reduce), ("w_reduce", w_reduce)):  # fmt: skip
-        if value < 1:
-            raise ValueError(f"{name}={value} must be >= 1")
-    if frame_h % h_reduce or frame_w % w_reduce:
-        raise ValueError(f"frame {frame_h}x{frame_w} is not divisible by h_reduce={h_reduce}, w_reduce={w_reduce}")
     if not 1 <= num_iters <= MAX_NUM_ITERS:
         raise ValueError(f"num_iters={num_iters} must be in 1..{MAX_NUM_ITERS}")
-    if causal_block_frames < 0:
-        raise ValueError(f"causal_block_frames={causal_block_frames} must be >= 0 (0: no mask)")
+    if causal_block_tiles < 0:
+        raise ValueError(f"causal_block_tiles={causal_block_tiles} must be >= 0 (0: no mask)")
     lo, hi = SM_SCALE_RANGE.get(dtype, SM_SCALE_RANGE[torch.float32])
     if not lo <= sm_scale <= hi:
         raise ValueError(f"sm_scale={sm_scale} must be in [{lo:g}, {hi:g}] for {dtype}")

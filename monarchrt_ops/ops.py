@@ -2,11 +2,13 @@
 
 Ops (namespace ``monarchrt`` unless ``MONARCHRT_OPS_NAMESPACE`` names another, for vendored copies):
 
-- ``attention(q, k, v, frame_h, frame_w, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames,
-  num_iters, backend) -> (out, lse)`` on natural-order ``(B, S, nh, d)`` tensors; ``lse`` is the
-  stage-L log-normaliser ``(B, Sq, nh)`` in float32 (float64 for float64 inputs).
-  ``causal_block_frames = 0`` means no mask, ``backend = ''`` automatic selection.
-- ``attention_backward(dout, dlse, q, k, v, out, lse, ...) -> (dq, dk, dv)``.
+- ``attention(q, k, v, sm_scale, causal_block_tiles, num_iters, backend) -> (out, lse)`` on
+  tile-order tensors, q ``(B, A, b1, b2, nh, d)``, k and v ``(B, F, b1, b2, nh, d)`` (a KV cache slice
+  goes in as it is stored, without a copy); ``out`` is tile order like q and ``lse``, the stage-L
+  log-normaliser, ``(B, A, b1, b2, nh)`` in float32 (float64 for float64 inputs).
+  ``causal_block_tiles = 0`` means no mask, ``backend = ''`` automatic selection. The public
+  functions (attention.py) convert natural order to tiles once, outside the op.
+- ``attention_backward(dout, dlse, q, k, v, out, lse, ...) -> (dq, dk, dv)``, tile order.
 - ``kv_cache_write(k_cache, v_cache, new_k, new_v, start) -> ()`` copies tile-order tokens into the
   cache buffers in place at token offset ``start``.
 - ``hadamard(x, scale, transpose, fp32_intermediate, backend) -> y`` (autograd: the transform with H
@@ -29,7 +31,6 @@ import torch
 from . import backends as _backends  # noqa: F401  (registers the backends)
 from .arch import arch_of
 from .hadamard_matrices import factor
-from .layout import Tiling, from_tiles, to_tiles
 from .limits import check_attention_params
 from .problem import AttentionProblem, HadamardProblem, MonarchMatmulProblem
 from .reference import compute_dtype
@@ -39,80 +40,42 @@ from .structured_reference import reference_monarch_matmul_backward
 NAMESPACE = os.environ.get("MONARCHRT_OPS_NAMESPACE", "monarchrt")
 
 
-def causal_block_tiles(tiling: Tiling, causal_block_frames: int) -> int:
-    """Causal block in tiles: ``c * h_reduce * w_reduce / f_tied`` (0 when not causal)."""
-    return causal_block_frames * tiling.tiles_per_group // tiling.f_tied
+def _check_tiles(q, k, v) -> None:
+    if q.dim() != 6 or k.shape != v.shape or k.dim() != 6:
+        raise ValueError(
+            f"attention takes tile-order q (B, A, b1, b2, nh, d) and k, v (B, F, b1, b2, nh, d) of one shape, "
+            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} differ in batch, tile shape, heads or head_dim")
 
 
-def _tiles_of(tiling, q, k, v):
-    return to_tiles(q, tiling), to_tiles(k, tiling), to_tiles(v, tiling)
-
-
-def _attention_impl(
-    q, k, v, frame_h, frame_w, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, backend
-):
-    check_attention_params(
-        frame_h, frame_w, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, q.dtype
-    )
-    tiling = Tiling(frame_h, frame_w, f_tied, h_reduce, w_reduce)
-    qt, kt, vt = _tiles_of(tiling, q, k, v)
-    cbt = causal_block_tiles(tiling, causal_block_frames)
-    problem = AttentionProblem.from_tiles(qt, kt, cbt, num_iters)
+def _attention_impl(q, k, v, sm_scale, causal_block_tiles, num_iters, backend):
+    _check_tiles(q, k, v)
+    check_attention_params(sm_scale, causal_block_tiles, num_iters, q.dtype)
+    problem = AttentionProblem.from_tiles(q, k, causal_block_tiles, num_iters)
     sel = select("attention", problem, arch_of(q.device), backend or None)
-    z, lse = sel.backend.launch(sel.config, qt, kt, vt, sm_scale=sm_scale, causal_block_tiles=cbt, num_iters=num_iters)
-    out = from_tiles(z, tiling)
-    lse = from_tiles(lse.unsqueeze(-1), tiling).squeeze(-1)
-    return out.contiguous(), lse.to(compute_dtype(q.dtype)).contiguous()
-
-
-def _attention_fake(
-    q, k, v, frame_h, frame_w, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, backend
-):
-    check_attention_params(
-        frame_h, frame_w, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, q.dtype
+    z, lse = sel.backend.launch(
+        sel.config, q, k, v, sm_scale=sm_scale, causal_block_tiles=causal_block_tiles, num_iters=num_iters
     )
+    return z.contiguous(), lse.to(compute_dtype(q.dtype)).contiguous()
+
+
+def _attention_fake(q, k, v, sm_scale, causal_block_tiles, num_iters, backend):
+    _check_tiles(q, k, v)
+    check_attention_params(sm_scale, causal_block_tiles, num_iters, q.dtype)
     lse = q.new_empty(q.shape[:-1], dtype=compute_dtype(q.dtype))
     return torch.empty_like(q, memory_format=torch.contiguous_format), lse
 
 
-def _attention_backward_impl(
-    dout,
-    dlse,
-    q,
-    k,
-    v,
-    out,
-    lse,
-    frame_h,
-    frame_w,
-    f_tied,
-    h_reduce,
-    w_reduce,
-    sm_scale,
-    causal_block_frames,
-    num_iters,
-    backend,
-):
-    tiling = Tiling(frame_h, frame_w, f_tied, h_reduce, w_reduce)
-    qt, kt, vt = _tiles_of(tiling, q, k, v)
-    cbt = causal_block_tiles(tiling, causal_block_frames)
-    problem = AttentionProblem.from_tiles(qt, kt, cbt, num_iters, backward=True)
+def _attention_backward_impl(dout, dlse, q, k, v, out, lse, sm_scale, causal_block_tiles, num_iters, backend):
+    problem = AttentionProblem.from_tiles(q, k, causal_block_tiles, num_iters, backward=True)
     sel = select("attention", problem, arch_of(q.device), backend or None)
-    tiles = lambda x: to_tiles(x.unsqueeze(-1), tiling).squeeze(-1)  # noqa: E731  [B, S, nh] -> tiles
     dq, dk, dv = sel.backend.launch_backward(
-        sel.config,
-        to_tiles(dout, tiling),
-        tiles(dlse),
-        qt,
-        kt,
-        vt,
-        to_tiles(out, tiling),
-        tiles(lse),
-        sm_scale=sm_scale,
-        causal_block_tiles=cbt,
-        num_iters=num_iters,
-    )
-    return tuple(from_tiles(g, tiling).contiguous() for g in (dq, dk, dv))
+        sel.config, dout, dlse, q, k, v, out, lse,
+        sm_scale=sm_scale, causal_block_tiles=causal_block_tiles, num_iters=num_iters,
+    )  # fmt: skip
+    return tuple(g.contiguous() for g in (dq, dk, dv))
 
 
 def _attention_backward_fake(dout, dlse, q, k, v, out, lse, *params):
@@ -209,10 +172,7 @@ def _exists(name: str) -> bool:
     return True
 
 
-_ATTN_PARAMS = (
-    "int frame_h, int frame_w, int f_tied, int h_reduce, int w_reduce, float sm_scale, "
-    "int causal_block_frames, int num_iters, str backend"
-)
+_ATTN_PARAMS = "float sm_scale, int causal_block_tiles, int num_iters, str backend"
 _SCHEMAS = {
     "attention": f"(Tensor q, Tensor k, Tensor v, {_ATTN_PARAMS}) -> (Tensor, Tensor)",
     "attention_backward": (

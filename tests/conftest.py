@@ -46,7 +46,7 @@ def self_forcing_error_bf16(backend: str, q_frames: int, kv_frames: int) -> floa
 def state_of(q, k, v, frame_shape, sm_scale=None, causal_block_frames=None, num_iters=1, **tiling_kw):
     """Reference intermediates for natural-order inputs."""
     from monarchrt_ops import reference
-    from monarchrt_ops.ops import causal_block_tiles
+    from monarchrt_ops.layout import causal_block_tiles
 
     tiling = monarchrt_ops.make_tiling(frame_shape, **tiling_kw)
     scale = sm_scale if sm_scale is not None else q.shape[-1] ** -0.5

@@ -11,18 +11,22 @@ from conftest import qkv
 import monarchrt_ops as m
 from monarchrt_ops import ops
 
-PARAMS = (6, 10, 1, 1, 1, 0.25, 0, 1, "reference")
+# (frame, tiling, frames, op params: sm_scale, causal_block_tiles, num_iters, backend)
+CASES = {
+    "plain": ((6, 10), {}, 2, (0.25, 0, 1, "reference")),
+    "tiled-causal-iters2": ((6, 10), {"h_reduce": 2, "w_reduce": 2}, 2, (0.25, 4, 2, "reference")),
+    "ftied-causal-auto": ((3, 4), {"f_tied": 2}, 4, (0.5, 1, 1, "")),
+}
 
 
-@pytest.mark.parametrize(
-    "params",
-    [PARAMS, (6, 10, 1, 2, 2, 0.25, 1, 2, "reference"), (3, 4, 2, 1, 1, 0.5, 2, 1, "")],
-    ids=["plain", "tiled-causal-iters2", "ftied-causal-auto"],
-)
-def test_opcheck_attention(params):
-    h, w = params[0], params[1]
-    q, k, v = qkv(1, 2 * params[2], 2 * params[2], (h, w), 2, 4, dtype=torch.float32, requires_grad=True)
-    torch.library.opcheck(ops.attention, (q, k, v, *params))
+@pytest.mark.parametrize("name", list(CASES))
+def test_opcheck_attention(name):
+    """The op on tile-order tensors, as the public functions call it."""
+    frame, tiling_kw, frames, params = CASES[name]
+    tiling = m.make_tiling(frame, **tiling_kw)
+    q, k, v = qkv(1, frames, frames, frame, 2, 4, dtype=torch.float32)
+    qt, kt, vt = (m.to_tiles(x, tiling).detach().requires_grad_() for x in (q, k, v))
+    torch.library.opcheck(ops.attention, (qt, kt, vt, *params))
 
 
 def test_opcheck_kv_cache_write():
