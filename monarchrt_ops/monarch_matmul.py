@@ -57,6 +57,11 @@ class MonarchLinear(torch.nn.Module):
 
     def __init__(self, in_features: int, out_features: int, nblocks: int, bias: bool = True, device=None, dtype=None):
         super().__init__()
+        for name, value in (("in_features", in_features), ("out_features", out_features), ("nblocks", nblocks)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+            if value < 1:
+                raise ValueError(f"{name}={value} must be >= 1")
         if in_features % nblocks or out_features % nblocks:
             raise ValueError(
                 f"in_features={in_features} and out_features={out_features} must divide by nblocks={nblocks}"

@@ -38,6 +38,12 @@ from .registry import select
 from .structured_reference import reference_monarch_matmul_backward
 
 NAMESPACE = os.environ.get("MONARCHRT_OPS_NAMESPACE", "monarchrt")
+_RESERVED_NAMESPACES = ("aten", "prims", "prim", "quantized", "_test", "torch")
+if not NAMESPACE.isidentifier() or NAMESPACE in _RESERVED_NAMESPACES:
+    raise ValueError(
+        f"MONARCHRT_OPS_NAMESPACE={NAMESPACE!r} must be a Python identifier and not one of torch's own "
+        f"namespaces {_RESERVED_NAMESPACES}"
+    )
 
 
 def _check_tiles(q, k, v) -> None:

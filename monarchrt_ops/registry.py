@@ -117,9 +117,16 @@ def select(op: str, problem: Any, arch: Arch, backend: str | None = None) -> Sel
     raise ValueError(f"no backend of {op} can run this call: {rejected}")
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
 def strict_mode() -> bool:
-    """``MONARCHRT_STRICT=1``: serving refuses configs that no tuned table holds for the shape."""
-    return os.environ.get("MONARCHRT_STRICT") == "1"
+    """``MONARCHRT_STRICT=1`` (or true/yes/on): serving refuses configs that no tuned table holds for
+    the shape. Any other value than those and 0/false/no/off raises, naming the variable."""
+    value = os.environ.get("MONARCHRT_STRICT", "").strip().lower()
+    if value not in _TRUE + _FALSE:
+        raise ValueError(f"MONARCHRT_STRICT={value!r}: use 1/true/yes/on or 0/false/no/off")
+    return value in _TRUE
 
 
 _config_cache: dict[tuple, tuple[Config, str]] = {}

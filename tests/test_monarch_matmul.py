@@ -96,3 +96,18 @@ def test_triton_matches_reference(name, dtype, poison_empty):
     ref = m.monarch_matmul(x, w1, w2, backend="reference")
     out = m.monarch_matmul(*(t.to(DEVICE, dtype) for t in (x, w1, w2)), backend="triton")
     assert rel_err(out, ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize(
+    "args, exc, match",
+    [
+        ((16, 16, 0), ValueError, "nblocks=0 must be >= 1"),
+        ((0, 16, 4), ValueError, "in_features=0 must be >= 1"),
+        ((16, 16, -4), ValueError, "nblocks=-4 must be >= 1"),
+        ((16, 16, 2.0), TypeError, "nblocks must be an int"),
+    ],
+    ids=["zero-blocks", "zero-in", "negative-blocks", "float-blocks"],
+)
+def test_monarch_linear_rejects_bad_sizes(args, exc, match):
+    with pytest.raises(exc, match=match):
+        m.MonarchLinear(*args)

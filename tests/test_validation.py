@@ -222,3 +222,31 @@ def test_double_backward_through_attention_raises():
     out = m.monarch_attention(q, k, v, (6, 10), backend="reference")
     with pytest.raises(RuntimeError, match="second derivatives through Monarch attention"):
         torch.autograd.grad(out.square().sum(), q, create_graph=True)
+
+
+@pytest.mark.parametrize("value, strict", [("1", True), ("true", True), ("YES", True), ("0", False), ("off", False)])
+def test_strict_mode_reads_the_usual_spellings(monkeypatch, value, strict):
+    from monarchrt_ops.registry import strict_mode
+
+    monkeypatch.setenv("MONARCHRT_STRICT", value)
+    assert strict_mode() is strict
+
+
+def test_strict_mode_rejects_other_values(monkeypatch):
+    from monarchrt_ops.registry import strict_mode
+
+    monkeypatch.setenv("MONARCHRT_STRICT", "maybe")
+    with pytest.raises(ValueError, match="MONARCHRT_STRICT='maybe'"):
+        strict_mode()
+
+
+@pytest.mark.parametrize("namespace", ["aten", "not-an-identifier"])
+def test_bad_op_namespace_names_the_variable(namespace):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MONARCHRT_OPS_NAMESPACE": namespace}
+    run = subprocess.run([sys.executable, "-c", "import monarchrt_ops"], env=env, capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "MONARCHRT_OPS_NAMESPACE" in run.stderr
