@@ -143,18 +143,8 @@ def monarch_attention(
         >>> monarch_attention(q, k, v, (6, 10)).shape
         torch.Size([1, 120, 2, 16])
     """
-    out, _ = monarch_attention_with_lse(
-        q,
-        k,
-        v,
-        frame_shape,
-        f_tied=f_tied,
-        h_reduce=h_reduce,
-        w_reduce=w_reduce,
-        sm_scale=sm_scale,
-        causal_block_frames=causal_block_frames,
-        num_iters=num_iters,
-        backend=backend,
+    out, _, _ = _attention_call(
+        q, k, v, frame_shape, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, backend
     )
     return out
 
@@ -175,11 +165,20 @@ def monarch_attention_with_lse(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`monarch_attention` that also returns the stage-L log-normaliser ``(B, Sq, nh)``
     (natural log, float32; float64 for float64 inputs). Both outputs are differentiable."""
+    out, lse, tiling = _attention_call(
+        q, k, v, frame_shape, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, backend
+    )
+    return out, from_tiles(lse.unsqueeze(-1), tiling).squeeze(-1)
+
+
+def _attention_call(
+    q, k, v, frame_shape, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, backend
+):
+    """Validate a natural-order call and run it -> ``(out, lse in tile order, tiling)``."""
     _check_qkv(q, k, v)
     tiling = make_tiling(frame_shape, f_tied, h_reduce, w_reduce)
-    _check_seq("q", q.shape[1], tiling)
+    num_iters, scale = _check_query_args(q, tiling, num_iters, sm_scale)
     _check_seq("k", k.shape[1], tiling)
-    num_iters = _check_int("num_iters", num_iters, maximum=MAX_NUM_ITERS)
     cbf = 0
     if causal_block_frames is not None:
         cbf = _check_int("causal_block_frames", causal_block_frames, maximum=q.shape[1] // tiling.tokens_per_frame)
@@ -187,17 +186,24 @@ def monarch_attention_with_lse(
             raise ValueError(f"causal_block_frames needs Sq == Skv, got Sq={q.shape[1]}, Skv={k.shape[1]}")
         if cbf % f_tied:
             raise ValueError(f"causal_block_frames={cbf} must be a multiple of f_tied={f_tied}")
-    scale = _check_scale(sm_scale, q.shape[3], q.dtype)
-    return _attention_tiles(
+    out, lse = _attention_tiles(
         to_tiles(q, tiling), to_tiles(k, tiling), to_tiles(v, tiling), tiling, scale, cbf, num_iters, backend
     )
+    return out, lse, tiling
+
+
+def _check_query_args(q, tiling: Tiling, num_iters, sm_scale) -> tuple[int, float]:
+    """The checks every attention call shares once its tensors are known: q's length, num_iters, sm_scale."""
+    _check_seq("q", q.shape[1], tiling)
+    num_iters = _check_int("num_iters", num_iters, maximum=MAX_NUM_ITERS)
+    return num_iters, _check_scale(sm_scale, q.shape[3], q.dtype)
 
 
 def _attention_tiles(qt, kt, vt, tiling: Tiling, scale: float, cbf: int, num_iters: int, backend):
-    """The op on validated tile-order tensors -> natural-order ``(out, lse)``."""
-    cbt = causal_block_tiles(tiling, cbf)
-    z, lse = ops.attention(qt, kt, vt, scale, cbt, num_iters, _check_backend(backend))
-    return from_tiles(z, tiling), from_tiles(lse.unsqueeze(-1), tiling).squeeze(-1)
+    """The op on validated tile-order tensors -> ``(out in natural order, lse in tile order)``; the
+    callers that return lse convert it, the others never pay for it."""
+    z, lse = ops.attention(qt, kt, vt, scale, causal_block_tiles(tiling, cbf), num_iters, _check_backend(backend))
+    return from_tiles(z, tiling), lse
 
 
 def write_kv_cache(
@@ -348,9 +354,7 @@ def monarch_attention_kv_cache(
             k_slice, v_slice, to_tile_sequence(new_k, tiling), to_tile_sequence(new_v, tiling)
         )
     # The cache is stored in tile order: its slice goes to the op as it is (a view, no copy).
-    num_iters = _check_int("num_iters", num_iters, maximum=MAX_NUM_ITERS)
-    scale = _check_scale(sm_scale, q.shape[3], q.dtype)
-    _check_seq("q", q.shape[1], tiling)
+    num_iters, scale = _check_query_args(q, tiling, num_iters, sm_scale)
     kt, vt = tile_sequence_as_tiles(k_slice, tiling), tile_sequence_as_tiles(v_slice, tiling)
     out, _ = _attention_tiles(to_tiles(q, tiling), kt, vt, tiling, scale, 0, num_iters, backend)
     return out

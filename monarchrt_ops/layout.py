@@ -105,6 +105,4 @@ def to_tile_sequence(x: torch.Tensor, tiling: Tiling) -> torch.Tensor:
 
 def from_tile_sequence(x: torch.Tensor, tiling: Tiling) -> torch.Tensor:
     """Inverse of :func:`to_tile_sequence`."""
-    bsz, seq, nh, d = x.shape
-    tiles = tiling.num_tiles(seq)
-    return from_tiles(x.reshape(bsz, tiles, tiling.b1, tiling.b2, nh, d), tiling)
+    return from_tiles(tile_sequence_as_tiles(x, tiling), tiling)
