@@ -21,7 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .monarch_attention_fwd import RUNTIME_ARGS, _rows
+from .monarch_attention_fwd import RUNTIME_ARGS, _flat_key_rows, _rows
 
 
 @triton.jit(do_not_specialize=RUNTIME_ARGS)
@@ -115,7 +115,7 @@ def _stage_l_bwd_q(
     for key0 in range(0, n_keys, BLOCK_K):
         keys = key0 + tl.arange(0, BLOCK_K)
         mask_k = keys < n_keys
-        rows = ((bha * num_kv_tiles + keys // b1) * b2 + j) * b1 + keys % b1
+        rows = _flat_key_rows(bha, keys, num_kv_tiles, b1, b2, j)
         a_l = _rows(AL, rows * HEAD_DIM, mask_k, HEAD_DIM)
         y = _rows(Y, rows * HEAD_DIM, mask_k, HEAD_DIM)
         c_l = tl.load(CL + rows, mask=mask_k, other=0.0)

@@ -39,6 +39,13 @@ def _rows(base, row_offsets, mask, HEAD_DIM: tl.constexpr):
     return tl.load(base + row_offsets[:, None] + tl.arange(0, HEAD_DIM)[None, :], mask=mask[:, None], other=0.0)
 
 
+@triton.jit
+def _flat_key_rows(bha, keys, num_kv_tiles, b1, b2, j):
+    """Scratch rows ``[b, h, a, f, j, k]`` of flat key indices ``keys = f * b1 + k`` for column j of
+    the query tile ``bha = (b * nh + h) * A + a``: stage L's key sequence across key tiles."""
+    return ((bha * num_kv_tiles + keys // b1) * b2 + j) * b1 + keys % b1
+
+
 @triton.jit(do_not_specialize=RUNTIME_ARGS)
 def _stage_r_fwd(
     Q, K, V, AR, CR, AL, Y, CL, LSE_R,
@@ -172,7 +179,7 @@ def _stage_l_fwd(
     for key0 in range(0, n_keys, BLOCK_K):
         keys = key0 + tl.arange(0, BLOCK_K)
         mask_k = keys < n_keys
-        rows = ((bha * num_kv_tiles + keys // b1) * b2 + j) * b1 + keys % b1  # [b, h, a, f, j, k]
+        rows = _flat_key_rows(bha, keys, num_kv_tiles, b1, b2, j)
         a_l = _rows(AL, rows * HEAD_DIM, mask_k, HEAD_DIM)
         c_l = tl.load(CL + rows, mask=mask_k, other=0.0)
         s = tl.dot(q, tl.trans(a_l), input_precision=DOT_PRECISION) * sm_scale - c_l[None, :]  # [BI, D] @ [D, BK]
