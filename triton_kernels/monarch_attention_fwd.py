@@ -80,6 +80,13 @@ def _stage_r_fwd(
     k_base = K + bb * skb + f * skt + k_row * skr + h * skh
     v_base = V + bb * svb + f * svt + k_row * svr + h * svh
     bh_base = (bb * nh + h) * num_q_tiles
+    if ONE_L_BLOCK:
+        # the key row's K and V, loaded once for every row block (a load in the loop is not hoisted)
+        offs_l = tl.arange(0, BLOCK_L)
+        mask_l = offs_l < b2
+        k_blk = _rows(k_base, offs_l * skc, mask_l, HEAD_DIM)
+        if WRITE_Y:
+            v_blk = _rows(v_base, offs_l * svc, mask_l, HEAD_DIM)
     for row0 in range(a_first * b2 + tl.program_id(1) * BLOCK_M, row_end, BLOCK_M * tl.num_programs(1)):
         rows = row0 + tl.arange(0, BLOCK_M)
         mask_m = rows < row_end
@@ -97,9 +104,6 @@ def _stage_r_fwd(
             row_scale = sm_scale * tl.minimum(1.0 / (c_r + TEMPERATURE_EPS), TEMPERATURE_MAX)
         out_rows = (afk_base * b2 + j) * b1 + k_row  # [b, h, a, f, j, k]
         if ONE_L_BLOCK:
-            offs_l = tl.arange(0, BLOCK_L)
-            mask_l = offs_l < b2
-            k_blk = _rows(k_base, offs_l * skc, mask_l, HEAD_DIM)
             s = tl.dot(a_r, tl.trans(k_blk), input_precision=DOT_PRECISION) * row_scale[:, None]
             s = tl.where(mask_l[None, :], s, float("-inf"))
             m_i = tl.max(s, 1)
@@ -110,7 +114,6 @@ def _stage_r_fwd(
             acc = tl.dot(r, k_blk, input_precision=DOT_PRECISION)
             tl.store(AL + out_rows[:, None] * HEAD_DIM + offs_d[None, :], acc.to(dtype), mask=mask_m[:, None])
             if WRITE_Y:
-                v_blk = _rows(v_base, offs_l * svc, mask_l, HEAD_DIM)
                 acc = tl.dot(r, v_blk, input_precision=DOT_PRECISION)
                 tl.store(Y + out_rows[:, None] * HEAD_DIM + offs_d[None, :], acc.to(dtype), mask=mask_m[:, None])
         else:
