@@ -54,7 +54,8 @@ def test_kv_cache_slice_of_a_longer_buffer_batch2(poison_empty):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize(
-    "name", ["6x10", "7x11-batch2", "tiled-f2-h2-w2", "causal-1", "causal-3", "kv-slice-3-vs-5", "iters2"]
+    "name",
+    ["6x10", "7x11-batch2", "tiled-f2-h2-w2", "causal-1", "causal-3", "kv-slice-3-vs-5", "iters2", "iters3-causal"],
 )
 def test_gradients_match_reference(name, dtype, poison_empty):
     """Gradients of out and of lse (the op's second output) against float64 autograd."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from .monarch_attention_bwd import _stage_l_bwd_kv, _stage_l_bwd_q, _stage_r_bwd_kv, _stage_r_bwd_q
+from .monarch_attention_bwd import _stage_l_bwd_delta, _stage_l_bwd_kv, _stage_l_bwd_q, _stage_r_bwd_kv, _stage_r_bwd_q
 from .monarch_attention_fwd import _stage_l_fwd, _stage_l_update, _stage_r_fwd
 
 
@@ -57,80 +57,120 @@ def _stage_r(q, k, v, sc: _Scratch, a_r, c_r, sm_scale, common, config, write_y=
     )  # fmt: skip
 
 
+def _stage_l(q, sc: _Scratch, z, lse, sm_scale, common, config, write_z):
+    bsz, n_a, b1, b2, nh, d = q.shape
+    _stage_l_fwd[(n_a * b2, triton.cdiv(b1, config["block_i"]), bsz * nh)](
+        q, sc.a_l, sc.y, sc.c_l, z, lse, sm_scale, *q.stride()[:5], *common,
+        WRITE_Z=write_z, HEAD_DIM=d, DOT_PRECISION=_dot_precision(q.dtype),
+        BLOCK_I=config["block_i"], BLOCK_K=config["fwd_block_k"],
+        num_warps=config["l_warps"], num_stages=config["num_stages"],
+    )  # fmt: skip
+
+
+def _update(q, sc: _Scratch, lse, sm_scale, common, config):
+    """The next pass's stage-R query aR = sum_i L Q and cR = sum_i L, from this pass's stage L."""
+    bsz, n_a, b1, b2, nh, d = q.shape
+    n_f = common[2]
+    a_r = torch.empty(bsz, nh, n_a, n_f, b1, b2, d, dtype=q.dtype, device=q.device)
+    c_r = torch.empty(bsz, nh, n_a, n_f, b1, b2, dtype=torch.float32, device=q.device)
+    _stage_l_update[(n_a * n_f * b2, triton.cdiv(b1, config["block_k"]), bsz * nh)](
+        q, sc.a_l, sc.c_l, lse, a_r, c_r, sm_scale, *q.stride()[:5], *common,
+        HEAD_DIM=d, DOT_PRECISION=_dot_precision(q.dtype),
+        BLOCK_I=config["block_i"], BLOCK_K=config["block_k"],
+        num_warps=config["l_warps"], num_stages=config["num_stages"],
+    )  # fmt: skip
+    return a_r, c_r
+
+
 def monarch_attention_fwd(q, k, v, *, sm_scale: float, causal_block_tiles: int, num_iters: int, config: dict):
     """-> ``(z [B, A, b1, b2, nh, d]`` in q's dtype, ``lse [B, A, b1, b2, nh]`` float32)."""
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
     bsz, n_a, b1, b2, nh, d = q.shape
-    n_f = k.shape[1]
-    sc = _Scratch(q, n_f)
+    sc = _Scratch(q, k.shape[1])
     z = torch.empty(bsz, n_a, b1, b2, nh, d, dtype=q.dtype, device=q.device)
     lse = torch.empty(bsz, n_a, b1, b2, nh, dtype=torch.float32, device=q.device)
     a_r = c_r = None
-    common = (nh, n_a, n_f, b1, b2, causal_block_tiles)
-    grid_l = (n_a * b2, triton.cdiv(b1, config["block_i"]), bsz * nh)
+    common = (nh, n_a, k.shape[1], b1, b2, causal_block_tiles)
     for it in range(num_iters):
         last = it == num_iters - 1
         _stage_r(q, k, v, sc, a_r, c_r, sm_scale, common, config, write_y=last)
-        _stage_l_fwd[grid_l](
-            q, sc.a_l, sc.y, sc.c_l, z, lse, sm_scale, *q.stride()[:5], *common,
-            WRITE_Z=last, HEAD_DIM=d, DOT_PRECISION=_dot_precision(q.dtype),
-            BLOCK_I=config["block_i"], BLOCK_K=config["fwd_block_k"],
-            num_warps=config["l_warps"], num_stages=config["num_stages"],
-        )  # fmt: skip
+        _stage_l(q, sc, z, lse, sm_scale, common, config, write_z=last)
         if not last:
-            if a_r is None:
-                a_r = torch.empty(bsz, nh, n_a, n_f, b1, b2, d, dtype=q.dtype, device=q.device)
-                c_r = torch.empty(bsz, nh, n_a, n_f, b1, b2, dtype=torch.float32, device=q.device)
-            grid_u = (n_a * n_f * b2, triton.cdiv(b1, config["block_k"]), bsz * nh)
-            _stage_l_update[grid_u](
-                q, sc.a_l, sc.c_l, lse, a_r, c_r, sm_scale, *q.stride()[:5], *common,
-                HEAD_DIM=d, DOT_PRECISION=_dot_precision(q.dtype),
-                BLOCK_I=config["block_i"], BLOCK_K=config["block_k"],
-                num_warps=config["l_warps"], num_stages=config["num_stages"],
-            )  # fmt: skip
+            a_r, c_r = _update(q, sc, lse, sm_scale, common, config)
     return z, lse
 
 
-def monarch_attention_bwd(dz, dlse, q, k, v, z, lse, *, sm_scale: float, causal_block_tiles: int, config: dict):
-    """Gradients of num_iters = 1 Monarch attention (docs/math.md, Backward) -> ``(dq, dk, dv)``.
+def monarch_attention_bwd(
+    dz, dlse, q, k, v, z, lse, *, sm_scale: float, causal_block_tiles: int, num_iters: int, config: dict
+):
+    """Gradients of Monarch attention (docs/math.md, Backward) -> ``(dq, dk, dv)``.
 
-    Recomputes stage R; dQ, dK, dV accumulate in fp32 and are returned in q's dtype.
+    num_iters > 1: the forward passes are recomputed up to the last one, keeping each pass's aR, cR
+    and stage-L normaliser; then the passes are differentiated last to first, each recomputing its
+    stage R. dQ, dK, dV accumulate in fp32 and are returned in q's dtype.
     """
     q, k, v, dz = (_last_dim_contiguous(x) for x in (q, k, v, dz))
     bsz, n_a, b1, b2, nh, d = q.shape
     n_f = k.shape[1]
     common = (nh, n_a, n_f, b1, b2, causal_block_tiles)
     sc = _Scratch(q, n_f, with_lse_r=True)
-    _stage_r(q, k, v, sc, None, None, sm_scale, common, config, write_y=True, write_lse=True)
-    # D_L = <Z, dZ> - dlse: the stage-L softmax "delta", with the lse output's own gradient folded in
-    delta_l = ((z.float() * dz.float()).sum(-1) - dlse.float()).contiguous()  # [B, A, b1, b2, nh]
-    lse = lse.float().contiguous()
+    # each pass's stage-R query (None: the first pass's is q) and stage-L normaliser
+    a_rs, c_rs, lses = [None], [None], []
+    for _ in range(num_iters - 1):
+        _stage_r(q, k, v, sc, a_rs[-1], c_rs[-1], sm_scale, common, config, write_y=False)
+        lses.append(torch.empty(lse.shape, dtype=torch.float32, device=q.device))
+        _stage_l(q, sc, z, lses[-1], sm_scale, common, config, write_z=False)
+        a_r, c_r = _update(q, sc, lses[-1], sm_scale, common, config)
+        a_rs.append(a_r)
+        c_rs.append(c_r)
+    lses.append(lse.float().contiguous())
     da_l = torch.empty_like(sc.a_l)
     dy = torch.empty_like(sc.y)
     dc_l = torch.empty_like(sc.c_l)
     delta_r = torch.empty_like(sc.c_l)
-    dq = torch.empty(q.shape, dtype=torch.float32, device=q.device)
-    dk = torch.empty(k.shape[:4] + (nh, d), dtype=torch.float32, device=q.device)
-    dv = torch.empty_like(dk)
-    strides_q = (*q.stride()[:5], *dz.stride()[:5])
+    # the next pass's daR and dcR, in the Y and cL layouts, read by an earlier pass's stage L
+    d_ar = torch.empty_like(sc.a_l) if num_iters > 1 else da_l
+    d_cr = torch.empty_like(sc.c_l) if num_iters > 1 else dc_l
+    dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    dk = torch.zeros(k.shape[:4] + (nh, d), dtype=torch.float32, device=q.device)
+    dv = torch.zeros_like(dk)
+    strides_kv = (*k.stride()[:5], *v.stride()[:5])
     l_meta = dict(HEAD_DIM=d, DOT_PRECISION=_dot_precision(q.dtype),
                   BLOCK_I=config["block_i"], BLOCK_K=config["block_k"],
                   num_warps=config["l_warps"], num_stages=config["num_stages"])  # fmt: skip
     r_meta = dict(HEAD_DIM=d, DOT_PRECISION=_dot_precision(q.dtype),
                   BLOCK_J=config["block_j"], BLOCK_L=config["block_l"],
                   num_warps=config["r_warps"], num_stages=config["num_stages"])  # fmt: skip
-    _stage_l_bwd_kv[(n_a * n_f * b2, triton.cdiv(b1, config["block_k"]), bsz * nh)](
-        q, dz, lse, delta_l, sc.a_l, sc.y, sc.c_l, da_l, dy, dc_l, delta_r, sm_scale, *strides_q, *common, **l_meta
-    )
-    _stage_l_bwd_q[(n_a * b2, triton.cdiv(b1, config["block_i"]), bsz * nh)](
-        q, dz, lse, delta_l, sc.a_l, sc.y, sc.c_l, dq, sm_scale, *strides_q, *common,
-        **{**l_meta, "BLOCK_K": config["bwd_block_k"]},
-    )  # fmt: skip
-    strides_kv = (*k.stride()[:5], *v.stride()[:5])
-    _stage_r_bwd_kv[(n_f * b1, triton.cdiv(b2, config["block_l"]), bsz * nh)](
-        q, k, v, sc.lse_r, da_l, dy, dc_l, delta_r, dk, dv, sm_scale, *q.stride()[:5], *strides_kv, *common, **r_meta
-    )
-    _stage_r_bwd_q[(n_a * b1, triton.cdiv(b2, config["block_j"]), bsz * nh)](
-        q, k, v, sc.lse_r, da_l, dy, dc_l, delta_r, dq, sm_scale, *q.stride()[:5], *strides_kv, *common, **r_meta
-    )
+    grid_l_kv = (n_a * n_f * b2, triton.cdiv(b1, config["block_k"]), bsz * nh)
+    grid_l_q = (n_a * b2, triton.cdiv(b1, config["block_i"]), bsz * nh)
+    for it in reversed(range(num_iters)):
+        last, first = it == num_iters - 1, it == 0
+        _stage_r(q, k, v, sc, a_rs[it], c_rs[it], sm_scale, common, config, write_y=last, write_lse=True)
+        if last:
+            # D_L = <Z, dZ> - dlse: the stage-L softmax "delta", with the lse output's own gradient folded in
+            delta_l = ((z.float() * dz.float()).sum(-1) - dlse.float()).contiguous()  # [B, A, b1, b2, nh]
+            l_args = (q, dz, lses[it], delta_l, sc.a_l, sc.y, sc.c_l, d_cr)
+        else:
+            # this pass fed the next one's aR and cR: dL = <Q, daR> + dcR, and D_L with dQ += sum L daR
+            delta_l = torch.empty_like(lses[it])
+            _stage_l_bwd_delta[grid_l_q](
+                q, lses[it], sc.a_l, sc.c_l, d_ar, d_cr, delta_l, dq, sm_scale, *q.stride()[:5], *common,
+                **{**l_meta, "BLOCK_K": config["bwd_block_k"]},
+            )  # fmt: skip
+            l_args = (q, q, lses[it], delta_l, sc.a_l, d_ar, sc.c_l, d_cr)
+        strides_l = (*q.stride()[:5], *l_args[1].stride()[:5])  # q, and dz (last pass) or q
+        _stage_l_bwd_kv[grid_l_kv](
+            *l_args, da_l, dy, dc_l, delta_r, sm_scale, *strides_l, *common, UPDATE=not last, **l_meta
+        )
+        _stage_l_bwd_q[grid_l_q](
+            *l_args, dq, sm_scale, *strides_l, *common, UPDATE=not last, **{**l_meta, "BLOCK_K": config["bwd_block_k"]}
+        )
+        r_args = (q, k, v, q if first else a_rs[it], sc.c_l if first else c_rs[it], sc.lse_r, da_l, dy, dc_l, delta_r)
+        flags = dict(FIRST=first, HAS_Y=last, **r_meta)
+        _stage_r_bwd_kv[(n_f * b1, triton.cdiv(b2, config["block_l"]), bsz * nh)](
+            *r_args, dk, dv, sm_scale, *q.stride()[:5], *strides_kv, *common, **flags
+        )
+        _stage_r_bwd_q[(n_a * b1, triton.cdiv(b2, config["block_j"]), bsz * nh)](
+            *r_args, dq, d_ar, d_cr, sm_scale, *q.stride()[:5], *strides_kv, *common, **flags
+        )
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)

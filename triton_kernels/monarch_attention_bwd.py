@@ -1,19 +1,27 @@
-"""Triton backward kernels of num_iters = 1 Monarch attention (docs/math.md, Backward).
+"""Triton backward kernels of Monarch attention (docs/math.md, Backward), any num_iters.
 
-Stored quantities are unscaled (see monarch_attention_fwd.py): aL = sum_l R K, S_R = s <Q, K>,
-S_L = s <Q, aL> - cL. In those terms, with D_L = <Z, dZ> - dlse:
+Stored quantities are unscaled (see monarch_attention_fwd.py): aL = sum_l R K, S_R = tau <aR, K>
+(tau = s on the first pass, aR the query of row k; later tau = s t with the temperature t from cR),
+S_L = s <Q, aL> - cL. The last pass, with D_L = <Z, dZ> - dlse:
 
   dS_L = L (<dZ, Y> - D_L);  dY = sum_i L dZ;  dcL = -sum_i dS_L;  daL = s sum_i dS_L Q
   dQ  += s sum_{f,k} dS_L aL                                         (_stage_l_bwd_q)
   D_R  = <daL, aL> + <dY, Y> + dcL (1 + cL)                          (_stage_l_bwd_kv)
   dR   = <daL, K> + <dY, V> + dcL (1 + log R);  dS_R = R (dR - D_R)
-  dK   = sum_{a,j} (s dS_R Q + R daL);  dV = sum_{a,j} R dY            (_stage_r_bwd_kv)
-  dQ  += s sum_{f,l} dS_R K                                          (_stage_r_bwd_q)
+  dK  += sum_{a,j} (tau dS_R aR + R daL);  dV = sum_{a,j} R dY         (_stage_r_bwd_kv)
+  first pass: dQ[a,k,j] += s sum_{f,l} dS_R K                        (_stage_r_bwd_q)
+  later pass: daR = tau sum_l dS_R K;  dcR = -t sum_l dS_R S_R (0 where t is clamped)
 
-Each kernel owns its outputs (no atomics): dQ is written by the stage-L kernel and then
-read-added by the stage-R kernel, one launch after the other. Scratch layouts are those of the
-forward: aL, Y, daL, dY ``[B, nh, A, F, b2(j), b1(k), d]``; cL, dcL, D_R, lse_R ``[B, nh, A, F, b2, b1]``;
-lse_L and D_L ``[B, A, b1, b2, nh]``; dQ ``[B, A, b1, b2, nh, d]``, dK and dV ``[B, F, b1, b2, nh, d]`` fp32.
+An earlier pass t feeds the next one through aR' = sum_i L Q and cR' = sum_i L, so its stage L
+sees dL = <Q, daR'> + dcR' in place of <dZ, Y> (UPDATE): Q plays dZ and daR' plays Y, there is no
+dY, and the direct term dQ += sum_{f,k} L daR' comes with D = <Q, sum L daR'> + sum L dcR'
+(_stage_l_bwd_delta, run first).
+
+Each kernel owns its outputs (no atomics): dQ, dK and dV are zeroed once and read-added by one
+launch after the other. Scratch layouts are those of the forward: aL, Y, daL, dY, daR ``[B, nh, A,
+F, b2(j), b1(k), d]``; cL, dcL, dcR, D_R, lse_R ``[B, nh, A, F, b2, b1]``; aR ``[B, nh, A, F, b1, b2,
+d]``; lse_L and D_L ``[B, A, b1, b2, nh]``; dQ ``[B, A, b1, b2, nh, d]``, dK and dV ``[B, F, b1, b2,
+nh, d]`` fp32.
 """
 
 from __future__ import annotations
@@ -21,18 +29,21 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .monarch_attention_fwd import RUNTIME_ARGS, _flat_key_rows, _rows
+from .monarch_attention_fwd import RUNTIME_ARGS, TEMPERATURE_EPS, TEMPERATURE_MAX, _flat_key_rows, _rows, _stage_r_query
 
 
 @triton.jit(do_not_specialize=RUNTIME_ARGS)
 def _stage_l_bwd_kv(
-    Q, DZ, LSE, DELTA_L, AL, Y, CL, DAL, DY, DCL, DELTA_R,
+    Q, DZ, LSE, DELTA_L, AL, Y, CL, DCR, DAL, DY, DCL, DELTA_R,
     sm_scale,
     sqb, sqt, sqr, sqc, sqh,
     szb, szt, szr, szc, szh,
     nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
-    HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
+    UPDATE: tl.constexpr, HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
+    """daL, dcL and D_R (and dY on the last pass) of key rows k of (a, f, j), summed over rows i.
+    UPDATE: an earlier pass, with Y the next pass's daR and dcR added to dL."""
     pid_afj = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_bh = tl.program_id(2)
@@ -53,6 +64,8 @@ def _stage_l_bwd_kv(
     a_l = _rows(AL, rows * HEAD_DIM, mask_k, HEAD_DIM)
     y = _rows(Y, rows * HEAD_DIM, mask_k, HEAD_DIM)
     c_l = tl.load(CL + rows, mask=mask_k, other=0.0)
+    if UPDATE:
+        d_cr = tl.load(DCR + rows, mask=mask_k, other=0.0)
     acc_dal = tl.zeros([BLOCK_K, HEAD_DIM], tl.float32)
     acc_dy = tl.zeros([BLOCK_K, HEAD_DIM], tl.float32)
     acc_dcl = tl.zeros([BLOCK_K], tl.float32)
@@ -60,35 +73,40 @@ def _stage_l_bwd_kv(
         offs_i = i0 + tl.arange(0, BLOCK_I)
         mask_i = offs_i < b1
         q = _rows(Q + bb * sqb + a * sqt + j * sqc + h * sqh, offs_i * sqr, mask_i, HEAD_DIM)
-        dz = _rows(DZ + bb * szb + a * szt + j * szc + h * szh, offs_i * szr, mask_i, HEAD_DIM)
         tok = ((bb * num_q_tiles + a) * b1 + offs_i) * b2 + j
         lse = tl.load(LSE + tok * nh + h, mask=mask_i, other=float("inf"))
         d_l = tl.load(DELTA_L + tok * nh + h, mask=mask_i, other=0.0)
         s = tl.dot(q, tl.trans(a_l), input_precision=DOT_PRECISION) * sm_scale - c_l[None, :]  # [BI, BK]
         p = tl.where(mask_k[None, :], tl.exp(s - lse[:, None]), 0.0)  # L
-        dp = tl.dot(dz, tl.trans(y), input_precision=DOT_PRECISION)  # [BI, D] @ [D, BK]
+        if UPDATE:
+            dp = tl.dot(q, tl.trans(y), input_precision=DOT_PRECISION) + d_cr[None, :]
+        else:
+            dz = _rows(DZ + bb * szb + a * szt + j * szc + h * szh, offs_i * szr, mask_i, HEAD_DIM)
+            dp = tl.dot(dz, tl.trans(y), input_precision=DOT_PRECISION)  # [BI, D] @ [D, BK]
+            acc_dy += tl.dot(tl.trans(p).to(dtype), dz, input_precision=DOT_PRECISION)  # [BK, BI] @ [BI, D]
         ds = p * (dp - d_l[:, None])
-        acc_dy += tl.dot(tl.trans(p).to(dtype), dz, input_precision=DOT_PRECISION)  # [BK, BI] @ [BI, D]
         acc_dal += tl.dot(tl.trans(ds).to(dtype), q, input_precision=DOT_PRECISION)
         acc_dcl -= tl.sum(ds, 0)
     acc_dal = acc_dal * sm_scale
-    delta_r = tl.sum(acc_dal * a_l.to(tl.float32), 1) + tl.sum(acc_dy * y.to(tl.float32), 1)
-    delta_r += acc_dcl * (1.0 + c_l)
+    delta_r = tl.sum(acc_dal * a_l.to(tl.float32), 1) + acc_dcl * (1.0 + c_l)
+    if not UPDATE:
+        delta_r += tl.sum(acc_dy * y.to(tl.float32), 1)
+        tl.store(DY + rows[:, None] * HEAD_DIM + offs_d[None, :], acc_dy.to(dtype), mask=mask_k[:, None])
     tl.store(DAL + rows[:, None] * HEAD_DIM + offs_d[None, :], acc_dal.to(dtype), mask=mask_k[:, None])
-    tl.store(DY + rows[:, None] * HEAD_DIM + offs_d[None, :], acc_dy.to(dtype), mask=mask_k[:, None])
     tl.store(DCL + rows, acc_dcl, mask=mask_k)
     tl.store(DELTA_R + rows, delta_r, mask=mask_k)
 
 
 @triton.jit(do_not_specialize=RUNTIME_ARGS)
-def _stage_l_bwd_q(
-    Q, DZ, LSE, DELTA_L, AL, Y, CL, DQ,
+def _stage_l_bwd_delta(
+    Q, LSE, AL, CL, DAR, DCR, DELTA_L, DQ,
     sm_scale,
     sqb, sqt, sqr, sqc, sqh,
-    szb, szt, szr, szc, szh,
     nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
     HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
+    """An earlier pass's stage-L delta D = <Q, P> + sum L dcR', with P = sum_{f,k} L daR', and the
+    update's direct term dQ += P; per (a, j) and a block of rows i, keys flat as in the forward."""
     pid_aj = tl.program_id(0)
     pid_i = tl.program_id(1)
     pid_bh = tl.program_id(2)
@@ -101,7 +119,56 @@ def _stage_l_bwd_q(
     offs_d = tl.arange(0, HEAD_DIM)
     mask_i = offs_i < b1
     q = _rows(Q + bb * sqb + a * sqt + j * sqc + h * sqh, offs_i * sqr, mask_i, HEAD_DIM)
-    dz = _rows(DZ + bb * szb + a * szt + j * szc + h * szh, offs_i * szr, mask_i, HEAD_DIM)
+    tok = ((bb * num_q_tiles + a) * b1 + offs_i) * b2 + j
+    lse = tl.load(LSE + tok * nh + h, mask=mask_i, other=float("inf"))
+    f_end = num_kv_tiles
+    if causal_block_tiles > 0:
+        f_end = tl.minimum(num_kv_tiles, (a // causal_block_tiles + 1) * causal_block_tiles)
+    acc_p = tl.zeros([BLOCK_I, HEAD_DIM], tl.float32)
+    acc_c = tl.zeros([BLOCK_I], tl.float32)
+    bha = (bb * nh + h) * num_q_tiles + a
+    n_keys = f_end * b1
+    for key0 in range(0, n_keys, BLOCK_K):
+        keys = key0 + tl.arange(0, BLOCK_K)
+        mask_k = keys < n_keys
+        rows = _flat_key_rows(bha, keys, num_kv_tiles, b1, b2, j)
+        a_l = _rows(AL, rows * HEAD_DIM, mask_k, HEAD_DIM)
+        c_l = tl.load(CL + rows, mask=mask_k, other=0.0)
+        s = tl.dot(q, tl.trans(a_l), input_precision=DOT_PRECISION) * sm_scale - c_l[None, :]
+        p = tl.where(mask_k[None, :], tl.exp(s - lse[:, None]), 0.0)
+        d_ar = _rows(DAR, rows * HEAD_DIM, mask_k, HEAD_DIM)
+        d_cr = tl.load(DCR + rows, mask=mask_k, other=0.0)
+        acc_p += tl.dot(p.to(dtype), d_ar, input_precision=DOT_PRECISION)  # [BI, BK] @ [BK, D]
+        acc_c += tl.sum(p * d_cr[None, :], 1)
+    tl.store(DELTA_L + tok * nh + h, tl.sum(q.to(tl.float32) * acc_p, 1) + acc_c, mask=mask_i)
+    p_dq = DQ + (tok[:, None] * nh + h) * HEAD_DIM + offs_d[None, :]
+    tl.store(p_dq, tl.load(p_dq, mask=mask_i[:, None], other=0.0) + acc_p, mask=mask_i[:, None])
+
+
+@triton.jit(do_not_specialize=RUNTIME_ARGS)
+def _stage_l_bwd_q(
+    Q, DZ, LSE, DELTA_L, AL, Y, CL, DCR, DQ,
+    sm_scale,
+    sqb, sqt, sqr, sqc, sqh,
+    szb, szt, szr, szc, szh,
+    nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
+    UPDATE: tl.constexpr, HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """dQ += s sum_{f,k} dS_L aL per (a, j) and a block of rows i (UPDATE: as _stage_l_bwd_kv)."""
+    pid_aj = tl.program_id(0)
+    pid_i = tl.program_id(1)
+    pid_bh = tl.program_id(2)
+    j = pid_aj % b2
+    a = pid_aj // b2
+    bb = (pid_bh // nh).to(tl.int64)
+    h = pid_bh % nh
+    dtype = Q.dtype.element_ty
+    offs_i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
+    offs_d = tl.arange(0, HEAD_DIM)
+    mask_i = offs_i < b1
+    q = _rows(Q + bb * sqb + a * sqt + j * sqc + h * sqh, offs_i * sqr, mask_i, HEAD_DIM)
+    dz = q if UPDATE else _rows(DZ + bb * szb + a * szt + j * szc + h * szh, offs_i * szr, mask_i, HEAD_DIM)
     tok = ((bb * num_q_tiles + a) * b1 + offs_i) * b2 + j
     lse = tl.load(LSE + tok * nh + h, mask=mask_i, other=float("inf"))
     d_l = tl.load(DELTA_L + tok * nh + h, mask=mask_i, other=0.0)
@@ -121,46 +188,52 @@ def _stage_l_bwd_q(
         c_l = tl.load(CL + rows, mask=mask_k, other=0.0)
         s = tl.dot(q, tl.trans(a_l), input_precision=DOT_PRECISION) * sm_scale - c_l[None, :]
         p = tl.where(mask_k[None, :], tl.exp(s - lse[:, None]), 0.0)
-        ds = p * (tl.dot(dz, tl.trans(y), input_precision=DOT_PRECISION) - d_l[:, None])
+        dp = tl.dot(dz, tl.trans(y), input_precision=DOT_PRECISION)
+        if UPDATE:
+            dp += tl.load(DCR + rows, mask=mask_k, other=0.0)[None, :]
+        ds = p * (dp - d_l[:, None])
         acc += tl.dot(ds.to(dtype), a_l, input_precision=DOT_PRECISION)  # [BI, BK] @ [BK, D]
-    tl.store(DQ + (tok[:, None] * nh + h) * HEAD_DIM + offs_d[None, :], acc * sm_scale, mask=mask_i[:, None])
+    p_dq = DQ + (tok[:, None] * nh + h) * HEAD_DIM + offs_d[None, :]
+    tl.store(p_dq, tl.load(p_dq, mask=mask_i[:, None], other=0.0) + acc * sm_scale, mask=mask_i[:, None])
 
 
 @triton.jit
-def _stage_r_grads(LSE_R, DAL, DY, DCL, DELTA_R, rows, mask, HEAD_DIM: tl.constexpr):
-    """The stage-L results stage R's backward reads for rows (a, f, j, k): lse_R, daL, dY, dcL, D_R."""
+def _stage_r_grads(LSE_R, DAL, DY, DCL, DELTA_R, rows, mask, HAS_Y: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """The stage-L results stage R's backward reads for rows (a, f, j, k): lse_R, daL, dY, dcL, D_R.
+    dY is 0 on a pass that forms no Y (HAS_Y false)."""
     lse_r = tl.load(LSE_R + rows, mask=mask, other=0.0)
     d_al = _rows(DAL, rows * HEAD_DIM, mask, HEAD_DIM)
-    d_y = _rows(DY, rows * HEAD_DIM, mask, HEAD_DIM)
+    d_y = _rows(DY, rows * HEAD_DIM, mask, HEAD_DIM) if HAS_Y else tl.zeros_like(d_al)
     d_cl = tl.load(DCL + rows, mask=mask, other=0.0)
     delta_r = tl.load(DELTA_R + rows, mask=mask, other=0.0)
     return lse_r, d_al, d_y, d_cl, delta_r
 
 
 @triton.jit
-def _stage_r_grad_logits(q, k_blk, v_blk, lse_r, d_al, d_y, d_cl, delta_r, mask, sm_scale, DOT_PRECISION: tl.constexpr):
-    """R and dS_R of one [BJ, BL] block: rows j (query of row k), columns l."""
-    s = tl.dot(q, tl.trans(k_blk), input_precision=DOT_PRECISION) * sm_scale  # [BJ, D] @ [D, BL]
+def _stage_r_grad_logits(q, row_scale, k_blk, v_blk, lse_r, d_al, d_y, d_cl, delta_r, mask,
+                         HAS_Y: tl.constexpr, DOT_PRECISION: tl.constexpr):  # fmt: skip
+    """S_R, R and dS_R of one [BJ, BL] block: rows (a, j) of key row (f, k), columns l."""
+    s = tl.dot(q, tl.trans(k_blk), input_precision=DOT_PRECISION) * row_scale[:, None]  # [BJ, D] @ [D, BL]
     log_r = s - lse_r[:, None]
     r = tl.where(mask, tl.exp(log_r), 0.0)
-    d_r = (
-        tl.dot(d_al, tl.trans(k_blk), input_precision=DOT_PRECISION)
-        + tl.dot(d_y, tl.trans(v_blk), input_precision=DOT_PRECISION)
-        + d_cl[:, None] * (1.0 + log_r)
-    )
-    return r, r * (d_r - delta_r[:, None])
+    d_r = tl.dot(d_al, tl.trans(k_blk), input_precision=DOT_PRECISION) + d_cl[:, None] * (1.0 + log_r)
+    if HAS_Y:
+        d_r += tl.dot(d_y, tl.trans(v_blk), input_precision=DOT_PRECISION)
+    return s, r, r * (d_r - delta_r[:, None])
 
 
 @triton.jit(do_not_specialize=RUNTIME_ARGS)
 def _stage_r_bwd_kv(
-    Q, K, V, LSE_R, DAL, DY, DCL, DELTA_R, DK, DV,
+    Q, K, V, AR, CR, LSE_R, DAL, DY, DCL, DELTA_R, DK, DV,
     sm_scale,
     sqb, sqt, sqr, sqc, sqh,
     skb, skt, skr, skc, skh,
     svb, svt, svr, svc, svh,
     nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
+    FIRST: tl.constexpr, HAS_Y: tl.constexpr,
     HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
+    """dK (and dV on the last pass) of key row (f, k), columns l, read-added over one pass's (a, j)."""
     pid_fk = tl.program_id(0)
     pid_l = tl.program_id(1)
     pid_bh = tl.program_id(2)
@@ -174,6 +247,7 @@ def _stage_r_bwd_kv(
     mask_l = offs_l < b2
     k_blk = _rows(K + bb * skb + f * skt + k_row * skr + h * skh, offs_l * skc, mask_l, HEAD_DIM)
     v_blk = _rows(V + bb * svb + f * svt + k_row * svr + h * svh, offs_l * svc, mask_l, HEAD_DIM)
+    q_base = Q + bb * sqb + k_row * sqr + h * sqh
     a_start = 0
     if causal_block_tiles > 0:
         a_start = (f // causal_block_tiles) * causal_block_tiles
@@ -187,30 +261,42 @@ def _stage_r_bwd_kv(
         a = qrows // b2
         offs_j = qrows % b2
         afk_base = ((bb * nh + h) * num_q_tiles + a) * num_kv_tiles + f
-        q = _rows(Q + bb * sqb + k_row * sqr + h * sqh, a * sqt + offs_j * sqc, mask_j, HEAD_DIM)
+        q, row_scale = _stage_r_query(
+            Q, AR, CR, q_base, a, offs_j, afk_base, k_row, b1, b2, sqt, sqc, mask_j, sm_scale, FIRST, HEAD_DIM
+        )
         rows = (afk_base * b2 + offs_j) * b1 + k_row
-        lse_r, d_al, d_y, d_cl, delta_r = _stage_r_grads(LSE_R, DAL, DY, DCL, DELTA_R, rows, mask_j, HEAD_DIM)
+        lse_r, d_al, d_y, d_cl, delta_r = _stage_r_grads(LSE_R, DAL, DY, DCL, DELTA_R, rows, mask_j, HAS_Y, HEAD_DIM)
         mask = mask_j[:, None] & mask_l[None, :]
-        r, ds = _stage_r_grad_logits(q, k_blk, v_blk, lse_r, d_al, d_y, d_cl, delta_r, mask, sm_scale, DOT_PRECISION)
+        _, r, ds = _stage_r_grad_logits(
+            q, row_scale, k_blk, v_blk, lse_r, d_al, d_y, d_cl, delta_r, mask, HAS_Y, DOT_PRECISION
+        )
         r_t = tl.trans(r).to(dtype)
-        acc_dk += tl.dot(tl.trans(ds * sm_scale).to(dtype), q, input_precision=DOT_PRECISION)  # [BL, BJ] @ [BJ, D]
+        ds_t = tl.trans(ds * row_scale[:, None]).to(dtype)
+        acc_dk += tl.dot(ds_t, q, input_precision=DOT_PRECISION)  # [BL, BJ] @ [BJ, D]
         acc_dk += tl.dot(r_t, d_al, input_precision=DOT_PRECISION)
-        acc_dv += tl.dot(r_t, d_y, input_precision=DOT_PRECISION)
+        if HAS_Y:
+            acc_dv += tl.dot(r_t, d_y, input_precision=DOT_PRECISION)
     out = (((bb * num_kv_tiles + f) * b1 + k_row) * b2 + offs_l) * nh + h
-    tl.store(DK + out[:, None] * HEAD_DIM + offs_d[None, :], acc_dk, mask=mask_l[:, None])
-    tl.store(DV + out[:, None] * HEAD_DIM + offs_d[None, :], acc_dv, mask=mask_l[:, None])
+    p_dk = DK + out[:, None] * HEAD_DIM + offs_d[None, :]
+    tl.store(p_dk, tl.load(p_dk, mask=mask_l[:, None], other=0.0) + acc_dk, mask=mask_l[:, None])
+    if HAS_Y:
+        p_dv = DV + out[:, None] * HEAD_DIM + offs_d[None, :]
+        tl.store(p_dv, tl.load(p_dv, mask=mask_l[:, None], other=0.0) + acc_dv, mask=mask_l[:, None])
 
 
 @triton.jit(do_not_specialize=RUNTIME_ARGS)
 def _stage_r_bwd_q(
-    Q, K, V, LSE_R, DAL, DY, DCL, DELTA_R, DQ,
+    Q, K, V, AR, CR, LSE_R, DAL, DY, DCL, DELTA_R, DQ, DAR, DCR,
     sm_scale,
     sqb, sqt, sqr, sqc, sqh,
     skb, skt, skr, skc, skh,
     svb, svt, svr, svc, svh,
     nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
+    FIRST: tl.constexpr, HAS_Y: tl.constexpr,
     HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
+    """Stage R's query gradient per (a, k) and a block of columns j: on the first pass dQ[a, k, j]
+    (read-added, summed over key tiles f); on a later pass daR and dcR of every (a, f, k, j)."""
     pid_ak = tl.program_id(0)
     pid_j = tl.program_id(1)
     pid_bh = tl.program_id(2)
@@ -222,25 +308,42 @@ def _stage_r_bwd_q(
     offs_j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)
     offs_d = tl.arange(0, HEAD_DIM)
     mask_j = offs_j < b2
-    q = _rows(Q + bb * sqb + a * sqt + k_row * sqr + h * sqh, offs_j * sqc, mask_j, HEAD_DIM)
+    q_base = Q + bb * sqb + k_row * sqr + h * sqh
     f_end = num_kv_tiles
     if causal_block_tiles > 0:
         f_end = tl.minimum(num_kv_tiles, (a // causal_block_tiles + 1) * causal_block_tiles)
-    acc = tl.zeros([BLOCK_J, HEAD_DIM], tl.float32)
+    acc_dq = tl.zeros([BLOCK_J, HEAD_DIM], tl.float32)
     for f in range(0, f_end):
         afk_base = ((bb * nh + h) * num_q_tiles + a) * num_kv_tiles + f
+        q, row_scale = _stage_r_query(
+            Q, AR, CR, q_base, a, offs_j, afk_base, k_row, b1, b2, sqt, sqc, mask_j, sm_scale, FIRST, HEAD_DIM
+        )
         rows = (afk_base * b2 + offs_j) * b1 + k_row
-        lse_r, d_al, d_y, d_cl, delta_r = _stage_r_grads(LSE_R, DAL, DY, DCL, DELTA_R, rows, mask_j, HEAD_DIM)
+        lse_r, d_al, d_y, d_cl, delta_r = _stage_r_grads(LSE_R, DAL, DY, DCL, DELTA_R, rows, mask_j, HAS_Y, HEAD_DIM)
+        acc = tl.zeros([BLOCK_J, HEAD_DIM], tl.float32)
+        ds_s = tl.zeros([BLOCK_J], tl.float32)  # sum_l dS_R S_R, for the temperature's gradient
         for l0 in range(0, b2, BLOCK_L):
             offs_l = l0 + tl.arange(0, BLOCK_L)
             mask_l = offs_l < b2
             k_blk = _rows(K + bb * skb + f * skt + k_row * skr + h * skh, offs_l * skc, mask_l, HEAD_DIM)
             v_blk = _rows(V + bb * svb + f * svt + k_row * svr + h * svh, offs_l * svc, mask_l, HEAD_DIM)
             mask = mask_j[:, None] & mask_l[None, :]
-            _, ds = _stage_r_grad_logits(
-                q, k_blk, v_blk, lse_r, d_al, d_y, d_cl, delta_r, mask, sm_scale, DOT_PRECISION
+            s, _, ds = _stage_r_grad_logits(
+                q, row_scale, k_blk, v_blk, lse_r, d_al, d_y, d_cl, delta_r, mask, HAS_Y, DOT_PRECISION
             )
             acc += tl.dot(ds.to(dtype), k_blk, input_precision=DOT_PRECISION)  # [BJ, BL] @ [BL, D]
-    tok = ((bb * num_q_tiles + a) * b1 + k_row) * b2 + offs_j
-    p_dq = DQ + (tok[:, None] * nh + h) * HEAD_DIM + offs_d[None, :]
-    tl.store(p_dq, tl.load(p_dq, mask=mask_j[:, None], other=0.0) + acc * sm_scale, mask=mask_j[:, None])
+            ds_s += tl.sum(tl.where(mask, ds * s, 0.0), 1)
+        if FIRST:
+            acc_dq += acc
+        else:
+            tl.store(DAR + rows[:, None] * HEAD_DIM + offs_d[None, :], (acc * row_scale[:, None]).to(dtype),
+                     mask=mask_j[:, None])  # fmt: skip
+            # t = min(1 / (cR + eps), t_max): dcR = -t sum_l dS_R S_R where t is not clamped
+            ar_rows = (afk_base * b1 + k_row) * b2 + offs_j
+            inv = 1.0 / (tl.load(CR + ar_rows, mask=mask_j, other=1.0) + TEMPERATURE_EPS)
+            d_cr = tl.where(inv <= TEMPERATURE_MAX, -ds_s * tl.minimum(inv, TEMPERATURE_MAX), 0.0)
+            tl.store(DCR + rows, d_cr, mask=mask_j)
+    if FIRST:
+        tok = ((bb * num_q_tiles + a) * b1 + k_row) * b2 + offs_j
+        p_dq = DQ + (tok[:, None] * nh + h) * HEAD_DIM + offs_d[None, :]
+        tl.store(p_dq, tl.load(p_dq, mask=mask_j[:, None], other=0.0) + acc_dq * sm_scale, mask=mask_j[:, None])

@@ -46,6 +46,25 @@ def _flat_key_rows(bha, keys, num_kv_tiles, b1, b2, j):
     return ((bha * num_kv_tiles + keys // b1) * b2 + j) * b1 + keys % b1
 
 
+@triton.jit
+def _stage_r_query(Q, AR, CR, q_base, a, j, afk_base, k_row, b1, b2, sqt, sqc, mask, sm_scale,
+                   FIRST: tl.constexpr, HEAD_DIM: tl.constexpr):  # fmt: skip
+    """Stage R's query rows (a, j) for key row (f, k) and their logit scale.
+
+    First pass: the query of row k (``q_base`` points at row k of batch and head), scale s.
+    Later passes: aR rows ``[b, h, a, f, k, j]`` and s * t with the temperature t from cR.
+    """
+    if FIRST:
+        q = _rows(q_base, a * sqt + j * sqc, mask, HEAD_DIM)
+        row_scale = tl.full(mask.shape, 1.0, tl.float32) * sm_scale
+    else:
+        ar_rows = (afk_base * b1 + k_row) * b2 + j
+        q = _rows(AR, ar_rows * HEAD_DIM, mask, HEAD_DIM)
+        c_r = tl.load(CR + ar_rows, mask=mask, other=1.0)
+        row_scale = sm_scale * tl.minimum(1.0 / (c_r + TEMPERATURE_EPS), TEMPERATURE_MAX)
+    return q, row_scale
+
+
 @triton.jit(do_not_specialize=RUNTIME_ARGS)
 def _stage_r_fwd(
     Q, K, V, AR, CR, AL, Y, CL, LSE_R,
@@ -80,6 +99,7 @@ def _stage_r_fwd(
     k_base = K + bb * skb + f * skt + k_row * skr + h * skh
     v_base = V + bb * svb + f * svt + k_row * svr + h * svh
     bh_base = (bb * nh + h) * num_q_tiles
+    q_base = Q + bb * sqb + k_row * sqr + h * sqh
     if ONE_L_BLOCK:
         # the key row's K and V, loaded once for every row block (a load in the loop is not hoisted)
         offs_l = tl.arange(0, BLOCK_L)
@@ -93,15 +113,9 @@ def _stage_r_fwd(
         a = rows // b2
         j = rows % b2
         afk_base = (bh_base + a) * num_kv_tiles + f  # [BM] scratch row block of (b, h, a, f)
-        if FIRST:
-            # query of row k at column j of tile a (L = identity)
-            a_r = _rows(Q + bb * sqb + k_row * sqr + h * sqh, a * sqt + j * sqc, mask_m, HEAD_DIM)
-            row_scale = tl.full([BLOCK_M], 1.0, tl.float32) * sm_scale
-        else:
-            ar_rows = (afk_base * b1 + k_row) * b2 + j
-            a_r = _rows(AR, ar_rows * HEAD_DIM, mask_m, HEAD_DIM)
-            c_r = tl.load(CR + ar_rows, mask=mask_m, other=1.0)
-            row_scale = sm_scale * tl.minimum(1.0 / (c_r + TEMPERATURE_EPS), TEMPERATURE_MAX)
+        a_r, row_scale = _stage_r_query(
+            Q, AR, CR, q_base, a, j, afk_base, k_row, b1, b2, sqt, sqc, mask_m, sm_scale, FIRST, HEAD_DIM
+        )
         out_rows = (afk_base * b2 + j) * b1 + k_row  # [b, h, a, f, j, k]
         if ONE_L_BLOCK:
             s = tl.dot(a_r, tl.trans(k_blk), input_precision=DOT_PRECISION) * row_scale[:, None]

@@ -13,7 +13,6 @@ import torch
 
 from ..arch import Arch
 from ..problem import AttentionProblem
-from .reference import ReferenceAttention
 
 HEAD_DIMS = (64, 128)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -153,18 +152,12 @@ class TritonAttention(_Triton):
         )
 
     def launch_backward(self, config, dz, dlse, q, k, v, z, lse, *, sm_scale, causal_block_tiles, num_iters):
-        if num_iters > 1:
-            # num_iters > 1 differentiates through the alternating updates: recompute through the
-            # reference on the same device (correct; memory O(A*F*b1*b2^2) per head).
-            return ReferenceAttention().launch_backward(
-                {}, dz, dlse, q, k, v, z, lse,
-                sm_scale=sm_scale, causal_block_tiles=causal_block_tiles, num_iters=num_iters,
-            )  # fmt: skip
         from ..triton_kernels.monarch_attention import monarch_attention_bwd
 
         return monarch_attention_bwd(
-            dz, dlse, q, k, v, z, lse, sm_scale=sm_scale, causal_block_tiles=causal_block_tiles, config=config
-        )
+            dz, dlse, q, k, v, z, lse,
+            sm_scale=sm_scale, causal_block_tiles=causal_block_tiles, num_iters=num_iters, config=config,
+        )  # fmt: skip
 
 
 class TritonHadamard(_Triton):
