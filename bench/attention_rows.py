@@ -8,7 +8,7 @@ the MonarchRT authors' Triton kernel (a file carried for the bench only, never p
 package). Each is timed eagerly (``bench_ms``) and replayed from a CUDA graph (``graph_ms``).
 ``--profile`` adds the GPU time of each kernel of the automatic choice (torch.profiler);
 ``--backward ROW ...`` also times forward+backward (gradients of q, k, v) of those rows, ours
-(automatic choice) against the fastest dense SDPA.
+(automatic choice) against the fastest dense SDPA and, with ``--peer``, the authors' backward.
 """
 
 from __future__ import annotations
@@ -195,6 +195,17 @@ def run_row(row: Row, peer, profile: bool, backward: bool = False) -> dict:
         out["ours_auto_fwd_bwd"] = _fwd_bwd(
             lambda a, b, c: m.monarch_attention(a, b, c, row.frame_shape, **row.kw), (q, k, v), q
         )
+        if "peer" in out and "error" not in out["peer"]:
+            try:  # the authors' backward (num_iters = 1 only, as their forward above)
+                out["peer_fwd_bwd"] = _fwd_bwd(
+                    lambda a, b, c: peer.monarch_attn(
+                        a, b, c, **tiles, h=row.frame_shape[0], w=row.frame_shape[1], block_causal_size=block
+                    ),
+                    (q, k, v),
+                    q,
+                )
+            except Exception as e:  # noqa: BLE001 - a peer failure is recorded, never fatal
+                out["peer_fwd_bwd"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
     best = [
         out[f"ours_{b}"].get("graph_ms") for b in ("auto", "cuda", "triton") if "graph_ms" in out.get(f"ours_{b}", {})
     ]
