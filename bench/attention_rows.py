@@ -106,11 +106,11 @@ def _profile(fn) -> list[dict]:
         for e in prof.key_averages()
         if e.device_time_total > 0
     ]
-    return sorted(rows, key=lambda r: -r["ms_per_call"])[:8]
+    return sorted(rows, key=lambda r: -r["ms_per_call"])[:12]
 
 
-def _fwd_bwd(fn, inputs, dout_like) -> dict:
-    """Forward + backward of ``fn(*inputs)`` (natural-order output), timed like the forward."""
+def _fwd_bwd_step(fn, inputs, dout_like):
+    """A call of forward + backward of ``fn(*inputs)`` (natural-order output)."""
     leaves = [x.detach().requires_grad_() for x in inputs]
     dout = torch.randn_like(dout_like)
 
@@ -118,7 +118,12 @@ def _fwd_bwd(fn, inputs, dout_like) -> dict:
         out = fn(*leaves)
         torch.autograd.grad(out, leaves, dout)
 
-    return _time(step)
+    return step
+
+
+def _fwd_bwd(fn, inputs, dout_like) -> dict:
+    """Forward + backward of ``fn(*inputs)``, timed like the forward."""
+    return _time(_fwd_bwd_step(fn, inputs, dout_like))
 
 
 def run_row(row: Row, peer, profile: bool, backward: bool = False) -> dict:
@@ -192,9 +197,10 @@ def run_row(row: Row, peer, profile: bool, backward: bool = False) -> dict:
             out[f"dense_{name}_fwd_bwd"] = t
             dense_fb += [t[key] for key in ("eager_ms", "graph_ms") if key in t]
         out["fastest_dense_fwd_bwd_ms"] = min(dense_fb) if dense_fb else None
-        out["ours_auto_fwd_bwd"] = _fwd_bwd(
-            lambda a, b, c: m.monarch_attention(a, b, c, row.frame_shape, **row.kw), (q, k, v), q
-        )
+        step = _fwd_bwd_step(lambda a, b, c: m.monarch_attention(a, b, c, row.frame_shape, **row.kw), (q, k, v), q)
+        out["ours_auto_fwd_bwd"] = _time(step)
+        if profile:
+            out["auto_fwd_bwd_kernels"] = _profile(step)
         if "peer" in out and "error" not in out["peer"]:
             try:  # the authors' backward (num_iters = 1 only, as their forward above)
                 out["peer_fwd_bwd"] = _fwd_bwd(

@@ -117,14 +117,14 @@ def test_attention_kernels_compile(dtype, target, which, monkeypatch):
     from monarchrt_ops.triton_kernels import monarch_attention as launch
 
     names = ["_stage_r_fwd", "_stage_l_fwd", "_stage_l_update", "_stage_l_bwd_kv", "_stage_l_bwd_q",
-             "_stage_r_bwd_kv", "_stage_r_bwd_q"]  # fmt: skip
+             "_stage_l_bwd_delta", "_stage_r_bwd_kv", "_stage_r_bwd_q"]  # fmt: skip
     calls = record(monkeypatch, launch, names)
     q, k = tiles(1, 2, dtype)
     config = _attention_configs(dtype, target)[which]
     kw = {"sm_scale": 0.088, "causal_block_tiles": 0, "config": config}
     launch.monarch_attention_fwd(q, k, k, num_iters=2, **kw)
     lse = torch.zeros(q.shape[:5])
-    launch.monarch_attention_bwd(q, lse, q, k, k, q, lse, **kw)
+    launch.monarch_attention_bwd(q, lse, q, k, k, q, lse, num_iters=2, **kw)  # both pass kinds
     assert {fn.__name__ for fn, _, _ in calls} == set(names)
     check(calls, target)
 

@@ -2,10 +2,11 @@
 
 Knows nothing of torch ops or the registry. Config keys (validity: backends/triton.py):
 ``fwd_block_m, fwd_block_l, fwd_warps`` (the forward stage-R kernel, also the backward's recompute),
-``fwd_block_k``, ``bwd_block_k`` (key rows per step of the forward stage-L kernel and of the
-backward's dQ stage-L kernel, across key tiles),
-``block_j, block_l, r_warps`` (the backward stage-R kernels), ``block_i, block_k, l_warps``
-(stage-L kernels), ``num_stages``. Tile-order shapes: q ``[B, A, b1, b2, nh, d]``, k and v ``[B, F, b1, b2, nh, d]``.
+``fwd_block_k`` (key rows per step of the forward stage-L kernel and per program of the aR
+update), ``bwd_block_k`` (per step of the backward's dQ and delta kernels), ``block_k`` (per program
+of its daL/dY kernel), all flat across key tiles; ``block_j, block_l, r_warps`` (the backward
+stage-R kernels), ``block_i, l_warps`` (stage-L kernels), ``num_stages``.
+Tile-order shapes: q ``[B, A, b1, b2, nh, d]``, k and v ``[B, F, b1, b2, nh, d]``.
 """
 
 from __future__ import annotations
@@ -73,10 +74,10 @@ def _update(q, sc: _Scratch, lse, sm_scale, common, config):
     n_f = common[2]
     a_r = torch.empty(bsz, nh, n_a, n_f, b1, b2, d, dtype=q.dtype, device=q.device)
     c_r = torch.empty(bsz, nh, n_a, n_f, b1, b2, dtype=torch.float32, device=q.device)
-    _stage_l_update[(n_a * n_f * b2, triton.cdiv(b1, config["block_k"]), bsz * nh)](
+    _stage_l_update[(n_a * b2, triton.cdiv(n_f * b1, config["fwd_block_k"]), bsz * nh)](
         q, sc.a_l, sc.c_l, lse, a_r, c_r, sm_scale, *q.stride()[:5], *common,
         HEAD_DIM=d, DOT_PRECISION=_dot_precision(q.dtype),
-        BLOCK_I=config["block_i"], BLOCK_K=config["block_k"],
+        BLOCK_I=config["block_i"], BLOCK_K=config["fwd_block_k"],
         num_warps=config["l_warps"], num_stages=config["num_stages"],
     )  # fmt: skip
     return a_r, c_r
@@ -141,7 +142,7 @@ def monarch_attention_bwd(
     r_meta = dict(HEAD_DIM=d, DOT_PRECISION=_dot_precision(q.dtype),
                   BLOCK_J=config["block_j"], BLOCK_L=config["block_l"],
                   num_warps=config["r_warps"], num_stages=config["num_stages"])  # fmt: skip
-    grid_l_kv = (n_a * n_f * b2, triton.cdiv(b1, config["block_k"]), bsz * nh)
+    grid_l_kv = (n_a * b2, triton.cdiv(n_f * b1, config["block_k"]), bsz * nh)
     grid_l_q = (n_a * b2, triton.cdiv(b1, config["block_i"]), bsz * nh)
     for it in reversed(range(num_iters)):
         last, first = it == num_iters - 1, it == 0

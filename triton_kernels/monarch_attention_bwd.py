@@ -42,25 +42,27 @@ def _stage_l_bwd_kv(
     UPDATE: tl.constexpr, HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """daL, dcL and D_R (and dY on the last pass) of key rows k of (a, f, j), summed over rows i.
+    """daL, dcL and D_R (and dY on the last pass) of column j of query tile a and a block of its
+    visible key rows (flat across key tiles, as the forward's stage L), summed over rows i.
     UPDATE: an earlier pass, with Y the next pass's daR and dcR added to dL."""
-    pid_afj = tl.program_id(0)
+    pid_aj = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_bh = tl.program_id(2)
-    j = pid_afj % b2
-    f = (pid_afj // b2) % num_kv_tiles
-    a = pid_afj // (b2 * num_kv_tiles)
+    j = pid_aj % b2
+    a = pid_aj // b2
     bb = (pid_bh // nh).to(tl.int64)
     h = pid_bh % nh
+    f_end = num_kv_tiles
     if causal_block_tiles > 0:
-        if f // causal_block_tiles > a // causal_block_tiles:
-            return
+        f_end = tl.minimum(num_kv_tiles, (a // causal_block_tiles + 1) * causal_block_tiles)
+    n_keys = f_end * b1
+    if pid_k * BLOCK_K >= n_keys:  # key rows of tiles masked for query tile a
+        return
     dtype = Q.dtype.element_ty
-    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    keys = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     offs_d = tl.arange(0, HEAD_DIM)
-    mask_k = offs_k < b1
-    row0 = ((((bb * nh + h) * num_q_tiles + a) * num_kv_tiles + f) * b2 + j) * b1
-    rows = row0 + offs_k
+    mask_k = keys < n_keys
+    rows = _flat_key_rows((bb * nh + h) * num_q_tiles + a, keys, num_kv_tiles, b1, b2, j)
     a_l = _rows(AL, rows * HEAD_DIM, mask_k, HEAD_DIM)
     y = _rows(Y, rows * HEAD_DIM, mask_k, HEAD_DIM)
     c_l = tl.load(CL + rows, mask=mask_k, other=0.0)

@@ -8,8 +8,8 @@ Three kernels, each one launch per call:
   Y is skipped on passes that only feed the aR update; the backward also takes lse_R.
 - ``_stage_l_fwd``: per (a, j) and a block of query rows i: softmax over every visible (f, k), taken
   as one flat sequence of key rows, giving Z and the log-normaliser lse_L.
-- ``_stage_l_update``: per (a, f, j) and a block of key rows k: the num_iters > 1 update
-  aR = sum_i L Q, cR = sum_i L, from the stage-L normaliser of the previous kernel.
+- ``_stage_l_update``: per (a, j) and a block of visible key rows (f, k), flat as in stage L: the
+  num_iters > 1 update aR = sum_i L Q, cR = sum_i L, from the stage-L normaliser of the previous kernel.
 
 Scaling: the dot products run on the raw inputs and the softmax scale s multiplies the fp32
 logits, so sqrt(s) is never rounded. aL and aR are stored unscaled (sum of raw K or raw Q):
@@ -228,25 +228,29 @@ def _stage_l_update(
     nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
     HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    pid_afj = tl.program_id(0)
+    """aR = sum_i L Q and cR = sum_i L for column j of query tile a and a block of its visible key
+    rows, flat across key tiles as in _stage_l_fwd: products BLOCK_K key rows tall."""
+    pid_aj = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_bh = tl.program_id(2)
-    j = pid_afj % b2
-    f = (pid_afj // b2) % num_kv_tiles
-    a = pid_afj // (b2 * num_kv_tiles)
+    j = pid_aj % b2
+    a = pid_aj // b2
     bb = (pid_bh // nh).to(tl.int64)  # int64: scratch offsets pass 2**31 at Wan 720p sizes
     h = pid_bh % nh
+    f_end = num_kv_tiles
     if causal_block_tiles > 0:
-        if f // causal_block_tiles > a // causal_block_tiles:  # key tile f is masked for query tile a
-            return
+        f_end = tl.minimum(num_kv_tiles, (a // causal_block_tiles + 1) * causal_block_tiles)
+    n_keys = f_end * b1
+    if pid_k * BLOCK_K >= n_keys:  # key rows of tiles masked for query tile a
+        return
     dtype = Q.dtype.element_ty
-    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    keys = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     offs_d = tl.arange(0, HEAD_DIM)
-    mask_k = offs_k < b1
-    afk_base = ((bb * nh + h) * num_q_tiles + a) * num_kv_tiles + f
-    row0 = (afk_base * b2 + j) * b1
-    a_l = _rows(AL, (row0 + offs_k) * HEAD_DIM, mask_k, HEAD_DIM)
-    c_l = tl.load(CL + row0 + offs_k, mask=mask_k, other=0.0)
+    mask_k = keys < n_keys
+    bha = (bb * nh + h) * num_q_tiles + a
+    rows = _flat_key_rows(bha, keys, num_kv_tiles, b1, b2, j)
+    a_l = _rows(AL, rows * HEAD_DIM, mask_k, HEAD_DIM)
+    c_l = tl.load(CL + rows, mask=mask_k, other=0.0)
     acc = tl.zeros([BLOCK_K, HEAD_DIM], tl.float32)
     c_r = tl.zeros([BLOCK_K], tl.float32)
     for i0 in range(0, b1, BLOCK_I):
@@ -260,6 +264,6 @@ def _stage_l_update(
         p = tl.where(mask_k[None, :], p, 0.0)
         acc += tl.dot(tl.trans(p).to(dtype), q, input_precision=DOT_PRECISION)  # [BK, BI] @ [BI, D]
         c_r += tl.sum(p, 0)
-    rows = (afk_base * b1 + offs_k) * b2 + j  # [b, h, a, f, k, j]
-    tl.store(AR + rows[:, None] * HEAD_DIM + offs_d[None, :], acc.to(dtype), mask=mask_k[:, None])
-    tl.store(CR + rows, c_r, mask=mask_k)
+    ar_rows = ((bha * num_kv_tiles + keys // b1) * b1 + keys % b1) * b2 + j  # [b, h, a, f, k, j]
+    tl.store(AR + ar_rows[:, None] * HEAD_DIM + offs_d[None, :], acc.to(dtype), mask=mask_k[:, None])
+    tl.store(CR + ar_rows, c_r, mask=mask_k)

@@ -81,7 +81,8 @@ class TritonAttention(_Triton):
         block_i = min(64 if wide == 64 else 32, max(16, _next_pow2(problem.b1)))
         # forward stage L: key blocks of 128 rows for up to 32 query rows, 64 for 64 (the H200 sweep,
         # bench/sweep_forward.py --stage l: 128 best at 30x52 and 15x26, 64 at 45x80, where 128 spills);
-        # the backward's dQ kernel holds three [rows, keys] fp32 blocks, so half that (not yet swept)
+        # the backward's dQ kernel holds three [rows, keys] fp32 blocks, so half that (not yet swept);
+        # its daL/dY kernel (block_k key rows, flat across key tiles) two [keys, d] accumulators
         return {
             "fwd_block_m": wide,
             "fwd_block_l": row_block,
@@ -92,7 +93,7 @@ class TritonAttention(_Triton):
             "block_l": row_block,
             "r_warps": 4,
             "block_i": block_i,
-            "block_k": min(32, max(16, _next_pow2(problem.b1))),
+            "block_k": 16 if wide == 16 else min(64, 2048 // block_i),
             "l_warps": 4,
             "num_stages": 2,
         }
@@ -110,7 +111,7 @@ class TritonAttention(_Triton):
             "block_l": [16, 32, 64],
             "r_warps": [4, 8],
             "block_i": [16, 32, 64],
-            "block_k": [16, 32],
+            "block_k": [16, 32, 64],
             "l_warps": [2, 4, 8],
             "num_stages": [1, 2, 3],
         }
@@ -126,6 +127,11 @@ class TritonAttention(_Triton):
         fwd_acc = fwd_m * (d + fwd_l) * 4 if problem.b2 <= fwd_l else 2 * fwd_m * d * 4
         if fwd_acc > _MAX_ACC_BYTES:
             return f"forward stage-R accumulators ({fwd_m} rows, l block {fwd_l}) {fwd_acc} B exceed {_MAX_ACC_BYTES} B"
+        # the backward's daL/dY kernel: two [block_k, d] accumulators beside [block_i, block_k] logits and dS
+        l_kv = (2 * config["block_k"] * d + 2 * config["block_i"] * config["block_k"]) * 4
+        if l_kv > _MAX_ACC_BYTES:
+            keys, rows = config["block_k"], config["block_i"]
+            return f"stage-L daL/dY blocks ({keys} keys, {rows} rows) {l_kv} B exceed {_MAX_ACC_BYTES} B"
         if 2 * config["block_j"] * d * 4 > _MAX_ACC_BYTES:
             return f"stage R accumulators 2*{config['block_j']}*{d}*4 B exceed {_MAX_ACC_BYTES} B"
         # the stage-L accumulator with the logits (forward) or logits, probabilities and dS (dQ backward)
