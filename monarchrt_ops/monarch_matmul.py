@@ -7,6 +7,7 @@ import math
 import torch
 
 from . import ops
+from .amp import autocast_inputs
 from .registry import backend_names
 
 
@@ -37,13 +38,15 @@ def monarch_matmul(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, *, backe
     """Monarch product ``(..., k*p) -> (..., s*l)`` with ``w1 (k, q, p)``, ``w2 (l, s, r)``, ``l*r = k*q``.
 
     Equals ``x @ M.T`` for the dense Monarch matrix M = P2 B2 P1 B1 (block-diagonal B1, B2 and the
-    two reorders of docs/math.md). Differentiable in x, w1 and w2.
+    two reorders of docs/math.md). Differentiable in x, w1 and w2. Under ``torch.autocast`` it runs in
+    the autocast dtype like ``torch.matmul`` (x, w1, w2 cast; float64 kept), eagerly and compiled.
 
     Example:
         >>> x = torch.randn(8, 16)
         >>> monarch_matmul(x, torch.randn(4, 4, 4), torch.randn(4, 4, 4)).shape
         torch.Size([8, 16])
     """
+    x, w1, w2 = autocast_inputs(x, w1, w2)  # under autocast: the dtype the op runs in (amp.py)
     return ops.monarch_matmul(x, w1, w2, _check(x, w1, w2, backend))
 
 
@@ -52,7 +55,9 @@ class MonarchLinear(torch.nn.Module):
 
     ``nblocks`` blocks: w1 ``(nblocks, width, in/nblocks)``, w2 ``(nblocks, out/nblocks, width)`` with
     ``width = max(in, out) / nblocks``; in and out must divide by nblocks. Parameters:
-    ``nblocks * width * (in + out) / nblocks`` against ``in * out`` for nn.Linear.
+    ``nblocks * width * (in + out) / nblocks`` against ``in * out`` for nn.Linear. Under
+    ``torch.autocast`` it behaves as nn.Linear does: input, weights and bias in the autocast dtype,
+    output in that dtype, gradients of the fp32 parameters in fp32.
     """
 
     def __init__(self, in_features: int, out_features: int, nblocks: int, bias: bool = True, device=None, dtype=None):
@@ -89,7 +94,9 @@ class MonarchLinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = monarch_matmul(x, self.w1, self.w2)
-        return y + self.bias if self.bias is not None else y
+        # in y's dtype, as nn.Linear's addmm: under autocast y is in the autocast dtype, and an fp32
+        # bias would promote the sum back to fp32
+        return y + self.bias.to(y.dtype) if self.bias is not None else y
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, nblocks={self.nblocks}"

@@ -19,6 +19,8 @@ Inputs are validated by the public functions (attention.py, hadamard.py, monarch
 attention ops also run the cheap checks of limits.py themselves, eagerly and when traced, since a
 direct ``torch.ops`` call (vendoring, compile) skips the public functions. A second derivative
 through attention raises (``attention_backward`` has no derivative of its own).
+Under ``torch.autocast``, ``attention`` and ``monarch_matmul`` run in the autocast dtype and the other
+ops ignore it (amp.py), the same eagerly and compiled.
 Registering twice (a second import of a vendored copy, a reload) reuses the ops already there.
 """
 
@@ -28,6 +30,7 @@ import os
 
 import torch
 
+from . import amp
 from . import backends as _backends  # noqa: F401  (registers the backends)
 from .arch import arch_of
 from .hadamard_matrices import factor
@@ -217,6 +220,7 @@ def _register() -> None:
         if name in _AUTOGRAD:
             backward, setup_context = _AUTOGRAD[name]
             torch.library.register_autograd(qualname, backward, setup_context=setup_context, lib=lib)
+        amp.register(lib, name, _lookup(name))  # the autocast policy of amp.py
     _libraries.append(lib)  # a Library deregisters its ops when garbage-collected
 
 

@@ -118,3 +118,19 @@ def test_fp32_intermediate_rounds_once(n, poison_empty):
     once = rel_err(m.hadamard(xh, fp32_intermediate=True, backend="triton"), ref)
     assert once <= per_factor
     assert once < 2**-11  # one fp16 rounding of the output: relative error below half an ulp, ~4.9e-4
+
+
+@pytest.mark.parametrize("backend", [None, "eager", "aot_eager"], ids=["eager-call", "compile-eager", "aot_eager"])
+@pytest.mark.parametrize("n", [64, 40])  # 40: the H_20 factor, an einsum an autocast region used to run in bf16
+def test_autocast_is_ignored_eager_and_compiled(n, backend):
+    """Hadamard ignores autocast (monarchrt_ops/amp.py): fp32 in, fp32 computed, fp32 out, as without it."""
+    x = torch.randn(3, n)
+    want = m.hadamard(x)
+    fn = (lambda x: m.hadamard(x)) if backend is None else torch.compile(m.hadamard, fullgraph=True, backend=backend)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = fn(x)
+        y = x.clone()
+        m.hadamard_(y)
+    assert got.dtype == y.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(y, want, rtol=0, atol=0)
