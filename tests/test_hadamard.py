@@ -134,3 +134,42 @@ def test_autocast_is_ignored_eager_and_compiled(n, backend):
     assert got.dtype == y.dtype == torch.float32
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     torch.testing.assert_close(y, want, rtol=0, atol=0)
+
+
+def test_triton_interpreter_from_several_threads(poison_empty):
+    """The interpreter keeps launch state in globals: concurrent launches used to fail with an
+    InterpreterError ("Did you forget to add @triton.jit ?"); launchers now serialise under it."""
+    pytest.importorskip("triton")
+    if GPU:
+        pytest.skip("the interpreter tier (CPU)")
+    import concurrent.futures
+
+    x = torch.randn(4, 64, dtype=torch.float64)
+    ref = m.hadamard(x, backend="reference")
+    w1, w2 = torch.randn(4, 4, 4, dtype=torch.float64), torch.randn(4, 4, 4, dtype=torch.float64)
+    mm_ref = m.monarch_matmul(x[:, :16], w1, w2, backend="reference")
+
+    def run(i):
+        if i % 2:
+            return rel_err(m.hadamard(x.float(), backend="triton"), ref)
+        return rel_err(m.monarch_matmul(x[:, :16].float(), w1.float(), w2.float(), backend="triton"), mm_ref)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        errors = list(pool.map(run, range(16)))
+    assert max(errors) < TOL[torch.float32]
+
+
+def test_triton_interpret_set_after_the_kernels_were_imported_is_named():
+    import subprocess
+    import sys
+
+    code = (
+        "import os, torch, monarchrt_ops as m\n"
+        "import monarchrt_ops.triton_kernels.hadamard\n"  # kernels defined for the GPU
+        "os.environ['TRITON_INTERPRET'] = '1'\n"
+        "try:\n    m.hadamard(torch.randn(4, 64), backend='triton')\n"
+        "except RuntimeError as e:\n    print(e)\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert "TRITON_INTERPRET is set now, but monarchrt_ops's Triton kernels were compiled for a GPU" in run.stdout

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import triton
 
+from ._interpreter import guarded
 from .monarch_attention_bwd import _stage_l_bwd_kv, _stage_l_bwd_q, _stage_r_bwd_kv, _stage_r_bwd_q
 from .monarch_attention_fwd import _stage_l_fwd, _stage_l_update, _stage_r_fwd
 
@@ -57,6 +58,7 @@ def _stage_r(q, k, v, sc: _Scratch, a_r, c_r, sm_scale, common, config, write_y=
     )  # fmt: skip
 
 
+@guarded(_stage_r_fwd, _stage_l_fwd, _stage_l_update)
 def monarch_attention_fwd(q, k, v, *, sm_scale: float, causal_block_tiles: int, num_iters: int, config: dict):
     """-> ``(z [B, A, b1, b2, nh, d]`` in q's dtype, ``lse [B, A, b1, b2, nh]`` float32)."""
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
@@ -91,6 +93,7 @@ def monarch_attention_fwd(q, k, v, *, sm_scale: float, causal_block_tiles: int, 
     return z, lse
 
 
+@guarded(_stage_r_fwd, _stage_l_bwd_kv, _stage_l_bwd_q, _stage_r_bwd_kv, _stage_r_bwd_q)
 def monarch_attention_bwd(dz, dlse, q, k, v, z, lse, *, sm_scale: float, causal_block_tiles: int, config: dict):
     """Gradients of num_iters = 1 Monarch attention (docs/math.md, Backward) -> ``(dq, dk, dv)``.
 
