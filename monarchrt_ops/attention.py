@@ -44,6 +44,7 @@ def _check_frame_shape(frame_shape) -> tuple[int, int]:
     return _check_int("frame_shape[0] (H)", h), _check_int("frame_shape[1] (W)", w)
 
 
+@ops.traceable_errors
 def make_tiling(frame_shape, f_tied: int = 1, h_reduce: int = 1, w_reduce: int = 1) -> Tiling:
     """Validated :class:`Tiling` (raises ValueError/TypeError naming the bad value)."""
     h, w = _check_frame_shape(frame_shape)
@@ -107,6 +108,7 @@ def _check_backend(backend) -> str:
     return backend
 
 
+@ops.traceable_errors
 def monarch_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -154,6 +156,7 @@ def monarch_attention(
     return out
 
 
+@ops.traceable_errors
 def monarch_attention_with_lse(
     q,
     k,
@@ -212,6 +215,7 @@ def _attention_tiles(qt, kt, vt, tiling: Tiling, scale: float, cbf: int, num_ite
     return from_tiles(z, tiling), lse
 
 
+@ops.traceable_errors
 def write_kv_cache(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
@@ -300,6 +304,7 @@ class _NewKVGrad(torch.autograd.Function):
         return None, None, dk[:, -n:], dv[:, -n:]
 
 
+@ops.traceable_errors
 def monarch_attention_kv_cache(
     q: torch.Tensor,
     k_cache: torch.Tensor,

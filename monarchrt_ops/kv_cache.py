@@ -36,6 +36,7 @@ from .attention import (
     write_kv_cache,
 )
 from .layout import Tiling, from_tile_sequence
+from .ops import traceable_errors
 
 
 class MonarchKVCache:
@@ -185,6 +186,7 @@ class MonarchKVCache:
         return frames
 
     # ------------------------------------------------------------------ writes
+    @traceable_errors
     def write(self, new_k: torch.Tensor, new_v: torch.Tensor, start_frame: int | None = None) -> None:
         """Write a chunk of keys/values (natural order, ``(B, n*H*W, nh, d)``).
 
@@ -253,6 +255,7 @@ class MonarchKVCache:
         return self._filled - evict
 
     # ------------------------------------------------------------------ reads
+    @traceable_errors
     def attend(
         self,
         q: torch.Tensor,

@@ -8,32 +8,21 @@ import torch
 
 from . import ops
 from .amp import autocast_inputs
+from .limits import check_monarch_matmul
 from .registry import backend_names
 
 
 def _check(x, w1, w2, backend) -> str:
-    for name, t, dim in (("x", x, None), ("w1", w1, 3), ("w2", w2, 3)):
+    for name, t in (("x", x), ("w1", w1), ("w2", w2)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"monarch_matmul: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if dim is not None and t.dim() != dim:
-            raise ValueError(f"monarch_matmul: {name} must be 3-D, got shape {tuple(t.shape)}")
-    if x.dim() < 1:
-        raise ValueError("monarch_matmul: x must have a last dim")
-    if not (x.dtype == w1.dtype == w2.dtype) or not x.is_floating_point():
-        raise TypeError(f"monarch_matmul: x, w1, w2 must share a float dtype, got {x.dtype}, {w1.dtype}, {w2.dtype}")
-    if not (x.device == w1.device == w2.device):
-        raise ValueError(f"monarch_matmul: x, w1, w2 must be on one device, got {x.device}, {w1.device}, {w2.device}")
-    k, q, p = w1.shape
-    l, s, r = w2.shape
-    if x.shape[-1] != k * p:
-        raise ValueError(f"monarch_matmul: x's last dim {x.shape[-1]} != k*p = {k}*{p} of w1 {tuple(w1.shape)}")
-    if l * r != k * q:
-        raise ValueError(f"monarch_matmul: w2 {tuple(w2.shape)} needs l*r = k*q = {k * q}, got {l}*{r}")
+    check_monarch_matmul(x, w1, w2)
     if backend is not None and backend not in backend_names("monarch_matmul"):
         raise ValueError(f"backend={backend!r} is not one of {backend_names('monarch_matmul')} (or None)")
     return backend or ""
 
 
+@ops.traceable_errors
 def monarch_matmul(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
     """Monarch product ``(..., k*p) -> (..., s*l)`` with ``w1 (k, q, p)``, ``w2 (l, s, r)``, ``l*r = k*q``.
 

@@ -173,3 +173,28 @@ def test_triton_interpret_set_after_the_kernels_were_imported_is_named():
     env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert "TRITON_INTERPRET is set now, but monarchrt_ops's Triton kernels were compiled for a GPU" in run.stdout
+
+
+@pytest.mark.parametrize(
+    "fn, exc, match",
+    [
+        (lambda: ops.hadamard(torch.randn(2, 72), 1.0, False, False, ""), ValueError, "n=72 is not supported"),
+        (lambda: ops.hadamard_(torch.randn(8, 2).T, 1.0, False, False, ""), ValueError, "must be contiguous"),
+        (lambda: ops.hadamard(torch.randn(2, 8).long(), 1.0, False, False, ""), TypeError, "torch.int64"),
+        (lambda: m.hadamard(torch.randn(2, 1)), ValueError, "n=1 is not supported"),  # documented: 2 <= n
+        (lambda: m.hadamard(torch.randn(2, 8), float("nan")), ValueError, "scale=nan must be finite"),
+    ],
+    ids=["op-size", "op-inplace-strided", "op-dtype", "n=1", "scale-nan"],
+)
+def test_op_checks_its_own_input(fn, exc, match):
+    """A direct torch.ops call used to fail inside the launcher (n=72: 'cannot unpack NoneType')."""
+    with pytest.raises(exc, match=match):
+        fn()
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["public", "op"])
+def test_compiled_fullgraph_argument_error_names_the_argument(direct):
+    torch._dynamo.reset()
+    call = (lambda x: ops.hadamard(x, 1.0, False, False, "")) if direct else m.hadamard
+    with pytest.raises(torch._dynamo.exc.TorchRuntimeError, match=r"got ValueError\('hadamard: last dim n=72"):
+        torch.compile(call, fullgraph=True, backend="eager")(torch.randn(2, 72))

@@ -153,3 +153,36 @@ def test_monarch_linear_after_an_autocast_linear_is_a_drop_in(backend):
     y.float().square().sum().backward()
     assert mon.w1.grad.dtype == mon.w2.grad.dtype == mon.bias.grad.dtype == torch.float32
     assert mon.w1.grad.abs().sum() > 0 and mon.bias.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "shapes, match",
+    [
+        (((2, 0), (0, 3, 4), (3, 0, 2)), r"w1 \(k, q, p\) = \(0, 3, 4\) has a zero block size"),  # failed in reshape
+        (((2, 8), (2, 3, 4), (3, 0, 2)), r"w2 \(l, s, r\) = \(3, 0, 2\) has a zero block size"),
+        (((2, 10), (2, 3, 4), (3, 5, 2)), "last dim 10 != k\\*p"),
+    ],
+    ids=["zero-k", "zero-s", "k*p"],
+)
+@pytest.mark.parametrize("call", ["public", "op", "op-compiled"])
+def test_bad_shapes_name_the_argument_through_every_entry(shapes, match, call):
+    """The op checks its own inputs (a direct torch.ops call failed in reshape with no name), and under
+    torch.compile(fullgraph=True) the message reaches the user through the fake impl."""
+    x, w1, w2 = (torch.randn(*s) for s in shapes)
+    torch._dynamo.reset()  # static shapes: after recompiles the message would show symbolic sizes
+    fn = {
+        "public": lambda: m.monarch_matmul(x, w1, w2),
+        "op": lambda: ops.monarch_matmul(x, w1, w2, ""),
+        "op-compiled": lambda: torch.compile(
+            lambda x: ops.monarch_matmul(x, w1, w2, ""), fullgraph=True, backend="eager"
+        )(x),  # fmt: skip
+    }[call]
+    with pytest.raises((ValueError, torch._dynamo.exc.TorchRuntimeError), match=match):
+        fn()
+
+
+def test_compiled_fullgraph_argument_error_names_the_argument():
+    torch._dynamo.reset()
+    fn = torch.compile(lambda x: m.monarch_matmul(x, torch.randn(2, 3, 4), torch.randn(3, 5, 2)), fullgraph=True)
+    with pytest.raises(torch._dynamo.exc.TorchRuntimeError, match=r"got ValueError\(.monarch_matmul: x's last dim 10"):
+        fn(torch.randn(2, 10))

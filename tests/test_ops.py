@@ -119,3 +119,32 @@ def test_autocast_attention_runs_in_the_region_dtype(backend):
     torch.testing.assert_close(m.from_tiles(z, m.make_tiling((6, 10))), want, rtol=0, atol=0)
     grads = torch.autograd.grad(got.float().sum(), (q, k, v))
     assert all(g.dtype == torch.float32 and g.abs().sum() > 0 for g in grads)
+
+
+Q6 = torch.randn(1, 120, 2, 8)
+COMPILED_ERRORS = {
+    "num_iters": (lambda q: m.monarch_attention(q, q, q, (6, 10), num_iters=0), "ValueError('num_iters=0 must be >= 1"),
+    "f_tied type": (lambda q: m.monarch_attention(q, q, q, (6, 10), f_tied=1.0), "TypeError('f_tied must be an int"),
+    "tiling": (lambda q: m.monarch_attention(q, q, q, (6, 10), h_reduce=4), "ValueError('H=6 is not divisible"),
+    "kv_frames": (lambda q: m.monarch_attention_kv_cache(q, q, q, 3, (6, 10)), "ValueError('kv_frames=3 must be"),
+    "cache write": (lambda q: m.write_kv_cache(q.clone(), q.clone(), q, q, 1, (6, 10)), "ValueError('frames [1, 3)"),
+    "direct op": (
+        lambda q: ops.attention(
+            q.reshape(1, 2, 6, 10, 2, 8), q.reshape(1, 2, 6, 10, 2, 8), q.reshape(1, 2, 6, 10, 2, 8), 0.3, 0, 0, ""
+        ),
+        "ValueError('num_iters=0 must be in 1..",
+    ),  # fmt: skip
+    "direct write": (lambda q: ops.kv_cache_write(q.clone(), q.clone(), q, q, 60), "ValueError('start=60: tokens"),
+}
+
+
+@pytest.mark.parametrize("name", list(COMPILED_ERRORS))
+def test_compile_fullgraph_argument_errors_carry_the_message(name):
+    """Under fullgraph Dynamo reported a traced raise as 'Observed exception', the message only in its
+    debug context; the public functions forward it to the argument_error op and the ops check in their
+    fake impls, so the error says what was wrong."""
+    fn, message = COMPILED_ERRORS[name]
+    torch._dynamo.reset()
+    with pytest.raises(torch._dynamo.exc.TorchRuntimeError) as info:
+        torch.compile(fn, fullgraph=True, backend="aot_eager")(Q6)
+    assert f"got {message}" in str(info.value)
