@@ -90,7 +90,10 @@ class MonarchKVCache:
         if dtype not in FLOAT_DTYPES:
             raise TypeError(f"dtype={dtype} is not supported; use one of {FLOAT_DTYPES}")
         self.dtype = dtype
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        try:
+            self.device = torch.device(device) if device is not None else torch.device("cpu")
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device={device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:0')") from None
         _check_int("max_frames", max_frames)
         self._check_multiple("max_frames", max_frames)
         self.sink_size = _check_int("sink_size", sink_size, minimum=0)
