@@ -1,15 +1,16 @@
 """``monarchrt-tune``: tune on the GPU you have, verify a table, or warm its kernels up.
 
 monarchrt-tune --gpu h100 [--ops attention hadamard monarch_matmul] [--shapes NAME ...] [--backward] [--trials N]
-               [--storage URL] [--resume] [--seed S] [--out DIR]
+               [--storage URL] [--resume | --fresh] [--seed S] [--out DIR]
 monarchrt-tune verify --gpu h100      re-time and re-check every entry on this GPU and code
 monarchrt-tune warmup --gpu h100      compile every kernel config the table names
 
 Shapes come from autotune/shapes.py (attention shapes selectable by name). Each trial's output is
 checked against the reference backend (fp32 on the GPU) before its time counts; the top 3 are
 re-timed with 4x the repetitions; Optuna studies are stored in SQLite (``monarchrt-tune-<gpu>.db``)
-so ``--resume`` continues a killed run and several workers (one per GPU, same ``--storage``) share a
-study and its trial budget.
+so ``--resume`` continues a killed run and several workers (one per GPU, same ``--storage``, each
+with ``--resume``) share a study and its trial budget. A stored study is only deleted by ``--fresh``;
+without either flag a study that already holds trials is an error.
 """
 
 from __future__ import annotations
@@ -78,7 +79,9 @@ def build_cases(ops, attention_shapes, backward: bool, dtype, device="cuda", tim
     return cases
 
 
-def tune_cases(cases, *, trials: int, seed: int, storage: str | None, resume: bool, progress=print) -> list[dict]:
+def tune_cases(
+    cases, *, trials: int, seed: int, storage: str | None, resume: bool, fresh: bool = False, progress=print
+) -> list[dict]:
     """Search each case; the table entries (the default config stays when nothing beats it)."""
     entries = []
     for case in cases:
@@ -91,7 +94,7 @@ def tune_cases(cases, *, trials: int, seed: int, storage: str | None, resume: bo
         res = search(
             case.backend.search_space(case.problem, case.arch),
             lambda c, case=case: case.backend.is_valid(c, case.problem, case.arch),
-            case.measure, n_trials=trials, seed=seed, storage=storage, study_name=name, resume=resume,
+            case.measure, n_trials=trials, seed=seed, storage=storage, study_name=name, resume=resume, fresh=fresh,
             retime=lambda c, case=case: case.measure(c, rep_ms=400), progress=lambda s: progress("  " + s),
         )  # fmt: skip
         if default_m.ok and default_m.time_ms <= res.measurement.time_ms:
@@ -117,11 +120,14 @@ def tune(args) -> int:
     storage = args.storage or f"sqlite:///monarchrt-tune-{args.gpu}.db"
     shapes = args.shapes or [s.name for s in ATTENTION_SHAPES if s.heads == 12]
     entries = []
-    for case in build_cases(args.ops, shapes, args.backward, DTYPES[args.dtype]):  # one at a time: memory
-        entries += tune_cases([case], trials=args.trials, seed=args.seed, storage=storage, resume=args.resume,
-                              progress=lambda s: print(s, flush=True))  # fmt: skip
-        del case
-        torch.cuda.empty_cache()
+    try:
+        for case in build_cases(args.ops, shapes, args.backward, DTYPES[args.dtype]):  # one at a time: memory
+            entries += tune_cases([case], trials=args.trials, seed=args.seed, storage=storage, resume=args.resume,
+                                  fresh=args.fresh, progress=lambda s: print(s, flush=True))  # fmt: skip
+            del case
+            torch.cuda.empty_cache()
+    except ValueError as e:  # a stored study without --resume/--fresh, an unknown shape
+        return _fail(str(e))
     path = out_dir / f"{args.gpu}.json"
     tables.write_table(path, args.gpu, provenance(args.seed, " ".join(sys.argv)), entries)
     print(f"wrote {len(entries)} entries to {path}")
@@ -177,6 +183,16 @@ def warmup(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an int") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in ("verify", "warmup") else "tune"
@@ -190,12 +206,20 @@ def main(argv: list[str] | None = None) -> int:
         )
         p.add_argument("--backward", action="store_true", help="tune the backward too")
         p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
-        p.add_argument("--trials", type=int, default=30, help="measured trials per study (default %(default)s)")
+        p.add_argument(
+            "--trials", type=_positive_int, default=30, help="measured trials per study, >= 1 (default %(default)s)"
+        )
         p.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///monarchrt-tune-<gpu>.db)")
-        p.add_argument("--resume", action="store_true", help="continue the stored studies instead of restarting")
+        stored = p.add_mutually_exclusive_group()
+        stored.add_argument("--resume", action="store_true", help="continue (or join) the stored studies")
+        stored.add_argument("--fresh", action="store_true", help="delete the stored studies and start again")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--out", default=None, help="folder for <gpu>.json (default: the package's tuned_configs)")
     args = p.parse_args(argv)
+    if command == "tune":
+        for name in args.shapes or ():
+            if name not in {s.name for s in ATTENTION_SHAPES}:
+                p.error(f"--shapes: unknown shape {name!r}; known: {[s.name for s in ATTENTION_SHAPES]}")
     return {"tune": tune, "verify": verify, "warmup": warmup}[command](args)
 
 

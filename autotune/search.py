@@ -5,7 +5,11 @@ a synthetic model in the tests). Invalid configs are pruned by ``is_valid`` befo
 compiled or measured; configs whose output is wrong are pruned after one run and never win.
 TPE when the valid space is larger than the trial budget, else a plain sweep of every valid config.
 Studies live in Optuna storage (SQLite by default), so a killed run resumes and several workers
-(one per GPU) can share one study.
+(one per GPU) can share one study. A stored study is never deleted unless ``fresh=True`` (``--fresh``)
+says so: without ``resume`` or ``fresh`` a study that already holds trials is an error, so a second
+worker started without ``--resume`` neither wipes the first's study (which used to kill it inside
+Optuna) nor silently discards stored trials. Trials beat a heartbeat; a trial left RUNNING by a
+killed worker is failed once its heartbeat is ``GRACE_S`` old and its config is tried again.
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ from dataclasses import dataclass, field
 # Candidates whose re-timed medians are within this fraction of the best are ties, broken by the
 # lexicographically smallest config JSON, so two runs on one GPU write the same table.
 TIE_FRACTION = 0.01
+# Heartbeat of a running trial (seconds), and the silence after which it belongs to a killed worker:
+# longer than any one compile + measurement stalls the beat (the beat is a thread of its own).
+HEARTBEAT_S = 30
+GRACE_S = 120
 
 
 @dataclass
@@ -47,14 +55,9 @@ def config_id(config: dict) -> str:
     return json.dumps(config, sort_keys=True)
 
 
-def _create_study(optuna, study_name, storage, sampler, attempts: int = 5):
-    """create_study, retried: workers that start together race to create the storage's schema."""
+def _retried(create, attempts: int = 5):
+    """Retried: workers that start together race to create the storage's schema and the study."""
     from sqlalchemy.exc import IntegrityError, OperationalError
-
-    def create():
-        return optuna.create_study(
-            study_name=study_name, storage=storage, sampler=sampler, direction="minimize", load_if_exists=True
-        )
 
     for attempt in range(attempts - 1):
         try:
@@ -62,6 +65,30 @@ def _create_study(optuna, study_name, storage, sampler, attempts: int = 5):
         except (IntegrityError, OperationalError):
             time.sleep(0.2 * (attempt + 1))
     return create()
+
+
+def _open_storage(optuna, url: str):
+    """RDB storage with a heartbeat: a trial whose worker was killed is failed after GRACE_S and
+    retried once (the retry is queued with the same config)."""
+    if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):  # Optuna >= 4.9
+        retry = {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)}
+    else:
+        retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1)}
+    return _retried(
+        lambda: optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, **retry)
+    )
+
+
+def _stored_trials(optuna, study_name: str, storage) -> int | None:
+    """Trials of the stored study, or None when there is none."""
+    if study_name not in optuna.get_all_study_names(storage):
+        return None
+    return len(optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False))
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be an int >= 1")
 
 
 def valid_grid(space: dict[str, list], is_valid: Callable[[dict], str | None]) -> list[dict]:
@@ -80,11 +107,19 @@ def search(
     storage: str | None = None,
     study_name: str = "monarchrt",
     resume: bool = False,
+    fresh: bool = False,
     top_k: int = 3,
     retime: Callable[[dict], Measurement] | None = None,
     progress: Callable[[str], None] = print,
 ) -> SearchResult:
-    """Find the fastest correct config; ``n_trials`` counts measured trials of the whole study."""
+    """Find the fastest correct config; ``n_trials`` counts measured trials of the whole study.
+
+    With ``storage``: ``resume`` continues (or joins) the stored study, ``fresh`` deletes it first;
+    with neither, a stored study that holds trials raises ValueError naming both."""
+    _check_positive_int("n_trials", n_trials)
+    _check_positive_int("top_k", top_k)
+    if resume and fresh:
+        raise ValueError("resume and fresh exclude each other: continue the stored study or discard it")
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -94,10 +129,24 @@ def search(
         raise ValueError("no valid config in the search space")
     sweep = len(grid) <= n_trials
     sampler = optuna.samplers.BruteForceSampler(seed=seed) if sweep else optuna.samplers.TPESampler(seed=seed)
-    if storage and not resume:
-        with contextlib.suppress(KeyError):  # nothing stored yet
-            optuna.delete_study(study_name=study_name, storage=storage)
-    study = _create_study(optuna, study_name, storage, sampler)
+    if storage:
+        url, storage = storage, _open_storage(optuna, storage)
+        if fresh:
+            with contextlib.suppress(KeyError):  # nothing stored yet
+                optuna.delete_study(study_name=study_name, storage=storage)
+        elif not resume and (stored := _stored_trials(optuna, study_name, storage)):
+            raise ValueError(
+                f"study {study_name!r} in {url} already holds {stored} trials (another worker's, or an earlier "
+                "run's): pass --resume (resume=True) to continue it or --fresh (fresh=True) to discard it"
+            )
+    study = _retried(
+        lambda: optuna.create_study(
+            study_name=study_name, storage=storage, sampler=sampler, direction="minimize", load_if_exists=True
+        )
+    )
+    if storage:
+        # trials left RUNNING by a killed worker: failed (and their configs queued again) once stale
+        optuna.storages.fail_stale_trials(study)
     target = min(n_trials, len(grid))
     seen: dict[str, Measurement] = {}
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):

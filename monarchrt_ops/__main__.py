@@ -19,7 +19,9 @@ import torch
 
 from . import make_tiling, monarch_attention, reference, to_tiles
 from .arch import arch_of
-from .layout import causal_block_tiles
+from .attention import _check_int
+from .layout import Tiling, causal_block_tiles
+from .limits import MAX_HEAD_DIM, MAX_NUM_ITERS
 from .ops import NAMESPACE
 from .problem import AttentionProblem
 from .registry import backend_names, get_backend, select
@@ -44,14 +46,52 @@ def _problem_args(p: argparse.ArgumentParser, frames=21, frame_shape=(30, 52), h
 
 
 def _device(args) -> torch.device:
-    return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """The --device, checked: a bad name or a CUDA device this build or machine lacks is a ValueError."""
+    if args.device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device={args.device!r} is not a device name (cpu, cuda, cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device={args.device!r}: only cpu and cuda are supported")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build of torch" if torch.version.cuda is None else "no CUDA device visible"
+            raise ValueError(f"--device={args.device!r}: CUDA is not available here ({build} {torch.__version__})")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device={args.device!r}: only {torch.cuda.device_count()} CUDA devices are visible")
+    return device
+
+
+def _check_problem_args(args) -> tuple[Tiling, int]:
+    """The problem flags, checked with the API's validators and named by flag -> (tiling, kv frames)."""
+    h, w = args.frame_shape
+    for flag, value in (("--frame-shape H", h), ("--frame-shape W", w), ("--f-tied", args.f_tied),
+                        ("--h-reduce", args.h_reduce), ("--w-reduce", args.w_reduce)):  # fmt: skip
+        _check_int(flag, value)
+    tiling = make_tiling((h, w), args.f_tied, args.h_reduce, args.w_reduce)
+    frames = _check_int("--frames", args.frames)
+    kv_frames = frames if args.kv_frames is None else _check_int("--kv-frames", args.kv_frames)
+    for flag, value in (("--frames", frames), ("--kv-frames", kv_frames)):
+        if value % args.f_tied:
+            raise ValueError(f"{flag}={value} is not a multiple of --f-tied={args.f_tied}")
+    _check_int("--batch", args.batch)
+    _check_int("--heads", args.heads)
+    _check_int("--head-dim", args.head_dim, maximum=MAX_HEAD_DIM)
+    _check_int("--num-iters", args.num_iters, maximum=MAX_NUM_ITERS)
+    cbf = _check_int("--causal-block-frames", args.causal_block_frames, minimum=0, maximum=frames)
+    if cbf and kv_frames != frames:
+        raise ValueError(f"--causal-block-frames needs --kv-frames == --frames, got {kv_frames} and {frames}")
+    if cbf % args.f_tied:
+        raise ValueError(f"--causal-block-frames={cbf} must be a multiple of --f-tied={args.f_tied}")
+    return tiling, kv_frames
 
 
 def info(args) -> int:
+    tiling, kv_frames = _check_problem_args(args)
     device = _device(args)
     arch = arch_of(device)
-    tiling = make_tiling(tuple(args.frame_shape), args.f_tied, args.h_reduce, args.w_reduce)
-    kv_frames = args.kv_frames or args.frames
     tiles = lambda frames: frames // args.f_tied * tiling.tiles_per_group  # noqa: E731
     problem = AttentionProblem(
         args.batch,
@@ -111,6 +151,7 @@ def _smooth_latent(bsz, frames, h, w, heads, d, dtype, device, gen):
 
 
 def demo(args) -> int:
+    _check_problem_args(args)
     device = _device(args)
     dtype = DTYPES[args.dtype]
     if device.type == "cpu" and dtype == torch.bfloat16:

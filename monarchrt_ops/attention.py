@@ -8,6 +8,7 @@ import numbers
 import torch
 
 from . import ops
+from .amp import autocast_dtype_of, autocast_inputs
 from .layout import Tiling, causal_block_tiles, from_tiles, tile_sequence_as_tiles, to_tile_sequence, to_tiles
 from .limits import MAX_HEAD_DIM, MAX_NUM_ITERS, SM_SCALE_RANGE
 from .registry import backend_names
@@ -43,6 +44,7 @@ def _check_frame_shape(frame_shape) -> tuple[int, int]:
     return _check_int("frame_shape[0] (H)", h), _check_int("frame_shape[1] (W)", w)
 
 
+@ops.traceable_errors
 def make_tiling(frame_shape, f_tied: int = 1, h_reduce: int = 1, w_reduce: int = 1) -> Tiling:
     """Validated :class:`Tiling` (raises ValueError/TypeError naming the bad value)."""
     h, w = _check_frame_shape(frame_shape)
@@ -65,7 +67,9 @@ def _check_seq(name: str, seq: int, tiling: Tiling) -> int:
     return frames
 
 
-def _check_qkv(q, k, v, names=("q", "k", "v")) -> None:
+def _check_qkv(q, k, v, names=("q", "k", "v"), autocast: bool = False) -> None:
+    """``autocast``: compare the dtypes the tensors have inside the attention op (amp.py), for a
+    cache that is cast slice by slice."""
     nq, nk, nv = names
     q, k, v = (_check_tensor(n, x) for n, x in zip(names, (q, k, v), strict=True))
     if k.shape != v.shape:
@@ -73,7 +77,8 @@ def _check_qkv(q, k, v, names=("q", "k", "v")) -> None:
     for what, i in (("batch", 0), ("heads", 2), ("head_dim", 3)):
         if q.shape[i] != k.shape[i]:
             raise ValueError(f"{nq} and {nk} differ in {what}: {q.shape[i]} vs {k.shape[i]}")
-    if not (q.dtype == k.dtype == v.dtype):
+    dtypes = [autocast_dtype_of(x) if autocast else x.dtype for x in (q, k, v)]
+    if len(set(dtypes)) != 1:
         raise TypeError(f"{nq}, {nk}, {nv} must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"{nq}, {nk}, {nv} must be on one device, got {q.device}, {k.device}, {v.device}")
@@ -103,6 +108,7 @@ def _check_backend(backend) -> str:
     return backend
 
 
+@ops.traceable_errors
 def monarch_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -132,7 +138,8 @@ def monarch_attention(
         backend: 'reference', 'triton', 'cuda' or None (automatic; see ``python -m monarchrt_ops info``).
 
     Returns:
-        ``(B, Sq, nh, d)`` in q's dtype.
+        ``(B, Sq, nh, d)`` in q's dtype; under ``torch.autocast`` in the autocast dtype (q, k, v are
+        cast as for ``scaled_dot_product_attention``; float64 is kept), eagerly and compiled.
 
     Inputs must be finite: NaN/inf are not checked (that would need a device sync) and propagate.
     Non-contiguous inputs are accepted. Raises TypeError/ValueError for bad input before any kernel
@@ -149,6 +156,7 @@ def monarch_attention(
     return out
 
 
+@ops.traceable_errors
 def monarch_attention_with_lse(
     q,
     k,
@@ -175,6 +183,7 @@ def _attention_call(
     q, k, v, frame_shape, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, backend
 ):
     """Validate a natural-order call and run it -> ``(out, lse in tile order, tiling)``."""
+    q, k, v = autocast_inputs(q, k, v)  # under autocast: the dtype the op runs in (amp.py)
     _check_qkv(q, k, v)
     tiling = make_tiling(frame_shape, f_tied, h_reduce, w_reduce)
     num_iters, scale = _check_query_args(q, tiling, num_iters, sm_scale)
@@ -206,6 +215,7 @@ def _attention_tiles(qt, kt, vt, tiling: Tiling, scale: float, cbf: int, num_ite
     return from_tiles(z, tiling), lse
 
 
+@ops.traceable_errors
 def write_kv_cache(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
@@ -294,6 +304,7 @@ class _NewKVGrad(torch.autograd.Function):
         return None, None, dk[:, -n:], dv[:, -n:]
 
 
+@ops.traceable_errors
 def monarch_attention_kv_cache(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -322,7 +333,8 @@ def monarch_attention_kv_cache(
             the gradient of those cache rows flows to them: Self-Forcing training.
 
     Returns:
-        ``(B, Sq, nh, d)``.
+        ``(B, Sq, nh, d)``; under ``torch.autocast`` q and the visible cache slice are cast to the
+        autocast dtype (the cache itself is not), as for :func:`monarch_attention`.
 
     Example:
         >>> kc, vc = torch.zeros(1, 4 * 60, 2, 16), torch.zeros(1, 4 * 60, 2, 16)
@@ -331,7 +343,8 @@ def monarch_attention_kv_cache(
         >>> monarch_attention_kv_cache(torch.randn(1, 60, 2, 16), kc, vc, 1, (6, 10)).shape
         torch.Size([1, 60, 2, 16])
     """
-    _check_qkv(q, k_cache, v_cache, names=("q", "k_cache", "v_cache"))
+    q = autocast_inputs(q)
+    _check_qkv(q, k_cache, v_cache, names=("q", "k_cache", "v_cache"), autocast=True)
     tiling = make_tiling(frame_shape, f_tied, h_reduce, w_reduce)
     max_frames = _check_seq("k_cache", k_cache.shape[1], tiling)
     _check_int("kv_frames", kv_frames)
@@ -339,13 +352,16 @@ def monarch_attention_kv_cache(
         raise ValueError(
             f"kv_frames={kv_frames} must be <= {max_frames} (cache frames) and a multiple of f_tied={f_tied}"
         )
-    k_slice = k_cache[:, : kv_frames * tiling.tokens_per_frame]
-    v_slice = v_cache[:, : kv_frames * tiling.tokens_per_frame]
+    # under autocast only the visible slice is cast (amp.py), never the whole cache
+    k_slice, v_slice = autocast_inputs(
+        k_cache[:, : kv_frames * tiling.tokens_per_frame], v_cache[:, : kv_frames * tiling.tokens_per_frame]
+    )
     if (new_k is None) != (new_v is None):
         raise ValueError("pass both new_k and new_v, or neither")
     if new_k is not None:
         if k_cache.requires_grad or v_cache.requires_grad:
             raise ValueError("the cache requires grad, so gradients reach it directly; do not pass new_k/new_v")
+        new_k, new_v = autocast_inputs(new_k, new_v)
         _check_qkv(q, new_k, new_v, names=("q", "new_k", "new_v"))
         n_new = _check_seq("new_k", new_k.shape[1], tiling)
         if n_new > kv_frames:

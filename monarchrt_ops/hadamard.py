@@ -3,53 +3,32 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
 from . import ops
-from .hadamard_matrices import SPECIAL_ORDERS, factor
+from .hadamard_matrices import MAX_POW2, MAX_SPECIAL_POW2, supported_size  # noqa: F401  (public names)
+from .limits import HADAMARD_DTYPES, check_hadamard_input  # noqa: F401  (HADAMARD_DTYPES: a public name)
 from .registry import backend_names
 
-MAX_POW2 = 1 << 16
-MAX_SPECIAL_POW2 = 1 << 12  # n = m * 2^k with k <= 12
-HADAMARD_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
-
-def _is_pow2(n: int) -> bool:
-    return n >= 1 and n & (n - 1) == 0
-
-
-def supported_size(n: int) -> tuple[int, int]:
-    """n -> (m, 2^k) as ``factor`` splits it, or ValueError naming what is accepted. The limit on 2^k
-    applies to the documented form m * 2^k: 40 * 4096 is accepted though ``factor`` splits it as 20 * 8192."""
-    f = factor(n) if isinstance(n, int) and n >= 1 else None
-    special_ok = any(n % m == 0 and _is_pow2(n // m) and n // m <= MAX_SPECIAL_POW2 for m in SPECIAL_ORDERS)
-    if f is None or (f[0] == 1 and n > MAX_POW2) or (f[0] > 1 and not special_ok):
-        raise ValueError(
-            f"hadamard: last dim n={n} is not supported; use 2^k (2 <= n <= {MAX_POW2}) or m*2^k with "
-            f"m in {SPECIAL_ORDERS} and 2^k <= {MAX_SPECIAL_POW2}"
-        )
-    return f
-
-
-def _check(x, scale, backend) -> tuple[int, int, float, str]:
+def _check(x, scale, backend) -> tuple[float, str]:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"hadamard: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in HADAMARD_DTYPES:
-        raise TypeError(f"hadamard: x.dtype={x.dtype} is not supported; use one of {HADAMARD_DTYPES}")
-    if x.dim() == 0:
-        raise ValueError("hadamard: x must have at least one dimension")
-    n = x.shape[-1]
-    m, n2 = supported_size(n)
+    check_hadamard_input(x)
     if scale is None:
-        scale = 1.0 / math.sqrt(n)
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise TypeError(f"hadamard: scale must be a finite float or None, got {scale!r}")
+        scale = 1.0 / math.sqrt(x.shape[-1])
+    elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"hadamard: scale must be a finite float or None, got {type(scale).__name__} {scale!r}")
+    elif not math.isfinite(scale):
+        raise ValueError(f"hadamard: scale={scale!r} must be finite")
     if backend is not None and backend not in backend_names("hadamard"):
         raise ValueError(f"backend={backend!r} is not one of {backend_names('hadamard')} (or None for automatic)")
-    return m, n2, float(scale), backend or ""
+    return float(scale), backend or ""
 
 
+@ops.traceable_errors
 def hadamard(
     x: torch.Tensor, scale: float | None = None, *, fp32_intermediate: bool = False, backend: str | None = None
 ) -> torch.Tensor:
@@ -74,16 +53,17 @@ def hadamard(
         >>> torch.allclose(hadamard(hadamard(x)), x, atol=1e-5)
         True
     """
-    m, n2, scale, backend = _check(x, scale, backend)
+    scale, backend = _check(x, scale, backend)
     return ops.hadamard(x, scale, False, bool(fp32_intermediate), backend)
 
 
+@ops.traceable_errors
 def hadamard_(
     x: torch.Tensor, scale: float | None = None, *, fp32_intermediate: bool = False, backend: str | None = None
 ) -> None:
     """In-place :func:`hadamard`: overwrites ``x`` and returns None (an aliasing return would break
     CUDA graphs). Not differentiable: raises if x requires grad. x must be contiguous."""
-    m, n2, scale, backend = _check(x, scale, backend)
+    scale, backend = _check(x, scale, backend)
     if x.requires_grad:
         raise ValueError("hadamard_: x requires grad; use hadamard(x) for autograd")
     if not x.is_contiguous():

@@ -85,6 +85,27 @@ def factor(n: int) -> tuple[int, int] | None:
     return None
 
 
+MAX_POW2 = 1 << 16
+MAX_SPECIAL_POW2 = 1 << 12  # n = m * 2^k with k <= 12
+
+
+def _is_pow2(n: int) -> bool:
+    return n >= 1 and n & (n - 1) == 0
+
+
+def supported_size(n: int) -> tuple[int, int]:
+    """n -> (m, 2^k) as ``factor`` splits it, or ValueError naming what is accepted. The limit on 2^k
+    applies to the documented form m * 2^k: 40 * 4096 is accepted though ``factor`` splits it as 20 * 8192."""
+    f = factor(n) if isinstance(n, int) and n >= 2 else None
+    special_ok = any(n % m == 0 and _is_pow2(n // m) and n // m <= MAX_SPECIAL_POW2 for m in SPECIAL_ORDERS)
+    if f is None or (f[0] == 1 and n > MAX_POW2) or (f[0] > 1 and not special_ok):
+        raise ValueError(
+            f"hadamard: last dim n={n} is not supported; use 2^k (2 <= n <= {MAX_POW2}) or m*2^k with "
+            f"m in {SPECIAL_ORDERS} and 2^k <= {MAX_SPECIAL_POW2}"
+        )
+    return f
+
+
 def hadamard_matrix(n: int) -> torch.Tensor:
     """Dense H_n = H_m (x) H_{2^k}, float64 (for tests and small references)."""
     m, p = factor(n)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from .amp import autocast_dtype_of
 from .attention import (
     FLOAT_DTYPES,
     MAX_HEAD_DIM,
@@ -35,6 +36,7 @@ from .attention import (
     write_kv_cache,
 )
 from .layout import Tiling, from_tile_sequence
+from .ops import traceable_errors
 
 
 class MonarchKVCache:
@@ -88,7 +90,10 @@ class MonarchKVCache:
         if dtype not in FLOAT_DTYPES:
             raise TypeError(f"dtype={dtype} is not supported; use one of {FLOAT_DTYPES}")
         self.dtype = dtype
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        try:
+            self.device = torch.device(device) if device is not None else torch.device("cpu")
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device={device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:0')") from None
         _check_int("max_frames", max_frames)
         self._check_multiple("max_frames", max_frames)
         self.sink_size = _check_int("sink_size", sink_size, minimum=0)
@@ -155,8 +160,9 @@ class MonarchKVCache:
         if frames % self.tiling.f_tied:
             raise ValueError(f"{name}={frames} must be a multiple of f_tied={self.tiling.f_tied}")
 
-    def _frames_of(self, name: str, x) -> int:
-        """Validate a ``(B, S, nh, d)`` tensor against the cache; return its frame count."""
+    def _frames_of(self, name: str, x, autocast: bool = False) -> int:
+        """Validate a ``(B, S, nh, d)`` tensor against the cache; return its frame count.
+        ``autocast``: a query, compared in the dtype attention runs in (amp.py)."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4:
@@ -165,7 +171,8 @@ class MonarchKVCache:
         for (what, expected), got in zip(want.items(), (x.shape[0], x.shape[2], x.shape[3]), strict=True):
             if got != expected:
                 raise ValueError(f"{name} has {what}={got}, but this cache was made for {what}={expected}")
-        if x.dtype != self.dtype:
+        dtype_of = autocast_dtype_of if autocast else (lambda t: t.dtype)
+        if dtype_of(x) != dtype_of(self.k_buffer):
             raise TypeError(f"{name}.dtype={x.dtype}, but this cache holds {self.dtype} (no silent cast)")
         if x.device != self.device:
             raise ValueError(f"{name} is on {x.device}, but this cache is on {self.device}")
@@ -182,6 +189,7 @@ class MonarchKVCache:
         return frames
 
     # ------------------------------------------------------------------ writes
+    @traceable_errors
     def write(self, new_k: torch.Tensor, new_v: torch.Tensor, start_frame: int | None = None) -> None:
         """Write a chunk of keys/values (natural order, ``(B, n*H*W, nh, d)``).
 
@@ -250,6 +258,7 @@ class MonarchKVCache:
         return self._filled - evict
 
     # ------------------------------------------------------------------ reads
+    @traceable_errors
     def attend(
         self,
         q: torch.Tensor,
@@ -262,11 +271,12 @@ class MonarchKVCache:
 
         No mask: the chunk sees all cached frames, including its own when it was written first
         (Self-Forcing). Gradients flow to ``q`` and to the K/V of the last write (when they require
-        grad), never into the buffers.
+        grad), never into the buffers. Under ``torch.autocast``, q and the filled slice are cast to
+        the autocast dtype (:func:`~monarchrt_ops.monarch_attention_kv_cache`); writes never cast.
         """
         if self._filled == 0:
             raise ValueError("the cache is empty: write keys/values before attending")
-        self._frames_of("q", q)
+        self._frames_of("q", q, autocast=True)
         new_k = new_v = None
         if self._last is not None:
             _, _, lk, lv = self._last

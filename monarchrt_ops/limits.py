@@ -1,12 +1,16 @@
-"""Limits of the attention arguments that every backend shares, stated once.
+"""Limits of the op arguments that every backend shares, and the cheap checks the torch ops run
+themselves (a direct ``torch.ops`` call or a compiled graph skips the public functions), stated once.
 
 Kernels state narrower limits of their own through ``supports()``; these bound what the public
-functions and the torch ops accept at all.
+functions and the torch ops accept at all. Every check raises ValueError/TypeError naming the
+argument, touches no device memory, and runs in the ops' fake impls too.
 """
 
 from __future__ import annotations
 
 import torch
+
+from .hadamard_matrices import supported_size
 
 MAX_HEAD_DIM = 256  # the reference takes any size; kernels take 64/128 (supports())
 # VMonarch-style alternating updates converge in a handful of iterations; a bound keeps a typo
@@ -32,3 +36,41 @@ def check_attention_params(sm_scale, causal_block_tiles, num_iters, dtype) -> No
     lo, hi = SM_SCALE_RANGE.get(dtype, SM_SCALE_RANGE[torch.float32])
     if not lo <= sm_scale <= hi:
         raise ValueError(f"sm_scale={sm_scale} must be in [{lo:g}, {hi:g}] for {dtype}")
+
+
+HADAMARD_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_hadamard_input(x) -> None:
+    """x's dtype, rank and last dim for the Hadamard transform. A symbolic last dim (a fake impl
+    traced with dynamic shapes) is left to the eager impl, which sees the concrete size."""
+    if x.dtype not in HADAMARD_DTYPES:
+        raise TypeError(f"hadamard: x.dtype={x.dtype} is not supported; use one of {HADAMARD_DTYPES}")
+    if x.dim() == 0:
+        raise ValueError("hadamard: x must have at least one dimension")
+    if not isinstance(x.shape[-1], torch.SymInt):
+        supported_size(x.shape[-1])
+
+
+def check_monarch_matmul(x, w1, w2) -> None:
+    """Ranks, block sizes, shapes, dtypes and devices of ``monarch_matmul(x, w1 (k, q, p), w2 (l, s, r))``."""
+    for name, t in (("w1", w1), ("w2", w2)):
+        if t.dim() != 3:
+            raise ValueError(f"monarch_matmul: {name} must be 3-D, got shape {tuple(t.shape)}")
+    if x.dim() < 1:
+        raise ValueError("monarch_matmul: x must have a last dim")
+    if not (x.dtype == w1.dtype == w2.dtype) or not x.is_floating_point():
+        raise TypeError(f"monarch_matmul: x, w1, w2 must share a float dtype, got {x.dtype}, {w1.dtype}, {w2.dtype}")
+    if not (x.device == w1.device == w2.device):
+        raise ValueError(f"monarch_matmul: x, w1, w2 must be on one device, got {x.device}, {w1.device}, {w2.device}")
+    for name, t, dims in (("w1", w1, "(k, q, p)"), ("w2", w2, "(l, s, r)")):
+        if min(t.shape) < 1:
+            raise ValueError(
+                f"monarch_matmul: {name} {dims} = {tuple(t.shape)} has a zero block size; all must be >= 1"
+            )
+    k, q, p = w1.shape
+    l, s, r = w2.shape
+    if x.shape[-1] != k * p:
+        raise ValueError(f"monarch_matmul: x's last dim {x.shape[-1]} != k*p = {k}*{p} of w1 {tuple(w1.shape)}")
+    if l * r != k * q:
+        raise ValueError(f"monarch_matmul: w2 {tuple(w2.shape)} needs l*r = k*q = {k * q}, got {l}*{r}")

@@ -7,43 +7,35 @@ import math
 import torch
 
 from . import ops
+from .amp import autocast_inputs
+from .limits import check_monarch_matmul
 from .registry import backend_names
 
 
 def _check(x, w1, w2, backend) -> str:
-    for name, t, dim in (("x", x, None), ("w1", w1, 3), ("w2", w2, 3)):
+    for name, t in (("x", x), ("w1", w1), ("w2", w2)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"monarch_matmul: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if dim is not None and t.dim() != dim:
-            raise ValueError(f"monarch_matmul: {name} must be 3-D, got shape {tuple(t.shape)}")
-    if x.dim() < 1:
-        raise ValueError("monarch_matmul: x must have a last dim")
-    if not (x.dtype == w1.dtype == w2.dtype) or not x.is_floating_point():
-        raise TypeError(f"monarch_matmul: x, w1, w2 must share a float dtype, got {x.dtype}, {w1.dtype}, {w2.dtype}")
-    if not (x.device == w1.device == w2.device):
-        raise ValueError(f"monarch_matmul: x, w1, w2 must be on one device, got {x.device}, {w1.device}, {w2.device}")
-    k, q, p = w1.shape
-    l, s, r = w2.shape
-    if x.shape[-1] != k * p:
-        raise ValueError(f"monarch_matmul: x's last dim {x.shape[-1]} != k*p = {k}*{p} of w1 {tuple(w1.shape)}")
-    if l * r != k * q:
-        raise ValueError(f"monarch_matmul: w2 {tuple(w2.shape)} needs l*r = k*q = {k * q}, got {l}*{r}")
+    check_monarch_matmul(x, w1, w2)
     if backend is not None and backend not in backend_names("monarch_matmul"):
         raise ValueError(f"backend={backend!r} is not one of {backend_names('monarch_matmul')} (or None)")
     return backend or ""
 
 
+@ops.traceable_errors
 def monarch_matmul(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
     """Monarch product ``(..., k*p) -> (..., s*l)`` with ``w1 (k, q, p)``, ``w2 (l, s, r)``, ``l*r = k*q``.
 
     Equals ``x @ M.T`` for the dense Monarch matrix M = P2 B2 P1 B1 (block-diagonal B1, B2 and the
-    two reorders of docs/math.md). Differentiable in x, w1 and w2.
+    two reorders of docs/math.md). Differentiable in x, w1 and w2. Under ``torch.autocast`` it runs in
+    the autocast dtype like ``torch.matmul`` (x, w1, w2 cast; float64 kept), eagerly and compiled.
 
     Example:
         >>> x = torch.randn(8, 16)
         >>> monarch_matmul(x, torch.randn(4, 4, 4), torch.randn(4, 4, 4)).shape
         torch.Size([8, 16])
     """
+    x, w1, w2 = autocast_inputs(x, w1, w2)  # under autocast: the dtype the op runs in (amp.py)
     return ops.monarch_matmul(x, w1, w2, _check(x, w1, w2, backend))
 
 
@@ -52,7 +44,9 @@ class MonarchLinear(torch.nn.Module):
 
     ``nblocks`` blocks: w1 ``(nblocks, width, in/nblocks)``, w2 ``(nblocks, out/nblocks, width)`` with
     ``width = max(in, out) / nblocks``; in and out must divide by nblocks. Parameters:
-    ``nblocks * width * (in + out) / nblocks`` against ``in * out`` for nn.Linear.
+    ``nblocks * width * (in + out) / nblocks`` against ``in * out`` for nn.Linear. Under
+    ``torch.autocast`` it behaves as nn.Linear does: input, weights and bias in the autocast dtype,
+    output in that dtype, gradients of the fp32 parameters in fp32.
     """
 
     def __init__(self, in_features: int, out_features: int, nblocks: int, bias: bool = True, device=None, dtype=None):
@@ -89,7 +83,9 @@ class MonarchLinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = monarch_matmul(x, self.w1, self.w2)
-        return y + self.bias if self.bias is not None else y
+        # in y's dtype, as nn.Linear's addmm: under autocast y is in the autocast dtype, and an fp32
+        # bias would promote the sum back to fp32
+        return y + self.bias.to(y.dtype) if self.bias is not None else y
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, nblocks={self.nblocks}"

@@ -14,24 +14,31 @@ Ops (namespace ``monarchrt`` unless ``MONARCHRT_OPS_NAMESPACE`` names another, f
 - ``hadamard(x, scale, transpose, fp32_intermediate, backend) -> y`` (autograd: the transform with H
   transposed) and ``hadamard_(x, scale, transpose, fp32_intermediate, backend) -> ()`` in place.
 - ``monarch_matmul(x, w1, w2, backend) -> y`` (autograd in closed form, structured_reference.py).
+- ``argument_error(kind, message) -> ()`` raises ``ValueError``/``TypeError(message)``, eagerly and in its
+  fake impl: how a public function's argument error reaches a ``torch.compile(fullgraph=True)`` user
+  (:func:`traceable_errors`).
 
 Inputs are validated by the public functions (attention.py, hadamard.py, monarch_matmul.py); the
 attention ops also run the cheap checks of limits.py themselves, eagerly and when traced, since a
 direct ``torch.ops`` call (vendoring, compile) skips the public functions. A second derivative
 through attention raises (``attention_backward`` has no derivative of its own).
+Under ``torch.autocast``, ``attention`` and ``monarch_matmul`` run in the autocast dtype and the other
+ops ignore it (amp.py), the same eagerly and compiled.
 Registering twice (a second import of a vendored copy, a reload) reuses the ops already there.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
 
+from . import amp
 from . import backends as _backends  # noqa: F401  (registers the backends)
 from .arch import arch_of
 from .hadamard_matrices import factor
-from .limits import check_attention_params
+from .limits import check_attention_params, check_hadamard_input, check_monarch_matmul
 from .problem import AttentionProblem, HadamardProblem, MonarchMatmulProblem
 from .reference import compute_dtype
 from .registry import select
@@ -108,7 +115,20 @@ def _attention_backward_autograd(ctx, dout, dlse):
     return (dq, dk, dv) + (None,) * len(ctx.params)
 
 
+def _check_kv_cache_write(k_cache, v_cache, new_k, new_v, start) -> None:
+    if k_cache.dim() != 4 or k_cache.shape != v_cache.shape or new_k.shape != new_v.shape or new_k.dim() != 4:
+        raise ValueError(
+            f"kv_cache_write takes caches (B, S, nh, d) of one shape and new_k, new_v (B, n, nh, d) of one shape, "
+            f"got {tuple(k_cache.shape)}, {tuple(v_cache.shape)}, {tuple(new_k.shape)}, {tuple(new_v.shape)}"
+        )
+    if new_k.shape[0] != k_cache.shape[0] or new_k.shape[2:] != k_cache.shape[2:]:
+        raise ValueError(f"new_k {tuple(new_k.shape)} and k_cache {tuple(k_cache.shape)} differ in batch, heads or d")
+    if start < 0 or start + new_k.shape[1] > k_cache.shape[1]:
+        raise ValueError(f"start={start}: tokens [{start}, {start + new_k.shape[1]}) do not fit {k_cache.shape[1]}")
+
+
 def _kv_cache_write_impl(k_cache, v_cache, new_k, new_v, start):
+    _check_kv_cache_write(k_cache, v_cache, new_k, new_v, start)
     n = new_k.shape[1]
     k_cache[:, start : start + n].copy_(new_k)
     v_cache[:, start : start + n].copy_(new_v)
@@ -127,11 +147,24 @@ def _hadamard_rows(x, out, scale, transpose, fp32_intermediate, backend):
 
 
 def _hadamard_impl(x, scale, transpose, fp32_intermediate, backend):
+    check_hadamard_input(x)
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     return _hadamard_rows(x2, torch.empty_like(x2), scale, transpose, fp32_intermediate, backend).reshape(x.shape)
 
 
+def _check_inplace(x) -> None:
+    check_hadamard_input(x)
+    if not x.is_contiguous():
+        raise ValueError("hadamard_: x must be contiguous to be transformed in place")
+
+
+def _hadamard_fake(x, *args):
+    check_hadamard_input(x)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
 def _hadamard_inplace_impl(x, scale, transpose, fp32_intermediate, backend):
+    _check_inplace(x)
     x2 = x.view(-1, x.shape[-1])
     _hadamard_rows(x2, x2, scale, transpose, fp32_intermediate, backend)
 
@@ -147,6 +180,7 @@ def _hadamard_backward(ctx, dy):
 
 
 def _monarch_matmul_impl(x, w1, w2, backend):
+    check_monarch_matmul(x, w1, w2)
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     problem = MonarchMatmulProblem(x2.shape[0], tuple(w1.shape), tuple(w2.shape), x.dtype)
     sel = select("monarch_matmul", problem, arch_of(x.device), backend or None)
@@ -155,6 +189,7 @@ def _monarch_matmul_impl(x, w1, w2, backend):
 
 
 def _monarch_matmul_fake(x, w1, w2, backend):
+    check_monarch_matmul(x, w1, w2)
     return x.new_empty(*x.shape[:-1], w2.shape[0] * w2.shape[1])
 
 
@@ -164,6 +199,36 @@ def _monarch_matmul_setup_context(ctx, inputs, output):
 
 def _monarch_matmul_backward(ctx, dout):
     return (*reference_monarch_matmul_backward(dout, *ctx.saved_tensors), None)
+
+
+_ARGUMENT_ERRORS = {"ValueError": ValueError, "TypeError": TypeError}
+
+
+def _argument_error(kind, message):
+    raise _ARGUMENT_ERRORS[kind](message)
+
+
+def traceable_errors(fn):
+    """Decorate a public function so that its argument errors reach the user under
+    ``torch.compile(fullgraph=True)``. Dynamo turns a ``raise`` it traces into ``Unsupported:
+    Observed exception`` with the message only in its debug context; here the error goes to the
+    ``argument_error`` op, whose fake impl raises it while Dynamo traces, so the compile error says
+    ``got ValueError('<message>')`` (and its traceback ends in it). Eager calls run ``fn`` as is."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if not torch.compiler.is_compiling():
+            return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, TypeError) as e:
+            _lookup("argument_error")(type(e).__name__, str(e))
+            raise
+
+    # a code object of its own per function: Dynamo caches compiled frames per code object, and one
+    # shared by every public function would share one recompile limit when they are compiled directly
+    wrapper.__code__ = wrapper.__code__.replace(co_name=fn.__name__, co_qualname=fn.__qualname__)
+    return wrapper
 
 
 def _lookup(name: str):
@@ -189,6 +254,7 @@ _SCHEMAS = {
     "hadamard": "(Tensor x, float scale, bool transpose, bool fp32_intermediate, str backend) -> Tensor",
     "hadamard_": "(Tensor(a!) x, float scale, bool transpose, bool fp32_intermediate, str backend) -> ()",
     "monarch_matmul": "(Tensor x, Tensor w1, Tensor w2, str backend) -> Tensor",
+    "argument_error": "(str kind, str message) -> ()",
 }
 _AUTOGRAD = {
     "attention": (_attention_backward_autograd, _setup_context),
@@ -202,10 +268,11 @@ def _register() -> None:
     impls = {
         "attention": (_attention_impl, _attention_fake),
         "attention_backward": (_attention_backward_impl, _attention_backward_fake),
-        "kv_cache_write": (_kv_cache_write_impl, lambda *args: None),
-        "hadamard": (_hadamard_impl, lambda x, *args: torch.empty_like(x, memory_format=torch.contiguous_format)),
-        "hadamard_": (_hadamard_inplace_impl, lambda *args: None),
+        "kv_cache_write": (_kv_cache_write_impl, _check_kv_cache_write),
+        "hadamard": (_hadamard_impl, _hadamard_fake),
+        "hadamard_": (_hadamard_inplace_impl, lambda x, *args: _check_inplace(x)),
         "monarch_matmul": (_monarch_matmul_impl, _monarch_matmul_fake),
+        "argument_error": (_argument_error, _argument_error),
     }
     for name, (impl, fake) in impls.items():
         if _exists(name):
@@ -217,6 +284,7 @@ def _register() -> None:
         if name in _AUTOGRAD:
             backward, setup_context = _AUTOGRAD[name]
             torch.library.register_autograd(qualname, backward, setup_context=setup_context, lib=lib)
+        amp.register(lib, name, _lookup(name))  # the autocast policy of amp.py
     _libraries.append(lib)  # a Library deregisters its ops when garbage-collected
 
 
@@ -229,3 +297,4 @@ kv_cache_write = _lookup("kv_cache_write")
 hadamard = _lookup("hadamard")
 hadamard_ = _lookup("hadamard_")
 monarch_matmul = _lookup("monarch_matmul")
+argument_error = _lookup("argument_error")

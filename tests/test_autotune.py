@@ -291,3 +291,117 @@ def test_attention_case_checks_configs_against_the_reference():
     case.ref = (case.ref[0] + 1.0,)  # a wrong answer must lose, whatever its time
     bad = case.measure(default)
     assert not bad.ok and bad.error.startswith("rel_err")
+
+
+# Hardening (issue 18 item 9): a stored study is deleted only on request, arguments are checked, and a
+# trial a killed worker left RUNNING is failed and its config measured again.
+def _quiet_search(timer, storage, **kw):
+    kw = {"n_trials": 10, "seed": 3, "study_name": "t", "top_k": 1, "progress": lambda s: None, **kw}
+    return search(SPACE, is_valid, timer, storage=storage, **kw)
+
+
+def test_a_stored_study_is_never_deleted_without_fresh(tmp_path):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    _quiet_search(Counter(), storage)
+    complete = lambda: [t for t in optuna.load_study(study_name="t", storage=storage).trials  # noqa: E731
+                        if t.state == optuna.trial.TrialState.COMPLETE]  # fmt: skip
+    with pytest.raises(ValueError, match=r"study 't' in sqlite:.* already holds \d+ trials.*--resume.*--fresh"):
+        _quiet_search(Counter(), storage)  # a rerun without --resume: refused, nothing discarded
+    assert len(complete()) == 10
+    with pytest.raises(ValueError, match="resume and fresh exclude each other"):
+        _quiet_search(Counter(), storage, resume=True, fresh=True)
+    again = Counter()
+    res = _quiet_search(again, storage, fresh=True)  # explicit: starts over
+    assert res.trials == 10 and len(again.calls) == 10 + 1 and len(complete()) == 10
+
+
+def test_a_second_worker_without_resume_leaves_the_first_running(tmp_path):
+    """The second worker starts while the first is inside a trial: it used to delete the shared study,
+    and the first died inside Optuna (UnboundLocalError)."""
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    errors = []
+
+    class FirstWorker(Counter):
+        def __call__(self, c):
+            if len(self.calls) == 2:
+                try:
+                    _quiet_search(Counter(), storage)
+                except ValueError as e:
+                    errors.append(str(e))
+            return super().__call__(c)
+
+    res = _quiet_search(FirstWorker(), storage, resume=True)
+    assert len(errors) == 1 and "pass --resume" in errors[0]
+    assert res.trials == 10
+
+
+@pytest.mark.parametrize(
+    "kw, match", [({"n_trials": 0}, "n_trials=0 must be an int >= 1"), ({"top_k": 0}, "top_k=0 must be an int >= 1")]
+)
+def test_search_arguments_are_checked(kw, match):
+    with pytest.raises(ValueError, match=match):
+        search(SPACE, is_valid, Counter(), **{"n_trials": 5, "progress": lambda s: None, **kw})
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--gpu", "h100", "--trials", "0"], "argument --trials: 0 must be >= 1"),
+        (["--gpu", "h100", "--trials", "x"], "argument --trials: 'x' is not an int"),
+        (["--gpu", "h100", "--resume", "--fresh"], "argument --fresh: not allowed with argument --resume"),
+        (["--gpu", "h100", "--shapes", "nope"], "--shapes: unknown shape 'nope'"),
+    ],
+    ids=["trials-0", "trials-text", "resume-and-fresh", "unknown-shape"],
+)
+def test_tune_cli_rejects_bad_arguments(argv, match, capsys):
+    from monarchrt_ops.autotune import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    assert match in capsys.readouterr().err
+
+
+_KILLED_WORKER = """
+import os, sys
+sys.path.insert(0, {tests!r})
+from monarchrt_ops.autotune import search as s
+from test_autotune import SPACE, is_valid, Counter
+s.HEARTBEAT_S, s.GRACE_S = 1, 1
+class Dies(Counter):
+    def __call__(self, c):
+        if len(self.calls) == 3:
+            os._exit(7)  # killed inside its fourth trial
+        return super().__call__(c)
+s.search(SPACE, is_valid, Dies(), n_trials=20, seed=0, storage={storage!r}, study_name="k", progress=lambda m: None)
+"""
+
+
+def test_a_trial_left_running_by_a_killed_worker_is_measured_again(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+
+    from monarchrt_ops.autotune import search as search_module
+
+    storage = f"sqlite:///{tmp_path / 'killed.db'}"
+    code = _KILLED_WORKER.format(tests=os.path.dirname(__file__), storage=storage)
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 7
+    study = optuna.load_study(study_name="k", storage=storage)
+    running = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert len(running) == 1 and len([t for t in study.trials if t.state.is_finished()]) == 3
+    monkeypatch.setattr(search_module, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(search_module, "GRACE_S", 1)
+    time.sleep(2.5)  # the dead worker's heartbeat goes stale
+    timer = Counter()
+    res = search(SPACE, is_valid, timer, n_trials=20, seed=0, storage=storage, study_name="k", resume=True,
+                 top_k=1, progress=lambda m: None)  # fmt: skip
+    states = [t.state for t in optuna.load_study(study_name="k", storage=storage).trials]
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert res.trials == 20
+    assert running[0].params in timer.calls  # the killed trial's config was measured after all

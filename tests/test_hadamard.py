@@ -118,3 +118,83 @@ def test_fp32_intermediate_rounds_once(n, poison_empty):
     once = rel_err(m.hadamard(xh, fp32_intermediate=True, backend="triton"), ref)
     assert once <= per_factor
     assert once < 2**-11  # one fp16 rounding of the output: relative error below half an ulp, ~4.9e-4
+
+
+@pytest.mark.parametrize("backend", [None, "eager", "aot_eager"], ids=["eager-call", "compile-eager", "aot_eager"])
+@pytest.mark.parametrize("n", [64, 40])  # 40: the H_20 factor, an einsum an autocast region used to run in bf16
+def test_autocast_is_ignored_eager_and_compiled(n, backend):
+    """Hadamard ignores autocast (monarchrt_ops/amp.py): fp32 in, fp32 computed, fp32 out, as without it."""
+    x = torch.randn(3, n)
+    want = m.hadamard(x)
+    fn = (lambda x: m.hadamard(x)) if backend is None else torch.compile(m.hadamard, fullgraph=True, backend=backend)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = fn(x)
+        y = x.clone()
+        m.hadamard_(y)
+    assert got.dtype == y.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(y, want, rtol=0, atol=0)
+
+
+def test_triton_interpreter_from_several_threads(poison_empty):
+    """The interpreter keeps launch state in globals: concurrent launches used to fail with an
+    InterpreterError ("Did you forget to add @triton.jit ?"); launchers now serialise under it."""
+    pytest.importorskip("triton")
+    if GPU:
+        pytest.skip("the interpreter tier (CPU)")
+    import concurrent.futures
+
+    x = torch.randn(4, 64, dtype=torch.float64)
+    ref = m.hadamard(x, backend="reference")
+    w1, w2 = torch.randn(4, 4, 4, dtype=torch.float64), torch.randn(4, 4, 4, dtype=torch.float64)
+    mm_ref = m.monarch_matmul(x[:, :16], w1, w2, backend="reference")
+
+    def run(i):
+        if i % 2:
+            return rel_err(m.hadamard(x.float(), backend="triton"), ref)
+        return rel_err(m.monarch_matmul(x[:, :16].float(), w1.float(), w2.float(), backend="triton"), mm_ref)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        errors = list(pool.map(run, range(16)))
+    assert max(errors) < TOL[torch.float32]
+
+
+def test_triton_interpret_set_after_the_kernels_were_imported_is_named():
+    import subprocess
+    import sys
+
+    code = (
+        "import os, torch, monarchrt_ops as m\n"
+        "import monarchrt_ops.triton_kernels.hadamard\n"  # kernels defined for the GPU
+        "os.environ['TRITON_INTERPRET'] = '1'\n"
+        "try:\n    m.hadamard(torch.randn(4, 64), backend='triton')\n"
+        "except RuntimeError as e:\n    print(e)\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert "TRITON_INTERPRET is set now, but monarchrt_ops's Triton kernels were compiled for a GPU" in run.stdout
+
+
+@pytest.mark.parametrize(
+    "fn, exc, match",
+    [
+        (lambda: ops.hadamard(torch.randn(2, 72), 1.0, False, False, ""), ValueError, "n=72 is not supported"),
+        (lambda: ops.hadamard_(torch.randn(8, 2).T, 1.0, False, False, ""), ValueError, "must be contiguous"),
+        (lambda: ops.hadamard(torch.randn(2, 8).long(), 1.0, False, False, ""), TypeError, "torch.int64"),
+        (lambda: m.hadamard(torch.randn(2, 1)), ValueError, "n=1 is not supported"),  # documented: 2 <= n
+        (lambda: m.hadamard(torch.randn(2, 8), float("nan")), ValueError, "scale=nan must be finite"),
+    ],
+    ids=["op-size", "op-inplace-strided", "op-dtype", "n=1", "scale-nan"],
+)
+def test_op_checks_its_own_input(fn, exc, match):
+    """A direct torch.ops call used to fail inside the launcher (n=72: 'cannot unpack NoneType')."""
+    with pytest.raises(exc, match=match):
+        fn()
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["public", "op"])
+def test_compiled_fullgraph_argument_error_names_the_argument(direct):
+    torch._dynamo.reset()
+    call = (lambda x: ops.hadamard(x, 1.0, False, False, "")) if direct else m.hadamard
+    with pytest.raises(torch._dynamo.exc.TorchRuntimeError, match=r"got ValueError\('hadamard: last dim n=72"):
+        torch.compile(call, fullgraph=True, backend="eager")(torch.randn(2, 72))

@@ -187,3 +187,20 @@ def test_compiled_kv_loop_compiles_once_for_every_length():
         want = monarch_attention_kv_cache(q, k_cache, v_cache, i + 1, shape)
         torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])
+
+
+def test_autocast_casts_the_query_and_the_filled_slice_and_never_the_writes():
+    """amp.py: attention in the region's dtype (q and the visible slice cast), the buffers untouched,
+    a write in another dtype refused as outside autocast."""
+    q, k, v = (x.float() for x in chunks(4))
+    cache = MonarchKVCache(1, NH, D, SHAPE, 4, dtype=torch.float32, **TILING)
+    cache.append(frames_of(k, 0, 2), frames_of(v, 0, 2))
+    want = monarch_attention(*(frames_of(x, 0, 2).bfloat16() for x in (q, k, v)), SHAPE, **TILING)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for query in (frames_of(q, 0, 2), frames_of(q, 0, 2).bfloat16()):
+            out = cache.attend(query)
+            assert out.dtype == torch.bfloat16
+            torch.testing.assert_close(out, want, rtol=0, atol=0)
+        with pytest.raises(TypeError, match="new_k.dtype=torch.bfloat16, but this cache holds torch.float32"):
+            cache.append(frames_of(k, 2, 4).bfloat16(), frames_of(v, 2, 4).bfloat16())
+    assert cache.k_buffer.dtype == torch.float32

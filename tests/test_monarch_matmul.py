@@ -111,3 +111,78 @@ def test_triton_matches_reference(name, dtype, poison_empty):
 def test_monarch_linear_rejects_bad_sizes(args, exc, match):
     with pytest.raises(exc, match=match):
         m.MonarchLinear(*args)
+
+
+# Autocast (issue 18): monarch_matmul runs in the autocast dtype like torch.matmul, eagerly and compiled,
+# and MonarchLinear is a drop-in nn.Linear inside an autocast region.
+def _compiled(fn, backend):
+    return fn if backend is None else torch.compile(fn, fullgraph=True, backend=backend)
+
+
+@pytest.mark.parametrize("backend", [None, "eager", "aot_eager"], ids=["eager-call", "compile-eager", "aot_eager"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_autocast_runs_in_the_region_dtype_eager_and_compiled(dtype, backend):
+    g = torch.Generator().manual_seed(0)
+    x, w1, w2 = (torch.randn(*s, generator=g) for s in ((6, 16), (4, 4, 4), (4, 4, 4)))
+    want = m.monarch_matmul(x.to(dtype), w1.to(dtype), w2.to(dtype))  # no autocast: the op on cast inputs
+    fn = _compiled(lambda x: m.monarch_matmul(x, w1, w2), backend)
+    with torch.autocast("cpu", dtype=dtype):
+        got = fn(x)
+        direct = _compiled(lambda x: ops.monarch_matmul(x, w1, w2, ""), backend)(x)  # the op itself
+    assert got.dtype == direct.dtype == dtype
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(direct, want, rtol=0, atol=0)
+    with torch.autocast("cpu", dtype=dtype):  # float64 is never cast, as for torch.matmul
+        assert m.monarch_matmul(x.double(), w1.double(), w2.double()).dtype == torch.float64
+
+
+@pytest.mark.parametrize("backend", [None, "aot_eager"], ids=["eager-call", "aot_eager"])
+def test_monarch_linear_after_an_autocast_linear_is_a_drop_in(backend):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), m.MonarchLinear(32, 16, nblocks=4))
+    x = torch.randn(5, 16)
+    fn = _compiled(model, backend)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = fn(x)
+        h = model[0](x)
+        dense = torch.nn.Linear(32, 16)(h)  # what nn.Linear does in its place
+    assert y.dtype == dense.dtype == torch.bfloat16
+    mon = model[1]
+    want = m.monarch_matmul(h, mon.w1.bfloat16(), mon.w2.bfloat16()) + mon.bias.bfloat16()
+    torch.testing.assert_close(y, want, rtol=0, atol=0)
+    y.float().square().sum().backward()
+    assert mon.w1.grad.dtype == mon.w2.grad.dtype == mon.bias.grad.dtype == torch.float32
+    assert mon.w1.grad.abs().sum() > 0 and mon.bias.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "shapes, match",
+    [
+        (((2, 0), (0, 3, 4), (3, 0, 2)), r"w1 \(k, q, p\) = \(0, 3, 4\) has a zero block size"),  # failed in reshape
+        (((2, 8), (2, 3, 4), (3, 0, 2)), r"w2 \(l, s, r\) = \(3, 0, 2\) has a zero block size"),
+        (((2, 10), (2, 3, 4), (3, 5, 2)), "last dim 10 != k\\*p"),
+    ],
+    ids=["zero-k", "zero-s", "k*p"],
+)
+@pytest.mark.parametrize("call", ["public", "op", "op-compiled"])
+def test_bad_shapes_name_the_argument_through_every_entry(shapes, match, call):
+    """The op checks its own inputs (a direct torch.ops call failed in reshape with no name), and under
+    torch.compile(fullgraph=True) the message reaches the user through the fake impl."""
+    x, w1, w2 = (torch.randn(*s) for s in shapes)
+    torch._dynamo.reset()  # static shapes: after recompiles the message would show symbolic sizes
+    fn = {
+        "public": lambda: m.monarch_matmul(x, w1, w2),
+        "op": lambda: ops.monarch_matmul(x, w1, w2, ""),
+        "op-compiled": lambda: torch.compile(
+            lambda x: ops.monarch_matmul(x, w1, w2, ""), fullgraph=True, backend="eager"
+        )(x),  # fmt: skip
+    }[call]
+    with pytest.raises((ValueError, torch._dynamo.exc.TorchRuntimeError), match=match):
+        fn()
+
+
+def test_compiled_fullgraph_argument_error_names_the_argument():
+    torch._dynamo.reset()
+    fn = torch.compile(lambda x: m.monarch_matmul(x, torch.randn(2, 3, 4), torch.randn(3, 5, 2)), fullgraph=True)
+    with pytest.raises(torch._dynamo.exc.TorchRuntimeError, match=r"got ValueError\(.monarch_matmul: x's last dim 10"):
+        fn(torch.randn(2, 10))

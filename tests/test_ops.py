@@ -97,3 +97,54 @@ def test_compile_fullgraph_kv_cache_path_matches_eager():
     for a, b in zip(torch.autograd.grad(compiled.sum(), (q, new_k, new_v)),
                     torch.autograd.grad(eager.sum(), (q, new_k, new_v)), strict=True):  # fmt: skip
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("backend", [None, "eager", "aot_eager"], ids=["eager-call", "compile-eager", "aot_eager"])
+def test_autocast_attention_runs_in_the_region_dtype(backend):
+    """Under autocast attention casts q, k, v to the region's dtype (as SDPA), the same eagerly, compiled
+    and through the op; gradients reach the fp32 inputs in fp32 (monarchrt_ops/amp.py)."""
+    q, k, v = qkv(1, 2, 2, (6, 10), 2, 8, dtype=torch.float32, requires_grad=True)
+    want = m.monarch_attention(*(x.bfloat16() for x in (q, k, v)), (6, 10))  # no autocast: cast inputs
+    fn = lambda q, k, v: m.monarch_attention(q, k, v, (6, 10), num_iters=2)  # noqa: E731
+    tiles = lambda x: m.to_tiles(x, m.make_tiling((6, 10)))  # noqa: E731
+    direct = lambda q, k, v: ops.attention(tiles(q), tiles(k), tiles(v), 8**-0.5, 0, 1, "")  # noqa: E731
+    if backend is not None:
+        fn, direct = (torch.compile(f, fullgraph=True, backend=backend) for f in (fn, direct))
+    want2 = m.monarch_attention(*(x.bfloat16() for x in (q, k, v)), (6, 10), num_iters=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = fn(q, k, v.bfloat16())  # mixed inputs are fine: all are cast
+        z, lse = direct(q, k, v)
+    assert got.dtype == z.dtype == torch.bfloat16 and lse.dtype == torch.float32
+    torch.testing.assert_close(got, want2, rtol=0, atol=0)
+    torch.testing.assert_close(m.from_tiles(z, m.make_tiling((6, 10))), want, rtol=0, atol=0)
+    grads = torch.autograd.grad(got.float().sum(), (q, k, v))
+    assert all(g.dtype == torch.float32 and g.abs().sum() > 0 for g in grads)
+
+
+Q6 = torch.randn(1, 120, 2, 8)
+COMPILED_ERRORS = {
+    "num_iters": (lambda q: m.monarch_attention(q, q, q, (6, 10), num_iters=0), "ValueError('num_iters=0 must be >= 1"),
+    "f_tied type": (lambda q: m.monarch_attention(q, q, q, (6, 10), f_tied=1.0), "TypeError('f_tied must be an int"),
+    "tiling": (lambda q: m.monarch_attention(q, q, q, (6, 10), h_reduce=4), "ValueError('H=6 is not divisible"),
+    "kv_frames": (lambda q: m.monarch_attention_kv_cache(q, q, q, 3, (6, 10)), "ValueError('kv_frames=3 must be"),
+    "cache write": (lambda q: m.write_kv_cache(q.clone(), q.clone(), q, q, 1, (6, 10)), "ValueError('frames [1, 3)"),
+    "direct op": (
+        lambda q: ops.attention(
+            q.reshape(1, 2, 6, 10, 2, 8), q.reshape(1, 2, 6, 10, 2, 8), q.reshape(1, 2, 6, 10, 2, 8), 0.3, 0, 0, ""
+        ),
+        "ValueError('num_iters=0 must be in 1..",
+    ),  # fmt: skip
+    "direct write": (lambda q: ops.kv_cache_write(q.clone(), q.clone(), q, q, 60), "ValueError('start=60: tokens"),
+}
+
+
+@pytest.mark.parametrize("name", list(COMPILED_ERRORS))
+def test_compile_fullgraph_argument_errors_carry_the_message(name):
+    """Under fullgraph Dynamo reported a traced raise as 'Observed exception', the message only in its
+    debug context; the public functions forward it to the argument_error op and the ops check in their
+    fake impls, so the error says what was wrong."""
+    fn, message = COMPILED_ERRORS[name]
+    torch._dynamo.reset()
+    with pytest.raises(torch._dynamo.exc.TorchRuntimeError) as info:
+        torch.compile(fn, fullgraph=True, backend="aot_eager")(Q6)
+    assert f"got {message}" in str(info.value)

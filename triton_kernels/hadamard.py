@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from ..hadamard_matrices import SPECIAL_ORDERS, padded_matrix
+from ._interpreter import guarded
 
 # A 128x128 factor measured 77 % of clone at n = 128 and 42 % at n = 2048 = 128 x 16 on an H100,
 # against 99 % for 16 x 16 (bench/NOTES.md): factors stay <= 64 where the size allows.
@@ -107,6 +108,7 @@ def _launch(x, y, m, n2, scale, transpose, apply_m, br, nb, fp32_intermediate):
     )  # fmt: skip
 
 
+@guarded(_hadamard_kernel)
 def hadamard_rows(x, y, m: int, n2: int, scale: float, transpose: bool, config: dict, fp32_intermediate=False):
     """y = x @ (H_m (x) H_n2)^T * scale (H_m^T with transpose) for 2-D ``x [rows, m*n2]``; y may be x.
 

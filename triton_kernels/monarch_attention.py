@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import triton
 
+from ._interpreter import guarded
 from .monarch_attention_bwd import _stage_l_bwd_delta, _stage_l_bwd_kv, _stage_l_bwd_q, _stage_r_bwd_kv, _stage_r_bwd_q
 from .monarch_attention_fwd import _stage_l_fwd, _stage_l_update, _stage_r_fwd
 
@@ -83,6 +84,7 @@ def _update(q, sc: _Scratch, lse, sm_scale, common, config):
     return a_r, c_r
 
 
+@guarded(_stage_r_fwd, _stage_l_fwd, _stage_l_update)
 def monarch_attention_fwd(q, k, v, *, sm_scale: float, causal_block_tiles: int, num_iters: int, config: dict):
     """-> ``(z [B, A, b1, b2, nh, d]`` in q's dtype, ``lse [B, A, b1, b2, nh]`` float32)."""
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
@@ -101,6 +103,10 @@ def monarch_attention_fwd(q, k, v, *, sm_scale: float, causal_block_tiles: int, 
     return z, lse
 
 
+@guarded(
+    _stage_r_fwd, _stage_l_fwd, _stage_l_update, _stage_l_bwd_delta, _stage_l_bwd_kv, _stage_l_bwd_q,
+    _stage_r_bwd_kv, _stage_r_bwd_q,
+)  # fmt: skip
 def monarch_attention_bwd(
     dz, dlse, q, k, v, z, lse, *, sm_scale: float, causal_block_tiles: int, num_iters: int, config: dict
 ):

@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._interpreter import guarded
+
 
 @triton.jit(do_not_specialize=["rows"])  # a new batch size must not compile a new kernel
 def _block_diag_matmul(
@@ -84,6 +86,7 @@ def _precision(dtype: torch.dtype) -> str:
     return "tf32x3" if dtype == torch.float32 else "tf32"
 
 
+@guarded(_block_diag_matmul, _reordered_block_matmul)
 def monarch_matmul_fwd(x2d: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, config: dict) -> torch.Tensor:
     """``x2d [rows, k*p]``, ``w1 [k, q, p]``, ``w2 [l, s, r]`` -> ``[rows, s*l]`` (SPEC 2)."""
     k, q, p = w1.shape
