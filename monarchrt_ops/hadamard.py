@@ -32,6 +32,19 @@ def supported_size(n: int) -> tuple[int, int]:
     return f
 
 
+_sizes: dict[int, tuple[int, int]] = {}
+
+
+def _supported_size(n: int) -> tuple[int, int]:
+    """:func:`supported_size`, remembered per n in eager calls (every call asks)."""
+    if torch.compiler.is_compiling():
+        return supported_size(n)
+    found = _sizes.get(n)
+    if found is None:
+        found = _sizes[n] = supported_size(n)  # raises for an unsupported n (nothing is stored)
+    return found
+
+
 def _check(x, scale, backend) -> tuple[int, int, float, str]:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"hadamard: x must be a torch.Tensor, got {type(x).__name__}")
@@ -40,7 +53,7 @@ def _check(x, scale, backend) -> tuple[int, int, float, str]:
     if x.dim() == 0:
         raise ValueError("hadamard: x must have at least one dimension")
     n = x.shape[-1]
-    m, n2 = supported_size(n)
+    m, n2 = _supported_size(n)
     if scale is None:
         scale = 1.0 / math.sqrt(n)
     elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
@@ -75,7 +88,7 @@ def hadamard(
         True
     """
     m, n2, scale, backend = _check(x, scale, backend)
-    return ops.hadamard(x, scale, False, bool(fp32_intermediate), backend)
+    return ops.call_hadamard(x, scale, False, bool(fp32_intermediate), backend)
 
 
 def hadamard_(
@@ -88,4 +101,4 @@ def hadamard_(
         raise ValueError("hadamard_: x requires grad; use hadamard(x) for autograd")
     if not x.is_contiguous():
         raise ValueError("hadamard_: x must be contiguous to be transformed in place")
-    ops.hadamard_(x, scale, False, bool(fp32_intermediate), backend)
+    ops.call_hadamard_(x, scale, False, bool(fp32_intermediate), backend)

@@ -44,7 +44,7 @@ def monarch_matmul(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, *, backe
         >>> monarch_matmul(x, torch.randn(4, 4, 4), torch.randn(4, 4, 4)).shape
         torch.Size([8, 16])
     """
-    return ops.monarch_matmul(x, w1, w2, _check(x, w1, w2, backend))
+    return ops.call_monarch_matmul(x, w1, w2, _check(x, w1, w2, backend))
 
 
 class MonarchLinear(torch.nn.Module):

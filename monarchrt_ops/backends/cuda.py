@@ -11,7 +11,7 @@ import functools
 
 import torch
 
-from ..arch import Arch, arch_of
+from ..arch import Arch
 from ..hadamard_matrices import padded_matrix
 from ..problem import AttentionProblem, HadamardProblem, MonarchMatmulProblem
 from ..registry import NoConfig
@@ -151,9 +151,10 @@ class CudaMonarchMatmul(NoConfig):
 
 class CudaAttention(NoConfig):
     """Fused forward (csrc/attention): one 8-CTA cluster per (batch, head, query tile), aL/Y exchanged
-    through distributed shared memory. The backward runs the Triton kernels."""
+    through distributed shared memory. Forward only: the registry chooses the backward (Triton's)."""
 
     name = "cuda"
+    forward_only = True
     # True runs the portable stage-R path (mma.sync, what sm_100a and sm_120a run) on sm_90a too, instead of
     # warpgroup MMA: the GPU tests set it to check that path on an H100.
     mma_sync_only = False
@@ -188,9 +189,7 @@ class CudaAttention(NoConfig):
         if problem.num_iters != 1:
             return f"num_iters={problem.num_iters}: the fused kernel computes one pass"
         if problem.backward:
-            from .triton import TritonAttention
-
-            return TritonAttention().supports(problem, arch)
+            return "forward only: the fused kernel has no backward (the registry chooses one)"
         return None
 
     def launch(self, config, q, k, v, *, sm_scale, causal_block_tiles, num_iters):
@@ -207,16 +206,6 @@ class CudaAttention(NoConfig):
                 torch.cuda.current_stream(q.device).cuda_stream, self.mma_sync_only,
             )  # fmt: skip
         return z, lse
-
-    def launch_backward(self, config, dz, dlse, q, k, v, z, lse, *, sm_scale, causal_block_tiles, num_iters):
-        from ..registry import select
-
-        problem = AttentionProblem.from_tiles(q, k, causal_block_tiles, num_iters, backward=True)
-        sel = select("attention", problem, arch_of(q.device), "triton")  # Triton's tuned backward config
-        return sel.backend.launch_backward(
-            sel.config, dz, dlse, q, k, v, z, lse,
-            sm_scale=sm_scale, causal_block_tiles=causal_block_tiles, num_iters=num_iters,
-        )  # fmt: skip
 
 
 def _aligned_contiguous(x: torch.Tensor) -> torch.Tensor:
