@@ -1,7 +1,10 @@
 """Limits of the attention arguments that every backend shares, stated once.
 
-Kernels state narrower limits of their own through ``supports()``; these bound what the public
-functions and the torch ops accept at all.
+These bound what the public functions and the torch ops accept at all. Kernels state narrower
+limits of their own through ``supports()``, which automatic selection asks first: the Triton
+backend in backends/triton.py, the CUDA extension in ``csrc/kernel_limits.h`` (its launchers and
+``supports()`` run the same checks, ``_C.<kernel>_reason``; ``backends.cuda.cuda_limits()`` reports
+them: head_dim, tile sizes, sm_scale range, shared memory, grid sizes).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ MAX_HEAD_DIM = 256  # the reference takes any size; kernels take 64/128 (support
 # (num_iters=2**40) from running for ever.
 MAX_NUM_ITERS = 16
 # Softmax scale per input dtype: large enough for any sensible temperature, small enough that the
-# fp32 logits (and the -1e30 padding sentinel of the fused CUDA kernel times the scale) stay finite.
+# fp32 logits stay finite. (The fused CUDA kernel states its own range, csrc/kernel_limits.h.)
 SM_SCALE_RANGE = {
     torch.float16: (1e-20, 1e8),
     torch.bfloat16: (1e-20, 1e8),

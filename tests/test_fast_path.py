@@ -4,7 +4,7 @@ caches behind it: the validated arguments of a call and the backend Selection of
 import numpy as np
 import pytest
 import torch
-from conftest import qkv
+from conftest import FakeExtension, qkv
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import monarchrt_ops as m
@@ -134,7 +134,7 @@ def test_cached_checks_still_reject_what_the_checks_reject():
 
 def test_backward_is_selected_on_its_own(monkeypatch):
     """backend='cuda' names the fused forward; the registry chooses the backward (Triton's)."""
-    monkeypatch.setattr(cuda, "extension", lambda: (_FakeExtension, None))
+    monkeypatch.setattr(cuda, "extension", lambda: (FakeExtension, None))
     h100 = Arch("sm90", (9, 0), "NVIDIA H100 80GB HBM3", 132, 232448)
     fwd = AttentionProblem(1, 12, 128, 30, 52, 21, 21, 0, 1, torch.bfloat16, sm_scale=128**-0.5)
     bwd = AttentionProblem(**{**fwd.__dict__, "backward": True})
@@ -144,14 +144,6 @@ def test_backward_is_selected_on_its_own(monkeypatch):
     assert dict(sel.rejected)["cuda"] == "backend='cuda' has no backward of its own"
     auto = registry.select("attention", bwd, h100)
     assert auto.backend.name == "triton" and "forward only" in dict(auto.rejected)["cuda"]
-
-
-class _FakeExtension:
-    monarch_attention_fwd_smem_bytes = 230944
-
-    @staticmethod
-    def compiled_archs():
-        return ["90a", "100a", "120a"]
 
 
 def test_host_overhead_benchmark_needs_a_gpu(capsys):

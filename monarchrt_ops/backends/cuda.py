@@ -1,8 +1,11 @@
 """The ``cuda`` backend: kernels of the compiled extension ``monarchrt_ops._C`` (csrc/).
 
 The extension takes raw pointers, strides and the current stream, so it needs no torch headers
-and works across torch versions. cuda-python has no job here: torch already reads the device
-properties we need, and pybind11 loads the module, so there is no cubin to load by hand.
+and works across torch versions. Its limits are stated once, in ``csrc/kernel_limits.h``: the
+launchers check them through ``_C.<kernel>_reason(...)``, which ``supports()`` calls too (so
+automatic selection never picks a kernel that then raises), and ``_C.limits()`` reports them.
+cuda-python has no job here: torch already reads the device properties we need, and pybind11 loads
+the module, so there is no cubin to load by hand.
 """
 
 from __future__ import annotations
@@ -27,6 +30,13 @@ def extension():
     except ImportError as e:
         return None, f"the CUDA extension monarchrt_ops._C is not built ({e}); reinstall with nvcc on PATH"
     return _C, None
+
+
+def cuda_limits() -> dict | None:
+    """The extension's limits per kernel (``csrc/kernel_limits.h``: head_dim, tile sizes, sm_scale range,
+    shared memory, grid sizes, dtypes), or None when it is not built."""
+    module, _ = extension()
+    return None if module is None else module.limits()
 
 
 def arch_reason(arch: Arch, sm90_feature: str | None = None) -> str | None:
@@ -88,6 +98,9 @@ class CudaHadamard(NoConfig):
         if problem.fp32_intermediate:
             return "the CUDA kernel rounds to the input dtype between factors (no fp32_intermediate)"
         module, _ = extension()
+        reason = module.hadamard_reason(problem.rows, problem.n, problem.m, _DTYPE_CODES[problem.dtype])
+        if reason:
+            return reason
         smem = module.hadamard_smem_bytes(problem.n, problem.m)
         if arch.smem_per_block and smem > arch.smem_per_block:
             return f"n={problem.n}: needs {smem} B of shared memory per block; the device has {arch.smem_per_block}"
@@ -128,11 +141,9 @@ class CudaMonarchMatmul(NoConfig):
             return reason
         if problem.dtype not in _DTYPE_CODES:
             return f"dtype {problem.dtype} is not fp16/bf16"
-        (_, q, p), (l, s, r) = problem.w1_shape, problem.w2_shape
-        if p % 16 or q % 16 or r % 16 or s % 16 or l % 8:
-            shapes = f"w1 {problem.w1_shape}, w2 {problem.w2_shape}"
-            return f"{shapes}: the CUDA kernels take p, q, r, s multiples of 16, l of 8"
-        return None
+        module, _ = extension()
+        (k, q, p), (l, s, r) = problem.w1_shape, problem.w2_shape
+        return module.monarch_matmul_reason(problem.rows, k, q, p, l, s, r, _DTYPE_CODES[problem.dtype]) or None
 
     def launch(self, config, x2d, w1, w2):
         module, _ = extension()
@@ -175,22 +186,26 @@ class CudaAttention(NoConfig):
         if reason is not None:
             return reason
         module, _ = extension()
-        if arch.smem_per_block and arch.smem_per_block < module.monarch_attention_fwd_smem_bytes:
+        limits = module.limits()["attention"]
+        if arch.smem_per_block and arch.smem_per_block < limits["smem_bytes"]:
             return (
-                f"the fused forward needs {module.monarch_attention_fwd_smem_bytes} B of shared memory per block; "
+                f"the fused forward needs {limits['smem_bytes']} B of shared memory per block; "
                 f"the device has {arch.smem_per_block}"
             )
         if problem.dtype not in _DTYPE_CODES:
             return f"dtype {problem.dtype} is not fp16/bf16"
-        if problem.head_dim != 128:
-            return f"head_dim={problem.head_dim}: the fused kernel takes 128"
-        if problem.b1 > 32 or problem.b2 > 64:
-            return f"tile {problem.b1}x{problem.b2}: the fused kernel takes b1 <= 32 rows, b2 <= 64 columns"
-        if problem.num_iters != 1:
-            return f"num_iters={problem.num_iters}: the fused kernel computes one pass"
+        if problem.num_iters > limits["max_num_iters"]:
+            return f"num_iters={problem.num_iters}: the fused kernel takes num_iters <= {limits['max_num_iters']}"
         if problem.backward:
             return "forward only: the fused kernel has no backward (the registry chooses one)"
-        return None
+        # sm_scale None (a table lookup, `info`): the scale is not known; 1.0 is inside every range
+        scale = 1.0 if problem.sm_scale is None else problem.sm_scale
+        p = problem
+        reason = module.monarch_attention_fwd_reason(
+            p.batch, p.heads, p.q_tiles, p.kv_tiles, p.b1, p.b2, p.head_dim, p.causal_block_tiles, scale,
+            _DTYPE_CODES[p.dtype],
+        )  # fmt: skip
+        return reason or None
 
     def launch(self, config, q, k, v, *, sm_scale, causal_block_tiles, num_iters):
         module, _ = extension()
