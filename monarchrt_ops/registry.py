@@ -6,11 +6,11 @@ Every backend of an op answers five questions (docs/design.md):
 statement of a config's constraints, used by the tuner and at run time) and ``launch``.
 
 Selection: an explicit ``backend=`` runs that backend or raises; automatic selection walks the
-architecture's preference order and logs each fallback once, with the reason. The backward is
-selected on its own (``problem.backward``): a backend with ``forward_only = True`` named for the
-forward leaves the backward to automatic selection. A backend may also
-define ``auto_reason(problem, arch) -> None | reason``: why automatic selection should pass over a
-problem it supports (measured slower there, or not measured); an explicit ``backend=`` still runs it.
+architecture's preference order and logs each fallback once, with the reason. A backend with
+``measured_only = True`` is taken automatically only where a table's measured choice says so
+(``tables.choice``; docs/design.md, Config tables); an explicit ``backend=`` still runs it. The
+backward is selected on its own (``problem.backward``): a backend with ``forward_only = True`` named
+for the forward leaves the backward to automatic selection.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from . import tables
 from .arch import Arch
-from .autotune import tables
 
 logger = logging.getLogger("monarchrt_ops")
 
@@ -120,8 +120,8 @@ def select(op: str, problem: Any, arch: Arch, backend: str | None = None) -> Sel
             continue  # the forward-only backend named for the forward
         candidate = _backends[op][name]
         reason = candidate.supports(problem, arch)
-        if reason is None and hasattr(candidate, "auto_reason"):  # runs, but only when named
-            reason = candidate.auto_reason(problem, arch)
+        if reason is None and getattr(candidate, "measured_only", False):  # runs, but only when named
+            reason = _unmeasured_reason(op, name, problem, arch)
         if reason is None:
             _log_fallbacks(op, rejected, name)
             config, source = _config_for(op, candidate, problem, arch)
@@ -178,6 +178,21 @@ def cached_select(op: str, key: tuple, make: Callable[[], tuple[Any, Arch]], bac
         _selections.clear()
     _selections[(op, key, backend)] = (state, sel)
     return sel
+
+
+def _unmeasured_reason(op: str, name: str, problem: Any, arch: Arch) -> str | None:
+    """Why automatic selection passes a ``measured_only`` backend over for ``problem`` (None: take it):
+    the measured choice of the tables (tables.choice: this GPU's, its family's, the shipped default)."""
+    gpu = tables.gpu_table_name(arch.device_name) if arch.is_cuda else None
+    found = tables.choice(op, name, problem.key(), gpu, arch.family)
+    if found is None:
+        return (
+            f"not measured against Triton on {arch.family} ({arch.device_name}): no table has a choice for it; "
+            f"explicit backend={name!r} only"
+        )
+    if not found.auto:
+        return f"{found.why} ({found.table}.json); explicit backend={name!r} only"
+    return None
 
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")

@@ -60,13 +60,23 @@ def test_hadamard_supports_every_size_whose_rows_fit_shared_memory(monkeypatch):
     assert "not fp16/bf16" in cuda.CudaHadamard().supports(HadamardProblem(4, 256, 1, torch.float32), H100)
 
 
-def test_hadamard_automatic_selection_follows_the_measurements():
-    auto = cuda.CudaHadamard().auto_reason
-    assert auto(HadamardProblem(4, 4096, 1, torch.bfloat16), H100) is None
-    assert auto(HadamardProblem(4, 28 * 1024, 28, torch.bfloat16), H100) is None
-    assert "measured slower than Triton" in auto(HadamardProblem(4, 12 * 256, 12, torch.bfloat16), H100)
+def test_hadamard_automatic_selection_follows_the_measurements(monkeypatch):
+    """The measured choices of the shipped sm_90 default table (tuned_configs/default-sm90.json)."""
+    from monarchrt_ops import registry
+
+    monkeypatch.setattr(cuda, "extension", lambda: (FakeExtension, None))
+
+    def chosen(problem, arch):
+        sel = registry.select("hadamard", problem, arch)
+        return sel.backend.name, dict(sel.rejected).get("cuda", "")
+
+    assert chosen(HadamardProblem(4, 4096, 1, torch.bfloat16), H100) == ("cuda", "")
+    assert chosen(HadamardProblem(4, 28 * 1024, 28, torch.bfloat16), H100) == ("cuda", "")
+    name, why = chosen(HadamardProblem(4, 12 * 256, 12, torch.bfloat16), H100)
+    assert name == "triton" and "measured slower than Triton" in why and "(default-sm90.json)" in why
     b200 = Arch("sm100", (10, 0), "NVIDIA B200", 148, 232448)
-    assert "not measured" in auto(HadamardProblem(4, 4096, 1, torch.bfloat16), b200)
+    name, why = chosen(HadamardProblem(4, 4096, 1, torch.bfloat16), b200)
+    assert name == "triton" and "not measured against Triton on sm100" in why
 
 
 # every pass of the kernel: the contiguous fields alone (n <= 16) and chained (n <= 256, and rows sharing
@@ -220,7 +230,7 @@ def test_automatic_selection_never_picks_a_cuda_kernel_that_would_raise(monkeypa
     the kernel's own limits (csrc/kernel_limits.h, through _C.monarch_attention_fwd_reason) allow it."""
     from monarchrt_ops import registry
 
-    monkeypatch.setattr(cuda.CudaAttention, "auto_reason", lambda self, problem, arch: None)
+    monkeypatch.setattr(cuda.CudaAttention, "measured_only", False)
     assert registry.select("attention", _attention_problem(sm_scale=0.088), H100).backend.name == "cuda"
     sel = registry.select("attention", _attention_problem(**change), H100)
     assert sel.backend.name == chosen and reason in dict(sel.rejected)["cuda"]
@@ -251,10 +261,10 @@ def test_extension_reports_its_limits_and_the_checks_use_them():
 @pytest.mark.parametrize(
     "change, arch, chosen, why_not_cuda",
     [
-        ({}, H100, "triton", "tile 30x52: measured slower than Triton at 30x52 and below (batched stage R)"),
-        ({"b1": 24, "b2": 40}, H100, "triton", "tile 24x40: measured slower than Triton"),
-        ({"b1": 16, "b2": 32}, H100, "triton", "tile 16x32: measured slower than Triton"),
-        ({}, B200, "triton", "not measured against Triton on sm_100"),
+        ({}, H100, "triton", "measured slower than Triton at 30x52 and below (batched stage R)"),
+        ({"b1": 24, "b2": 40}, H100, "triton", "measured slower than Triton"),
+        ({"b1": 16, "b2": 32}, H100, "triton", "measured slower than Triton"),
+        ({}, B200, "triton", "not measured against Triton on sm100"),
     ],
     ids=["h100-30x52", "h100-24x40", "h100-16x32", "b200-unmeasured"],
 )
@@ -385,7 +395,7 @@ def test_cuda_monarch_matmul_supports(monkeypatch, change, arch, reason):
 
 @pytest.mark.parametrize(
     "arch, chosen, why_not_cuda",
-    [(H100, "cuda", None), (B200, "triton", "not measured against Triton on sm_100")],
+    [(H100, "cuda", None), (B200, "triton", "not measured against Triton on sm100")],
     ids=["h100", "b200-unmeasured"],
 )
 def test_automatic_selection_takes_the_cuda_matmul_where_it_was_measured_faster(

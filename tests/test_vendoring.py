@@ -18,8 +18,12 @@ assert acme_monarch.ops.NAMESPACE == "acme" and monarchrt_ops.ops.NAMESPACE == "
 assert acme_monarch.ops.attention is torch.ops.acme.attention
 assert monarchrt_ops.ops.attention is torch.ops.monarchrt.attention
 assert acme_monarch.registry is not monarchrt_ops.registry
-assert str(acme_monarch.autotune.tables.tables_dir()).startswith({dest!r})
-assert acme_monarch.autotune.tables.source_hash("attention") == monarchrt_ops.autotune.tables.source_hash("attention")
+# the copy reads its own tables and hashes its own kernels (tables.py resolves them relative to itself)
+assert str(acme_monarch.tables.tables_dir()).startswith({dest!r})
+assert str(acme_monarch.tables.packaged_dir()).startswith({dest!r})
+assert acme_monarch.tables.source_hash("attention") == monarchrt_ops.tables.source_hash("attention")
+import acme_monarch.autotune.tables
+assert acme_monarch.autotune.tables.lookup is acme_monarch.tables.lookup
 g = torch.Generator().manual_seed(0)
 q, k, v = (torch.randn(1, 2 * 24, 2, 8, generator=g, dtype=torch.float64) for _ in range(3))
 a = monarchrt_ops.monarch_attention(q, k, v, (4, 6), w_reduce=2)

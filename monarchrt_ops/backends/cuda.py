@@ -56,38 +56,12 @@ def arch_reason(arch: Arch, sm90_feature: str | None = None) -> str | None:
     return None
 
 
-def slower_than_triton(subject: str, region: str) -> str:
-    """Why automatic selection passes a kernel over for ``subject``: it measured slower than Triton in ``region``."""
-    return f"{subject}: measured slower than Triton {region} on sm_90 (bench/NOTES.md); explicit backend='cuda' only"
-
-
-def unmeasured_arch_reason(arch: Arch) -> str | None:
-    """Why automatic selection passes a kernel over on ``arch``: the kernels were measured against
-    Triton on sm_90 (H100) only (bench/NOTES.md)."""
-    if arch.capability[0] != 9:
-        return (
-            f"not measured against Triton on sm_{arch.capability[0]}{arch.capability[1]} "
-            "(bench/NOTES.md); explicit backend='cuda' only"
-        )
-    return None
-
-
 class CudaHadamard(NoConfig):
     """One kernel (csrc/hadamard): a CTA transforms ~32 KB of whole rows in shared memory with 16x16
     Hadamard factors on tensor cores, then H_m for n = m * 2^k (hadamard.cuh says how)."""
 
     name = "cuda"
-
-    def auto_reason(self, problem: HadamardProblem, arch: Arch) -> str | None:
-        # Measured on an H100 against Triton, bf16, 256 MB (bench/NOTES.md, "Hadamard transform"): powers of
-        # two 128..32K at 96-100 % of the copy rate (Triton 58-99 %); n = m * 2^k slower than Triton up to
-        # n = 10240 (60-87 % against 75-94 %) and faster at 28 x 1024 (75 % against 54 %), the one size
-        # measured above 16K (beyond 32K elements Triton takes two passes over the data).
-        reason = unmeasured_arch_reason(arch)
-        if reason is None and problem.m > 1 and problem.n <= 16384:
-            n, mm = problem.n, problem.m
-            return slower_than_triton(f"n={n} = {mm} x {n // mm}", "for m * 2^k up to 16K")
-        return reason
+    measured_only = True  # taken automatically where a table's measured choice says so (tables.py)
 
     def supports(self, problem: HadamardProblem, arch: Arch) -> str | None:
         reason = arch_reason(arch, "stmatrix")
@@ -129,11 +103,7 @@ class CudaMonarchMatmul(NoConfig):
     workspace so that both reorders are contiguous reads and writes (block_matmul.cuh says how)."""
 
     name = "cuda"
-
-    def auto_reason(self, problem: MonarchMatmulProblem, arch: Arch) -> str | None:
-        # Measured on an H100 against the Triton pair, bf16, 16K rows (bench/NOTES.md, "Monarch matmul"):
-        # faster at all three benchmark shapes (n = 4096, 1024, 768 -> 384). Not measured elsewhere.
-        return unmeasured_arch_reason(arch)
+    measured_only = True  # taken automatically where a table's measured choice says so (tables.py)
 
     def supports(self, problem: MonarchMatmulProblem, arch: Arch) -> str | None:
         reason = arch_reason(arch, "stmatrix")
@@ -165,21 +135,11 @@ class CudaAttention(NoConfig):
     through distributed shared memory. Forward only: the registry chooses the backward (Triton's)."""
 
     name = "cuda"
+    measured_only = True  # taken automatically where a table's measured choice says so (tables.py)
     forward_only = True
     # True runs the portable stage-R path (mma.sync, what sm_100a and sm_120a run) on sm_90a too, instead of
     # warpgroup MMA: the GPU tests set it to check that path on an H100.
     mma_sync_only = False
-
-    def auto_reason(self, problem: AttentionProblem, arch: Arch) -> str | None:
-        # Measured on the H200 against Triton, bf16, 21 frames (docs/attention-kernels.md, "Measured"):
-        # since the Triton stage R takes its rows across query tiles, Triton is faster at 30x52 (4.13 vs
-        # 4.66 ms), the tile where this kernel had its largest lead (1.42x on the H100 before), and on
-        # the AR and block-causal cases. Automatic selection no longer takes it; backend="cuda" runs any
-        # supported problem.
-        reason = unmeasured_arch_reason(arch)
-        if reason is not None:
-            return reason
-        return slower_than_triton(f"tile {problem.b1}x{problem.b2}", "at 30x52 and below (batched stage R)")
 
     def supports(self, problem: AttentionProblem, arch: Arch) -> str | None:
         reason = arch_reason(arch, "thread-block clusters")
