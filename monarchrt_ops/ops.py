@@ -25,6 +25,8 @@ Registering twice (a second import of a vendored copy, a reload) reuses the ops 
 from __future__ import annotations
 
 import os
+import sys
+import types
 
 import torch
 
@@ -274,7 +276,34 @@ _AUTOGRAD = {
 }
 
 
+def _namespace_owners() -> dict[str, str]:
+    """Op namespace -> the package that registered its ops, shared by every copy of this package in
+    the process (vendored copies rename ``monarchrt_ops``, not this module name)."""
+    holder = sys.modules.get("_monarchrt_op_namespaces")
+    if holder is None:
+        holder = sys.modules["_monarchrt_op_namespaces"] = types.ModuleType("_monarchrt_op_namespaces")
+        holder.owners = {}
+    return holder.owners
+
+
+def _claim_namespace() -> None:
+    """Registering twice from one package (a reload) reuses its ops; a second package (another vendored
+    copy) in the same namespace would silently run the first one's ops and registry: refuse it."""
+    owners = _namespace_owners()
+    owner = owners.get(NAMESPACE)
+    if owner is None and _exists("attention"):
+        owner = "another library"
+    if owner is not None and owner != __package__:
+        raise RuntimeError(
+            f"{__package__}: the op namespace {NAMESPACE!r} is already registered by {owner}; two packages cannot "
+            f"share one namespace. Give this copy a namespace of its own (the vendoring tool's --namespace, "
+            f"or its *_OPS_NAMESPACE environment variable before the import; docs/vendoring.md)"
+        )
+    owners[NAMESPACE] = __package__
+
+
 def _register() -> None:
+    _claim_namespace()
     lib = torch.library.Library(NAMESPACE, "FRAGMENT")
     impls = {
         "attention": (_attention_impl, _attention_fake),
