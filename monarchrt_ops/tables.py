@@ -217,7 +217,8 @@ def _load(folder: str) -> dict[str, dict]:
     return out
 
 
-def _tables() -> dict[str, dict]:
+def loaded() -> dict[str, dict]:
+    """Every usable table by name (``tables_dir()``'s and the packaged per-architecture defaults)."""
     return _load(str(tables_dir()))
 
 
@@ -270,7 +271,7 @@ class Lookup:
     entry: dict
 
 
-def _family_tables(tables: dict, gpu: str | None, family: str) -> list[str]:
+def family_tables(tables: dict, gpu: str | None, family: str) -> list[str]:
     """The tables to ask, in order: this GPU's, the other GPUs' of its family, the family's default."""
     same = [n for n in sorted(tables) if n != gpu and tables[n]["provenance"].get("family") == family]
     default = f"{DEFAULT_PREFIX}{family}"
@@ -280,7 +281,7 @@ def _family_tables(tables: dict, gpu: str | None, family: str) -> list[str]:
 def lookup(op: str, backend: str, problem_key: dict, gpu: str | None, family: str) -> Lookup | None:
     """The tuned config for a problem, or None when no table has one (use the backend default)."""
     exact, bucket = split_key(problem_key)
-    tables = _tables()
+    tables = loaded()
 
     def best_in(name: str) -> tuple[float, dict] | None:
         found = [
@@ -290,7 +291,7 @@ def lookup(op: str, backend: str, problem_key: dict, gpu: str | None, family: st
         ]
         return (min(found)[0], min(found)[2]) if found else None
 
-    for name in _family_tables(tables, gpu, family):
+    for name in family_tables(tables, gpu, family):
         hit = best_in(name)
         if hit is not None:
             dist, entry = hit
@@ -323,8 +324,8 @@ def _matches(where: dict, problem_key: dict) -> bool:
 
 def choice(op: str, backend: str, problem_key: dict, gpu: str | None, family: str) -> Choice | None:
     """The measured choice for taking ``backend`` automatically for a problem, or None (never measured)."""
-    tables = _tables()
-    for name in _family_tables(tables, gpu, family):
+    tables = loaded()
+    for name in family_tables(tables, gpu, family):
         for c in tables[name].get("choices", []):
             if c["op"] == op and c["backend"] == backend and _matches(c["where"], problem_key):
                 return Choice(c["auto"], c["why"], name)
