@@ -372,16 +372,17 @@ def monarch_attention_kv_cache(
         >>> monarch_attention_kv_cache(torch.randn(1, 60, 2, 16), kc, vc, 1, (6, 10)).shape
         torch.Size([1, 60, 2, 16])
     """
-    _check_qkv(q, k_cache, v_cache, names=("q", "k_cache", "v_cache"))
-    tiling = make_tiling(frame_shape, f_tied, h_reduce, w_reduce)
-    max_frames = _check_seq("k_cache", k_cache.shape[1], tiling)
-    _check_int("kv_frames", kv_frames)
-    if kv_frames > max_frames or kv_frames % f_tied:
-        raise ValueError(
-            f"kv_frames={kv_frames} must be <= {max_frames} (cache frames) and a multiple of f_tied={f_tied}"
-        )
-    k_slice = k_cache[:, : kv_frames * tiling.tokens_per_frame]
-    v_slice = v_cache[:, : kv_frames * tiling.tokens_per_frame]
+    args = (frame_shape, f_tied, h_reduce, w_reduce, kv_frames, sm_scale, num_iters, backend)
+    key = _call_key(q, k_cache, v_cache, *args) if new_k is None and new_v is None else None
+    call = _validated_kv.get(key) if key is not None else None
+    if call is None:
+        call = _validate_kv_call(q, k_cache, v_cache, *args)
+        if key is not None:
+            if len(_validated_kv) >= 4096:
+                _validated_kv.clear()
+            _validated_kv[key] = call
+    tiling, scale, num_iters, backend, tokens = call
+    k_slice, v_slice = k_cache[:, :tokens], v_cache[:, :tokens]
     if (new_k is None) != (new_v is None):
         raise ValueError("pass both new_k and new_v, or neither")
     if new_k is not None:
@@ -395,7 +396,25 @@ def monarch_attention_kv_cache(
             k_slice, v_slice, to_tile_sequence(new_k, tiling), to_tile_sequence(new_v, tiling)
         )
     # The cache is stored in tile order: its slice goes to the op as it is (a view, no copy).
-    num_iters, scale = _check_query_args(q, tiling, num_iters, sm_scale)
     kt, vt = tile_sequence_as_tiles(k_slice, tiling), tile_sequence_as_tiles(v_slice, tiling)
-    out, _ = _attention_tiles(to_tiles(q, tiling), kt, vt, tiling, scale, 0, num_iters, _check_backend(backend))
+    out, _ = _attention_tiles(to_tiles(q, tiling), kt, vt, tiling, scale, 0, num_iters, backend)
     return out
+
+
+_validated_kv: dict[tuple, tuple[Tiling, float, int, str, int]] = {}
+
+
+def _validate_kv_call(q, k_cache, v_cache, frame_shape, f_tied, h_reduce, w_reduce, kv_frames, sm_scale, num_iters,
+                      backend) -> tuple[Tiling, float, int, str, int]:  # fmt: skip
+    """The checks of a KV-cache call that do not involve new_k/new_v -> ``(tiling, sm_scale, num_iters,
+    backend, tokens read)``; cached per argument key like :func:`_attention_call`'s."""
+    _check_qkv(q, k_cache, v_cache, names=("q", "k_cache", "v_cache"))
+    tiling = make_tiling(frame_shape, f_tied, h_reduce, w_reduce)
+    max_frames = _check_seq("k_cache", k_cache.shape[1], tiling)
+    _check_int("kv_frames", kv_frames)
+    if kv_frames > max_frames or kv_frames % f_tied:
+        raise ValueError(
+            f"kv_frames={kv_frames} must be <= {max_frames} (cache frames) and a multiple of f_tied={f_tied}"
+        )
+    num_iters, scale = _check_query_args(q, tiling, num_iters, sm_scale)
+    return tiling, scale, num_iters, _check_backend(backend), kv_frames * tiling.tokens_per_frame

@@ -153,3 +153,21 @@ def test_host_overhead_benchmark_needs_a_gpu(capsys):
 
     assert host_overhead.main([]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_kv_cache_calls_cache_their_checks_and_still_reject_bad_ones(op_calls):
+    kc, vc = torch.zeros(1, 4 * 60, 2, 8), torch.zeros(1, 4 * 60, 2, 8)
+    nk = nv = torch.randn(1, 2 * 60, 2, 8)
+    m.write_kv_cache(kc, vc, nk, nv, 0, (6, 10))
+    q = torch.randn(1, 60, 2, 8)
+    first = m.monarch_attention_kv_cache(q, kc, vc, 2, (6, 10))
+    assert torch.equal(m.monarch_attention_kv_cache(q, kc, vc, 2, (6, 10)), first)  # cached checks
+    assert op_calls == []  # nothing required grad: the fast path
+    with pytest.raises(TypeError, match="kv_frames must be an int, got bool"):
+        m.monarch_attention_kv_cache(q, kc, vc, True, (6, 10))
+    with pytest.raises(ValueError, match="kv_frames=5 must be <= 4"):
+        m.monarch_attention_kv_cache(q, kc, vc, 5, (6, 10))
+    with pytest.raises(ValueError, match="pass both new_k and new_v"):
+        m.monarch_attention_kv_cache(q, kc, vc, 2, (6, 10), new_k=nk)
+    # a longer read of the same cache is another key, checked and cached on its own
+    assert m.monarch_attention_kv_cache(q, kc, vc, 4, (6, 10)).shape == q.shape
