@@ -10,7 +10,8 @@ torch.no_grad:
   (when the host is slower than the kernels, this is the host's time per call);
 - ``graph_ms``: the same, replaying one call captured in a CUDA graph (the kernels' time, no Python);
 - ``host_overhead_ms = eager_ms - graph_ms``; the target is <= 0.025 ms (docs/design.md);
-- ``host_us``: microseconds of Python per eager call, timed without waiting for the GPU;
+- ``host_us``: microseconds of Python per eager call, timed without waiting for the GPU (where the
+  kernels take longer than the host, the launch queue fills and this approaches the GPU time);
 - ``op_eager_ms``: attention through ``torch.ops.<namespace>.attention`` (the dispatcher path that
   autograd and torch.compile take) on the same tile-order tensors, for comparison;
 - ``sdpa_<backend>_eager_ms`` / ``_graph_ms`` and ``sdpa_fastest_*``: dense SDPA on the same tokens.

@@ -19,6 +19,8 @@ Inputs are validated by the public functions (attention.py, hadamard.py, monarch
 attention ops also run the cheap checks of limits.py themselves, eagerly and when traced, since a
 direct ``torch.ops`` call (vendoring, compile) skips the public functions. A second derivative
 through attention raises (``attention_backward`` has no derivative of its own).
+The public functions call ``call_<op>``: the op's implementation directly where :func:`eager`
+allows (no autograd, compile, mode, transform, autocast or subclass), else the op.
 Registering twice (a second import of a vendored copy, a reload) reuses the ops already there.
 """
 
