@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "launch.h"
+#include "kernel_limits.h"
 
 #ifndef MONARCHRT_CUDA_ARCHS
 #define MONARCHRT_CUDA_ARCHS ""
@@ -28,6 +29,42 @@ static std::vector<std::string> compiled_archs() {
   return out;
 }
 
+// kernel_limits.h as a dict of dicts, per kernel: what monarchrt_ops/backends/cuda.py and `info` read.
+static py::dict limits_dict() {
+  using namespace monarchrt::limits;
+  py::dict attention, hadamard, matmul, grid, out;
+  grid["max_x"] = kMaxGridX;
+  grid["max_y_z"] = kMaxGridYZ;
+  grid["align_bytes"] = kAlignBytes;
+  attention["head_dim"] = kAttnHeadDim;
+  attention["max_b1"] = kAttnMaxB1;
+  attention["max_b2"] = kAttnMaxB2;
+  attention["cluster"] = kAttnCluster;
+  attention["max_q_tiles"] = kMaxGridYZ / kAttnCluster;
+  attention["max_heads"] = kMaxGridYZ;
+  attention["max_batch"] = kMaxGridYZ;
+  attention["stride_multiple"] = kAttnStrideMultiple;
+  attention["sm_scale_min"] = double(kAttnMinScale);
+  attention["sm_scale_max"] = double(kAttnMaxScale);
+  attention["max_num_iters"] = kAttnMaxIters;
+  attention["smem_bytes"] = monarchrt::monarch_attention_fwd_smem_bytes();
+  attention["dtypes"] = py::make_tuple("float16", "bfloat16");
+  py::list orders;
+  for (int o : kHadamardOrders) orders.append(o);
+  hadamard["orders"] = py::tuple(orders);
+  hadamard["max_pow2"] = kHadamardMaxPow2;
+  hadamard["dtypes"] = py::make_tuple("float16", "bfloat16");
+  matmul["multiple"] = kMatmulMultiple;
+  matmul["l_multiple"] = kMatmulLMultiple;
+  matmul["max_blocks"] = kMatmulMaxBlocks;
+  matmul["dtypes"] = py::make_tuple("float16", "bfloat16");
+  out["grid"] = grid;
+  out["attention"] = attention;
+  out["hadamard"] = hadamard;
+  out["monarch_matmul"] = matmul;
+  return out;
+}
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "monarchrt_ops CUDA kernels (pointer-level launchers; the torch ops live in Python)";
   m.def("hadamard", &monarchrt::hadamard, py::arg("x"), py::arg("out"), py::arg("rows"), py::arg("n"), py::arg("m"),
@@ -42,12 +79,21 @@ PYBIND11_MODULE(_C, m) {
         py::arg("mma_sync_only") = false,
         "Fused Monarch attention forward (num_iters = 1): one 8-CTA cluster per (batch, head, query tile); "
         "mma_sync_only runs the portable stage-R path (sm_100a / sm_120a's) on sm_90a too");
-  m.attr("monarch_attention_fwd_smem_bytes") = monarchrt::monarch_attention_fwd_smem_bytes();
   m.def("monarch_matmul", &monarchrt::monarch_matmul, py::arg("x"), py::arg("w1"), py::arg("w2"),
         py::arg("workspace"), py::arg("out"), py::arg("rows"), py::arg("k"), py::arg("q"), py::arg("p"), py::arg("l"),
         py::arg("s"), py::arg("r"), py::arg("dtype"), py::arg("stream"),
         "Monarch matmul out = P2 B2 P1 B1 x (docs/math.md) in two kernels; workspace holds y1 tile-transposed");
   m.def("monarch_matmul_workspace_elems", &monarchrt::monarch_matmul_workspace_elems, py::arg("rows"),
         py::arg("k"), py::arg("q"), "elements of the workspace monarch_matmul needs");
+  m.def("limits", &limits_dict, "the kernels' limits (csrc/kernel_limits.h), per kernel");
+  m.def("hadamard_reason", &monarchrt::hadamard_reason, py::arg("rows"), py::arg("n"), py::arg("m"), py::arg("dtype"),
+        "why hadamard() cannot take these rows ('' when it can), pointers and shared memory aside");
+  m.def("monarch_attention_fwd_reason", &monarchrt::monarch_attention_fwd_reason, py::arg("batch"), py::arg("nh"),
+        py::arg("n_q_tiles"), py::arg("n_kv_tiles"), py::arg("b1"), py::arg("b2"), py::arg("head_dim"),
+        py::arg("causal_block_tiles"), py::arg("sm_scale"), py::arg("dtype"),
+        "why monarch_attention_fwd() cannot run this problem ('' when it can), pointers and strides aside");
+  m.def("monarch_matmul_reason", &monarchrt::monarch_matmul_reason, py::arg("rows"), py::arg("k"), py::arg("q"),
+        py::arg("p"), py::arg("l"), py::arg("s"), py::arg("r"), py::arg("dtype"),
+        "why monarch_matmul() cannot run these shapes ('' when it can), pointers aside");
   m.def("compiled_archs", &compiled_archs, "CUDA architectures this build holds machine code for, e.g. ['90a']");
 }

@@ -22,6 +22,9 @@ inline void check(cudaError_t err, const char* what) {
 void hadamard(uintptr_t x, uintptr_t out, int64_t rows, int64_t n, int64_t m, uintptr_t hm, int64_t hm_size,
               float scale, int dtype, uintptr_t stream);
 int64_t hadamard_smem_bytes(int64_t n, int64_t m);
+// Why hadamard() cannot take rows of n = m * 2^k in this dtype code ("" when it can), pointers and the
+// device's shared memory aside: the checks the launcher runs, for automatic selection to run first.
+std::string hadamard_reason(int64_t rows, int64_t n, int64_t m, int dtype);
 
 // Fused Monarch attention forward, num_iters = 1 (csrc/attention). Tile-order q [B, A, b1, b2, nh, d],
 // k, v [B, F, b1, b2, nh, d] (element strides of the first five dims); z like q and lse [B, A, b1, b2, nh]
@@ -33,11 +36,18 @@ void monarch_attention_fwd(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t z, u
                            int64_t causal_block_tiles, float sm_scale, int dtype, uintptr_t stream,
                            bool mma_sync_only);
 int monarch_attention_fwd_smem_bytes();
+// Why monarch_attention_fwd() cannot run this problem ("" when it can), pointers and strides aside.
+std::string monarch_attention_fwd_reason(int64_t batch, int64_t nh, int64_t n_q_tiles, int64_t n_kv_tiles, int64_t b1,
+                                         int64_t b2, int64_t head_dim, int64_t causal_block_tiles, float sm_scale,
+                                         int dtype);
 
 // Monarch matmul (csrc/monarch_matmul): x [rows, k*p], w1 [k, q, p], w2 [l, s, r] -> out [rows, s*l], all
 // contiguous; `workspace` holds monarch_matmul_workspace_elems(rows, k, q) elements of the dtype (y1).
 void monarch_matmul(uintptr_t x, uintptr_t w1, uintptr_t w2, uintptr_t workspace, uintptr_t out, int64_t rows,
                     int64_t k, int64_t q, int64_t p, int64_t l, int64_t s, int64_t r, int dtype, uintptr_t stream);
 int64_t monarch_matmul_workspace_elems(int64_t rows, int64_t k, int64_t q);
+// Why monarch_matmul() cannot run these shapes ("" when it can), pointers aside.
+std::string monarch_matmul_reason(int64_t rows, int64_t k, int64_t q, int64_t p, int64_t l, int64_t s, int64_t r,
+                                  int dtype);
 
 }  // namespace monarchrt

@@ -182,8 +182,52 @@ def monarch_attention_with_lse(
 def _attention_call(
     q, k, v, frame_shape, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, backend
 ):
-    """Validate a natural-order call and run it -> ``(out, lse in tile order, tiling)``."""
+    """Validate a natural-order call and run it -> ``(out, lse in tile order, tiling)``.
+
+    The outcome of the checks is cached per argument key (shapes, dtypes, devices, the Python
+    arguments and their exact types), so a repeated call costs a dict lookup, not the checks."""
     q, k, v = autocast_inputs(q, k, v)  # under autocast: the dtype the op runs in (amp.py)
+    key = _call_key(q, k, v, frame_shape, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, backend)
+    call = _validated.get(key) if key is not None else None
+    if call is None:
+        call = _validate_call(
+            q, k, v, frame_shape, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, backend
+        )
+        if key is not None:
+            if len(_validated) >= 4096:  # many distinct shapes: start over rather than grow
+                _validated.clear()
+            _validated[key] = call
+    tiling, scale, cbt, num_iters, backend = call
+    out, lse = _attention_tiles(to_tiles(q, tiling), to_tiles(k, tiling), to_tiles(v, tiling), tiling, scale, cbt,
+                                num_iters, backend)  # fmt: skip
+    return out, lse, tiling
+
+
+_validated: dict[tuple, tuple[Tiling, float, int, int, str]] = {}
+_EXACT = (int, float, str, type(None))
+
+
+def _call_key(q, k, v, frame_shape, *scalars) -> tuple | None:
+    """The key of a call whose checks may be cached, or None (checked every time): tensors of type
+    torch.Tensor, a tuple frame shape and scalars of builtin types, never while torch.compile traces.
+    The key holds the scalars' types: True == 1.0 == 1 with one hash, but only 1 passes the checks."""
+    if type(frame_shape) is not tuple or torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled():
+        return None  # (under autocast the dtype checks depend on the region: checked every time)
+    values = (*frame_shape, *scalars)
+    types = tuple(map(type, values))
+    for t in types:
+        if t not in _EXACT:
+            return None
+    for t in (q, k, v):
+        if type(t) is not torch.Tensor:
+            return None
+    return (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, values, types)
+
+
+def _validate_call(
+    q, k, v, frame_shape, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, backend
+) -> tuple[Tiling, float, int, int, str]:
+    """Every check of a natural-order call -> ``(tiling, sm_scale, causal_block_tiles, num_iters, backend)``."""
     _check_qkv(q, k, v)
     tiling = make_tiling(frame_shape, f_tied, h_reduce, w_reduce)
     num_iters, scale = _check_query_args(q, tiling, num_iters, sm_scale)
@@ -195,10 +239,7 @@ def _attention_call(
             raise ValueError(f"causal_block_frames needs Sq == Skv, got Sq={q.shape[1]}, Skv={k.shape[1]}")
         if cbf % f_tied:
             raise ValueError(f"causal_block_frames={cbf} must be a multiple of f_tied={f_tied}")
-    out, lse = _attention_tiles(
-        to_tiles(q, tiling), to_tiles(k, tiling), to_tiles(v, tiling), tiling, scale, cbf, num_iters, backend
-    )
-    return out, lse, tiling
+    return tiling, scale, causal_block_tiles(tiling, cbf), num_iters, _check_backend(backend)
 
 
 def _check_query_args(q, tiling: Tiling, num_iters, sm_scale) -> tuple[int, float]:
@@ -208,10 +249,10 @@ def _check_query_args(q, tiling: Tiling, num_iters, sm_scale) -> tuple[int, floa
     return num_iters, _check_scale(sm_scale, q.shape[3], q.dtype)
 
 
-def _attention_tiles(qt, kt, vt, tiling: Tiling, scale: float, cbf: int, num_iters: int, backend):
-    """The op on validated tile-order tensors -> ``(out in natural order, lse in tile order)``; the
-    callers that return lse convert it, the others never pay for it."""
-    z, lse = ops.attention(qt, kt, vt, scale, causal_block_tiles(tiling, cbf), num_iters, _check_backend(backend))
+def _attention_tiles(qt, kt, vt, tiling: Tiling, scale: float, cbt: int, num_iters: int, backend: str):
+    """The op on validated tile-order tensors (``cbt`` in tiles, ``backend`` checked) -> ``(out in
+    natural order, lse in tile order)``; the callers that return lse convert it, the others never pay for it."""
+    z, lse = ops.call_attention(qt, kt, vt, scale, cbt, num_iters, backend)
     return from_tiles(z, tiling), lse
 
 
@@ -344,18 +385,18 @@ def monarch_attention_kv_cache(
         torch.Size([1, 60, 2, 16])
     """
     q = autocast_inputs(q)
-    _check_qkv(q, k_cache, v_cache, names=("q", "k_cache", "v_cache"), autocast=True)
-    tiling = make_tiling(frame_shape, f_tied, h_reduce, w_reduce)
-    max_frames = _check_seq("k_cache", k_cache.shape[1], tiling)
-    _check_int("kv_frames", kv_frames)
-    if kv_frames > max_frames or kv_frames % f_tied:
-        raise ValueError(
-            f"kv_frames={kv_frames} must be <= {max_frames} (cache frames) and a multiple of f_tied={f_tied}"
-        )
+    args = (frame_shape, f_tied, h_reduce, w_reduce, kv_frames, sm_scale, num_iters, backend)
+    key = _call_key(q, k_cache, v_cache, *args) if new_k is None and new_v is None else None
+    call = _validated_kv.get(key) if key is not None else None
+    if call is None:
+        call = _validate_kv_call(q, k_cache, v_cache, *args)
+        if key is not None:
+            if len(_validated_kv) >= 4096:
+                _validated_kv.clear()
+            _validated_kv[key] = call
+    tiling, scale, num_iters, backend, tokens = call
     # under autocast only the visible slice is cast (amp.py), never the whole cache
-    k_slice, v_slice = autocast_inputs(
-        k_cache[:, : kv_frames * tiling.tokens_per_frame], v_cache[:, : kv_frames * tiling.tokens_per_frame]
-    )
+    k_slice, v_slice = autocast_inputs(k_cache[:, :tokens], v_cache[:, :tokens])
     if (new_k is None) != (new_v is None):
         raise ValueError("pass both new_k and new_v, or neither")
     if new_k is not None:
@@ -370,7 +411,25 @@ def monarch_attention_kv_cache(
             k_slice, v_slice, to_tile_sequence(new_k, tiling), to_tile_sequence(new_v, tiling)
         )
     # The cache is stored in tile order: its slice goes to the op as it is (a view, no copy).
-    num_iters, scale = _check_query_args(q, tiling, num_iters, sm_scale)
     kt, vt = tile_sequence_as_tiles(k_slice, tiling), tile_sequence_as_tiles(v_slice, tiling)
     out, _ = _attention_tiles(to_tiles(q, tiling), kt, vt, tiling, scale, 0, num_iters, backend)
     return out
+
+
+_validated_kv: dict[tuple, tuple[Tiling, float, int, str, int]] = {}
+
+
+def _validate_kv_call(q, k_cache, v_cache, frame_shape, f_tied, h_reduce, w_reduce, kv_frames, sm_scale, num_iters,
+                      backend) -> tuple[Tiling, float, int, str, int]:  # fmt: skip
+    """The checks of a KV-cache call that do not involve new_k/new_v -> ``(tiling, sm_scale, num_iters,
+    backend, tokens read)``; cached per argument key like :func:`_attention_call`'s."""
+    _check_qkv(q, k_cache, v_cache, names=("q", "k_cache", "v_cache"), autocast=True)
+    tiling = make_tiling(frame_shape, f_tied, h_reduce, w_reduce)
+    max_frames = _check_seq("k_cache", k_cache.shape[1], tiling)
+    _check_int("kv_frames", kv_frames)
+    if kv_frames > max_frames or kv_frames % f_tied:
+        raise ValueError(
+            f"kv_frames={kv_frames} must be <= {max_frames} (cache frames) and a multiple of f_tied={f_tied}"
+        )
+    num_iters, scale = _check_query_args(q, tiling, num_iters, sm_scale)
+    return tiling, scale, num_iters, _check_backend(backend), kv_frames * tiling.tokens_per_frame

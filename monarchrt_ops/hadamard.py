@@ -54,7 +54,7 @@ def hadamard(
         True
     """
     scale, backend = _check(x, scale, backend)
-    return ops.hadamard(x, scale, False, bool(fp32_intermediate), backend)
+    return ops.call_hadamard(x, scale, False, bool(fp32_intermediate), backend)
 
 
 @ops.traceable_errors
@@ -68,4 +68,4 @@ def hadamard_(
         raise ValueError("hadamard_: x requires grad; use hadamard(x) for autograd")
     if not x.is_contiguous():
         raise ValueError("hadamard_: x must be contiguous to be transformed in place")
-    ops.hadamard_(x, scale, False, bool(fp32_intermediate), backend)
+    ops.call_hadamard_(x, scale, False, bool(fp32_intermediate), backend)

@@ -65,6 +65,8 @@ def to_tiles(x: torch.Tensor, tiling: Tiling) -> torch.Tensor:
     """
     bsz, seq, nh, d = x.shape
     t = tiling
+    if t.is_identity():  # a tile is a frame: one reshape (the permute below would be the identity)
+        return x.reshape(bsz, seq // t.tokens_per_frame, t.frame_h, t.frame_w, nh, d)
     groups = seq // (t.tokens_per_frame * t.f_tied)
     x = x.reshape(bsz, groups, t.f_tied, t.h_reduce, t.frame_h // t.h_reduce, t.w_reduce, t.b2, nh, d)
     # [B, g, tau, rho, H/rho, omega, W/omega, nh, d] -> [B, g, rho, omega, tau, H/rho, W/omega, nh, d]
@@ -76,6 +78,8 @@ def from_tiles(x: torch.Tensor, tiling: Tiling) -> torch.Tensor:
     """``(B, T, b1, b2, nh, d)`` tile order -> ``(B, S, nh, d)`` natural order (inverse of to_tiles)."""
     bsz, tiles, _, _, nh, d = x.shape
     t = tiling
+    if t.is_identity():
+        return x.reshape(bsz, tiles * t.tokens_per_frame, nh, d)
     groups = tiles // t.tiles_per_group
     x = x.reshape(bsz, groups, t.h_reduce, t.w_reduce, t.f_tied, t.frame_h // t.h_reduce, t.b2, nh, d)
     x = x.permute(0, 1, 4, 2, 5, 3, 6, 7, 8)

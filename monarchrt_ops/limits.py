@@ -1,9 +1,12 @@
 """Limits of the op arguments that every backend shares, and the cheap checks the torch ops run
 themselves (a direct ``torch.ops`` call or a compiled graph skips the public functions), stated once.
 
-Kernels state narrower limits of their own through ``supports()``; these bound what the public
-functions and the torch ops accept at all. Every check raises ValueError/TypeError naming the
-argument, touches no device memory, and runs in the ops' fake impls too.
+These bound what the public functions and the torch ops accept at all. Kernels state narrower
+limits of their own through ``supports()``, which automatic selection asks first: the Triton
+backend in backends/triton.py, the CUDA extension in ``csrc/kernel_limits.h`` (its launchers and
+``supports()`` run the same checks, ``_C.<kernel>_reason``; ``backends.cuda.cuda_limits()`` reports
+them: head_dim, tile sizes, sm_scale range, shared memory, grid sizes). Every check here raises
+ValueError/TypeError naming the argument, touches no device memory, and runs in the ops' fake impls too.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ MAX_HEAD_DIM = 256  # the reference takes any size; kernels take 64/128 (support
 # (num_iters=2**40) from running for ever.
 MAX_NUM_ITERS = 16
 # Softmax scale per input dtype: large enough for any sensible temperature, small enough that the
-# fp32 logits (and the -1e30 padding sentinel of the fused CUDA kernel times the scale) stay finite.
+# fp32 logits stay finite. (The fused CUDA kernel states its own range, csrc/kernel_limits.h.)
 SM_SCALE_RANGE = {
     torch.float16: (1e-20, 1e8),
     torch.bfloat16: (1e-20, 1e8),
@@ -41,6 +44,9 @@ def check_attention_params(sm_scale, causal_block_tiles, num_iters, dtype) -> No
 HADAMARD_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+_SUPPORTED_SIZES: set[int] = set()
+
+
 def check_hadamard_input(x) -> None:
     """x's dtype, rank and last dim for the Hadamard transform. A symbolic last dim (a fake impl
     traced with dynamic shapes) is left to the eager impl, which sees the concrete size."""
@@ -48,8 +54,10 @@ def check_hadamard_input(x) -> None:
         raise TypeError(f"hadamard: x.dtype={x.dtype} is not supported; use one of {HADAMARD_DTYPES}")
     if x.dim() == 0:
         raise ValueError("hadamard: x must have at least one dimension")
-    if not isinstance(x.shape[-1], torch.SymInt):
-        supported_size(x.shape[-1])
+    n = x.shape[-1]
+    if not isinstance(n, torch.SymInt) and n not in _SUPPORTED_SIZES:
+        supported_size(n)  # raises for an unsupported n
+        _SUPPORTED_SIZES.add(n)  # every eager call asks: remember the sizes that passed
 
 
 def check_monarch_matmul(x, w1, w2) -> None:

@@ -36,7 +36,7 @@ def monarch_matmul(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, *, backe
         torch.Size([8, 16])
     """
     x, w1, w2 = autocast_inputs(x, w1, w2)  # under autocast: the dtype the op runs in (amp.py)
-    return ops.monarch_matmul(x, w1, w2, _check(x, w1, w2, backend))
+    return ops.call_monarch_matmul(x, w1, w2, _check(x, w1, w2, backend))
 
 
 class MonarchLinear(torch.nn.Module):

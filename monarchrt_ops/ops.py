@@ -24,6 +24,8 @@ direct ``torch.ops`` call (vendoring, compile) skips the public functions. A sec
 through attention raises (``attention_backward`` has no derivative of its own).
 Under ``torch.autocast``, ``attention`` and ``monarch_matmul`` run in the autocast dtype and the other
 ops ignore it (amp.py), the same eagerly and compiled.
+The public functions call ``call_<op>``: the op's implementation directly where :func:`eager`
+allows (no autograd, compile, mode, transform, autocast or subclass), else the op.
 Registering twice (a second import of a vendored copy, a reload) reuses the ops already there.
 """
 
@@ -31,6 +33,8 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
+import types
 
 import torch
 
@@ -41,7 +45,7 @@ from .hadamard_matrices import factor
 from .limits import check_attention_params, check_hadamard_input, check_monarch_matmul
 from .problem import AttentionProblem, HadamardProblem, MonarchMatmulProblem
 from .reference import compute_dtype
-from .registry import select
+from .registry import cached_select
 from .structured_reference import reference_monarch_matmul_backward
 
 NAMESPACE = os.environ.get("MONARCHRT_OPS_NAMESPACE", "monarchrt")
@@ -66,8 +70,17 @@ def _check_tiles(q, k, v) -> None:
 def _attention_impl(q, k, v, sm_scale, causal_block_tiles, num_iters, backend):
     _check_tiles(q, k, v)
     check_attention_params(sm_scale, causal_block_tiles, num_iters, q.dtype)
-    problem = AttentionProblem.from_tiles(q, k, causal_block_tiles, num_iters)
-    sel = select("attention", problem, arch_of(q.device), backend or None)
+    return _attention_run(q, k, v, sm_scale, causal_block_tiles, num_iters, backend)
+
+
+def _attention_run(q, k, v, sm_scale, causal_block_tiles, num_iters, backend):
+    """The op's work on checked tile-order tensors: the cached selection, then the backend."""
+    key = (q.shape, k.shape, q.dtype, q.device, sm_scale, causal_block_tiles, num_iters)
+
+    def problem():
+        return AttentionProblem.from_tiles(q, k, causal_block_tiles, num_iters, sm_scale=sm_scale), arch_of(q.device)
+
+    sel = cached_select("attention", key, problem, backend)
     z, lse = sel.backend.launch(
         sel.config, q, k, v, sm_scale=sm_scale, causal_block_tiles=causal_block_tiles, num_iters=num_iters
     )
@@ -82,8 +95,15 @@ def _attention_fake(q, k, v, sm_scale, causal_block_tiles, num_iters, backend):
 
 
 def _attention_backward_impl(dout, dlse, q, k, v, out, lse, sm_scale, causal_block_tiles, num_iters, backend):
-    problem = AttentionProblem.from_tiles(q, k, causal_block_tiles, num_iters, backward=True)
-    sel = select("attention", problem, arch_of(q.device), backend or None)
+    # the registry chooses the backward on its own (a forward-only backend named for the forward,
+    # 'cuda', leaves the backward to automatic selection): docs/design.md, Selection
+    key = ("backward", q.shape, k.shape, q.dtype, q.device, sm_scale, causal_block_tiles, num_iters)
+
+    def problem():
+        prob = AttentionProblem.from_tiles(q, k, causal_block_tiles, num_iters, backward=True, sm_scale=sm_scale)
+        return prob, arch_of(q.device)
+
+    sel = cached_select("attention", key, problem, backend)
     dq, dk, dv = sel.backend.launch_backward(
         sel.config, dout, dlse, q, k, v, out, lse,
         sm_scale=sm_scale, causal_block_tiles=causal_block_tiles, num_iters=num_iters,
@@ -136,11 +156,14 @@ def _kv_cache_write_impl(k_cache, v_cache, new_k, new_v, start):
 
 def _hadamard_rows(x, out, scale, transpose, fp32_intermediate, backend):
     """Run the chosen backend on 2-D row views ``x, out [rows, n]`` (out may be x)."""
-    n = x.shape[-1]
-    m, n2 = factor(n)
     if x.numel():
-        problem = HadamardProblem(x.shape[0], n, m, x.dtype, fp32_intermediate)
-        sel = select("hadamard", problem, arch_of(x.device), backend or None)
+        rows, n = x.shape
+
+        def problem():
+            return HadamardProblem(rows, n, factor(n)[0], x.dtype, fp32_intermediate), arch_of(x.device)
+
+        sel = cached_select("hadamard", (rows, n, x.dtype, x.device, fp32_intermediate), problem, backend)
+        m, n2 = factor(n)
         sel.backend.launch(sel.config, x, out, m=m, n2=n2, scale=scale, transpose=transpose,
                            fp32_intermediate=fp32_intermediate)  # fmt: skip
     return out
@@ -182,8 +205,11 @@ def _hadamard_backward(ctx, dy):
 def _monarch_matmul_impl(x, w1, w2, backend):
     check_monarch_matmul(x, w1, w2)
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
-    problem = MonarchMatmulProblem(x2.shape[0], tuple(w1.shape), tuple(w2.shape), x.dtype)
-    sel = select("monarch_matmul", problem, arch_of(x.device), backend or None)
+
+    def problem():
+        return MonarchMatmulProblem(x2.shape[0], tuple(w1.shape), tuple(w2.shape), x.dtype), arch_of(x.device)
+
+    sel = cached_select("monarch_matmul", (x2.shape[0], w1.shape, w2.shape, x.dtype, x.device), problem, backend)
     out = sel.backend.launch(sel.config, x2, w1, w2)  # the Triton launcher makes the weights contiguous
     return out.reshape(*x.shape[:-1], w2.shape[0] * w2.shape[1])
 
@@ -231,6 +257,61 @@ def traceable_errors(fn):
     return wrapper
 
 
+# --- eager fast path ------------------------------------------------------------------------------
+# QuACK's pattern: an eager call may run the op's implementation directly, skipping the dispatcher
+# (~20-60 us of its Python and C++ layers a call); torch.compile, autograd and anything else that
+# must see the op (modes, transforms, subclasses, autocast) go through torch.ops. Both run the same
+# implementation, so results are identical.
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+def eager(*tensors: torch.Tensor) -> bool:
+    """Whether a call on ``tensors`` may skip the dispatcher: not while torch.compile traces; no
+    dispatch or torch-function mode (FakeTensorMode, FlopCounterMode, ``with torch.device``), no
+    functorch transform (vmap, grad, functionalize), no autocast; plain tensors (no subclass such as
+    FakeTensor or DTensor) on the CPU or a CUDA device; and no autograd (grad mode on and an input
+    that requires grad: the op's autograd formula must record the call). About a microsecond."""
+    C = torch._C
+    if (
+        torch.compiler.is_compiling()
+        or C._len_torch_dispatch_stack()
+        or C._is_torch_function_mode_enabled()
+        or C._are_functorch_transforms_active()
+        or C._is_any_autocast_enabled()
+    ):
+        return False
+    grad = C.is_grad_enabled()
+    for t in tensors:
+        if type(t) not in _PLAIN_TENSORS or (grad and t.requires_grad) or not (t.is_cuda or t.is_cpu):
+            return False
+    return True
+
+
+def call_attention(q, k, v, sm_scale, causal_block_tiles, num_iters, backend):
+    """What the public functions call on validated tile-order tensors: :data:`attention`'s result."""
+    if eager(q, k, v):
+        return _attention_run(q, k, v, sm_scale, causal_block_tiles, num_iters, backend)
+    return attention(q, k, v, sm_scale, causal_block_tiles, num_iters, backend)
+
+
+def call_hadamard(x, scale, transpose, fp32_intermediate, backend):
+    if eager(x):
+        return _hadamard_impl(x, scale, transpose, fp32_intermediate, backend)
+    return hadamard(x, scale, transpose, fp32_intermediate, backend)
+
+
+def call_hadamard_(x, scale, transpose, fp32_intermediate, backend):
+    if eager(x):
+        return _hadamard_inplace_impl(x, scale, transpose, fp32_intermediate, backend)
+    return hadamard_(x, scale, transpose, fp32_intermediate, backend)
+
+
+def call_monarch_matmul(x, w1, w2, backend):
+    if eager(x, w1, w2):
+        return _monarch_matmul_impl(x, w1, w2, backend)
+    return monarch_matmul(x, w1, w2, backend)
+
+
 def _lookup(name: str):
     return getattr(getattr(torch.ops, NAMESPACE), name)
 
@@ -263,7 +344,34 @@ _AUTOGRAD = {
 }
 
 
+def _namespace_owners() -> dict[str, str]:
+    """Op namespace -> the package that registered its ops, shared by every copy of this package in
+    the process (vendored copies rename ``monarchrt_ops``, not this module name)."""
+    holder = sys.modules.get("_monarchrt_op_namespaces")
+    if holder is None:
+        holder = sys.modules["_monarchrt_op_namespaces"] = types.ModuleType("_monarchrt_op_namespaces")
+        holder.owners = {}
+    return holder.owners
+
+
+def _claim_namespace() -> None:
+    """Registering twice from one package (a reload) reuses its ops; a second package (another vendored
+    copy) in the same namespace would silently run the first one's ops and registry: refuse it."""
+    owners = _namespace_owners()
+    owner = owners.get(NAMESPACE)
+    if owner is None and _exists("attention"):
+        owner = "another library"
+    if owner is not None and owner != __package__:
+        raise RuntimeError(
+            f"{__package__}: the op namespace {NAMESPACE!r} is already registered by {owner}; two packages cannot "
+            f"share one namespace. Give this copy a namespace of its own (the vendoring tool's --namespace, "
+            f"or its *_OPS_NAMESPACE environment variable before the import; docs/vendoring.md)"
+        )
+    owners[NAMESPACE] = __package__
+
+
 def _register() -> None:
+    _claim_namespace()
     lib = torch.library.Library(NAMESPACE, "FRAGMENT")
     impls = {
         "attention": (_attention_impl, _attention_fake),

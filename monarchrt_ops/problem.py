@@ -20,17 +20,24 @@ class AttentionProblem:
     num_iters: int
     dtype: torch.dtype
     backward: bool = False
+    # the softmax scale of the call, for the backends' limits on it (None: not known, as in a table
+    # lookup or ``info``; supports() then takes any scale the public functions accept). Not a table
+    # key: configs do not depend on it.
+    sm_scale: float | None = None
 
     @classmethod
-    def from_tiles(cls, q: torch.Tensor, k: torch.Tensor, causal_block_tiles: int, num_iters: int, backward=False):
+    def from_tiles(
+        cls, q: torch.Tensor, k: torch.Tensor, causal_block_tiles: int, num_iters: int, backward=False, sm_scale=None
+    ):
         """From tile-order tensors ``q [B, A, b1, b2, nh, d]`` and ``k [B, F, b1, b2, nh, d]``."""
         bsz, a, b1, b2, nh, d = q.shape
-        return cls(bsz, nh, d, b1, b2, a, k.shape[1], causal_block_tiles, num_iters, q.dtype, backward)
+        return cls(bsz, nh, d, b1, b2, a, k.shape[1], causal_block_tiles, num_iters, q.dtype, backward, sm_scale)
 
     def key(self) -> dict:
-        """JSON-able description, used by config tables and the ``info`` command."""
+        """JSON-able description, used by config tables and the ``info`` command (without sm_scale)."""
         out = asdict(self)
         out["dtype"] = str(self.dtype).removeprefix("torch.")
+        del out["sm_scale"]
         return out
 
     def visible_tile_pairs(self) -> int:

@@ -6,20 +6,23 @@ Every backend of an op answers five questions (docs/design.md):
 statement of a config's constraints, used by the tuner and at run time) and ``launch``.
 
 Selection: an explicit ``backend=`` runs that backend or raises; automatic selection walks the
-architecture's preference order and logs each fallback once, with the reason. A backend may also
-define ``auto_reason(problem, arch) -> None | reason``: why automatic selection should pass over a
-problem it supports (measured slower there, or not measured); an explicit ``backend=`` still runs it.
+architecture's preference order and logs each fallback once, with the reason. A backend with
+``measured_only = True`` is taken automatically only where a table's measured choice says so
+(``tables.choice``; docs/design.md, Config tables); an explicit ``backend=`` still runs it. The
+backward is selected on its own (``problem.backward``): a backend with ``forward_only = True`` named
+for the forward leaves the backward to automatic selection.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from . import tables
 from .arch import Arch
-from .autotune import tables
 
 logger = logging.getLogger("monarchrt_ops")
 
@@ -61,6 +64,7 @@ _logged_fallbacks: set[tuple[str, str, str]] = set()
 def register_backend(op: str, backend: Backend) -> None:
     """Add (or replace) the backend ``backend.name`` for ``op``."""
     _backends.setdefault(op, {})[backend.name] = backend
+    invalidate()
 
 
 def backend_names(op: str) -> list[str]:
@@ -78,7 +82,10 @@ def get_backend(op: str, name: str) -> Backend:
 
 @dataclass
 class Selection:
-    """The outcome of :func:`select`: what runs, with which config, and what was rejected."""
+    """The outcome of :func:`select`: what runs, with which config, and what was rejected.
+
+    A Selection returned by :func:`cached_select` is shared by every call of its problem: read it,
+    never change its config."""
 
     op: str
     backend: Backend
@@ -93,28 +100,99 @@ def select(op: str, problem: Any, arch: Arch, backend: str | None = None) -> Sel
 
     Raises ValueError when an explicitly named backend cannot run the problem.
     """
+    rejected: list[tuple[str, str]] = []
     if backend:
         chosen = get_backend(op, backend)
-        reason = chosen.supports(problem, arch)
-        if reason is not None:
-            raise ValueError(f"backend={backend!r} cannot run {op} here: {reason}")
-        config, source = _config_for(op, chosen, problem, arch)
-        return Selection(op, chosen, config, source, explicit=True)
+        if getattr(problem, "backward", False) and getattr(chosen, "forward_only", False):
+            # the backend named the forward kernel; the backward is chosen like any automatic one
+            rejected.append((backend, f"backend={backend!r} has no backward of its own"))
+        else:
+            reason = chosen.supports(problem, arch)
+            if reason is not None:
+                raise ValueError(f"backend={backend!r} cannot run {op} here: {reason}")
+            config, source = _config_for(op, chosen, problem, arch)
+            return Selection(op, chosen, config, source, explicit=True)
 
-    rejected: list[tuple[str, str]] = []
     kind = "cuda" if arch.is_cuda else "cpu"
     order = [n for n in _PREFERENCE.get(kind, ("reference",)) if n in _backends.get(op, {})]
     for name in order:
+        if rejected and name == rejected[0][0]:
+            continue  # the forward-only backend named for the forward
         candidate = _backends[op][name]
         reason = candidate.supports(problem, arch)
-        if reason is None and hasattr(candidate, "auto_reason"):  # runs, but only when named
-            reason = candidate.auto_reason(problem, arch)
+        if reason is None and getattr(candidate, "measured_only", False):  # runs, but only when named
+            reason = _unmeasured_reason(op, name, problem, arch)
         if reason is None:
             _log_fallbacks(op, rejected, name)
             config, source = _config_for(op, candidate, problem, arch)
             return Selection(op, candidate, config, source, rejected)
         rejected.append((name, reason))
     raise ValueError(f"no backend of {op} can run this call: {rejected}")
+
+
+# Environment variables a selection depends on: a change of any of them starts the caches over.
+_ENV = ("MONARCHRT_STRICT", "MONARCHRT_TUNED_CONFIGS", "TRITON_INTERPRET")
+_generation = [0]  # bumped by invalidate(): a backend registered, or a test's stand-in extension
+_selections: dict[tuple, tuple[tuple, Selection]] = {}
+_config_cache: dict[tuple, tuple[Config, str]] = {}
+_MAX_CACHED = 4096  # distinct problems (batch sizes, sequence lengths) before a cache starts over
+
+
+def invalidate() -> None:
+    """Forget every cached selection and config (the tables' own changes are noticed without it)."""
+    _generation[0] += 1
+    _selections.clear()
+    _config_cache.clear()
+
+
+# os.environ.get costs ~0.8 us a name (key encoding, decoding); CPython's os.environ keeps its
+# encoded items in the dict ``_data``, which it updates on every change: read that when it is there.
+_env_data = getattr(os.environ, "_data", None)
+_env_keys = tuple(map(os.environ.encodekey, _ENV)) if hasattr(os.environ, "encodekey") else None
+
+
+def _state() -> tuple:
+    """What a cached selection was made under: the tables' generation, the registry's, the environment."""
+    if isinstance(_env_data, dict) and _env_keys is not None:
+        env = tuple(map(_env_data.get, _env_keys))
+    else:
+        env = tuple(map(os.environ.get, _ENV))
+    return tables.generation(), _generation[0], env
+
+
+def cached_select(op: str, key: tuple, make: Callable[[], tuple[Any, Arch]], backend: str = "") -> Selection:
+    """:func:`select` memoised per ``(op, key, backend)``: ``key`` must determine the problem and the
+    device (shapes, dtype, device, parameters), ``make()`` builds ``(problem, arch)`` on a miss.
+
+    A hit costs two dict lookups and three environment reads; the entry is remade when the tables,
+    the registered backends or ``MONARCHRT_STRICT`` / ``MONARCHRT_TUNED_CONFIGS`` / ``TRITON_INTERPRET``
+    changed since. An explicit backend that cannot run the problem raises on every call (nothing is cached).
+    """
+    state = _state()
+    hit = _selections.get((op, key, backend))
+    if hit is not None and hit[0] == state:
+        return hit[1]
+    problem, arch = make()
+    sel = select(op, problem, arch, backend or None)
+    if len(_selections) >= _MAX_CACHED:
+        _selections.clear()
+    _selections[(op, key, backend)] = (state, sel)
+    return sel
+
+
+def _unmeasured_reason(op: str, name: str, problem: Any, arch: Arch) -> str | None:
+    """Why automatic selection passes a ``measured_only`` backend over for ``problem`` (None: take it):
+    the measured choice of the tables (tables.choice: this GPU's, its family's, the shipped default)."""
+    gpu = tables.gpu_table_name(arch.device_name) if arch.is_cuda else None
+    found = tables.choice(op, name, problem.key(), gpu, arch.family)
+    if found is None:
+        return (
+            f"not measured against Triton on {arch.family} ({arch.device_name}): no table has a choice for it; "
+            f"explicit backend={name!r} only"
+        )
+    if not found.auto:
+        return f"{found.why} ({found.table}.json); explicit backend={name!r} only"
+    return None
 
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
@@ -129,9 +207,6 @@ def strict_mode() -> bool:
     return value in _TRUE
 
 
-_config_cache: dict[tuple, tuple[Config, str]] = {}
-
-
 def _config_for(op: str, backend: Backend, problem: Any, arch: Arch) -> tuple[Config, str]:
     """Tuned table (exact -> nearest bucket -> same architecture), else the backend default.
 
@@ -139,7 +214,7 @@ def _config_for(op: str, backend: Backend, problem: Any, arch: Arch) -> tuple[Co
     """
     key = (op, backend.name, problem, arch, strict_mode(), tables.generation())
     if key not in _config_cache:
-        if len(_config_cache) > 4096:  # many distinct shapes (batch sizes): start over rather than grow
+        if len(_config_cache) > _MAX_CACHED:  # many distinct shapes (batch sizes): start over rather than grow
             _config_cache.clear()
         _config_cache[key] = _lookup_config(op, backend, problem, arch)
     config, source = _config_cache[key]

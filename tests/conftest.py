@@ -73,3 +73,33 @@ def poison_empty(monkeypatch):
 
     monkeypatch.setattr(torch, "empty", lambda *a, **kw: poisoned(orig_empty(*a, **kw)))
     monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: poisoned(orig_like(*a, **kw)))
+
+
+class FakeExtension:
+    """Stand-in for the built ``monarchrt_ops._C`` on machines without it: the architectures and the
+    shared memory of the real build, and no size, scale or grid limit (``*_reason`` return ''); the
+    tests of those limits use the built extension itself, or a subclass that answers otherwise."""
+
+    @staticmethod
+    def compiled_archs():
+        return ["90a", "100a", "120a"]
+
+    @staticmethod
+    def limits():
+        return {"attention": {"smem_bytes": 230944, "max_num_iters": 1}}
+
+    @staticmethod
+    def hadamard_smem_bytes(n, m):
+        return max(32768, 2 * n)
+
+    @staticmethod
+    def hadamard_reason(rows, n, m, dtype):
+        return ""
+
+    @staticmethod
+    def monarch_attention_fwd_reason(batch, nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, cbt, sm_scale, dtype):
+        return ""
+
+    @staticmethod
+    def monarch_matmul_reason(rows, k, q, p, l, s, r, dtype):
+        return ""

@@ -236,6 +236,10 @@ def test_committed_tables_are_well_formed():
     for path in folder.glob("*.json"):
         data = json.loads(path.read_text())
         assert tables.validate_table(data) == [], path
+        assert [tables.entry_problems(e) for e in data["entries"]] == [[]] * len(data["entries"]), path
+        assert [tables.choice_problems(c) for c in data.get("choices", [])] == [[]] * len(data.get("choices", []))
+        for c in data.get("choices", []):  # choices are about backends taken only where measured
+            assert getattr(get_backend(c["op"], c["backend"]), "measured_only", False), (path, c)
         family = data["provenance"]["family"]
         arch = Arch(family, tuple(data["provenance"]["capability"]), data["provenance"]["gpu_name"])
         for e in data["entries"]:

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import TOL, qkv, rel_err, self_forcing_error_bf16
+from conftest import TOL, FakeExtension, qkv, rel_err, self_forcing_error_bf16
 
 import monarchrt_ops as m
 from monarchrt_ops.arch import Arch
@@ -50,18 +50,8 @@ def test_explicit_cuda_backend_on_cpu_raises():
         m.hadamard(torch.randn(2, 256, dtype=torch.float16), backend="cuda")
 
 
-class _FakeHadamardExtension:
-    @staticmethod
-    def compiled_archs():
-        return ["90a", "100a", "120a"]
-
-    @staticmethod
-    def hadamard_smem_bytes(n, m):
-        return max(32768, 2 * n)
-
-
 def test_hadamard_supports_every_size_whose_rows_fit_shared_memory(monkeypatch):
-    monkeypatch.setattr(cuda, "extension", lambda: (_FakeHadamardExtension, None))
+    monkeypatch.setattr(cuda, "extension", lambda: (FakeExtension, None))
     for n, mm in [(2, 1), (128, 1), (65536, 1), (12, 12), (20 * 4096, 20), (28 * 4096, 28)]:
         assert cuda.CudaHadamard().supports(HadamardProblem(4, n, mm, torch.bfloat16), H100) is None
     rtx5090 = Arch("sm120", (12, 0), "NVIDIA GeForce RTX 5090", 170, 101376)
@@ -70,13 +60,23 @@ def test_hadamard_supports_every_size_whose_rows_fit_shared_memory(monkeypatch):
     assert "not fp16/bf16" in cuda.CudaHadamard().supports(HadamardProblem(4, 256, 1, torch.float32), H100)
 
 
-def test_hadamard_automatic_selection_follows_the_measurements():
-    auto = cuda.CudaHadamard().auto_reason
-    assert auto(HadamardProblem(4, 4096, 1, torch.bfloat16), H100) is None
-    assert auto(HadamardProblem(4, 28 * 1024, 28, torch.bfloat16), H100) is None
-    assert "measured slower than Triton" in auto(HadamardProblem(4, 12 * 256, 12, torch.bfloat16), H100)
+def test_hadamard_automatic_selection_follows_the_measurements(monkeypatch):
+    """The measured choices of the shipped sm_90 default table (tuned_configs/default-sm90.json)."""
+    from monarchrt_ops import registry
+
+    monkeypatch.setattr(cuda, "extension", lambda: (FakeExtension, None))
+
+    def chosen(problem, arch):
+        sel = registry.select("hadamard", problem, arch)
+        return sel.backend.name, dict(sel.rejected).get("cuda", "")
+
+    assert chosen(HadamardProblem(4, 4096, 1, torch.bfloat16), H100) == ("cuda", "")
+    assert chosen(HadamardProblem(4, 28 * 1024, 28, torch.bfloat16), H100) == ("cuda", "")
+    name, why = chosen(HadamardProblem(4, 12 * 256, 12, torch.bfloat16), H100)
+    assert name == "triton" and "measured slower than Triton" in why and "(default-sm90.json)" in why
     b200 = Arch("sm100", (10, 0), "NVIDIA B200", 148, 232448)
-    assert "not measured" in auto(HadamardProblem(4, 4096, 1, torch.bfloat16), b200)
+    name, why = chosen(HadamardProblem(4, 4096, 1, torch.bfloat16), b200)
+    assert name == "triton" and "not measured against Triton on sm100" in why
 
 
 # every pass of the kernel: the contiguous fields alone (n <= 16) and chained (n <= 256, and rows sharing
@@ -156,14 +156,6 @@ def test_launcher_rejects_bad_arguments_before_touching_the_device(args, msg):
 
 
 # --- fused attention forward (csrc/attention) ----------------------------------------------------
-class _FakeExtension:
-    monarch_attention_fwd_smem_bytes = 230944
-
-    @staticmethod
-    def compiled_archs():
-        return ["90a", "100a", "120a"]
-
-
 def _attention_problem(**kw):
     from monarchrt_ops.problem import AttentionProblem
 
@@ -177,11 +169,9 @@ def _attention_problem(**kw):
     [
         ({}, H100, None),
         ({"dtype": torch.float16, "causal_block_tiles": 3, "kv_tiles": 24}, H100, None),
-        ({"backward": True}, H100, None),  # the backward runs the Triton kernels
+        ({"backward": True}, H100, "forward only"),  # the registry chooses the backward (Triton's)
         ({"backward": True, "dtype": torch.float32}, H100, "dtype torch.float32 is not fp16/bf16"),
-        ({"head_dim": 64}, H100, "head_dim=64: the fused kernel takes 128"),
-        ({"b1": 45, "b2": 80}, H100, "tile 45x80: the fused kernel takes b1 <= 32 rows, b2 <= 64 columns"),
-        ({"num_iters": 2}, H100, "num_iters=2: the fused kernel computes one pass"),
+        ({"num_iters": 2}, H100, "num_iters=2: the fused kernel takes num_iters <= 1"),
         ({"dtype": torch.float32}, H100, "dtype torch.float32 is not fp16/bf16"),
         ({}, Arch("sm80", (8, 0), "NVIDIA A100", 108, 166912), "the extension was built for sm_90a, sm_100a, sm_120a"),
         ({}, Arch("sm120", (12, 0), "NVIDIA GeForce RTX 5090", 170, 101376), "needs 230944 B of shared memory"),
@@ -191,8 +181,6 @@ def _attention_problem(**kw):
         "causal-fp16",
         "backward",
         "backward-fp32",
-        "d64",
-        "wan-tile",
         "iters2",
         "fp32",
         "sm80",
@@ -200,21 +188,83 @@ def _attention_problem(**kw):
     ],  # fmt: skip
 )
 def test_cuda_attention_supports(monkeypatch, change, arch, reason):
-    monkeypatch.setattr(cuda, "extension", lambda: (_FakeExtension, None))
+    monkeypatch.setattr(cuda, "extension", lambda: (FakeExtension, None))
     got = cuda.CudaAttention().supports(_attention_problem(**change), arch)
     assert got == reason if reason is None else reason in got
 
 
 B200 = Arch("sm100", (10, 0), "NVIDIA B200", 148, 232448)
+BUILT = cuda.extension()[0] is not None
+
+
+def test_supports_asks_the_kernel_with_the_calls_sm_scale(monkeypatch):
+    seen = []
+
+    class Recording(FakeExtension):
+        @staticmethod
+        def monarch_attention_fwd_reason(batch, nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, cbt, sm_scale, dtype):
+            seen.append((batch, nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, cbt, sm_scale, dtype))
+            return "sm_scale=1e9 (out of range)" if sm_scale > 1e8 else ""
+
+    monkeypatch.setattr(cuda, "extension", lambda: (Recording, None))
+    assert cuda.CudaAttention().supports(_attention_problem(sm_scale=0.125, causal_block_tiles=3), H100) is None
+    assert seen == [(1, 12, 21, 21, 30, 52, 128, 3, 0.125, 1)]
+    assert cuda.CudaAttention().supports(_attention_problem(sm_scale=1e9), H100) == "sm_scale=1e9 (out of range)"
+
+
+@pytest.mark.skipif(not BUILT, reason="the extension is not built on this machine")
+@pytest.mark.parametrize(
+    "change, reason, chosen",
+    [
+        ({"sm_scale": 1e9}, "the fused kernel takes 1e-20 <= sm_scale <= 1e8", "triton"),
+        ({"sm_scale": 1e-30}, "the fused kernel takes 1e-20 <= sm_scale <= 1e8", "triton"),
+        ({"head_dim": 64}, "head_dim=64 (the fused kernel takes 128)", "triton"),
+        ({"b1": 45, "b2": 80}, "tile 45x80 (the fused kernel takes b1 <= 32, b2 <= 64)", "triton"),
+        ({"heads": 70000}, "grid too large", "reference"),  # beyond Triton's grid too
+        ({"q_tiles": 9000, "kv_tiles": 9000}, "grid too large", "triton"),
+    ],
+    ids=["huge-scale", "tiny-scale", "d64", "wan-tile", "heads", "q-tiles"],
+)
+def test_automatic_selection_never_picks_a_cuda_kernel_that_would_raise(monkeypatch, change, reason, chosen):
+    """With the measured pass-over switched off, automatic selection would take the fused kernel wherever
+    the kernel's own limits (csrc/kernel_limits.h, through _C.monarch_attention_fwd_reason) allow it."""
+    from monarchrt_ops import registry
+
+    monkeypatch.setattr(cuda.CudaAttention, "measured_only", False)
+    assert registry.select("attention", _attention_problem(sm_scale=0.088), H100).backend.name == "cuda"
+    sel = registry.select("attention", _attention_problem(**change), H100)
+    assert sel.backend.name == chosen and reason in dict(sel.rejected)["cuda"]
+    with pytest.raises(ValueError, match="backend='cuda' cannot run attention here"):
+        registry.select("attention", _attention_problem(**change), H100, "cuda")
+
+
+@pytest.mark.skipif(not BUILT, reason="the extension is not built on this machine")
+def test_extension_reports_its_limits_and_the_checks_use_them():
+    from monarchrt_ops.problem import MonarchMatmulProblem
+
+    limits = cuda.cuda_limits()
+    att = limits["attention"]
+    assert (att["head_dim"], att["max_b1"], att["max_b2"], att["max_num_iters"]) == (128, 32, 64, 1)
+    assert att["sm_scale_min"] == pytest.approx(1e-20) and att["sm_scale_max"] == 1e8
+    assert att["smem_bytes"] > 200 * 1024 and att["max_q_tiles"] == 65535 // att["cluster"]
+    assert limits["hadamard"]["orders"] == (1, 12, 20, 28) and limits["hadamard"]["max_pow2"] == 65536
+    assert (limits["monarch_matmul"]["multiple"], limits["monarch_matmul"]["l_multiple"]) == (16, 8)
+    module, _ = cuda.extension()
+    assert module.hadamard_reason(4, 1024, 1, 1) == ""
+    assert "m must be 1, 12, 20 or 28" in module.hadamard_reason(4, 24, 24, 1)
+    tiny = MonarchMatmulProblem(64, (4, 4, 4), (4, 4, 4), torch.bfloat16)
+    assert "multiples of 16 and l a multiple of 8" in cuda.CudaMonarchMatmul().supports(tiny, H100)
+    square = MonarchMatmulProblem(64, (64, 64, 64), (64, 64, 64), torch.bfloat16)
+    assert cuda.CudaMonarchMatmul().supports(square, H100) is None
 
 
 @pytest.mark.parametrize(
     "change, arch, chosen, why_not_cuda",
     [
-        ({}, H100, "triton", "tile 30x52: measured slower than Triton at 30x52 and below (batched stage R)"),
-        ({"b1": 24, "b2": 40}, H100, "triton", "tile 24x40: measured slower than Triton"),
-        ({"b1": 16, "b2": 32}, H100, "triton", "tile 16x32: measured slower than Triton"),
-        ({}, B200, "triton", "not measured against Triton on sm_100"),
+        ({}, H100, "triton", "measured slower than Triton at 30x52 and below (batched stage R)"),
+        ({"b1": 24, "b2": 40}, H100, "triton", "measured slower than Triton"),
+        ({"b1": 16, "b2": 32}, H100, "triton", "measured slower than Triton"),
+        ({}, B200, "triton", "not measured against Triton on sm100"),
     ],
     ids=["h100-30x52", "h100-24x40", "h100-16x32", "b200-unmeasured"],
 )
@@ -223,7 +273,7 @@ def test_automatic_selection_passes_the_fused_forward_over_where_triton_measured
 ):
     from monarchrt_ops import registry
 
-    monkeypatch.setattr(cuda, "extension", lambda: (_FakeExtension, None))
+    monkeypatch.setattr(cuda, "extension", lambda: (FakeExtension, None))
     problem = _attention_problem(**change)
     sel = registry.select("attention", problem, arch)
     assert sel.backend.name == chosen
@@ -332,22 +382,20 @@ def _matmul_problem(w1_shape=(64, 64, 64), w2_shape=(64, 64, 64), dtype=torch.bf
         ({}, H100, None),
         ({"w1_shape": (8, 192, 96), "w2_shape": (24, 16, 64), "dtype": torch.float16}, H100, None),
         ({}, B200, None),
-        ({"w1_shape": (4, 4, 4), "w2_shape": (4, 4, 4)}, H100, "p, q, r, s multiples of 16, l of 8"),
-        ({"w1_shape": (12, 16, 16), "w2_shape": (12, 16, 16)}, H100, "p, q, r, s multiples of 16, l of 8"),
         ({"dtype": torch.float32}, H100, "dtype torch.float32 is not fp16/bf16"),
         ({}, Arch("sm80", (8, 0), "NVIDIA A100", 108, 166912), "the extension was built for sm_90a, sm_100a, sm_120a"),
     ],
-    ids=["square-4096", "rect-fp16", "b200", "tiny-blocks", "l12", "fp32", "sm80"],
+    ids=["square-4096", "rect-fp16", "b200", "fp32", "sm80"],
 )
 def test_cuda_monarch_matmul_supports(monkeypatch, change, arch, reason):
-    monkeypatch.setattr(cuda, "extension", lambda: (_FakeExtension, None))
+    monkeypatch.setattr(cuda, "extension", lambda: (FakeExtension, None))
     got = cuda.CudaMonarchMatmul().supports(_matmul_problem(**change), arch)
     assert got == reason if reason is None else reason in got
 
 
 @pytest.mark.parametrize(
     "arch, chosen, why_not_cuda",
-    [(H100, "cuda", None), (B200, "triton", "not measured against Triton on sm_100")],
+    [(H100, "cuda", None), (B200, "triton", "not measured against Triton on sm100")],
     ids=["h100", "b200-unmeasured"],
 )
 def test_automatic_selection_takes_the_cuda_matmul_where_it_was_measured_faster(
@@ -355,7 +403,7 @@ def test_automatic_selection_takes_the_cuda_matmul_where_it_was_measured_faster(
 ):
     from monarchrt_ops import registry
 
-    monkeypatch.setattr(cuda, "extension", lambda: (_FakeExtension, None))
+    monkeypatch.setattr(cuda, "extension", lambda: (FakeExtension, None))
     sel = registry.select("monarch_matmul", _matmul_problem(), arch)
     assert sel.backend.name == chosen
     rejected = dict(sel.rejected)

@@ -18,8 +18,12 @@ assert acme_monarch.ops.NAMESPACE == "acme" and monarchrt_ops.ops.NAMESPACE == "
 assert acme_monarch.ops.attention is torch.ops.acme.attention
 assert monarchrt_ops.ops.attention is torch.ops.monarchrt.attention
 assert acme_monarch.registry is not monarchrt_ops.registry
-assert str(acme_monarch.autotune.tables.tables_dir()).startswith({dest!r})
-assert acme_monarch.autotune.tables.source_hash("attention") == monarchrt_ops.autotune.tables.source_hash("attention")
+# the copy reads its own tables and hashes its own kernels (tables.py resolves them relative to itself)
+assert str(acme_monarch.tables.tables_dir()).startswith({dest!r})
+assert str(acme_monarch.tables.packaged_dir()).startswith({dest!r})
+assert acme_monarch.tables.source_hash("attention") == monarchrt_ops.tables.source_hash("attention")
+import acme_monarch.autotune.tables
+assert acme_monarch.autotune.tables.lookup is acme_monarch.tables.lookup
 g = torch.Generator().manual_seed(0)
 q, k, v = (torch.randn(1, 2 * 24, 2, 8, generator=g, dtype=torch.float64) for _ in range(3))
 a = monarchrt_ops.monarch_attention(q, k, v, (4, 6), w_reduce=2)
@@ -37,6 +41,21 @@ if importlib.util.find_spec("monarchrt_ops._C") is not None:  # built where nvcc
 print("ok")
 """
 
+SAME_NAMESPACE = """
+import sys
+sys.path.insert(0, {dest!r})
+import monarchrt_ops, first_copy
+assert first_copy.ops.NAMESPACE == "shared"
+import importlib
+importlib.reload(first_copy.ops)  # the same package registering again reuses its ops
+try:
+    import second_copy
+except RuntimeError as e:
+    print(e)
+else:
+    print("no error")
+"""
+
 
 def test_vendored_copy_loads_side_by_side(tmp_path):
     target = vendor(tmp_path, "acme_monarch", "acme")
@@ -47,6 +66,20 @@ def test_vendored_copy_loads_side_by_side(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "ok"
+
+
+def test_two_copies_in_one_namespace_is_a_clear_error(tmp_path):
+    vendor(tmp_path, "first_copy", "shared")
+    vendor(tmp_path, "second_copy", "shared")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_OPS_NAMESPACE")}
+    code = SAME_NAMESPACE.format(dest=str(tmp_path))
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == (
+        "second_copy: the op namespace 'shared' is already registered by first_copy; two packages cannot share one "
+        "namespace. Give this copy a namespace of its own (the vendoring tool's --namespace, or its *_OPS_NAMESPACE "
+        "environment variable before the import; docs/vendoring.md)"
+    )
 
 
 def test_vendor_refuses_bad_names(tmp_path):

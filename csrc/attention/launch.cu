@@ -24,6 +24,27 @@ void launch(const attention::FwdParams& p, int batch, bool mma_sync_only, cudaSt
 
 int monarch_attention_fwd_smem_bytes() { return attention::kSmemBytes; }
 
+std::string monarch_attention_fwd_reason(int64_t batch, int64_t nh, int64_t n_q_tiles, int64_t n_kv_tiles, int64_t b1,
+                                         int64_t b2, int64_t head_dim, int64_t causal_block_tiles, float sm_scale,
+                                         int dtype) {
+  using namespace limits;
+  if (head_dim != kAttnHeadDim)
+    return "head_dim=" + std::to_string(head_dim) + " (the fused kernel takes " + std::to_string(kAttnHeadDim) + ")";
+  if (b1 < 1 || b1 > kAttnMaxB1 || b2 < 1 || b2 > kAttnMaxB2)
+    return "tile " + std::to_string(b1) + "x" + std::to_string(b2) + " (the fused kernel takes b1 <= " +
+           std::to_string(kAttnMaxB1) + ", b2 <= " + std::to_string(kAttnMaxB2) + ")";
+  // written so that NaN fails too
+  if (!(sm_scale >= kAttnMinScale && sm_scale <= kAttnMaxScale))
+    return "sm_scale=" + std::to_string(sm_scale) + " (the fused kernel takes 1e-20 <= sm_scale <= 1e8)";
+  if (n_q_tiles > kMaxGridYZ / kAttnCluster || nh > kMaxGridYZ || batch > kMaxGridYZ || n_kv_tiles < 1 ||
+      causal_block_tiles < 0)
+    return "grid too large or no key tiles (the fused kernel takes up to " + std::to_string(kMaxGridYZ / kAttnCluster) +
+           " query tiles, " + std::to_string(kMaxGridYZ) + " heads and batch " + std::to_string(kMaxGridYZ) + ")";
+  if (dtype != kBFloat16 && dtype != kFloat16)
+    return "dtype code " + std::to_string(dtype) + " is not fp16 (0) or bf16 (1)";
+  return "";
+}
+
 void monarch_attention_fwd(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t z, uintptr_t lse,
                            const std::vector<int64_t>& q_strides, const std::vector<int64_t>& k_strides,
                            const std::vector<int64_t>& v_strides, int64_t batch, int64_t nh, int64_t n_q_tiles,
@@ -32,21 +53,15 @@ void monarch_attention_fwd(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t z, u
                            bool mma_sync_only) {
   using namespace attention;
   auto fail = [](const std::string& what) { throw std::invalid_argument("monarch_attention_fwd: " + what); };
-  if (head_dim != kD) fail("head_dim=" + std::to_string(head_dim) + " (the fused kernel takes 128)");
-  if (b1 < 1 || b1 > kMaxB1 || b2 < 1 || b2 > kMaxB2)
-    fail("tile " + std::to_string(b1) + "x" + std::to_string(b2) + " (the fused kernel takes b1 <= 32, b2 <= 64)");
+  const std::string reason = monarch_attention_fwd_reason(batch, nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim,
+                                                          causal_block_tiles, sm_scale, dtype);
+  if (!reason.empty()) fail(reason);
   if (q_strides.size() != 5 || k_strides.size() != 5 || v_strides.size() != 5)
     fail("strides are of [batch, tile, row, column, head]: 5 each");
   for (const auto* s : {&q_strides, &k_strides, &v_strides})
     for (int64_t x : *s)
-      if (x % 8) fail("strides must be multiples of 8 elements (16-byte rows)");
-  if ((q | k | v | z) % 16) fail("q, k, v and z must be 16-byte aligned");
-  // padded columns (l >= b2) carry a raw logit of -1e30: times sm_scale * log2(e) it must stay finite and
-  // far below every real logit, which holds for these scales (use backend='triton' outside them)
-  if (!(sm_scale >= 1e-20f && sm_scale <= 1e8f))
-    fail("sm_scale=" + std::to_string(sm_scale) + " (the fused kernel takes 1e-20 <= sm_scale <= 1e8)");
-  if (n_q_tiles > 65535 / kCluster || nh > 65535 || batch > 65535 || n_kv_tiles < 1)
-    fail("grid too large or no key tiles");
+      if (x % limits::kAttnStrideMultiple) fail("strides must be multiples of 8 elements (16-byte rows)");
+  if ((q | k | v | z) % limits::kAlignBytes) fail("q, k, v and z must be 16-byte aligned");
   if (batch == 0 || n_q_tiles == 0 || nh == 0) return;
   FwdParams p{};
   p.q = reinterpret_cast<const void*>(q);
@@ -69,10 +84,8 @@ void monarch_attention_fwd(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t z, u
   auto s = reinterpret_cast<cudaStream_t>(stream);
   if (dtype == kBFloat16)
     launch<__nv_bfloat16>(p, int(batch), mma_sync_only, s);
-  else if (dtype == kFloat16)
-    launch<__half>(p, int(batch), mma_sync_only, s);
   else
-    fail("dtype code " + std::to_string(dtype) + " is not fp16 (0) or bf16 (1)");
+    launch<__half>(p, int(batch), mma_sync_only, s);
 }
 
 }  // namespace monarchrt

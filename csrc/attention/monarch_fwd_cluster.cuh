@@ -43,20 +43,21 @@
 #define MONARCHRT_WGMMA 1
 #endif
 
+#include "../kernel_limits.h"
 #include "../warp_atoms.cuh"
 
 namespace monarchrt::attention {
 
 namespace cg = cooperative_groups;
 
-constexpr int kCluster = 8;                 // CTAs per query tile
+constexpr int kCluster = limits::kAttnCluster;  // CTAs per query tile
 constexpr int kProducerWarps = 4;           // stage R: 16 columns j each
 constexpr int kConsumerWarps = 8;           // stage L: one owned column each
 constexpr int kProducerThreads = kProducerWarps * 32;
 constexpr int kThreads = (kProducerWarps + kConsumerWarps) * 32;
-constexpr int kD = 128;                     // head_dim
-constexpr int kMaxB1 = 32;                  // rows per tile
-constexpr int kMaxB2 = 64;                  // columns per tile
+constexpr int kD = limits::kAttnHeadDim;      // head_dim
+constexpr int kMaxB1 = limits::kAttnMaxB1;     // rows per tile
+constexpr int kMaxB2 = limits::kAttnMaxB2;     // columns per tile
 constexpr int kCols = kMaxB2 / kCluster;    // stage-L columns per CTA
 constexpr int kRow = kD + 8;                // padded row of 136 halves: ldmatrix rows hit distinct banks
 constexpr float kLn2 = 0.6931471805599453f;

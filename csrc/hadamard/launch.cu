@@ -7,6 +7,7 @@
 
 #include "hadamard.cuh"
 #include "../launch.h"
+#include "../kernel_limits.h"
 
 namespace monarchrt {
 
@@ -21,16 +22,27 @@ int64_t chunk_elems(int64_t n, int64_t n2) {
   return rows * n;
 }
 
-// log2 of n2 = n / m, a power of two, m in {1, 12, 20, 28} (n = 40 * 2^k is 20 * 2^(k+1)); throws otherwise.
-int log2_n2(int64_t n, int64_t m) {
-  if (!(m == 1 || m == 12 || m == 20 || m == 28) || n < 1 || n % m)
-    throw std::invalid_argument("hadamard: n=" + std::to_string(n) + ", m=" + std::to_string(m) +
-                                ": m must be 1, 12, 20 or 28 and divide n");
+// Why n = m * 2^k is not a size of the kernel ("" when it is); log2 of 2^k in *log2n2.
+std::string size_reason(int64_t n, int64_t m, int* log2n2) {
+  bool order = false;
+  for (int o : limits::kHadamardOrders) order = order || m == o;
+  if (!order || n < 1 || n % m)
+    return "hadamard: n=" + std::to_string(n) + ", m=" + std::to_string(m) + ": m must be 1, 12, 20 or 28 and divide n";
   const int64_t n2 = n / m;
   int k = 0;
   while ((int64_t(1) << k) < n2) ++k;
-  if ((int64_t(1) << k) != n2 || n2 > 65536)
-    throw std::invalid_argument("hadamard: n / m = " + std::to_string(n2) + " must be a power of two <= 65536");
+  if ((int64_t(1) << k) != n2 || n2 > limits::kHadamardMaxPow2)
+    return "hadamard: n / m = " + std::to_string(n2) + " must be a power of two <= " +
+           std::to_string(limits::kHadamardMaxPow2);
+  *log2n2 = k;
+  return "";
+}
+
+// log2 of n2 = n / m, a power of two, m in limits::kHadamardOrders; throws otherwise.
+int log2_n2(int64_t n, int64_t m) {
+  int k = 0;
+  const std::string reason = size_reason(n, m, &k);
+  if (!reason.empty()) throw std::invalid_argument(reason);
   return k;
 }
 
@@ -57,16 +69,29 @@ int64_t hadamard_smem_bytes(int64_t n, int64_t m) {
   return chunk_elems(n, int64_t(1) << k) * 2;
 }
 
+std::string hadamard_reason(int64_t rows, int64_t n, int64_t m, int dtype) {
+  int k = 0;
+  std::string reason = size_reason(n, m, &k);
+  if (!reason.empty()) return reason;
+  if (dtype != kBFloat16 && dtype != kFloat16)
+    return "hadamard: dtype code " + std::to_string(dtype) + " is not fp16 (0) or bf16 (1)";
+  const int64_t chunk = chunk_elems(n, int64_t(1) << k);
+  if (rows < 0 || (rows * n + chunk - 1) / chunk > limits::kMaxGridX)
+    return "hadamard: rows=" + std::to_string(rows) + ": too many rows for one launch";
+  return "";
+}
+
 void hadamard(uintptr_t x, uintptr_t out, int64_t rows, int64_t n, int64_t m, uintptr_t hm, int64_t hm_size,
               float scale, int dtype, uintptr_t stream) {
   const int k = log2_n2(n, m);
-  if (x % 16 || out % 16) throw std::invalid_argument("hadamard: x and out must be 16-byte aligned");
+  if (x % limits::kAlignBytes || out % limits::kAlignBytes)
+    throw std::invalid_argument("hadamard: x and out must be 16-byte aligned");
   const int mp = m == 1 ? 0 : m <= 16 ? 16 : 32;
   if (m > 1 && (hm == 0 || hm_size != mp))
     throw std::invalid_argument("hadamard: m=" + std::to_string(m) + " needs H_m zero-padded to " +
                                 std::to_string(mp) + "x" + std::to_string(mp));
-  if (dtype != kBFloat16 && dtype != kFloat16)
-    throw std::invalid_argument("hadamard: dtype code " + std::to_string(dtype) + " is not fp16 (0) or bf16 (1)");
+  const std::string reason = hadamard_reason(rows, n, m, dtype);
+  if (!reason.empty()) throw std::invalid_argument(reason);
   if (rows <= 0) return;
   const int64_t chunk = chunk_elems(n, int64_t(1) << k), smem = chunk * 2;
   int device = 0, smem_max = 0;
@@ -76,7 +101,6 @@ void hadamard(uintptr_t x, uintptr_t out, int64_t rows, int64_t n, int64_t m, ui
     throw std::invalid_argument("hadamard: n=" + std::to_string(n) + " needs " + std::to_string(smem) +
                                 " B of shared memory per block; the device has " + std::to_string(smem_max));
   const int64_t blocks = (rows * n + chunk - 1) / chunk;
-  if (blocks > 0x7fffffff) throw std::invalid_argument("hadamard: too many rows for one launch");
   hadacore::Params p{};
   p.x = reinterpret_cast<const void*>(x);
   p.out = reinterpret_cast<void*>(out);

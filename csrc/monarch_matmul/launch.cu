@@ -5,6 +5,7 @@
 #include <string>
 
 #include "../launch.h"
+#include "../kernel_limits.h"
 #include "block_matmul.cuh"
 
 namespace monarchrt {
@@ -46,25 +47,34 @@ int64_t monarch_matmul_workspace_elems(int64_t rows, int64_t k, int64_t q) {
   return (rows + kTileRows - 1) / kTileRows * kTileRows * k * q;
 }
 
+std::string monarch_matmul_reason(int64_t rows, int64_t k, int64_t q, int64_t p, int64_t l, int64_t s, int64_t r,
+                                  int dtype) {
+  using namespace limits;
+  const std::string dims = "w1 (" + std::to_string(k) + ", " + std::to_string(q) + ", " + std::to_string(p) +
+                           "), w2 (" + std::to_string(l) + ", " + std::to_string(s) + ", " + std::to_string(r) + ")";
+  if (k < 1 || q < 1 || p < 1 || l < 1 || s < 1 || r < 1 || rows < 0) return "empty or negative sizes: " + dims;
+  if (l * r != k * q) return dims + ": l*r != k*q";
+  if (p % kMatmulMultiple || q % kMatmulMultiple || r % kMatmulMultiple || s % kMatmulMultiple || l % kMatmulLMultiple)
+    return dims + ": the CUDA kernels take p, q, r, s multiples of 16 and l a multiple of 8";
+  if (k * q > kMatmulMaxBlocks) return dims + ": too many blocks";
+  if (dtype != kBFloat16 && dtype != kFloat16) return "dtype code " + std::to_string(dtype) + " is not fp16 (0) or bf16 (1)";
+  const int64_t row_tiles = (rows + kTileRows - 1) / kTileRows;
+  const Stage2Shape shape = stage2_shape(s, l);
+  const int64_t s_tiles = s / (8 * shape.nt);
+  if (row_tiles * s_tiles * (l / 8) > kMaxGridX || row_tiles * k * (q / 16) > kMaxGridX)
+    return "rows=" + std::to_string(rows) + ": too many rows for one launch";
+  return "";
+}
+
 void monarch_matmul(uintptr_t x, uintptr_t w1, uintptr_t w2, uintptr_t workspace, uintptr_t out, int64_t rows,
                     int64_t k, int64_t q, int64_t p, int64_t l, int64_t s, int64_t r, int dtype, uintptr_t stream) {
   auto fail = [](const std::string& what) { throw std::invalid_argument("monarch_matmul: " + what); };
-  auto dims = [&] {
-    return "w1 (" + std::to_string(k) + ", " + std::to_string(q) + ", " + std::to_string(p) + "), w2 (" +
-           std::to_string(l) + ", " + std::to_string(s) + ", " + std::to_string(r) + ")";
-  };
-  if (k < 1 || q < 1 || p < 1 || l < 1 || s < 1 || r < 1 || rows < 0) fail("empty or negative sizes: " + dims());
-  if (l * r != k * q) fail(dims() + ": l*r != k*q");
-  if (p % 16 || q % 16 || r % 16 || s % 16 || l % 8)
-    fail(dims() + ": the CUDA kernels take p, q, r, s multiples of 16 and l a multiple of 8");
-  if (k * q > (int64_t(1) << 31)) fail(dims() + ": too many blocks");
-  if ((x | w1 | w2 | workspace | out) % 16) fail("x, w1, w2, workspace and out must be 16-byte aligned");
-  if (dtype != kBFloat16 && dtype != kFloat16)
-    fail("dtype code " + std::to_string(dtype) + " is not fp16 (0) or bf16 (1)");
+  const std::string reason = monarch_matmul_reason(rows, k, q, p, l, s, r, dtype);
+  if (!reason.empty()) fail(reason);
+  if ((x | w1 | w2 | workspace | out) % limits::kAlignBytes) fail("x, w1, w2, workspace and out must be 16-byte aligned");
   const int64_t row_tiles = (rows + kTileRows - 1) / kTileRows;
   const Stage2Shape shape = stage2_shape(s, l);
   const int s_tiles = int(s / (8 * shape.nt));
-  if (row_tiles * s_tiles * (l / 8) > 0x7fffffff || row_tiles * k * (q / 16) > 0x7fffffff) fail("rows=" + std::to_string(rows) + ": too many rows for one launch");
   if (rows == 0) return;
   int bn = 16;
   for (int cand : {64, 48, 32})

@@ -1,8 +1,11 @@
 """The ``cuda`` backend: kernels of the compiled extension ``monarchrt_ops._C`` (csrc/).
 
 The extension takes raw pointers, strides and the current stream, so it needs no torch headers
-and works across torch versions. cuda-python has no job here: torch already reads the device
-properties we need, and pybind11 loads the module, so there is no cubin to load by hand.
+and works across torch versions. Its limits are stated once, in ``csrc/kernel_limits.h``: the
+launchers check them through ``_C.<kernel>_reason(...)``, which ``supports()`` calls too (so
+automatic selection never picks a kernel that then raises), and ``_C.limits()`` reports them.
+cuda-python has no job here: torch already reads the device properties we need, and pybind11 loads
+the module, so there is no cubin to load by hand.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import functools
 
 import torch
 
-from ..arch import Arch, arch_of
+from ..arch import Arch
 from ..hadamard_matrices import padded_matrix
 from ..problem import AttentionProblem, HadamardProblem, MonarchMatmulProblem
 from ..registry import NoConfig
@@ -27,6 +30,13 @@ def extension():
     except ImportError as e:
         return None, f"the CUDA extension monarchrt_ops._C is not built ({e}); reinstall with nvcc on PATH"
     return _C, None
+
+
+def cuda_limits() -> dict | None:
+    """The extension's limits per kernel (``csrc/kernel_limits.h``: head_dim, tile sizes, sm_scale range,
+    shared memory, grid sizes, dtypes), or None when it is not built."""
+    module, _ = extension()
+    return None if module is None else module.limits()
 
 
 def arch_reason(arch: Arch, sm90_feature: str | None = None) -> str | None:
@@ -46,38 +56,12 @@ def arch_reason(arch: Arch, sm90_feature: str | None = None) -> str | None:
     return None
 
 
-def slower_than_triton(subject: str, region: str) -> str:
-    """Why automatic selection passes a kernel over for ``subject``: it measured slower than Triton in ``region``."""
-    return f"{subject}: measured slower than Triton {region} on sm_90 (bench/NOTES.md); explicit backend='cuda' only"
-
-
-def unmeasured_arch_reason(arch: Arch) -> str | None:
-    """Why automatic selection passes a kernel over on ``arch``: the kernels were measured against
-    Triton on sm_90 (H100) only (bench/NOTES.md)."""
-    if arch.capability[0] != 9:
-        return (
-            f"not measured against Triton on sm_{arch.capability[0]}{arch.capability[1]} "
-            "(bench/NOTES.md); explicit backend='cuda' only"
-        )
-    return None
-
-
 class CudaHadamard(NoConfig):
     """One kernel (csrc/hadamard): a CTA transforms ~32 KB of whole rows in shared memory with 16x16
     Hadamard factors on tensor cores, then H_m for n = m * 2^k (hadamard.cuh says how)."""
 
     name = "cuda"
-
-    def auto_reason(self, problem: HadamardProblem, arch: Arch) -> str | None:
-        # Measured on an H100 against Triton, bf16, 256 MB (bench/NOTES.md, "Hadamard transform"): powers of
-        # two 128..32K at 96-100 % of the copy rate (Triton 58-99 %); n = m * 2^k slower than Triton up to
-        # n = 10240 (60-87 % against 75-94 %) and faster at 28 x 1024 (75 % against 54 %), the one size
-        # measured above 16K (beyond 32K elements Triton takes two passes over the data).
-        reason = unmeasured_arch_reason(arch)
-        if reason is None and problem.m > 1 and problem.n <= 16384:
-            n, mm = problem.n, problem.m
-            return slower_than_triton(f"n={n} = {mm} x {n // mm}", "for m * 2^k up to 16K")
-        return reason
+    measured_only = True  # taken automatically where a table's measured choice says so (tables.py)
 
     def supports(self, problem: HadamardProblem, arch: Arch) -> str | None:
         reason = arch_reason(arch, "stmatrix")
@@ -88,6 +72,9 @@ class CudaHadamard(NoConfig):
         if problem.fp32_intermediate:
             return "the CUDA kernel rounds to the input dtype between factors (no fp32_intermediate)"
         module, _ = extension()
+        reason = module.hadamard_reason(problem.rows, problem.n, problem.m, _DTYPE_CODES[problem.dtype])
+        if reason:
+            return reason
         smem = module.hadamard_smem_bytes(problem.n, problem.m)
         if arch.smem_per_block and smem > arch.smem_per_block:
             return f"n={problem.n}: needs {smem} B of shared memory per block; the device has {arch.smem_per_block}"
@@ -116,11 +103,7 @@ class CudaMonarchMatmul(NoConfig):
     workspace so that both reorders are contiguous reads and writes (block_matmul.cuh says how)."""
 
     name = "cuda"
-
-    def auto_reason(self, problem: MonarchMatmulProblem, arch: Arch) -> str | None:
-        # Measured on an H100 against the Triton pair, bf16, 16K rows (bench/NOTES.md, "Monarch matmul"):
-        # faster at all three benchmark shapes (n = 4096, 1024, 768 -> 384). Not measured elsewhere.
-        return unmeasured_arch_reason(arch)
+    measured_only = True  # taken automatically where a table's measured choice says so (tables.py)
 
     def supports(self, problem: MonarchMatmulProblem, arch: Arch) -> str | None:
         reason = arch_reason(arch, "stmatrix")
@@ -128,11 +111,9 @@ class CudaMonarchMatmul(NoConfig):
             return reason
         if problem.dtype not in _DTYPE_CODES:
             return f"dtype {problem.dtype} is not fp16/bf16"
-        (_, q, p), (l, s, r) = problem.w1_shape, problem.w2_shape
-        if p % 16 or q % 16 or r % 16 or s % 16 or l % 8:
-            shapes = f"w1 {problem.w1_shape}, w2 {problem.w2_shape}"
-            return f"{shapes}: the CUDA kernels take p, q, r, s multiples of 16, l of 8"
-        return None
+        module, _ = extension()
+        (k, q, p), (l, s, r) = problem.w1_shape, problem.w2_shape
+        return module.monarch_matmul_reason(problem.rows, k, q, p, l, s, r, _DTYPE_CODES[problem.dtype]) or None
 
     def launch(self, config, x2d, w1, w2):
         module, _ = extension()
@@ -151,47 +132,40 @@ class CudaMonarchMatmul(NoConfig):
 
 class CudaAttention(NoConfig):
     """Fused forward (csrc/attention): one 8-CTA cluster per (batch, head, query tile), aL/Y exchanged
-    through distributed shared memory. The backward runs the Triton kernels."""
+    through distributed shared memory. Forward only: the registry chooses the backward (Triton's)."""
 
     name = "cuda"
+    measured_only = True  # taken automatically where a table's measured choice says so (tables.py)
+    forward_only = True
     # True runs the portable stage-R path (mma.sync, what sm_100a and sm_120a run) on sm_90a too, instead of
     # warpgroup MMA: the GPU tests set it to check that path on an H100.
     mma_sync_only = False
-
-    def auto_reason(self, problem: AttentionProblem, arch: Arch) -> str | None:
-        # Measured on the H200 against Triton, bf16, 21 frames (docs/attention-kernels.md, "Measured"):
-        # since the Triton stage R takes its rows across query tiles, Triton is faster at 30x52 (4.13 vs
-        # 4.66 ms), the tile where this kernel had its largest lead (1.42x on the H100 before), and on
-        # the AR and block-causal cases. Automatic selection no longer takes it; backend="cuda" runs any
-        # supported problem.
-        reason = unmeasured_arch_reason(arch)
-        if reason is not None:
-            return reason
-        return slower_than_triton(f"tile {problem.b1}x{problem.b2}", "at 30x52 and below (batched stage R)")
 
     def supports(self, problem: AttentionProblem, arch: Arch) -> str | None:
         reason = arch_reason(arch, "thread-block clusters")
         if reason is not None:
             return reason
         module, _ = extension()
-        if arch.smem_per_block and arch.smem_per_block < module.monarch_attention_fwd_smem_bytes:
+        limits = module.limits()["attention"]
+        if arch.smem_per_block and arch.smem_per_block < limits["smem_bytes"]:
             return (
-                f"the fused forward needs {module.monarch_attention_fwd_smem_bytes} B of shared memory per block; "
+                f"the fused forward needs {limits['smem_bytes']} B of shared memory per block; "
                 f"the device has {arch.smem_per_block}"
             )
         if problem.dtype not in _DTYPE_CODES:
             return f"dtype {problem.dtype} is not fp16/bf16"
-        if problem.head_dim != 128:
-            return f"head_dim={problem.head_dim}: the fused kernel takes 128"
-        if problem.b1 > 32 or problem.b2 > 64:
-            return f"tile {problem.b1}x{problem.b2}: the fused kernel takes b1 <= 32 rows, b2 <= 64 columns"
-        if problem.num_iters != 1:
-            return f"num_iters={problem.num_iters}: the fused kernel computes one pass"
+        if problem.num_iters > limits["max_num_iters"]:
+            return f"num_iters={problem.num_iters}: the fused kernel takes num_iters <= {limits['max_num_iters']}"
         if problem.backward:
-            from .triton import TritonAttention
-
-            return TritonAttention().supports(problem, arch)
-        return None
+            return "forward only: the fused kernel has no backward (the registry chooses one)"
+        # sm_scale None (a table lookup, `info`): the scale is not known; 1.0 is inside every range
+        scale = 1.0 if problem.sm_scale is None else problem.sm_scale
+        p = problem
+        reason = module.monarch_attention_fwd_reason(
+            p.batch, p.heads, p.q_tiles, p.kv_tiles, p.b1, p.b2, p.head_dim, p.causal_block_tiles, scale,
+            _DTYPE_CODES[p.dtype],
+        )  # fmt: skip
+        return reason or None
 
     def launch(self, config, q, k, v, *, sm_scale, causal_block_tiles, num_iters):
         module, _ = extension()
@@ -207,16 +181,6 @@ class CudaAttention(NoConfig):
                 torch.cuda.current_stream(q.device).cuda_stream, self.mma_sync_only,
             )  # fmt: skip
         return z, lse
-
-    def launch_backward(self, config, dz, dlse, q, k, v, z, lse, *, sm_scale, causal_block_tiles, num_iters):
-        from ..registry import select
-
-        problem = AttentionProblem.from_tiles(q, k, causal_block_tiles, num_iters, backward=True)
-        sel = select("attention", problem, arch_of(q.device), "triton")  # Triton's tuned backward config
-        return sel.backend.launch_backward(
-            sel.config, dz, dlse, q, k, v, z, lse,
-            sm_scale=sm_scale, causal_block_tiles=causal_block_tiles, num_iters=num_iters,
-        )  # fmt: skip
 
 
 def _aligned_contiguous(x: torch.Tensor) -> torch.Tensor:

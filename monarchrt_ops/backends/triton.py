@@ -20,6 +20,7 @@ _WARPS = (2, 4, 8)
 # Register budget of one program: fp32 accumulators of [block, head_dim] (two in stage R: aL and
 # Y) beyond 128 KB per program spill on sm_90 (64 K registers per SM, 4 B each, at most half per program).
 _MAX_ACC_BYTES = 128 * 1024
+_MAX_GRID_YZ = 65535  # CUDA's limit on a launch grid's y and z dimensions (x: 2^31 - 1)
 
 
 def _next_pow2(n: int) -> int:
@@ -68,6 +69,8 @@ class TritonAttention(_Triton):
         reason = super().supports(problem, arch)
         if reason is None and problem.head_dim not in HEAD_DIMS:
             return f"head_dim={problem.head_dim} is not in {HEAD_DIMS}"
+        if reason is None and problem.batch * problem.heads > _MAX_GRID_YZ:  # every kernel's grid z
+            return f"batch * heads = {problem.batch * problem.heads}: the kernels take up to {_MAX_GRID_YZ}"
         return reason
 
     def default_config(self, problem: AttentionProblem, arch: Arch) -> dict:
@@ -182,6 +185,13 @@ class TritonHadamard(_Triton):
 
 
 class TritonMonarchMatmul(_Triton):
+    def supports(self, problem, arch: Arch) -> str | None:
+        reason = super().supports(problem, arch)
+        k, l = problem.w1_shape[0], problem.w2_shape[0]
+        if reason is None and max(k, -(-l // 16)) > _MAX_GRID_YZ:  # grid y: blocks k, then l / 16
+            return f"w1 {problem.w1_shape}, w2 {problem.w2_shape}: the kernels take k, l / 16 up to {_MAX_GRID_YZ}"
+        return reason
+
     def default_config(self, problem, arch: Arch) -> dict:
         return {"block_m": 64, "num_warps": 4}
 

@@ -1,0 +1,201 @@
+"""Host overhead per call: eager calls against the same calls replayed from a CUDA graph.
+
+python -m monarchrt_ops.bench.host_overhead [--json PATH] [--calls N] [--profile]
+
+For each small problem (attention on 30x52 frames, 12 heads, d=128, bf16: 1 vs 1, 3 vs 3 and
+3 vs 21 frames, and the KV-cache call 3 vs 21; a small Hadamard and Monarch matmul), under
+torch.no_grad:
+
+- ``eager_ms``: wall time per call of N back-to-back eager calls, one synchronisation at the end
+  (when the host is slower than the kernels, this is the host's time per call);
+- ``graph_ms``: the same, replaying one call captured in a CUDA graph (the kernels' time, no Python);
+- ``host_overhead_ms = eager_ms - graph_ms``; the target is <= 0.025 ms (docs/design.md);
+- ``host_us``: microseconds of Python per eager call, timed without waiting for the GPU (where the
+  kernels take longer than the host, the launch queue fills and this approaches the GPU time);
+- ``op_eager_ms``: attention through ``torch.ops.<namespace>.attention`` (the dispatcher path that
+  autograd and torch.compile take) on the same tile-order tensors, for comparison;
+- ``sdpa_<backend>_eager_ms`` / ``_graph_ms`` and ``sdpa_fastest_*``: dense SDPA on the same tokens.
+
+``--profile`` adds the 15 functions with the most own time (cProfile) per eager call to each row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import pstats
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import monarchrt_ops as m
+from monarchrt_ops import ops
+
+from .common import header
+
+SDPA_BACKENDS = {
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+}
+FRAME = (30, 52)
+ATTENTION_CASES = [(1, 1), (3, 3), (3, 21)]  # (query frames, key frames)
+TARGET_MS = 0.025
+
+
+def loop_ms(fn, calls: int) -> float:
+    """Wall ms per call of ``calls`` back-to-back calls, synchronised once at the end."""
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - t0) * 1e3 / calls)
+    return best
+
+
+def host_us(fn, calls: int) -> float:
+    """Microseconds of Python per call, not waiting for the GPU (a sync only between the repeats)."""
+    best = float("inf")
+    for _ in range(5):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - t0) * 1e6 / calls)
+    return best
+
+
+def graph_loop_ms(fn, calls: int) -> float:
+    """:func:`loop_ms` of ``fn`` captured once in a CUDA graph."""
+    fn()  # compile and allocate outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return loop_ms(graph.replay, calls)
+
+
+def profile_top(fn, calls: int, top: int = 15) -> list[str]:
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        fn()
+    prof.disable()
+    torch.cuda.synchronize()
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out)
+    stats.sort_stats("tottime")
+    rows = []
+    for (path, line, name), (_, ncalls, tottime, cumtime, _) in list(stats.stats.items()):
+        rows.append((tottime, f"{tottime * 1e6 / calls:7.2f} us own, {cumtime * 1e6 / calls:7.2f} us cum "
+                              f"{ncalls // calls:3d}x {Path(path).name}:{line}({name})"))  # fmt: skip
+    return [text for _, text in sorted(rows, reverse=True)[:top]]
+
+
+def measure(name: str, fn, calls: int, profile: bool, **extra) -> dict:
+    row = {"case": name, **extra}
+    row["eager_ms"] = loop_ms(fn, calls)
+    row["graph_ms"] = graph_loop_ms(fn, calls)
+    row["host_overhead_ms"] = row["eager_ms"] - row["graph_ms"]
+    row["host_us"] = host_us(fn, calls)
+    row["meets_target"] = row["host_overhead_ms"] <= TARGET_MS
+    if profile:
+        row["profile"] = profile_top(fn, calls)
+    return row
+
+
+def attention_rows(calls: int, profile: bool) -> list[dict]:
+    rows = []
+    hw = FRAME[0] * FRAME[1]
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    tiling = m.make_tiling(FRAME)
+    for fq, fk in ATTENTION_CASES:
+
+        def mk(frames):
+            return torch.randn(1, frames * hw, 12, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
+
+        q, k, v = mk(fq), mk(fk), mk(fk)
+        row = measure(f"attention {fq} vs {fk} frames", lambda q=q, k=k, v=v: m.monarch_attention(q, k, v, FRAME),
+                      calls, profile, q_frames=fq, kv_frames=fk)  # fmt: skip
+        qt, kt, vt = (m.to_tiles(x, tiling) for x in (q, k, v))
+        row["op_eager_ms"] = loop_ms(lambda qt=qt, kt=kt, vt=vt: ops.attention(qt, kt, vt, 128**-0.5, 0, 1, ""), calls)
+        for sdpa, be in SDPA_BACKENDS.items():
+            qs, ks, vs = (x.transpose(1, 2) for x in (q, k, v))
+
+            def dense(qs=qs, ks=ks, vs=vs, be=be):
+                with sdpa_kernel(be):
+                    return torch.nn.functional.scaled_dot_product_attention(qs, ks, vs)
+
+            try:
+                row[f"sdpa_{sdpa}_eager_ms"] = loop_ms(dense, calls)
+                row[f"sdpa_{sdpa}_graph_ms"] = graph_loop_ms(dense, calls)
+            except RuntimeError as e:
+                row[f"sdpa_{sdpa}_error"] = str(e).splitlines()[0][:200]
+        timed = [s for s in SDPA_BACKENDS if f"sdpa_{s}_graph_ms" in row]
+        if timed:
+            best = min(timed, key=lambda s: row[f"sdpa_{s}_graph_ms"])
+            row["sdpa_fastest"] = best
+            row["sdpa_fastest_eager_ms"] = row[f"sdpa_{best}_eager_ms"]
+            row["sdpa_fastest_graph_ms"] = row[f"sdpa_{best}_graph_ms"]
+        rows.append(row)
+    # the Self-Forcing inference call: a 3-frame chunk over a 21-frame KV cache
+    cache = m.MonarchKVCache(1, 12, 128, FRAME, max_frames=21, dtype=torch.bfloat16, device="cuda")
+    kv = torch.randn(1, 21 * hw, 12, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
+    cache.append(kv, kv)
+    q = torch.randn(1, 3 * hw, 12, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
+    rows.append(measure("kv-cache attention 3 vs 21 frames", lambda: cache.attend(q), calls, profile))
+    return rows
+
+
+def small_op_rows(calls: int, profile: bool) -> list[dict]:
+    x = torch.randn(256, 1024, device="cuda", dtype=torch.bfloat16)
+    w1 = torch.randn(32, 32, 32, device="cuda", dtype=torch.bfloat16) / 32**0.5
+    w2 = torch.randn(32, 32, 32, device="cuda", dtype=torch.bfloat16) / 32**0.5
+    return [
+        measure("hadamard 256 x 1024", lambda: m.hadamard(x), calls, profile),
+        measure("monarch_matmul 256 x 1024 (32, 32, 32)", lambda: m.monarch_matmul(x, w1, w2), calls, profile),
+    ]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--calls", type=int, default=200, help="calls per timed loop (default %(default)s)")
+    p.add_argument("--profile", action="store_true", help="add a cProfile breakdown of each eager call")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("host_overhead: error: no CUDA device; this measures a GPU's host overhead", file=sys.stderr)
+        return 2
+    result = {"header": header(), "target_ms": TARGET_MS, "rows": []}
+    print(json.dumps(result["header"]), flush=True)
+    with torch.no_grad():
+        for row in attention_rows(args.calls, args.profile) + small_op_rows(args.calls, args.profile):
+            result["rows"].append(row)
+            extra = ""
+            if "sdpa_fastest" in row:
+                eager, graph = row["sdpa_fastest_eager_ms"], row["sdpa_fastest_graph_ms"]
+                extra = f"  sdpa {row['sdpa_fastest']} eager {eager:.4f} graph {graph:.4f}"
+            if "op_eager_ms" in row:
+                extra += f"  op {row['op_eager_ms']:.4f}"
+            print(f"{row['case']:42} eager {row['eager_ms']:.4f} graph {row['graph_ms']:.4f} host "
+                  f"{row['host_overhead_ms']:.4f} ms ({row['host_us']:.1f} us python){extra}", flush=True)  # fmt: skip
+            for line in row.get("profile", []):
+                print("    " + line)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
