@@ -1,10 +1,11 @@
-"""Forward configs of the Triton backend, one stage at a time, timed in the whole Triton forward.
+"""Configs of the Triton backend, one stage at a time, timed in the whole Triton forward (or backward).
 
-python -m monarchrt_ops.bench.sweep_forward [--stage r|l] [--json PATH]
+python -m monarchrt_ops.bench.sweep_forward [--stage r|l|bwd-l] [--cases NAME ...] [--json PATH]
 
 For each case: the backend default and every config of a short list that ``is_valid`` accepts
 (stage R: ``fwd_block_m x fwd_block_l x fwd_warps x num_stages``; stage L: ``fwd_block_k x
-l_warps``), CUDA-graph replay time of the Triton forward, the other keys at their defaults.
+l_warps``; the backward's stage-L kernels: ``block_k x bwd_block_k x l_warps``, timed in the
+Triton backward), CUDA-graph replay time, the other keys at their defaults.
 Feeds the defaults and the tuner's space (docs/attention-kernels.md).
 """
 
@@ -28,18 +29,39 @@ from .common import graph_ms, header
 CASES = {"30x52": ((30, 52), {}), "45x80": ((45, 80), {}), "15x26": ((30, 52), {"h_reduce": 2, "w_reduce": 2})}
 
 
+SCALE = 128**-0.5
+
+
+def _forward_and_grads(q, k, v, config):
+    """z, lse of the Triton forward and the output gradients the backward sweep feeds it."""
+    from monarchrt_ops.triton_kernels.monarch_attention import monarch_attention_fwd
+
+    z, lse = monarch_attention_fwd(q, k, v, sm_scale=SCALE, causal_block_tiles=0, num_iters=1, config=config)
+    return z, lse, torch.randn_like(z), torch.zeros_like(lse)
+
+
+def _call(stage, q, k, v, z, lse, dz, dlse, config):
+    from monarchrt_ops.triton_kernels.monarch_attention import monarch_attention_bwd, monarch_attention_fwd
+
+    kw = {"sm_scale": SCALE, "causal_block_tiles": 0, "num_iters": 1, "config": config}
+    if stage == "bwd-l":
+        return monarch_attention_bwd(dz, dlse, q, k, v, z, lse, **kw)
+    return monarch_attention_fwd(q, k, v, **kw)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--frames", type=int, default=21)
-    p.add_argument("--stage", choices=("r", "l"), default="r")
+    p.add_argument("--stage", choices=("r", "l", "bwd-l"), default="r")
+    p.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     args = p.parse_args(argv)
-    from monarchrt_ops.triton_kernels.monarch_attention import monarch_attention_fwd
 
     backend = get_backend("attention", "triton")
     arch = arch_of(torch.device("cuda"))
     out = {"header": header(), "cases": {}}
-    for name, (frame, kw) in CASES.items():
+    for name in args.cases:
+        frame, kw = CASES[name]
         tiling = m.make_tiling(frame, **kw)
         hw = frame[0] * frame[1]
         q, k, v = (
@@ -53,9 +75,14 @@ def main(argv=None) -> int:
         if args.stage == "r":
             keys = ("fwd_block_m", "fwd_block_l", "fwd_warps", "num_stages")
             grid = itertools.product([64, 128], [widest_l // 2, widest_l], [4, 8], [2, 3])
-        else:
+        elif args.stage == "l":
             keys = ("fwd_block_k", "l_warps")
             grid = itertools.product([32, 64, 128], [4, 8])
+        else:
+            keys = ("block_k", "bwd_block_k", "l_warps")
+            grid = itertools.product([16, 32, 64], [32, 64], [4, 8])
+        tensors = (q, k, v, *_forward_and_grads(q, k, v, base))
+
         for cfg in [None, *grid]:
             config = dict(base)
             if cfg is not None:
@@ -63,11 +90,7 @@ def main(argv=None) -> int:
             if backend.is_valid(config, prob, arch) is not None:
                 continue
             try:
-                ms = graph_ms(
-                    lambda c=config, q=q, k=k, v=v: monarch_attention_fwd(
-                        q, k, v, sm_scale=128**-0.5, causal_block_tiles=0, num_iters=1, config=c
-                    )
-                )
+                ms = graph_ms(lambda c=config, t=tensors: _call(args.stage, *t, c))
             except Exception as e:  # noqa: BLE001 - a config that fails to compile is recorded
                 ms = None
                 config["error"] = str(e).splitlines()[0][:200]
