@@ -248,7 +248,8 @@ def traceable_errors(fn):
         try:
             return fn(*args, **kwargs)
         except (ValueError, TypeError) as e:
-            _lookup("argument_error")(type(e).__name__, str(e))
+            # isinstance, not type(e).__name__: Dynamo of torch 2.11 cannot trace the latter
+            _lookup("argument_error")("TypeError" if isinstance(e, TypeError) else "ValueError", str(e))
             raise
 
     # a code object of its own per function: Dynamo caches compiled frames per code object, and one
