@@ -138,9 +138,10 @@ def monarch_attention_bwd(
     # the next pass's daR and dcR, in the Y and cL layouts, read by an earlier pass's stage L
     d_ar = torch.empty_like(sc.a_l) if num_iters > 1 else da_l
     d_cr = torch.empty_like(sc.c_l) if num_iters > 1 else dc_l
-    dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-    dk = torch.zeros(k.shape[:4] + (nh, d), dtype=torch.float32, device=q.device)
-    dv = torch.zeros_like(dk)
+    # written first by the last pass's _stage_l_bwd_q and _stage_r_bwd_kv, read-added after
+    dq = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    dk = torch.empty(k.shape[:4] + (nh, d), dtype=torch.float32, device=q.device)
+    dv = torch.empty_like(dk)
     strides_kv = (*k.stride()[:5], *v.stride()[:5])
     l_meta = dict(HEAD_DIM=d, DOT_PRECISION=_dot_precision(q.dtype),
                   BLOCK_I=config["block_i"], BLOCK_K=config["block_k"],
@@ -170,12 +171,13 @@ def monarch_attention_bwd(
             *l_args, da_l, dy, dc_l, delta_r, sm_scale, *strides_l, *common, UPDATE=not last, **l_meta
         )
         _stage_l_bwd_q[grid_l_q](
-            *l_args, dq, sm_scale, *strides_l, *common, UPDATE=not last, **{**l_meta, "BLOCK_K": config["bwd_block_k"]}
-        )
+            *l_args, dq, sm_scale, *strides_l, *common, UPDATE=not last, ACCUMULATE=not last,
+            **{**l_meta, "BLOCK_K": config["bwd_block_k"]},
+        )  # fmt: skip
         r_args = (q, k, v, q if first else a_rs[it], sc.c_l if first else c_rs[it], sc.lse_r, da_l, dy, dc_l, delta_r)
         flags = dict(FIRST=first, HAS_Y=last, **r_meta)
         _stage_r_bwd_kv[(n_f * b1, triton.cdiv(b2, config["block_l"]), bsz * nh)](
-            *r_args, dk, dv, sm_scale, *q.stride()[:5], *strides_kv, *common, **flags
+            *r_args, dk, dv, sm_scale, *q.stride()[:5], *strides_kv, *common, ACCUMULATE=not last, **flags
         )
         _stage_r_bwd_q[(n_a * b1, triton.cdiv(b2, config["block_j"]), bsz * nh)](
             *r_args, dq, d_ar, d_cr, sm_scale, *q.stride()[:5], *strides_kv, *common, **flags

@@ -17,11 +17,11 @@ sees dL = <Q, daR'> + dcR' in place of <dZ, Y> (UPDATE): Q plays dZ and daR' pla
 dY, and the direct term dQ += sum_{f,k} L daR' comes with D = <Q, sum L daR'> + sum L dcR'
 (_stage_l_bwd_delta, run first).
 
-Each kernel owns its outputs (no atomics): dQ, dK and dV are zeroed once and read-added by one
-launch after the other. Scratch layouts are those of the forward: aL, Y, daL, dY, daR ``[B, nh, A,
-F, b2(j), b1(k), d]``; cL, dcL, dcR, D_R, lse_R ``[B, nh, A, F, b2, b1]``; aR ``[B, nh, A, F, b1, b2,
-d]``; lse_L and D_L ``[B, A, b1, b2, nh]``; dQ ``[B, A, b1, b2, nh, d]``, dK and dV ``[B, F, b1, b2,
-nh, d]`` fp32.
+Each kernel owns its outputs (no atomics): the last pass, differentiated first, writes dQ (stage
+L), dK and dV; every later launch read-adds (ACCUMULATE), one after the other. Scratch layouts are
+those of the forward: aL, Y, daL, dY, daR ``[B, nh, A, F, b2(j), b1(k), d]``; cL, dcL, dcR, D_R,
+lse_R ``[B, nh, A, F, b2, b1]``; aR ``[B, nh, A, F, b1, b2, d]``; lse_L and D_L ``[B, A, b1, b2,
+nh]``; dQ ``[B, A, b1, b2, nh, d]``, dK and dV ``[B, F, b1, b2, nh, d]`` fp32.
 """
 
 from __future__ import annotations
@@ -154,10 +154,11 @@ def _stage_l_bwd_q(
     sqb, sqt, sqr, sqc, sqh,
     szb, szt, szr, szc, szh,
     nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
-    UPDATE: tl.constexpr, HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPDATE: tl.constexpr, ACCUMULATE: tl.constexpr, HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """dQ += s sum_{f,k} dS_L aL per (a, j) and a block of rows i (UPDATE: as _stage_l_bwd_kv)."""
+    """dQ (+)= s sum_{f,k} dS_L aL per (a, j) and a block of rows i (UPDATE: as _stage_l_bwd_kv).
+    ACCUMULATE: read-add; the last pass, differentiated first, writes dQ."""
     pid_aj = tl.program_id(0)
     pid_i = tl.program_id(1)
     pid_bh = tl.program_id(2)
@@ -196,7 +197,10 @@ def _stage_l_bwd_q(
         ds = p * (dp - d_l[:, None])
         acc += tl.dot(ds.to(dtype), a_l, input_precision=DOT_PRECISION)  # [BI, BK] @ [BK, D]
     p_dq = DQ + (tok[:, None] * nh + h) * HEAD_DIM + offs_d[None, :]
-    tl.store(p_dq, tl.load(p_dq, mask=mask_i[:, None], other=0.0) + acc * sm_scale, mask=mask_i[:, None])
+    d_q = acc * sm_scale
+    if ACCUMULATE:
+        d_q += tl.load(p_dq, mask=mask_i[:, None], other=0.0)
+    tl.store(p_dq, d_q, mask=mask_i[:, None])
 
 
 @triton.jit
@@ -232,10 +236,11 @@ def _stage_r_bwd_kv(
     skb, skt, skr, skc, skh,
     svb, svt, svr, svc, svh,
     nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
-    FIRST: tl.constexpr, HAS_Y: tl.constexpr,
+    FIRST: tl.constexpr, HAS_Y: tl.constexpr, ACCUMULATE: tl.constexpr,
     HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
-    """dK (and dV on the last pass) of key row (f, k), columns l, read-added over one pass's (a, j)."""
+    """dK (and dV on the last pass) of key row (f, k), columns l, summed over one pass's (a, j).
+    ACCUMULATE: dK read-added; the last pass, differentiated first, writes dK and dV."""
     pid_fk = tl.program_id(0)
     pid_l = tl.program_id(1)
     pid_bh = tl.program_id(2)
@@ -280,10 +285,11 @@ def _stage_r_bwd_kv(
             acc_dv += tl.dot(r_t, d_y, input_precision=DOT_PRECISION)
     out = (((bb * num_kv_tiles + f) * b1 + k_row) * b2 + offs_l) * nh + h
     p_dk = DK + out[:, None] * HEAD_DIM + offs_d[None, :]
-    tl.store(p_dk, tl.load(p_dk, mask=mask_l[:, None], other=0.0) + acc_dk, mask=mask_l[:, None])
-    if HAS_Y:
-        p_dv = DV + out[:, None] * HEAD_DIM + offs_d[None, :]
-        tl.store(p_dv, tl.load(p_dv, mask=mask_l[:, None], other=0.0) + acc_dv, mask=mask_l[:, None])
+    if ACCUMULATE:
+        acc_dk += tl.load(p_dk, mask=mask_l[:, None], other=0.0)
+    tl.store(p_dk, acc_dk, mask=mask_l[:, None])
+    if HAS_Y:  # only the last pass forms Y, so only it has a dV
+        tl.store(DV + out[:, None] * HEAD_DIM + offs_d[None, :], acc_dv, mask=mask_l[:, None])
 
 
 @triton.jit(do_not_specialize=RUNTIME_ARGS)
@@ -315,11 +321,16 @@ def _stage_r_bwd_q(
     if causal_block_tiles > 0:
         f_end = tl.minimum(num_kv_tiles, (a // causal_block_tiles + 1) * causal_block_tiles)
     acc_dq = tl.zeros([BLOCK_J, HEAD_DIM], tl.float32)
+    if FIRST:  # the first pass's query, row k of tile a, is the same for every key tile: loaded once
+        q, row_scale = _stage_r_query(
+            Q, AR, CR, q_base, a, offs_j, a, k_row, b1, b2, sqt, sqc, mask_j, sm_scale, True, HEAD_DIM
+        )
     for f in range(0, f_end):
         afk_base = ((bb * nh + h) * num_q_tiles + a) * num_kv_tiles + f
-        q, row_scale = _stage_r_query(
-            Q, AR, CR, q_base, a, offs_j, afk_base, k_row, b1, b2, sqt, sqc, mask_j, sm_scale, FIRST, HEAD_DIM
-        )
+        if not FIRST:
+            q, row_scale = _stage_r_query(
+                Q, AR, CR, q_base, a, offs_j, afk_base, k_row, b1, b2, sqt, sqc, mask_j, sm_scale, False, HEAD_DIM
+            )
         rows = (afk_base * b2 + offs_j) * b1 + k_row
         lse_r, d_al, d_y, d_cl, delta_r = _stage_r_grads(LSE_R, DAL, DY, DCL, DELTA_R, rows, mask_j, HAS_Y, HEAD_DIM)
         acc = tl.zeros([BLOCK_J, HEAD_DIM], tl.float32)
