@@ -103,3 +103,14 @@ class FakeExtension:
     @staticmethod
     def monarch_matmul_reason(rows, k, q, p, l, s, r, dtype):
         return ""
+
+
+@pytest.fixture
+def table_dir(tmp_path, monkeypatch):
+    """An empty folder of tuned-config tables, read instead of the package's (MONARCHRT_TUNED_CONFIGS)."""
+    from monarchrt_ops import tables
+
+    monkeypatch.setenv("MONARCHRT_TUNED_CONFIGS", str(tmp_path))
+    tables.clear_cache()
+    yield tmp_path
+    tables.clear_cache()

@@ -98,14 +98,6 @@ def entry(q_tiles, config, kv_tiles=21, source_hash=None):
             "source_hash": source_hash or tables.source_hash("attention")}  # fmt: skip
 
 
-@pytest.fixture
-def table_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("MONARCHRT_TUNED_CONFIGS", str(tmp_path))
-    tables.clear_cache()
-    yield tmp_path
-    tables.clear_cache()
-
-
 def prov(family="sm90"):
     return {"gpu_name": "NVIDIA H100 80GB HBM3", "family": family}
 

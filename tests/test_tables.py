@@ -21,14 +21,6 @@ HAD = HadamardProblem(1024, 1024, 1, torch.bfloat16)
 KEY, BUCKET = tables.split_key(HAD.key())
 
 
-@pytest.fixture
-def table_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("MONARCHRT_TUNED_CONFIGS", str(tmp_path))
-    tables.clear_cache()
-    yield tmp_path
-    tables.clear_cache()
-
-
 def entry(config, bucket=None, **kw):
     return {"op": "hadamard", "backend": "triton", "key": KEY, "bucket": BUCKET if bucket is None else bucket,
             "config": config, "source_hash": tables.source_hash("hadamard"), **kw}  # fmt: skip
