@@ -29,7 +29,16 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .monarch_attention_fwd import RUNTIME_ARGS, TEMPERATURE_EPS, TEMPERATURE_MAX, _flat_key_rows, _rows, _stage_r_query
+from .monarch_attention_fwd import (
+    RUNTIME_ARGS,
+    TEMPERATURE_EPS,
+    TEMPERATURE_MAX,
+    _key_block,
+    _query_column,
+    _rows,
+    _stage_r_query,
+    _visible_kv_tiles,
+)
 
 
 @triton.jit(do_not_specialize=RUNTIME_ARGS)
@@ -52,20 +61,15 @@ def _stage_l_bwd_kv(
     a = pid_aj // b2
     bb = (pid_bh // nh).to(tl.int64)
     h = pid_bh % nh
-    f_end = num_kv_tiles
-    if causal_block_tiles > 0:
-        f_end = tl.minimum(num_kv_tiles, (a // causal_block_tiles + 1) * causal_block_tiles)
-    n_keys = f_end * b1
+    n_keys = _visible_kv_tiles(a, num_kv_tiles, causal_block_tiles) * b1
     if pid_k * BLOCK_K >= n_keys:  # key rows of tiles masked for query tile a
         return
     dtype = Q.dtype.element_ty
-    keys = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     offs_d = tl.arange(0, HEAD_DIM)
-    mask_k = keys < n_keys
-    rows = _flat_key_rows((bb * nh + h) * num_q_tiles + a, keys, num_kv_tiles, b1, b2, j)
-    a_l = _rows(AL, rows * HEAD_DIM, mask_k, HEAD_DIM)
+    bha = (bb * nh + h) * num_q_tiles + a
+    keys = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    rows, mask_k, a_l, c_l = _key_block(AL, CL, bha, keys, n_keys, num_kv_tiles, b1, b2, j, HEAD_DIM)
     y = _rows(Y, rows * HEAD_DIM, mask_k, HEAD_DIM)
-    c_l = tl.load(CL + rows, mask=mask_k, other=0.0)
     if UPDATE:
         d_cr = tl.load(DCR + rows, mask=mask_k, other=0.0)
     acc_dal = tl.zeros([BLOCK_K, HEAD_DIM], tl.float32)
@@ -109,33 +113,18 @@ def _stage_l_bwd_delta(
 ):  # fmt: skip
     """An earlier pass's stage-L delta D = <Q, P> + sum L dcR', with P = sum_{f,k} L daR', and the
     update's direct term dQ += P; per (a, j) and a block of rows i, keys flat as in the forward."""
-    pid_aj = tl.program_id(0)
-    pid_i = tl.program_id(1)
-    pid_bh = tl.program_id(2)
-    j = pid_aj % b2
-    a = pid_aj // b2
-    bb = (pid_bh // nh).to(tl.int64)
-    h = pid_bh % nh
+    a, j, bb, h, bha, offs_i, mask_i, q, tok = _query_column(
+        Q, sqb, sqt, sqr, sqc, sqh, nh, num_q_tiles, b1, b2, BLOCK_I, HEAD_DIM
+    )
     dtype = Q.dtype.element_ty
-    offs_i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
     offs_d = tl.arange(0, HEAD_DIM)
-    mask_i = offs_i < b1
-    q = _rows(Q + bb * sqb + a * sqt + j * sqc + h * sqh, offs_i * sqr, mask_i, HEAD_DIM)
-    tok = ((bb * num_q_tiles + a) * b1 + offs_i) * b2 + j
     lse = tl.load(LSE + tok * nh + h, mask=mask_i, other=float("inf"))
-    f_end = num_kv_tiles
-    if causal_block_tiles > 0:
-        f_end = tl.minimum(num_kv_tiles, (a // causal_block_tiles + 1) * causal_block_tiles)
     acc_p = tl.zeros([BLOCK_I, HEAD_DIM], tl.float32)
     acc_c = tl.zeros([BLOCK_I], tl.float32)
-    bha = (bb * nh + h) * num_q_tiles + a
-    n_keys = f_end * b1
+    n_keys = _visible_kv_tiles(a, num_kv_tiles, causal_block_tiles) * b1
     for key0 in range(0, n_keys, BLOCK_K):
         keys = key0 + tl.arange(0, BLOCK_K)
-        mask_k = keys < n_keys
-        rows = _flat_key_rows(bha, keys, num_kv_tiles, b1, b2, j)
-        a_l = _rows(AL, rows * HEAD_DIM, mask_k, HEAD_DIM)
-        c_l = tl.load(CL + rows, mask=mask_k, other=0.0)
+        rows, mask_k, a_l, c_l = _key_block(AL, CL, bha, keys, n_keys, num_kv_tiles, b1, b2, j, HEAD_DIM)
         s = tl.dot(q, tl.trans(a_l), input_precision=DOT_PRECISION) * sm_scale - c_l[None, :]
         p = tl.where(mask_k[None, :], tl.exp(s - lse[:, None]), 0.0)
         d_ar = _rows(DAR, rows * HEAD_DIM, mask_k, HEAD_DIM)
@@ -159,36 +148,21 @@ def _stage_l_bwd_q(
 ):  # fmt: skip
     """dQ (+)= s sum_{f,k} dS_L aL per (a, j) and a block of rows i (UPDATE: as _stage_l_bwd_kv).
     ACCUMULATE: read-add; the last pass, differentiated first, writes dQ."""
-    pid_aj = tl.program_id(0)
-    pid_i = tl.program_id(1)
-    pid_bh = tl.program_id(2)
-    j = pid_aj % b2
-    a = pid_aj // b2
-    bb = (pid_bh // nh).to(tl.int64)
-    h = pid_bh % nh
+    a, j, bb, h, bha, offs_i, mask_i, q, tok = _query_column(
+        Q, sqb, sqt, sqr, sqc, sqh, nh, num_q_tiles, b1, b2, BLOCK_I, HEAD_DIM
+    )
     dtype = Q.dtype.element_ty
-    offs_i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
     offs_d = tl.arange(0, HEAD_DIM)
-    mask_i = offs_i < b1
-    q = _rows(Q + bb * sqb + a * sqt + j * sqc + h * sqh, offs_i * sqr, mask_i, HEAD_DIM)
     dz = q if UPDATE else _rows(DZ + bb * szb + a * szt + j * szc + h * szh, offs_i * szr, mask_i, HEAD_DIM)
-    tok = ((bb * num_q_tiles + a) * b1 + offs_i) * b2 + j
     lse = tl.load(LSE + tok * nh + h, mask=mask_i, other=float("inf"))
     d_l = tl.load(DELTA_L + tok * nh + h, mask=mask_i, other=0.0)
-    f_end = num_kv_tiles
-    if causal_block_tiles > 0:
-        f_end = tl.minimum(num_kv_tiles, (a // causal_block_tiles + 1) * causal_block_tiles)
     acc = tl.zeros([BLOCK_I, HEAD_DIM], tl.float32)
-    bha = (bb * nh + h) * num_q_tiles + a
     # the visible key rows (f, k) as one flat sequence, as in the forward stage L
-    n_keys = f_end * b1
+    n_keys = _visible_kv_tiles(a, num_kv_tiles, causal_block_tiles) * b1
     for key0 in range(0, n_keys, BLOCK_K):
         keys = key0 + tl.arange(0, BLOCK_K)
-        mask_k = keys < n_keys
-        rows = _flat_key_rows(bha, keys, num_kv_tiles, b1, b2, j)
-        a_l = _rows(AL, rows * HEAD_DIM, mask_k, HEAD_DIM)
+        rows, mask_k, a_l, c_l = _key_block(AL, CL, bha, keys, n_keys, num_kv_tiles, b1, b2, j, HEAD_DIM)
         y = _rows(Y, rows * HEAD_DIM, mask_k, HEAD_DIM)
-        c_l = tl.load(CL + rows, mask=mask_k, other=0.0)
         s = tl.dot(q, tl.trans(a_l), input_precision=DOT_PRECISION) * sm_scale - c_l[None, :]
         p = tl.where(mask_k[None, :], tl.exp(s - lse[:, None]), 0.0)
         dp = tl.dot(dz, tl.trans(y), input_precision=DOT_PRECISION)
@@ -317,9 +291,7 @@ def _stage_r_bwd_q(
     offs_d = tl.arange(0, HEAD_DIM)
     mask_j = offs_j < b2
     q_base = Q + bb * sqb + k_row * sqr + h * sqh
-    f_end = num_kv_tiles
-    if causal_block_tiles > 0:
-        f_end = tl.minimum(num_kv_tiles, (a // causal_block_tiles + 1) * causal_block_tiles)
+    f_end = _visible_kv_tiles(a, num_kv_tiles, causal_block_tiles)
     acc_dq = tl.zeros([BLOCK_J, HEAD_DIM], tl.float32)
     if FIRST:  # the first pass's query, row k of tile a, is the same for every key tile: loaded once
         q, row_scale = _stage_r_query(

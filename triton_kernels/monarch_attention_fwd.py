@@ -47,6 +47,45 @@ def _flat_key_rows(bha, keys, num_kv_tiles, b1, b2, j):
 
 
 @triton.jit
+def _visible_kv_tiles(a, num_kv_tiles, causal_block_tiles):
+    """Key tiles query tile a sees: every one, or those up to the end of a's causal block."""
+    f_end = num_kv_tiles
+    if causal_block_tiles > 0:
+        f_end = tl.minimum(num_kv_tiles, (a // causal_block_tiles + 1) * causal_block_tiles)
+    return f_end
+
+
+@triton.jit
+def _key_block(AL, CL, bha, keys, n_keys, num_kv_tiles, b1, b2, j, HEAD_DIM: tl.constexpr):
+    """Scratch rows, mask, aL and cL of the flat key rows ``keys`` (of ``n_keys`` visible) of column j
+    of query tile ``bha``: one step of a stage-L kernel."""
+    mask_k = keys < n_keys
+    rows = _flat_key_rows(bha, keys, num_kv_tiles, b1, b2, j)
+    a_l = _rows(AL, rows * HEAD_DIM, mask_k, HEAD_DIM)
+    c_l = tl.load(CL + rows, mask=mask_k, other=0.0)
+    return rows, mask_k, a_l, c_l
+
+
+@triton.jit
+def _query_column(Q, sqb, sqt, sqr, sqc, sqh, nh, num_q_tiles, b1, b2,
+                  BLOCK_I: tl.constexpr, HEAD_DIM: tl.constexpr):  # fmt: skip
+    """A stage-L program's column j of query tile a and its block of rows i (grid: (a, j), i block,
+    (b, h)) -> a, j, bb, h, bha (the scratch's query-tile index), offs_i, mask_i, the query rows and
+    their token indices in the ``[B, A, b1, b2]`` outputs."""
+    pid_aj = tl.program_id(0)
+    pid_bh = tl.program_id(2)
+    j = pid_aj % b2
+    a = pid_aj // b2
+    bb = (pid_bh // nh).to(tl.int64)  # int64: scratch offsets pass 2**31 at Wan 720p sizes
+    h = pid_bh % nh
+    offs_i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+    mask_i = offs_i < b1
+    q = _rows(Q + bb * sqb + a * sqt + j * sqc + h * sqh, offs_i * sqr, mask_i, HEAD_DIM)
+    tok = ((bb * num_q_tiles + a) * b1 + offs_i) * b2 + j
+    return a, j, bb, h, (bb * nh + h) * num_q_tiles + a, offs_i, mask_i, q, tok
+
+
+@triton.jit
 def _stage_r_query(Q, AR, CR, q_base, a, j, afk_base, k_row, b1, b2, sqt, sqc, mask, sm_scale,
                    FIRST: tl.constexpr, HEAD_DIM: tl.constexpr):  # fmt: skip
     """Stage R's query rows (a, j) for key row (f, k) and their logit scale.
@@ -172,33 +211,20 @@ def _stage_l_fwd(
     WRITE_Z: tl.constexpr, HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    pid_aj = tl.program_id(0)
-    pid_i = tl.program_id(1)
-    pid_bh = tl.program_id(2)
-    j = pid_aj % b2
-    a = pid_aj // b2
-    bb = (pid_bh // nh).to(tl.int64)  # int64: scratch offsets pass 2**31 at Wan 720p sizes
-    h = pid_bh % nh
+    a, j, bb, h, bha, offs_i, mask_i, q, tok = _query_column(
+        Q, sqb, sqt, sqr, sqc, sqh, nh, num_q_tiles, b1, b2, BLOCK_I, HEAD_DIM
+    )
     dtype = Q.dtype.element_ty
-    offs_i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
     offs_d = tl.arange(0, HEAD_DIM)
-    mask_i = offs_i < b1
-    q = _rows(Q + bb * sqb + a * sqt + j * sqc + h * sqh, offs_i * sqr, mask_i, HEAD_DIM)
-    f_end = num_kv_tiles
-    if causal_block_tiles > 0:
-        f_end = tl.minimum(num_kv_tiles, (a // causal_block_tiles + 1) * causal_block_tiles)
     m_i = tl.full([BLOCK_I], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_I], tl.float32)
     acc = tl.zeros([BLOCK_I, HEAD_DIM], tl.float32)
-    bha = (bb * nh + h) * num_q_tiles + a
     # the visible key rows (f, k) as one flat sequence, so a block spans key tiles (no per-tile padding)
-    n_keys = f_end * b1
+    n_keys = _visible_kv_tiles(a, num_kv_tiles, causal_block_tiles) * b1
     for key0 in range(0, n_keys, BLOCK_K):
-        keys = key0 + tl.arange(0, BLOCK_K)
-        mask_k = keys < n_keys
-        rows = _flat_key_rows(bha, keys, num_kv_tiles, b1, b2, j)
-        a_l = _rows(AL, rows * HEAD_DIM, mask_k, HEAD_DIM)
-        c_l = tl.load(CL + rows, mask=mask_k, other=0.0)
+        rows, mask_k, a_l, c_l = _key_block(
+            AL, CL, bha, key0 + tl.arange(0, BLOCK_K), n_keys, num_kv_tiles, b1, b2, j, HEAD_DIM
+        )
         s = tl.dot(q, tl.trans(a_l), input_precision=DOT_PRECISION) * sm_scale - c_l[None, :]  # [BI, D] @ [D, BK]
         s = tl.where(mask_k[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -210,7 +236,6 @@ def _stage_l_fwd(
             acc = acc * alpha[:, None] + tl.dot(p.to(dtype), y, input_precision=DOT_PRECISION)  # [BI, BK] @ [BK, D]
         m_i = m_new
     # LSE and Z are contiguous [B, A, b1, b2, nh] and [B, A, b1, b2, nh, D]
-    tok = ((bb * num_q_tiles + a) * b1 + offs_i) * b2 + j
     tl.store(LSE + tok * nh + h, m_i + tl.log(l_i), mask=mask_i)
     if WRITE_Z:
         tl.store(
@@ -237,20 +262,14 @@ def _stage_l_update(
     a = pid_aj // b2
     bb = (pid_bh // nh).to(tl.int64)  # int64: scratch offsets pass 2**31 at Wan 720p sizes
     h = pid_bh % nh
-    f_end = num_kv_tiles
-    if causal_block_tiles > 0:
-        f_end = tl.minimum(num_kv_tiles, (a // causal_block_tiles + 1) * causal_block_tiles)
-    n_keys = f_end * b1
+    n_keys = _visible_kv_tiles(a, num_kv_tiles, causal_block_tiles) * b1
     if pid_k * BLOCK_K >= n_keys:  # key rows of tiles masked for query tile a
         return
     dtype = Q.dtype.element_ty
     keys = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     offs_d = tl.arange(0, HEAD_DIM)
-    mask_k = keys < n_keys
     bha = (bb * nh + h) * num_q_tiles + a
-    rows = _flat_key_rows(bha, keys, num_kv_tiles, b1, b2, j)
-    a_l = _rows(AL, rows * HEAD_DIM, mask_k, HEAD_DIM)
-    c_l = tl.load(CL + rows, mask=mask_k, other=0.0)
+    rows, mask_k, a_l, c_l = _key_block(AL, CL, bha, keys, n_keys, num_kv_tiles, b1, b2, j, HEAD_DIM)
     acc = tl.zeros([BLOCK_K, HEAD_DIM], tl.float32)
     c_r = tl.zeros([BLOCK_K], tl.float32)
     for i0 in range(0, b1, BLOCK_I):
