@@ -3,7 +3,7 @@
 monarchrt-tune --gpu h100 [--ops attention hadamard monarch_matmul] [--shapes NAME ...] [--backward] [--trials N]
                [--storage URL] [--resume | --fresh] [--seed S] [--out DIR]
 monarchrt-tune verify --gpu h100      re-time and re-check every entry on this GPU and code
-monarchrt-tune warmup --gpu h100      compile every kernel config the table names
+monarchrt-tune warmup --gpu h100      = monarchrt-warmup, after checking the table is this GPU's
 
 Shapes come from autotune/shapes.py (attention shapes selectable by name). Each trial's output is
 checked against the reference backend (fp32 on the GPU) before its time counts; the top 3 are
@@ -171,16 +171,13 @@ def verify(args) -> int:
 
 
 def warmup(args) -> int:
-    data, problem = _this_gpus_table(args.gpu)
+    """The table of ``--gpu`` must be this GPU's; then monarchrt-warmup (one implementation) compiles."""
+    _, problem = _this_gpus_table(args.gpu)
     if problem:
         return _fail(problem)
-    for n, e in enumerate(data["entries"], 1):
-        t0 = time.monotonic()
-        _case_of(e).run(e["config"])
-        torch.cuda.synchronize()
-        print(f"[{n}/{len(data['entries'])}] {json.dumps(e['case'])} compiled in {time.monotonic() - t0:.1f} s",
-              flush=True)  # fmt: skip
-    return 0
+    from monarchrt_ops import warmup as warm
+
+    return warm.main([])
 
 
 def _positive_int(text: str) -> int:

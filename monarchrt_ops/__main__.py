@@ -122,6 +122,9 @@ def info(args) -> int:
 
     module, reason = extension()
     print(f"CUDA extension: {'built for sm_' + ', sm_'.join(module.compiled_archs()) if module else reason}")
+    if module is not None:  # csrc/kernel_limits.h, the one statement of each kernel's limits
+        for kernel, limits in module.limits().items():
+            print(f"  {kernel}: {json.dumps(limits)}")
     print("attention backends:")
     for name in backend_names("attention"):
         reason = get_backend("attention", name).supports(problem, arch)
