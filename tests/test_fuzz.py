@@ -294,8 +294,10 @@ def monarch_matmul_case(rng):
 def monarch_linear_case(rng):
     nblocks = rng.choice([1, 2, 4])
     valid = {"in_features": nblocks * rng.randint(1, 3), "out_features": nblocks * rng.randint(1, 3),
-             "nblocks": nblocks, "bias": rng.random() < 0.7}  # fmt: skip
+             "nblocks": nblocks, "bias": rng.random() < 0.7,
+             "matmul": rng.choice([None, "structured", "dense"])}  # fmt: skip
     mutations = {
+        "matmul": lambda a: [("fast", ["matmul"]), (1, ["matmul"])],
         "in_features": lambda a: [(0, ["in_features"]), (2.0, ["in_features"]), (a["nblocks"] * 2 + 1, ["nblocks"])],
         "out_features": lambda a: [(-4, ["out_features"])],
         "nblocks": lambda a: [(0, ["nblocks"]), (True, ["nblocks"])],
