@@ -56,3 +56,13 @@ MONARCH_MATMUL_SHAPES = [
     ("square-1024-16k-rows", 16384, (32, 32, 32), (32, 32, 32)),
     ("rect-768-to-384-16k-rows", 16384, (8, 192, 96), (24, 16, 64)),
 ]
+# MonarchLinear, structured kernel vs the dense product of its materialised weight (rows, in, out,
+# nblocks): the square shapes above, fewer blocks (bigger, denser factors), and few rows (decode).
+MONARCH_LINEAR_SHAPES = [
+    ("linear-4096-nb64-16k-rows", 16384, 4096, 4096, 64),
+    ("linear-1024-nb32-16k-rows", 16384, 1024, 1024, 32),
+    ("linear-4096-nb16-16k-rows", 16384, 4096, 4096, 16),
+    ("linear-4096-nb4-16k-rows", 16384, 4096, 4096, 4),
+    ("linear-4096-nb64-256-rows", 256, 4096, 4096, 64),
+    ("linear-1536-to-6144-nb16-16k-rows", 16384, 1536, 6144, 16),
+]

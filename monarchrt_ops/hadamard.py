@@ -1,4 +1,6 @@
-"""Hadamard transform over the last dim: ``hadamard(x) = x @ H_n^T * scale`` (docs/math.md)."""
+"""Hadamard transform over the last dim: ``hadamard(x) = x @ H_n^T * scale`` (docs/math.md), with the
+opt-in zero padding of fast-hadamard-transform (``pad=True``) and an FP8 output with per-row scales
+(``out_dtype``)."""
 
 from __future__ import annotations
 
@@ -8,17 +10,22 @@ import numbers
 import torch
 
 from . import ops
-from .hadamard_matrices import MAX_POW2, MAX_SPECIAL_POW2, supported_size  # noqa: F401  (public names)
+from .fp8 import check_out_dtype, quantize_rows
+from .hadamard_matrices import MAX_POW2, MAX_SPECIAL_POW2, padded_size, supported_size  # noqa: F401  (public names)
 from .limits import HADAMARD_DTYPES, check_hadamard_input  # noqa: F401  (HADAMARD_DTYPES: a public name)
 from .registry import backend_names
 
 
-def _check(x, scale, backend) -> tuple[float, str]:
+def _check(x, scale, backend, pad=False) -> tuple[float, str]:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"hadamard: x must be a torch.Tensor, got {type(x).__name__}")
-    check_hadamard_input(x)
+    if not isinstance(pad, bool):
+        raise TypeError(f"hadamard: pad must be a bool, got {type(pad).__name__} {pad!r}")
+    check_hadamard_input(x, check_size=not pad)
+    if pad and not 1 <= x.shape[-1] <= MAX_POW2:
+        raise ValueError(f"hadamard: pad=True takes a last dim n in 1..{MAX_POW2}, got n={x.shape[-1]}")
     if scale is None:
-        scale = 1.0 / math.sqrt(x.shape[-1])
+        scale = 1.0 / math.sqrt(padded_size(x.shape[-1]) if pad else x.shape[-1])
     elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"hadamard: scale must be a finite float or None, got {type(scale).__name__} {scale!r}")
     elif not math.isfinite(scale):
@@ -30,8 +37,15 @@ def _check(x, scale, backend) -> tuple[float, str]:
 
 @ops.traceable_errors
 def hadamard(
-    x: torch.Tensor, scale: float | None = None, *, fp32_intermediate: bool = False, backend: str | None = None
-) -> torch.Tensor:
+    x: torch.Tensor,
+    scale: float | None = None,
+    *,
+    fp32_intermediate: bool = False,
+    backend: str | None = None,
+    pad: bool = False,
+    out_dtype: torch.dtype | None = None,
+    out_scale: float | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``x @ H_n^T * scale`` over the last dim.
 
     Args:
@@ -39,22 +53,56 @@ def hadamard(
             Hadamard factor's products in fp32; half inputs are rounded to their dtype between
             factors (as HadaCore does), and the reference computes in fp32 throughout.
             n = 2^k (2 <= n <= 65536) or m*2^k with m in (12, 20, 28, 40) (see hadamard_matrices.py
-            for which H_m) and 2^k <= 4096.
-        scale: default ``1/sqrt(n)``, which makes the transform an isometry and, for powers of two,
-            its own inverse.
+            for which H_m) and 2^k <= 4096; any 1 <= n <= 65536 with ``pad=True``.
+        scale: default ``1/sqrt(n)`` (``1/sqrt(N)`` with ``pad=True``), which makes the transform an
+            isometry and, for powers of two, its own inverse.
         fp32_intermediate: keep fp16/bf16 values in fp32 between Hadamard factors (and passes);
             one rounding at the end instead of one per factor, at the cost of fp32 products.
         backend: 'reference', 'triton' or None (automatic).
+        pad: fast-hadamard-transform's convention for any n: zero-pad the last dim to
+            ``N = 2^ceil(log2 n)``, apply the Sylvester ``H_N``, keep the first n outputs; that is
+            ``x @ H_N[:n, :n]^T * scale``. Always the power of two, also where n itself is supported
+            (n = 40 with pad=True uses H_64's corner, not H_40). Note the default scale: here
+            ``1/sqrt(N)``; fast-hadamard-transform's ``hadamard_transform(x, scale=1.0)`` defaults
+            to 1, so pass its scale explicitly to port a call. Unfused: pads a copy of x.
+        out_dtype: ``torch.float8_e4m3fn`` or ``torch.float8_e5m2`` to return ``(q, s)``: the
+            transform y (computed in fp32, float64 for a float64 x) quantised per row, q in out_dtype
+            with ``q.float() * s ~= y``, s ``(..., 1)`` in y's dtype (monarchrt_ops/fp8.py states the
+            rounding and the zero-row rule). Not differentiable: raises if x requires grad.
+            Unfused: y is written, then quantised.
+        out_scale: with an FP8 out_dtype, a fixed positive scale for every row instead of the per-row
+            ``amax / fp8_max``; values beyond ``fp8_max * out_scale`` saturate.
 
-    Returns a new tensor of x's shape and dtype; differentiable (the backward applies H_n, the transpose).
+    Returns a new tensor of x's shape and dtype, differentiable (the backward applies the transpose:
+    H_n^T, or with ``pad=True`` the gradient padded, transformed by H_N and cut to n); or, with
+    ``out_dtype``, the pair ``(q, s)``.
 
     Example:
         >>> x = torch.randn(4, 256)
         >>> torch.allclose(hadamard(hadamard(x)), x, atol=1e-5)
         True
+        >>> hadamard(torch.randn(4, 100), pad=True).shape
+        torch.Size([4, 100])
     """
-    scale, backend = _check(x, scale, backend)
-    return ops.call_hadamard(x, scale, False, bool(fp32_intermediate), backend)
+    scale, backend = _check(x, scale, backend, pad)
+    check_out_dtype("hadamard", out_dtype, out_scale)
+    fp32_intermediate = bool(fp32_intermediate)
+    if out_dtype is not None:
+        if x.requires_grad and torch.is_grad_enabled():
+            raise ValueError(
+                f"hadamard: out_dtype={out_dtype} is not differentiable and x requires grad; "
+                f"call it on x.detach() or under torch.no_grad()"
+            )
+        x = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)  # y in fp32 (fp8.py)
+    n = x.shape[-1]
+    size = max(padded_size(n), 2) if pad else n  # n = 1: H_2's corner is H_1's [1]
+    if size == n:
+        y = ops.call_hadamard(x, scale, False, fp32_intermediate, backend)
+    else:
+        # x @ H_N[:n, :n]^T: autograd of pad and slice gives the transpose (pad dy, H_N^T, cut to n)
+        xp = torch.nn.functional.pad(x, (0, size - n))
+        y = ops.call_hadamard(xp, scale, False, fp32_intermediate, backend)[..., :n].contiguous()
+    return y if out_dtype is None else quantize_rows(y, out_dtype, out_scale)
 
 
 @ops.traceable_errors

@@ -99,11 +99,23 @@ def supported_size(n: int) -> tuple[int, int]:
     f = factor(n) if isinstance(n, int) and n >= 2 else None
     special_ok = any(n % m == 0 and _is_pow2(n // m) and n // m <= MAX_SPECIAL_POW2 for m in SPECIAL_ORDERS)
     if f is None or (f[0] == 1 and n > MAX_POW2) or (f[0] > 1 and not special_ok):
+        pad = ""
+        if isinstance(n, int) and 1 <= n <= MAX_POW2:
+            pad = (
+                f", or pass hadamard(x, pad=True) to zero-pad the last dim to {padded_size(n)}, transform and "
+                f"keep the first {n} outputs (the convention of fast-hadamard-transform)"
+            )
         raise ValueError(
             f"hadamard: last dim n={n} is not supported; use 2^k (2 <= n <= {MAX_POW2}) or m*2^k with "
-            f"m in {SPECIAL_ORDERS} and 2^k <= {MAX_SPECIAL_POW2}"
+            f"m in {SPECIAL_ORDERS} and 2^k <= {MAX_SPECIAL_POW2}{pad}"
         )
     return f
+
+
+def padded_size(n: int) -> int:
+    """N = 2^ceil(log2 n), the size ``hadamard(x, pad=True)`` pads n to (fast-hadamard-transform's
+    convention; N = n for a power of two, 1 for n = 1)."""
+    return 1 << (n - 1).bit_length()
 
 
 def hadamard_matrix(n: int) -> torch.Tensor:

@@ -47,15 +47,16 @@ HADAMARD_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _SUPPORTED_SIZES: set[int] = set()
 
 
-def check_hadamard_input(x) -> None:
-    """x's dtype, rank and last dim for the Hadamard transform. A symbolic last dim (a fake impl
-    traced with dynamic shapes) is left to the eager impl, which sees the concrete size."""
+def check_hadamard_input(x, check_size: bool = True) -> None:
+    """x's dtype, rank and (unless ``check_size`` is False: ``hadamard(..., pad=True)``, which pads it)
+    last dim for the Hadamard transform. A symbolic last dim (a fake impl traced with dynamic shapes)
+    is left to the eager impl, which sees the concrete size."""
     if x.dtype not in HADAMARD_DTYPES:
         raise TypeError(f"hadamard: x.dtype={x.dtype} is not supported; use one of {HADAMARD_DTYPES}")
     if x.dim() == 0:
         raise ValueError("hadamard: x must have at least one dimension")
     n = x.shape[-1]
-    if not isinstance(n, torch.SymInt) and n not in _SUPPORTED_SIZES:
+    if check_size and not isinstance(n, torch.SymInt) and n not in _SUPPORTED_SIZES:
         supported_size(n)  # raises for an unsupported n
         _SUPPORTED_SIZES.add(n)  # every eager call asks: remember the sizes that passed
 

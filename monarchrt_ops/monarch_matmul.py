@@ -6,8 +6,9 @@ import math
 
 import torch
 
-from . import ops
-from .amp import autocast_inputs
+from . import ops, tables
+from .amp import autocast_dtype_of, autocast_inputs
+from .arch import arch_of
 from .limits import check_monarch_matmul
 from .registry import backend_names
 
@@ -39,6 +40,49 @@ def monarch_matmul(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, *, backe
     return ops.call_monarch_matmul(x, w1, w2, _check(x, w1, w2, backend))
 
 
+# MonarchLinear's two ways of computing one linear map (docs/design.md, "MonarchLinear: structured or dense")
+LINEAR_PATHS = ("structured", "dense")
+_PATH_CACHE: dict[tuple, tuple[str, str]] = {}
+
+
+def linear_path_key(rows: int, in_features: int, out_features: int, nblocks: int, dtype: torch.dtype) -> dict:
+    """The problem key a table's ``monarch_linear`` choice matches (its ``where``): scalars only."""
+    dtype = str(dtype).removeprefix("torch.")
+    return {"rows": rows, "in_features": in_features, "out_features": out_features, "nblocks": nblocks, "dtype": dtype}
+
+
+def linear_path(
+    rows: int, in_features: int, out_features: int, nblocks: int, dtype: torch.dtype, device: torch.device
+) -> tuple[str, str]:
+    """``('structured' | 'dense', why)`` for a MonarchLinear call: 'dense' where a table's measured choice
+    ``{"op": "monarch_linear", "backend": "dense", "auto": true, ...}`` matches the problem (this GPU's
+    table, its family's, the shipped default, as for the backends' choices), else 'structured'.
+    Cached per problem and tables generation."""
+    key = (rows, in_features, out_features, nblocks, dtype, device, tables.generation())
+    hit = _PATH_CACHE.get(key)
+    if hit is None:
+        arch = arch_of(device)
+        gpu = tables.gpu_table_name(arch.device_name) if arch.is_cuda else None
+        problem = linear_path_key(rows, in_features, out_features, nblocks, dtype)
+        found = tables.choice("monarch_linear", "dense", problem, gpu, arch.family)
+        if found is not None and found.auto:
+            hit = ("dense", f"{found.why} ({found.table}.json)")
+        elif found is not None:
+            hit = ("structured", f"{found.why} ({found.table}.json)")
+        else:
+            hit = ("structured", "the default: no table has a monarch_linear choice for this problem")
+        _PATH_CACHE[key] = hit
+    return hit
+
+
+def _check_path(path) -> str | None:
+    if path is not None and not isinstance(path, str):
+        raise TypeError(f"MonarchLinear: matmul must be a str or None, got {type(path).__name__} {path!r}")
+    if path is not None and path not in LINEAR_PATHS:
+        raise ValueError(f"MonarchLinear: matmul={path!r} is not one of {LINEAR_PATHS} (or None: the tables' choice)")
+    return path
+
+
 class MonarchLinear(torch.nn.Module):
     """``y = monarch_matmul(x, w1, w2) + bias``: a Monarch-structured ``nn.Linear``.
 
@@ -47,9 +91,27 @@ class MonarchLinear(torch.nn.Module):
     ``nblocks * width * (in + out) / nblocks`` against ``in * out`` for nn.Linear. Under
     ``torch.autocast`` it behaves as nn.Linear does: input, weights and bias in the autocast dtype,
     output in that dtype, gradients of the fp32 parameters in fp32.
+
+    ``matmul``: how the forward computes the same linear map. 'structured': the Monarch kernel
+    (``monarch_matmul``). 'dense': ``F.linear(x, W, bias)`` with ``W = dense_weight()``, the dense
+    matrix of the factors, materialised on every forward (differentiable in w1 and w2; it costs one
+    Monarch product of an ``in x in`` identity, so it pays where cuBLAS's dense GEMM beats the
+    structured kernel by more than that, e.g. few output blocks). None (default): per call shape, the
+    tables' measured choice (:func:`linear_path`), 'structured' where no table has one. Settable after
+    construction (``layer.matmul = 'dense'``); validated either way.
     """
 
-    def __init__(self, in_features: int, out_features: int, nblocks: int, bias: bool = True, device=None, dtype=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        nblocks: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        matmul: str | None = None,
+    ):
         super().__init__()
         for name, value in (("in_features", in_features), ("out_features", out_features), ("nblocks", nblocks)):
             if isinstance(value, bool) or not isinstance(value, int):
@@ -61,12 +123,21 @@ class MonarchLinear(torch.nn.Module):
                 f"in_features={in_features} and out_features={out_features} must divide by nblocks={nblocks}"
             )
         self.in_features, self.out_features, self.nblocks = in_features, out_features, nblocks
+        self.matmul = matmul
         width = max(in_features, out_features) // nblocks
         kw = {"device": device, "dtype": dtype}
         self.w1 = torch.nn.Parameter(torch.empty(nblocks, width, in_features // nblocks, **kw))
         self.w2 = torch.nn.Parameter(torch.empty(nblocks, out_features // nblocks, width, **kw))
         self.bias = torch.nn.Parameter(torch.empty(out_features, **kw)) if bias else None
         self.reset_parameters()
+
+    @property
+    def matmul(self) -> str | None:
+        return self._matmul
+
+    @matmul.setter
+    def matmul(self, value: str | None) -> None:
+        self._matmul = _check_path(value)
 
     def reset_parameters(self) -> None:
         # each output sums in/nblocks * width terms per stage: uniform bounds keep activations O(1)
@@ -81,11 +152,40 @@ class MonarchLinear(torch.nn.Module):
         eye = torch.eye(self.in_features, device=self.w1.device, dtype=self.w1.dtype)
         return monarch_matmul(eye, self.w1, self.w2).T
 
+    def path_for(self, x: torch.Tensor) -> str:
+        """'structured' or 'dense' for ``self(x)``: ``matmul`` if set, else :func:`linear_path` (read
+        once per shape at trace time under torch.compile; a symbolic row count takes 'structured')."""
+        if self._matmul is not None:
+            return self._matmul
+        rows = x.numel() // self.in_features
+        if not isinstance(rows, int):
+            return "structured"
+        dtype = autocast_dtype_of(x)  # the dtype the product runs in
+        return _linear_path_const(rows, self.in_features, self.out_features, self.nblocks, dtype, x.device)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"MonarchLinear: x must be a torch.Tensor, got {type(x).__name__}")
+        if self.path_for(x) == "dense":
+            _check(*autocast_inputs(x, self.w1, self.w2), None)  # the structured path's checks and messages
+            # under autocast F.linear casts x, W and bias itself, as nn.Linear's does
+            return torch.nn.functional.linear(x, self.dense_weight(), self.bias)
         y = monarch_matmul(x, self.w1, self.w2)
         # in y's dtype, as nn.Linear's addmm: under autocast y is in the autocast dtype, and an fp32
         # bias would promote the sum back to fp32
         return y + self.bias.to(y.dtype) if self.bias is not None else y
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, nblocks={self.nblocks}"
+        out = f"in_features={self.in_features}, out_features={self.out_features}, nblocks={self.nblocks}"
+        return out + (f", matmul={self._matmul!r}" if self._matmul is not None else "")
+
+
+def _linear_path_const(rows, in_features, out_features, nblocks, dtype, device) -> str:
+    # a constant for torch.compile: the tables are read while tracing, not traced
+    return linear_path(rows, in_features, out_features, nblocks, dtype, device)[0]
+
+
+# What torch.compiler.assume_constant_result(fn) does (it sets this attribute, torch 2.x), without its
+# import of torch._dynamo and Triton, which `import monarchrt_ops` must not do (tests/test_ops.py). If
+# torch stops reading it, the fullgraph test of MonarchLinear's table choice fails.
+_linear_path_const._dynamo_marked_constant = True

@@ -30,7 +30,9 @@ it was measured faster (``measured_only`` backends: ``cuda``) for a problem. The
 op and backend whose ``where`` matches the problem's key decides (``auto`` true: take it; false: pass
 it over, saying ``why``), looked up in this GPU's table, then in the other tables of its architecture
 family, then in the shipped per-architecture default ``default-<family>.json``. No match anywhere: the
-backend was not measured there, and only an explicit ``backend=`` runs it.
+backend was not measured there, and only an explicit ``backend=`` runs it. The same format, with op
+``monarch_linear`` and backend ``dense``, says where ``MonarchLinear`` takes its dense path
+(``monarch_matmul.linear_path``; no match: structured).
 
 Tables never break a call: a table that is not JSON (or not UTF-8), or lacks its structure, is
 ignored with a warning; an entry or a choice with a field of the wrong type (a string or list

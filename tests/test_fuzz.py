@@ -24,7 +24,8 @@ from monarchrt_ops.hadamard_matrices import hadamard_matrix
 SEED = 18
 BUDGET_S = 60.0
 SLOW_S = 10.0
-TOLERANCE = {**TOL, torch.float64: 1e-10}
+# FP8 outputs, dequantised: one rounding to 4 (3) significant bits, half an ulp relative (docs/math.md)
+TOLERANCE = {**TOL, torch.float64: 1e-10, torch.float8_e4m3fn: 2**-4, torch.float8_e5m2: 2**-3}
 NOT_A_TENSOR = [1.0]
 
 
@@ -196,12 +197,13 @@ def kv_cache_object_case(rng):
 
 # ---------------------------------------------------------------- hadamard, monarch matmul
 def hadamard_case(rng):
-    n = rng.choice([2, 4, 8, 16, 12, 24, 20, 40, 56, 64])
+    n = rng.choice([2, 4, 8, 16, 12, 24, 20, 40, 56, 64, 1, 3, 72, 100])  # the last four need pad=True
     dtype = rng.choice([torch.float32, torch.float64, torch.float16])
     g = torch.Generator().manual_seed(rng.randrange(2**31))
     x = torch.randn(rng.randint(1, 3), n, generator=g, dtype=torch.float64).to(dtype)
     valid = {"x": x, "scale": rng.choice([None, 0.5, -2.0]), "backend": rng.choice([None, "reference"]),
-             "fp32_intermediate": rng.random() < 0.3}  # fmt: skip
+             "fp32_intermediate": rng.random() < 0.3, "pad": n in (1, 3, 72, 100) or rng.random() < 0.2,
+             "out_dtype": rng.choice([None, None, None, torch.float8_e4m3fn, torch.float8_e5m2])}  # fmt: skip
     mutations = {
         "x": lambda a: [
             (NOT_A_TENSOR, ["x"]),
@@ -212,24 +214,34 @@ def hadamard_case(rng):
         ],  # fmt: skip
         "scale": lambda a: [(math.nan, ["scale"]), ("1", ["scale"]), (math.inf, ["scale"])],
         "backend": lambda a: [("cudnn", ["backend"])],
+        "pad": lambda a: [("yes", ["pad"]), (1, ["pad"])],
+        "out_dtype": lambda a: [(torch.float16, ["out_dtype"]), ("float8_e4m3fn", ["out_dtype"])],
+        "out_scale": lambda a: [(-1.0, ["out_scale"]), (math.nan, ["out_scale"]), ("2", ["out_scale"])],
     }
     args, bad = pick(rng, valid, mutations)
-    in_place = rng.random() < 0.3
+    in_place = rng.random() < 0.3 and not args["pad"] and args["out_dtype"] is None and "out_scale" not in args
 
     def run():
         a = dict(args)
         if not in_place:
-            return m.hadamard(a.pop("x"), a.pop("scale"), **a)
+            out = m.hadamard(a.pop("x"), a.pop("scale"), **a)
+            return out if a["out_dtype"] is None else out[0].double() * out[1]  # FP8: dequantised
         y = a.pop("x")
         y = y.clone() if isinstance(y, torch.Tensor) else y
+        a.pop("pad"), a.pop("out_dtype")
         m.hadamard_(y, a.pop("scale"), **a)
         return y
 
     def oracle():
-        scale = args["scale"] if args["scale"] is not None else n**-0.5
-        return x.double() @ hadamard_matrix(n).T * scale
+        xx = args["x"].double()  # a mutated x that is still valid (n=3 with pad=True) must be right too
+        size = xx.shape[-1]
+        big = 1 << (size - 1).bit_length() if args["pad"] else size
+        scale = args["scale"] if args["scale"] is not None else big**-0.5
+        if not args["pad"]:
+            return xx @ hadamard_matrix(size).T * scale
+        return (torch.nn.functional.pad(xx, (0, big - size)) @ hadamard_matrix(big).T * scale)[..., :size]
 
-    return Case(run, oracle, bad, dtype)
+    return Case(run, oracle, bad, valid["out_dtype"] or dtype)
 
 
 def dense_monarch(w1, w2):
@@ -282,8 +294,10 @@ def monarch_matmul_case(rng):
 def monarch_linear_case(rng):
     nblocks = rng.choice([1, 2, 4])
     valid = {"in_features": nblocks * rng.randint(1, 3), "out_features": nblocks * rng.randint(1, 3),
-             "nblocks": nblocks, "bias": rng.random() < 0.7}  # fmt: skip
+             "nblocks": nblocks, "bias": rng.random() < 0.7,
+             "matmul": rng.choice([None, "structured", "dense"])}  # fmt: skip
     mutations = {
+        "matmul": lambda a: [("fast", ["matmul"]), (1, ["matmul"])],
         "in_features": lambda a: [(0, ["in_features"]), (2.0, ["in_features"]), (a["nblocks"] * 2 + 1, ["nblocks"])],
         "out_features": lambda a: [(-4, ["out_features"])],
         "nblocks": lambda a: [(0, ["nblocks"]), (True, ["nblocks"])],

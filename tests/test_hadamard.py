@@ -1,12 +1,14 @@
 """Hadamard transform: float64 construction, inverse, isometry, gradients, in place, Triton."""
 
+import math
+
 import pytest
 import torch
 from conftest import TOL, rel_err
 
 import monarchrt_ops as m
 from monarchrt_ops import ops
-from monarchrt_ops.hadamard_matrices import SPECIAL_ORDERS, hadamard_matrix, special
+from monarchrt_ops.hadamard_matrices import SPECIAL_ORDERS, hadamard_matrix, special, sylvester
 
 GPU = torch.cuda.is_available()
 DEVICE = "cuda" if GPU else "cpu"
@@ -198,3 +200,200 @@ def test_compiled_fullgraph_argument_error_names_the_argument(direct):
     call = (lambda x: ops.hadamard(x, 1.0, False, False, "")) if direct else m.hadamard
     with pytest.raises(torch._dynamo.exc.TorchRuntimeError, match=r"got ValueError\('hadamard: last dim n=72"):
         torch.compile(call, fullgraph=True, backend="eager")(torch.randn(2, 72))
+
+
+# --- pad=True: fast-hadamard-transform's zero padding to the next power of two (issue 19) -----------
+def padded_reference(x, scale=None):
+    """fast-hadamard-transform's hadamard_transform_ref in float64: pad to N = 2^ceil(log2 n), apply
+    the Sylvester H_N, keep the first n (scale: ours by default, 1/sqrt(N))."""
+    n = x.shape[-1]
+    big = 1 << (n - 1).bit_length()
+    scale = big**-0.5 if scale is None else scale
+    xp = torch.nn.functional.pad(x.double(), (0, big - n))
+    return (xp @ sylvester(big).T * scale)[..., :n]
+
+
+@pytest.mark.parametrize("n", [1, 3, 24, 40, 64, 72, 100, 1000])
+def test_pad_equals_the_padded_dense_transform(n):
+    x = torch.randn(2, 3, n, dtype=torch.float64)
+    y = m.hadamard(x, pad=True)
+    assert y.shape == x.shape and y.is_contiguous()
+    torch.testing.assert_close(y, padded_reference(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(m.hadamard(x, 1.0, pad=True), padded_reference(x, 1.0), rtol=1e-12, atol=1e-12)
+
+
+def test_pad_uses_the_power_of_two_also_for_supported_sizes():
+    """n = 40 is supported (H_20 (x) H_2), but pad=True is fast-hadamard-transform's map: H_64's corner."""
+    x = torch.randn(3, 40, dtype=torch.float64)
+    torch.testing.assert_close(m.hadamard(x, pad=True), x @ sylvester(64)[:40, :40].T / 8, rtol=1e-12, atol=1e-12)
+    assert (m.hadamard(x, pad=True) - m.hadamard(x)).abs().max() > 0.1
+
+
+def test_pad_largest_size():
+    x = torch.randn(2, 2**16 - 1, dtype=torch.float64)
+    y = m.hadamard(x, pad=True)
+    # the padded transform is an isometry of R^N restricted to the first n coordinates: norms never grow
+    assert (y.norm(dim=-1) <= x.norm(dim=-1) * (1 + 1e-12)).all()
+    i, j = torch.arange(100)[:, None], torch.arange(2**16)[None, :]
+    parity = sum(((i & j) >> b) & 1 for b in range(16)) % 2
+    h_rows = 1 - 2 * parity.double()  # Sylvester: H[i, j] = (-1)^popcount(i & j)
+    row = torch.nn.functional.pad(x[0], (0, 1)) @ h_rows.T / 2**8  # first 100 outputs, float64
+    torch.testing.assert_close(y[0, :100], row, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 3, 24, 72])
+def test_pad_gradcheck(n):
+    x = torch.randn(2, n, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: m.hadamard(x, 0.3, pad=True), (x,))
+    dy = torch.randn(2, n, dtype=torch.float64)
+    (dx,) = torch.autograd.grad(m.hadamard(x, pad=True), x, dy)
+    torch.testing.assert_close(dx, padded_reference(dy), rtol=1e-12, atol=1e-12)  # H_N symmetric: the same map
+
+
+def test_pad_compiled_fullgraph_forward_and_backward():
+    torch._dynamo.reset()
+    x = torch.randn(3, 72, dtype=torch.float64, requires_grad=True)
+    fn = torch.compile(lambda x: m.hadamard(x, pad=True), fullgraph=True, backend="aot_eager")
+    y = fn(x)
+    torch.testing.assert_close(y, padded_reference(x), rtol=1e-12, atol=1e-12)
+    dy = torch.randn_like(y)
+    (dx,) = torch.autograd.grad(y, x, dy)
+    torch.testing.assert_close(dx, padded_reference(dy), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_pad_triton_matches_the_float64_reference(dtype, poison_empty):
+    pytest.importorskip("triton")
+    x = torch.randn(4, 72, dtype=torch.float64)
+    xt = x.to(DEVICE, dtype).requires_grad_()
+    y = m.hadamard(xt, pad=True, backend="triton")
+    ref = padded_reference(x.to(dtype))
+    assert y.dtype == dtype and rel_err(y, ref) < TOL[dtype]
+    dy = torch.randn(4, 72, dtype=torch.float64)
+    (dx,) = torch.autograd.grad(y, xt, dy.to(DEVICE, dtype))
+    assert rel_err(dx, padded_reference(dy.to(dtype))) < TOL[dtype]
+
+
+@pytest.mark.parametrize(
+    "fn, exc, msg",
+    [
+        (lambda: m.hadamard(torch.randn(2, 72)), ValueError, r"n=72 is not supported.*hadamard\(x, pad=True\).*to 128"),
+        (lambda: m.hadamard(torch.randn(2, 2**16 + 1), pad=True), ValueError, "pad=True takes a last dim n in 1"),
+        (lambda: m.hadamard(torch.randn(2, 8), pad=1), TypeError, "pad must be a bool"),
+        (lambda: m.hadamard(torch.randn(2, 8).long(), pad=True), TypeError, "torch.int64 is not supported"),
+        (lambda: m.hadamard(torch.tensor(1.0), pad=True), ValueError, "at least one dimension"),
+    ],
+    ids=["names-pad", "pad-too-large", "pad-type", "pad-dtype", "pad-0d"],
+)
+def test_pad_bad_input(fn, exc, msg):
+    with pytest.raises(exc, match=msg):
+        fn()
+
+
+def test_unsupported_size_too_large_for_padding_does_not_suggest_it():
+    with pytest.raises(ValueError, match="n=131073 is not supported") as e:
+        m.hadamard(torch.randn(1, 2**17 + 1))
+    assert "pad=True" not in str(e.value)
+
+
+# --- out_dtype: FP8 output with per-row scales (issue 19; monarchrt_ops/fp8.py) ---------------------
+# e4m3: 3 mantissa bits (half an ulp: 2^-4 relative), subnormal spacing 2^-9; e5m2: 2 bits, 2^-16
+FP8 = {torch.float8_e4m3fn: (448.0, 2**-4, 2**-10), torch.float8_e5m2: (57344.0, 2**-3, 2**-17)}
+
+
+def check_fp8(q, s, y, ref, out_dtype):
+    """q, s against the fp32 transform y (the definition) and the float64 transform ref."""
+    fmax, half_ulp, half_sub = FP8[out_dtype]
+    assert q.dtype == out_dtype and q.shape == y.shape and s.shape == (*y.shape[:-1], 1) and s.dtype == y.dtype
+    deq = q.double() * s.double()  # exact: 4 (3) significant bits times 24
+    y64 = y.double()
+    # one rounding to fp8 of fl(y / s): half an ulp of the value, or half the subnormal spacing
+    bound = (half_ulp + 2**-23) * y64.abs() + half_sub * s.double()
+    assert ((deq - y64).abs() <= bound).all()
+    # and against float64: within fp8 rounding of the row's largest value
+    rowmax = ref.abs().amax(-1, keepdim=True)
+    assert ((deq - ref).abs() <= half_ulp * rowmax).all()
+
+
+@pytest.mark.parametrize("out_dtype", list(FP8), ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("n, pad", [(64, False), (40, False), (72, True)])
+def test_fp8_output_within_fp8_rounding_and_exact_scales(n, pad, dtype, out_dtype):
+    x = (torch.randn(5, n, dtype=torch.float64) * torch.logspace(-3, 3, 5, dtype=torch.float64)[:, None]).to(dtype)
+    x[2] = 0  # a zero row
+    q, s = m.hadamard(x, pad=pad, out_dtype=out_dtype)
+    ydtype = torch.float64 if dtype == torch.float64 else torch.float32
+    y = m.hadamard(x.to(ydtype), pad=pad)  # the transform the definition quantises
+    ref = padded_reference(x) if pad else x.double() @ hadamard_matrix(n).T / n**0.5
+    check_fp8(q, s, y, ref, out_dtype)
+    fmax = FP8[out_dtype][0]
+    # scales exact: the correctly rounded amax / fp8_max of y, 1 for the zero row
+    want = (y.double().abs().amax(-1, keepdim=True) / fmax).to(ydtype)
+    want[2] = 1.0
+    torch.testing.assert_close(s, want, rtol=0, atol=0)
+    assert q[2].double().eq(0).all()
+    # every non-zero row reaches the format's largest value, exactly
+    assert q.double().abs().amax(-1)[[0, 1, 3, 4]].eq(fmax).all()
+
+
+def test_fp8_underflowing_scale_falls_back_to_one():
+    x = torch.zeros(2, 64)
+    x[0, 0] = 1e-44  # amax / 448 underflows to 0 in fp32
+    q, s = m.hadamard(x, 1.0, out_dtype=torch.float8_e4m3fn)
+    assert s.flatten().tolist() == [1.0, 1.0] and q.double().eq(0).all()
+
+
+@pytest.mark.parametrize("out_dtype", list(FP8), ids=str)
+def test_fp8_fixed_scale_saturates(out_dtype):
+    fmax = FP8[out_dtype][0]
+    x = torch.randn(4, 256, dtype=torch.float64)
+    y = m.hadamard(x.float())
+    fixed = float(y.abs().max()) / fmax / 4  # a quarter of the range: the largest values saturate
+    q, s = m.hadamard(x.float(), out_dtype=out_dtype, out_scale=fixed)
+    assert s.shape == (4, 1) and s.eq(torch.tensor(fixed, dtype=torch.float32)).all()
+    over = (y / s).abs() > fmax
+    assert over.any() and (q.double()[over] == fmax * y[over].sign().double()).all()
+    ok = ~over
+    fmax, half_ulp, half_sub = FP8[out_dtype]
+    deq = q.double() * s.double()
+    bound = (half_ulp + 2**-23) * y.double().abs() + half_sub * s.double()
+    assert ((deq - y.double()).abs() <= bound)[ok].all()
+
+
+def test_fp8_triton_transform(poison_empty):
+    pytest.importorskip("triton")
+    x = torch.randn(3, 256, dtype=torch.float64).half()
+    q, s = m.hadamard(x.to(DEVICE), out_dtype=torch.float8_e4m3fn, backend="triton")
+    y = m.hadamard(x.float().to(DEVICE), backend="triton")
+    check_fp8(q.cpu(), s.cpu(), y.cpu(), x.double() @ hadamard_matrix(256).T / 16, torch.float8_e4m3fn)
+
+
+def test_fp8_is_not_differentiable_and_compiles():
+    x = torch.randn(3, 64, requires_grad=True)
+    with pytest.raises(ValueError, match="out_dtype=torch.float8_e4m3fn is not differentiable"):
+        m.hadamard(x, out_dtype=torch.float8_e4m3fn)
+    with torch.no_grad():
+        q, s = m.hadamard(x, out_dtype=torch.float8_e4m3fn)
+    torch._dynamo.reset()
+    fn = torch.compile(lambda x: m.hadamard(x, out_dtype=torch.float8_e5m2), fullgraph=True, backend="aot_eager")
+    q2, s2 = fn(x.detach())
+    q1, s1 = m.hadamard(x.detach(), out_dtype=torch.float8_e5m2)
+    assert q2.dtype == torch.float8_e5m2 and q1.view(torch.uint8).equal(q2.view(torch.uint8)) and s1.equal(s2)
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, msg",
+    [
+        ({"out_dtype": torch.float16}, ValueError, "out_dtype=torch.float16 is not supported"),
+        ({"out_dtype": "float8_e4m3fn"}, TypeError, "out_dtype must be a torch.dtype"),
+        ({"out_scale": 1.0}, ValueError, "out_scale=1.0 needs an FP8 out_dtype"),
+        ({"out_dtype": torch.float8_e4m3fn, "out_scale": 0.0}, ValueError, "out_scale=0.0 must be positive"),
+        ({"out_dtype": torch.float8_e4m3fn, "out_scale": math.inf}, ValueError, "out_scale=inf must be positive"),
+        ({"out_dtype": torch.float8_e4m3fn, "out_scale": "1"}, TypeError, "out_scale must be a positive"),
+        ({"out_dtype": torch.float8_e4m3fn, "out_scale": True}, TypeError, "out_scale must be a positive"),
+    ],
+    ids=["dtype", "dtype-type", "scale-without-dtype", "scale-zero", "scale-inf", "scale-type", "scale-bool"],
+)
+def test_fp8_bad_arguments(kwargs, exc, msg):
+    with pytest.raises(exc, match=msg):
+        m.hadamard(torch.randn(2, 8), **kwargs)

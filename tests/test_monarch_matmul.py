@@ -6,6 +6,7 @@ from conftest import TOL, rel_err
 
 import monarchrt_ops as m
 from monarchrt_ops import ops
+from monarchrt_ops.arch import arch_of
 
 GPU = torch.cuda.is_available()
 DEVICE = "cuda" if GPU else "cpu"
@@ -186,3 +187,144 @@ def test_compiled_fullgraph_argument_error_names_the_argument():
     fn = torch.compile(lambda x: m.monarch_matmul(x, torch.randn(2, 3, 4), torch.randn(3, 5, 2)), fullgraph=True)
     with pytest.raises(torch._dynamo.exc.TorchRuntimeError, match=r"got ValueError\(.monarch_matmul: x's last dim 10"):
         fn(torch.randn(2, 10))
+
+
+# --- MonarchLinear: structured kernel or the dense product of its materialised weight (issue 19) ----
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(64, 32, 4), (32, 64, 4), (48, 48, 1), (16, 16, 16)])
+def test_monarch_linear_dense_and_structured_paths_agree_with_gradients(shape, bias):
+    torch.manual_seed(0)
+    layer = m.MonarchLinear(*shape, bias=bias, dtype=torch.float64)
+    x = torch.randn(2, 5, shape[0], dtype=torch.float64)
+    dy = torch.randn(2, 5, shape[1], dtype=torch.float64)
+    oracle = x @ dense_monarch(layer.w1.detach(), layer.w2.detach()).T + (layer.bias.detach() if bias else 0)
+    params = [p for p in (layer.w1, layer.w2, layer.bias) if p is not None]
+    results = {}
+    for path in ("structured", "dense"):
+        layer.matmul = path
+        xg = x.clone().requires_grad_()
+        y = layer(xg)
+        results[path] = (y, *torch.autograd.grad(y, [xg, *params], dy))
+        torch.testing.assert_close(y, oracle, rtol=1e-12, atol=1e-12)
+    for a, b in zip(results["structured"], results["dense"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", ["dense", "structured"])
+def test_monarch_linear_gradcheck_both_paths(path):
+    layer = m.MonarchLinear(8, 12, nblocks=2, dtype=torch.float64, matmul=path)
+    args = (torch.randn(3, 8, dtype=torch.float64, requires_grad=True),
+            *(p.detach().clone().requires_grad_() for p in (layer.w1, layer.w2, layer.bias)))  # fmt: skip
+
+    def fn(x, w1, w2, bias):
+        return torch.func.functional_call(layer, {"w1": w1, "w2": w2, "bias": bias}, (x,))
+
+    assert torch.autograd.gradcheck(fn, args)
+
+
+@pytest.fixture
+def linear_table(tmp_path, monkeypatch):
+    """A table for this machine's family (cpu here) whose measured choice takes the dense path from 8 rows
+    of 16 -> 16 with 4 blocks, and says why it does not below."""
+    from monarchrt_ops import tables
+
+    family = arch_of(DEVICE).family
+    where = {"in_features": 16, "out_features": 16, "nblocks": 4, "dtype": "float64"}
+    choices = [
+        {"op": "monarch_linear", "backend": "dense", "auto": True, "where": {**where, "rows": {"min": 8}},
+         "why": "dense GEMM measured faster from 8 rows"},
+        {"op": "monarch_linear", "backend": "dense", "auto": False, "where": where,
+         "why": "structured measured faster below 8 rows"},
+    ]  # fmt: skip
+    data = {"schema": 1, "gpu": "test-linear", "provenance": {"family": family, "gpu_name": "test"},
+            "entries": [], "choices": choices}  # fmt: skip
+    (tmp_path / "test-linear.json").write_text(__import__("json").dumps(data))
+    monkeypatch.setenv("MONARCHRT_TUNED_CONFIGS", str(tmp_path))
+    tables.clear_cache()
+    yield
+    tables.clear_cache()
+
+
+def test_monarch_linear_path_comes_from_the_tables(linear_table):
+    from monarchrt_ops.monarch_matmul import linear_path
+
+    layer = m.MonarchLinear(16, 16, nblocks=4, dtype=torch.float64)
+    assert layer.path_for(torch.randn(8, 16, dtype=torch.float64)) == "dense"
+    assert layer.path_for(torch.randn(2, 4, 16, dtype=torch.float64)) == "dense"  # rows = 8 over the leading dims
+    assert layer.path_for(torch.randn(7, 16, dtype=torch.float64)) == "structured"
+    assert layer.path_for(torch.randn(8, 16)) == "structured"  # float32: no choice matches, the default
+    path, why = linear_path(4, 16, 16, 4, torch.float64, torch.device(DEVICE))
+    assert path == "structured" and "structured measured faster below 8 rows (test-linear.json)" in why
+    path, why = linear_path(8, 16, 32, 4, torch.float64, torch.device(DEVICE))
+    assert path == "structured" and "no table has a monarch_linear choice" in why
+    layer.matmul = "structured"  # the override wins over the table
+    assert layer.path_for(torch.randn(8, 16, dtype=torch.float64)) == "structured"
+    small = m.MonarchLinear(16, 16, nblocks=4, dtype=torch.float64, matmul="dense")
+    assert small.path_for(torch.randn(1, 16, dtype=torch.float64)) == "dense" and "matmul='dense'" in repr(small)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "aot_eager"])
+def test_monarch_linear_table_choice_runs_the_dense_path_eager_and_compiled(linear_table, monkeypatch, compiled):
+    layer = m.MonarchLinear(16, 16, nblocks=4, dtype=torch.float64)
+    x = torch.randn(8, 16, dtype=torch.float64, requires_grad=True)
+    want = x.detach() @ dense_monarch(layer.w1.detach(), layer.w2.detach()).T + layer.bias.detach()
+    calls = []
+    linear = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda *a: calls.append(1) or linear(*a))
+    torch._dynamo.reset()
+    fn = torch.compile(layer, fullgraph=True, backend="aot_eager") if compiled else layer
+    y = fn(x)
+    torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
+    y.sum().backward()
+    assert calls and layer.w1.grad is not None and x.grad is not None
+
+
+@pytest.mark.parametrize(
+    "make, exc, match",
+    [
+        (lambda: m.MonarchLinear(16, 16, 4, matmul="fast"), ValueError, r"matmul='fast' is not one of \('structured'"),
+        (lambda: m.MonarchLinear(16, 16, 4, matmul=1), TypeError, "matmul must be a str or None"),
+        (lambda: setattr(m.MonarchLinear(16, 16, 4), "matmul", "Dense"), ValueError, "matmul='Dense'"),
+        (lambda: m.MonarchLinear(16, 16, 4, matmul="dense")(torch.randn(2, 8)), ValueError, "x's last dim 8"),
+        (lambda: m.MonarchLinear(16, 16, 4, matmul="dense")([1.0]), TypeError, "x must be a torch.Tensor"),
+        (lambda: m.MonarchLinear(16, 16, 4, matmul="dense")(torch.randn(2, 16).double()), TypeError, "share a"),
+    ],
+    ids=["value", "type", "setter", "dense-shape", "dense-not-tensor", "dense-dtype"],
+)
+def test_monarch_linear_matmul_argument_errors(make, exc, match):
+    with pytest.raises(exc, match=match):
+        make()
+
+
+def test_bench_linear_rows_suggest_valid_table_choices(tmp_path, monkeypatch):
+    """The GPU bench (bench_monarch_matmul --linear) turns its timings into a monarch_linear choice that the
+    tables accept and that linear_path then follows: dense only when faster by the margin both ways."""
+    pytest.importorskip("triton")
+    import json
+
+    from monarchrt_ops import tables
+    from monarchrt_ops.bench.bench_monarch_matmul import suggested_choice
+    from monarchrt_ops.monarch_matmul import linear_path
+
+    def row(dense_fwd, dense_all, rows):
+        return {"shape": "t", "rows": rows, "in_features": 16, "out_features": 16, "nblocks": 4, "dtype": torch.float64,
+                "gpu": "test", "structured_fwd_graph_ms": 1.0, "structured_fwd_bwd_ms": 3.0,
+                "dense_fwd_graph_ms": dense_fwd, "dense_fwd_bwd_ms": dense_all}  # fmt: skip
+
+    choices = [
+        suggested_choice(row(0.5, 2.0, 8)),
+        suggested_choice(row(0.5, 2.9, 16)),
+        suggested_choice(row(0.97, 1, 32)),
+    ]
+    assert [c["auto"] for c in choices] == [True, False, False]  # 2.9 / 3.0 and 0.97 / 1.0: within the margin
+    assert all(tables.choice_problems(c) == [] for c in choices)
+    family = arch_of(DEVICE).family
+    data = {"schema": 1, "gpu": "bench", "provenance": {"family": family}, "entries": [], "choices": choices}
+    (tmp_path / "bench.json").write_text(json.dumps(data))
+    monkeypatch.setenv("MONARCHRT_TUNED_CONFIGS", str(tmp_path))
+    tables.clear_cache()
+    try:
+        paths = [linear_path(rows, 16, 16, 4, torch.float64, torch.device(DEVICE))[0] for rows in (8, 16, 32, 64)]
+    finally:
+        tables.clear_cache()
+    assert paths == ["dense", "structured", "structured", "structured"]
