@@ -7,8 +7,9 @@ this package's automatic choice and each GPU backend that supports the case, and
 the MonarchRT authors' Triton kernel (a file carried for the bench only, never part of the
 package). Each is timed eagerly (``bench_ms``) and replayed from a CUDA graph (``graph_ms``).
 ``--profile`` adds the GPU time of each kernel of the automatic choice (torch.profiler);
-``--backward ROW ...`` also times forward+backward (gradients of q, k, v) of those rows, ours
-(automatic choice) against the fastest dense SDPA and, with ``--peer``, the authors' backward.
+``--backward ROW ...`` also times forward+backward (gradients of q, k, v; for the KV-cache row, of q
+and the chunk's new K/V only) of those rows, ours (automatic choice) against the fastest dense SDPA
+and, with ``--peer``, the authors' backward.
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ def run_row(row: Row, peer, profile: bool, backward: bool = False) -> dict:
                 out["peer"]["rel_err_vs_ours"] = ((got - ref).norm() / ref.norm()).item()
         except Exception as e:  # noqa: BLE001 - a peer failure is recorded, never fatal
             out["peer"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
-    if backward and not row.kv_cache:
+    if backward:
         dense_fb = []
         for name, be in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
             with sdpa_kernel(be):
@@ -197,7 +198,19 @@ def run_row(row: Row, peer, profile: bool, backward: bool = False) -> dict:
             out[f"dense_{name}_fwd_bwd"] = t
             dense_fb += [t[key] for key in ("eager_ms", "graph_ms") if key in t]
         out["fastest_dense_fwd_bwd_ms"] = min(dense_fb) if dense_fb else None
-        step = _fwd_bwd_step(lambda a, b, c: m.monarch_attention(a, b, c, row.frame_shape, **row.kw), (q, k, v), q)
+        if row.kv_cache:
+            # Self-Forcing training: gradients to q and to the chunk's own K/V (the cache's last frames,
+            # written above), none to the cache; the dense baseline above has gradients to all of k, v
+            n_new = row.q_frames * hw
+
+            def ours_kv(a, new_k, new_v):
+                return m.monarch_attention_kv_cache(
+                    a, k_cache, v_cache, row.kv_frames, row.frame_shape, new_k=new_k, new_v=new_v, **row.kw
+                )
+
+            step = _fwd_bwd_step(ours_kv, (q, k[:, -n_new:], v[:, -n_new:]), q)
+        else:
+            step = _fwd_bwd_step(lambda a, b, c: m.monarch_attention(a, b, c, row.frame_shape, **row.kw), (q, k, v), q)
         out["ours_auto_fwd_bwd"] = _time(step)
         if profile:
             out["auto_fwd_bwd_kernels"] = _profile(step)
