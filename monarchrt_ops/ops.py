@@ -158,12 +158,12 @@ def _hadamard_rows(x, out, scale, transpose, fp32_intermediate, backend):
     """Run the chosen backend on 2-D row views ``x, out [rows, n]`` (out may be x)."""
     if x.numel():
         rows, n = x.shape
+        m, n2 = factor(n)
 
         def problem():
-            return HadamardProblem(rows, n, factor(n)[0], x.dtype, fp32_intermediate), arch_of(x.device)
+            return HadamardProblem(rows, n, m, x.dtype, fp32_intermediate), arch_of(x.device)
 
         sel = cached_select("hadamard", (rows, n, x.dtype, x.device, fp32_intermediate), problem, backend)
-        m, n2 = factor(n)
         sel.backend.launch(sel.config, x, out, m=m, n2=n2, scale=scale, transpose=transpose,
                            fp32_intermediate=fp32_intermediate)  # fmt: skip
     return out
@@ -171,6 +171,11 @@ def _hadamard_rows(x, out, scale, transpose, fp32_intermediate, backend):
 
 def _hadamard_impl(x, scale, transpose, fp32_intermediate, backend):
     check_hadamard_input(x)
+    return _hadamard_run(x, scale, transpose, fp32_intermediate, backend)
+
+
+def _hadamard_run(x, scale, transpose, fp32_intermediate, backend):
+    """The op's work on a checked x (the eager fast path's entry: the public function checked it)."""
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     return _hadamard_rows(x2, torch.empty_like(x2), scale, transpose, fp32_intermediate, backend).reshape(x.shape)
 
@@ -188,6 +193,10 @@ def _hadamard_fake(x, *args):
 
 def _hadamard_inplace_impl(x, scale, transpose, fp32_intermediate, backend):
     _check_inplace(x)
+    _hadamard_inplace_run(x, scale, transpose, fp32_intermediate, backend)
+
+
+def _hadamard_inplace_run(x, scale, transpose, fp32_intermediate, backend):
     x2 = x.view(-1, x.shape[-1])
     _hadamard_rows(x2, x2, scale, transpose, fp32_intermediate, backend)
 
@@ -204,6 +213,11 @@ def _hadamard_backward(ctx, dy):
 
 def _monarch_matmul_impl(x, w1, w2, backend):
     check_monarch_matmul(x, w1, w2)
+    return _monarch_matmul_run(x, w1, w2, backend)
+
+
+def _monarch_matmul_run(x, w1, w2, backend):
+    """The op's work on checked inputs (the eager fast path's entry: the public function checked them)."""
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
 
     def problem():
@@ -289,7 +303,8 @@ def eager(*tensors: torch.Tensor) -> bool:
 
 
 def call_attention(q, k, v, sm_scale, causal_block_tiles, num_iters, backend):
-    """What the public functions call on validated tile-order tensors: :data:`attention`'s result."""
+    """What the public functions call on validated tile-order tensors: :data:`attention`'s result.
+    The ``call_<op>`` functions skip the op's own checks too (``_<op>_run``): the caller has checked."""
     if eager(q, k, v):
         return _attention_run(q, k, v, sm_scale, causal_block_tiles, num_iters, backend)
     return attention(q, k, v, sm_scale, causal_block_tiles, num_iters, backend)
@@ -297,19 +312,19 @@ def call_attention(q, k, v, sm_scale, causal_block_tiles, num_iters, backend):
 
 def call_hadamard(x, scale, transpose, fp32_intermediate, backend):
     if eager(x):
-        return _hadamard_impl(x, scale, transpose, fp32_intermediate, backend)
+        return _hadamard_run(x, scale, transpose, fp32_intermediate, backend)
     return hadamard(x, scale, transpose, fp32_intermediate, backend)
 
 
 def call_hadamard_(x, scale, transpose, fp32_intermediate, backend):
     if eager(x):
-        return _hadamard_inplace_impl(x, scale, transpose, fp32_intermediate, backend)
+        return _hadamard_inplace_run(x, scale, transpose, fp32_intermediate, backend)
     return hadamard_(x, scale, transpose, fp32_intermediate, backend)
 
 
 def call_monarch_matmul(x, w1, w2, backend):
     if eager(x, w1, w2):
-        return _monarch_matmul_impl(x, w1, w2, backend)
+        return _monarch_matmul_run(x, w1, w2, backend)
     return monarch_matmul(x, w1, w2, backend)
 
 
