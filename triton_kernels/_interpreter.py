@@ -28,28 +28,28 @@ def _is_interpreted(kernel) -> bool:
     return isinstance(kernel, InterpretedFunction)
 
 
-def check_kernels(*kernels) -> None:
-    """RuntimeError when TRITON_INTERPRET now says otherwise than when the kernels were defined."""
-    wanted = interpreting()
-    for kernel in kernels:
-        if _is_interpreted(kernel) != wanted:
-            when = "set" if wanted else "unset"
-            made = "compiled for a GPU" if wanted else "made for the interpreter"
-            raise RuntimeError(
-                f"TRITON_INTERPRET is {when} now, but monarchrt_ops's Triton kernels were {made} when they "
-                "were imported (Triton reads TRITON_INTERPRET once, at @triton.jit): set or unset it before "
-                "the first Triton call, in the environment or at the top of the script"
-            )
+def _mismatch(wanted: bool) -> RuntimeError:
+    when = "set" if wanted else "unset"
+    made = "compiled for a GPU" if wanted else "made for the interpreter"
+    return RuntimeError(
+        f"TRITON_INTERPRET is {when} now, but monarchrt_ops's Triton kernels were {made} when they "
+        "were imported (Triton reads TRITON_INTERPRET once, at @triton.jit): set or unset it before "
+        "the first Triton call, in the environment or at the top of the script"
+    )
 
 
 def guarded(*kernels):
-    """Decorate a launcher of ``kernels``: the check above, then the interpreter lock when interpreting."""
+    """Decorate a launcher of ``kernels``: a RuntimeError when TRITON_INTERPRET now disagrees with how
+    they were defined, then the interpreter lock when interpreting."""
+    kinds = frozenset(_is_interpreted(kernel) for kernel in kernels)  # fixed when they were defined
 
     def wrap(launcher):
         @functools.wraps(launcher)
         def run(*args, **kwargs):
-            check_kernels(*kernels)
-            if not interpreting():
+            wanted = interpreting()
+            if kinds != {wanted}:  # a RuntimeError when TRITON_INTERPRET now says otherwise
+                raise _mismatch(wanted)
+            if not wanted:
                 return launcher(*args, **kwargs)
             with _LOCK:
                 return launcher(*args, **kwargs)
