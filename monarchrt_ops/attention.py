@@ -187,17 +187,8 @@ def _attention_call(
     The outcome of the checks is cached per argument key (shapes, dtypes, devices, the Python
     arguments and their exact types), so a repeated call costs a dict lookup, not the checks."""
     q, k, v = autocast_inputs(q, k, v)  # under autocast: the dtype the op runs in (amp.py)
-    key = _call_key(q, k, v, frame_shape, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, backend)
-    call = _validated.get(key) if key is not None else None
-    if call is None:
-        call = _validate_call(
-            q, k, v, frame_shape, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, backend
-        )
-        if key is not None:
-            if len(_validated) >= 4096:  # many distinct shapes: start over rather than grow
-                _validated.clear()
-            _validated[key] = call
-    tiling, scale, cbt, num_iters, backend = call
+    args = (frame_shape, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, backend)
+    tiling, scale, cbt, num_iters, backend = _checked(_validated, _validate_call, q, k, v, *args)
     out, lse = _attention_tiles(to_tiles(q, tiling), to_tiles(k, tiling), to_tiles(v, tiling), tiling, scale, cbt,
                                 num_iters, backend)  # fmt: skip
     return out, lse, tiling
@@ -205,6 +196,21 @@ def _attention_call(
 
 _validated: dict[tuple, tuple[Tiling, float, int, int, str]] = {}
 _EXACT = (int, float, str, type(None))
+_MAX_CACHED_CALLS = 4096  # many distinct shapes: start over rather than grow
+
+
+def _checked(cache: dict, validate, q, k, v, *args, cacheable: bool = True):
+    """``validate(q, k, v, *args)``, remembered in ``cache`` per :func:`_call_key` (``cacheable``
+    false, or no key: run every time)."""
+    key = _call_key(q, k, v, *args) if cacheable else None
+    call = cache.get(key) if key is not None else None
+    if call is None:
+        call = validate(q, k, v, *args)
+        if key is not None:
+            if len(cache) >= _MAX_CACHED_CALLS:
+                cache.clear()
+            cache[key] = call
+    return call
 
 
 def _call_key(q, k, v, frame_shape, *scalars) -> tuple | None:
@@ -386,15 +392,10 @@ def monarch_attention_kv_cache(
     """
     q = autocast_inputs(q)
     args = (frame_shape, f_tied, h_reduce, w_reduce, kv_frames, sm_scale, num_iters, backend)
-    key = _call_key(q, k_cache, v_cache, *args) if new_k is None and new_v is None else None
-    call = _validated_kv.get(key) if key is not None else None
-    if call is None:
-        call = _validate_kv_call(q, k_cache, v_cache, *args)
-        if key is not None:
-            if len(_validated_kv) >= 4096:
-                _validated_kv.clear()
-            _validated_kv[key] = call
-    tiling, scale, num_iters, backend, tokens = call
+    cacheable = new_k is None and new_v is None  # the training call checks new_k/new_v every time anyway
+    tiling, scale, num_iters, backend, tokens = _checked(
+        _validated_kv, _validate_kv_call, q, k_cache, v_cache, *args, cacheable=cacheable
+    )
     # under autocast only the visible slice is cast (amp.py), never the whole cache
     k_slice, v_slice = autocast_inputs(k_cache[:, :tokens], v_cache[:, :tokens])
     if (new_k is None) != (new_v is None):
