@@ -120,16 +120,17 @@ def tune(args) -> int:
     storage = args.storage or f"sqlite:///monarchrt-tune-{args.gpu}.db"
     shapes = args.shapes or [s.name for s in ATTENTION_SHAPES if s.heads == 12]
     entries = []
+    path = out_dir / f"{args.gpu}.json"
     try:
         for case in build_cases(args.ops, shapes, args.backward, DTYPES[args.dtype]):  # one at a time: memory
             entries += tune_cases([case], trials=args.trials, seed=args.seed, storage=storage, resume=args.resume,
                                   fresh=args.fresh, progress=lambda s: print(s, flush=True))  # fmt: skip
             del case
             torch.cuda.empty_cache()
+            # after every case, so a run stopped part-way keeps the cases it finished
+            tables.write_table(path, args.gpu, provenance(args.seed, " ".join(sys.argv)), entries)
     except ValueError as e:  # a stored study without --resume/--fresh, an unknown shape
         return _fail(str(e))
-    path = out_dir / f"{args.gpu}.json"
-    tables.write_table(path, args.gpu, provenance(args.seed, " ".join(sys.argv)), entries)
     print(f"wrote {len(entries)} entries to {path}")
     return 0
 

@@ -224,8 +224,8 @@ def test_monarch_linear_gradcheck_both_paths(path):
 
 @pytest.fixture
 def linear_table(tmp_path, monkeypatch):
-    """A table for this machine's family (cpu here) whose measured choice takes the dense path from 8 rows
-    of 16 -> 16 with 4 blocks, and says why it does not below."""
+    """A table for DEVICE's family (the layers below run there) whose measured choice takes the dense path
+    from 8 rows of 16 -> 16 with 4 blocks, and says why it does not below."""
     from monarchrt_ops import tables
 
     family = arch_of(DEVICE).family
@@ -248,25 +248,29 @@ def linear_table(tmp_path, monkeypatch):
 def test_monarch_linear_path_comes_from_the_tables(linear_table):
     from monarchrt_ops.monarch_matmul import linear_path
 
-    layer = m.MonarchLinear(16, 16, nblocks=4, dtype=torch.float64)
-    assert layer.path_for(torch.randn(8, 16, dtype=torch.float64)) == "dense"
-    assert layer.path_for(torch.randn(2, 4, 16, dtype=torch.float64)) == "dense"  # rows = 8 over the leading dims
-    assert layer.path_for(torch.randn(7, 16, dtype=torch.float64)) == "structured"
-    assert layer.path_for(torch.randn(8, 16)) == "structured"  # float32: no choice matches, the default
+    layer = m.MonarchLinear(16, 16, nblocks=4, dtype=torch.float64, device=DEVICE)
+    assert layer.path_for(torch.randn(8, 16, dtype=torch.float64, device=DEVICE)) == "dense"
+    assert (
+        layer.path_for(torch.randn(2, 4, 16, dtype=torch.float64, device=DEVICE)) == "dense"
+    )  # rows = 8 over the leading dims
+    assert layer.path_for(torch.randn(7, 16, dtype=torch.float64, device=DEVICE)) == "structured"
+    assert layer.path_for(torch.randn(8, 16, device=DEVICE)) == "structured"  # float32: no choice matches, the default
     path, why = linear_path(4, 16, 16, 4, torch.float64, torch.device(DEVICE))
     assert path == "structured" and "structured measured faster below 8 rows (test-linear.json)" in why
     path, why = linear_path(8, 16, 32, 4, torch.float64, torch.device(DEVICE))
     assert path == "structured" and "no table has a monarch_linear choice" in why
     layer.matmul = "structured"  # the override wins over the table
-    assert layer.path_for(torch.randn(8, 16, dtype=torch.float64)) == "structured"
-    small = m.MonarchLinear(16, 16, nblocks=4, dtype=torch.float64, matmul="dense")
-    assert small.path_for(torch.randn(1, 16, dtype=torch.float64)) == "dense" and "matmul='dense'" in repr(small)
+    assert layer.path_for(torch.randn(8, 16, dtype=torch.float64, device=DEVICE)) == "structured"
+    small = m.MonarchLinear(16, 16, nblocks=4, dtype=torch.float64, device=DEVICE, matmul="dense")
+    assert small.path_for(
+        torch.randn(1, 16, dtype=torch.float64, device=DEVICE)
+    ) == "dense" and "matmul='dense'" in repr(small)
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "aot_eager"])
 def test_monarch_linear_table_choice_runs_the_dense_path_eager_and_compiled(linear_table, monkeypatch, compiled):
-    layer = m.MonarchLinear(16, 16, nblocks=4, dtype=torch.float64)
-    x = torch.randn(8, 16, dtype=torch.float64, requires_grad=True)
+    layer = m.MonarchLinear(16, 16, nblocks=4, dtype=torch.float64, device=DEVICE)
+    x = torch.randn(8, 16, dtype=torch.float64, device=DEVICE, requires_grad=True)
     want = x.detach() @ dense_monarch(layer.w1.detach(), layer.w2.detach()).T + layer.bias.detach()
     calls = []
     linear = torch.nn.functional.linear
