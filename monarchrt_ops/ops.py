@@ -13,7 +13,9 @@ Ops (namespace ``monarchrt`` unless ``MONARCHRT_OPS_NAMESPACE`` names another, f
   cache buffers in place at token offset ``start``.
 - ``hadamard(x, scale, transpose, fp32_intermediate, backend) -> y`` (autograd: the transform with H
   transposed) and ``hadamard_(x, scale, transpose, fp32_intermediate, backend) -> ()`` in place.
-- ``monarch_matmul(x, w1, w2, backend) -> y`` (autograd in closed form, structured_reference.py).
+- ``monarch_matmul(x, w1, w2, backend) -> y``; its autograd calls ``monarch_matmul_backward(dout, x, w1,
+  w2, backend) -> (dx, dw1, dw2)``, the backward chosen on its own (Triton's kernels on a GPU, the closed
+  form of structured_reference.py elsewhere; a second derivative takes the closed form).
 - ``argument_error(kind, message) -> ()`` raises ``ValueError``/``TypeError(message)``, eagerly and in its
   fake impl: how a public function's argument error reaches a ``torch.compile(fullgraph=True)`` user
   (:func:`traceable_errors`).
@@ -216,16 +218,47 @@ def _monarch_matmul_impl(x, w1, w2, backend):
     return _monarch_matmul_run(x, w1, w2, backend)
 
 
+def _monarch_matmul_selection(x2, w1, w2, backend, backward):
+    def problem():
+        prob = MonarchMatmulProblem(x2.shape[0], tuple(w1.shape), tuple(w2.shape), x2.dtype, backward)
+        return prob, arch_of(x2.device)
+
+    key = (x2.shape[0], w1.shape, w2.shape, x2.dtype, x2.device, backward)
+    return cached_select("monarch_matmul", key, problem, backend)
+
+
 def _monarch_matmul_run(x, w1, w2, backend):
     """The op's work on checked inputs (the eager fast path's entry: the public function checked them)."""
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
-
-    def problem():
-        return MonarchMatmulProblem(x2.shape[0], tuple(w1.shape), tuple(w2.shape), x.dtype), arch_of(x.device)
-
-    sel = cached_select("monarch_matmul", (x2.shape[0], w1.shape, w2.shape, x.dtype, x.device), problem, backend)
+    sel = _monarch_matmul_selection(x2, w1, w2, backend, backward=False)
     out = sel.backend.launch(sel.config, x2, w1, w2)  # the Triton launcher makes the weights contiguous
     return out.reshape(*x.shape[:-1], w2.shape[0] * w2.shape[1])
+
+
+def _check_monarch_matmul_backward(dout, x, w1, w2) -> None:
+    check_monarch_matmul(x, w1, w2)
+    want = (*x.shape[:-1], w2.shape[0] * w2.shape[1])
+    if tuple(dout.shape) != want or dout.dtype != x.dtype or dout.device != x.device:
+        raise ValueError(
+            f"monarch_matmul_backward: dout must be the output's shape {want}, dtype {x.dtype} and device "
+            f"{x.device}, got {tuple(dout.shape)} {dout.dtype} {dout.device}"
+        )
+
+
+def _monarch_matmul_backward_impl(dout, x, w1, w2, backend):
+    # the backward is chosen on its own, as attention's: 'cuda' (forward only) named for the forward
+    # leaves it to automatic selection (docs/design.md, Selection)
+    _check_monarch_matmul_backward(dout, x, w1, w2)
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    dout2 = dout.reshape(-1, dout.shape[-1]).contiguous()
+    sel = _monarch_matmul_selection(x2, w1, w2, backend, backward=True)
+    dx, dw1, dw2 = sel.backend.launch_backward(sel.config, dout2, x2, w1, w2)
+    return dx.reshape(x.shape), dw1.to(w1.dtype).contiguous(), dw2.to(w2.dtype).contiguous()
+
+
+def _monarch_matmul_backward_fake(dout, x, w1, w2, backend):
+    _check_monarch_matmul_backward(dout, x, w1, w2)
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (x, w1, w2))
 
 
 def _monarch_matmul_fake(x, w1, w2, backend):
@@ -235,10 +268,15 @@ def _monarch_matmul_fake(x, w1, w2, backend):
 
 def _monarch_matmul_setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:3])
+    ctx.backend = inputs[3]
 
 
 def _monarch_matmul_backward(ctx, dout):
-    return (*reference_monarch_matmul_backward(dout, *ctx.saved_tensors), None)
+    x, w1, w2 = ctx.saved_tensors
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (dout, x, w1, w2)):
+        # a second derivative: the closed form is differentiable (einsums), the kernels are not
+        return (*reference_monarch_matmul_backward(dout, x, w1, w2), None)
+    return (*_lookup("monarch_matmul_backward")(dout, x, w1, w2, ctx.backend), None)
 
 
 _ARGUMENT_ERRORS = {"ValueError": ValueError, "TypeError": TypeError}
@@ -351,6 +389,7 @@ _SCHEMAS = {
     "hadamard": "(Tensor x, float scale, bool transpose, bool fp32_intermediate, str backend) -> Tensor",
     "hadamard_": "(Tensor(a!) x, float scale, bool transpose, bool fp32_intermediate, str backend) -> ()",
     "monarch_matmul": "(Tensor x, Tensor w1, Tensor w2, str backend) -> Tensor",
+    "monarch_matmul_backward": "(Tensor dout, Tensor x, Tensor w1, Tensor w2, str backend) -> (Tensor, Tensor, Tensor)",
     "argument_error": "(str kind, str message) -> ()",
 }
 _AUTOGRAD = {
@@ -396,6 +435,7 @@ def _register() -> None:
         "hadamard": (_hadamard_impl, _hadamard_fake),
         "hadamard_": (_hadamard_inplace_impl, lambda x, *args: _check_inplace(x)),
         "monarch_matmul": (_monarch_matmul_impl, _monarch_matmul_fake),
+        "monarch_matmul_backward": (_monarch_matmul_backward_impl, _monarch_matmul_backward_fake),
         "argument_error": (_argument_error, _argument_error),
     }
     for name, (impl, fake) in impls.items():
@@ -421,4 +461,5 @@ kv_cache_write = _lookup("kv_cache_write")
 hadamard = _lookup("hadamard")
 hadamard_ = _lookup("hadamard_")
 monarch_matmul = _lookup("monarch_matmul")
+monarch_matmul_backward = _lookup("monarch_matmul_backward")
 argument_error = _lookup("argument_error")

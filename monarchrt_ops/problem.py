@@ -86,9 +86,12 @@ class MonarchMatmulProblem:
     w1_shape: tuple[int, int, int]  # (k, q, p)
     w2_shape: tuple[int, int, int]  # (l, s, r)
     dtype: torch.dtype
+    backward: bool = False  # the gradients (dx, dw1, dw2) rather than the product
 
     def key(self) -> dict:
         out = asdict(self)
         out["dtype"] = str(self.dtype).removeprefix("torch.")
         out["w1_shape"], out["w2_shape"] = list(self.w1_shape), list(self.w2_shape)  # as JSON reads them back
+        if not self.backward:  # the forward's key as the tables have always written it
+            del out["backward"]
         return out

@@ -34,6 +34,7 @@ SHAPES = {
     "square-1024": ((32, 32, 32), (32, 32, 32)),
     "square-4096": ((64, 64, 64), (64, 64, 64)),
     "rect-768-to-384": ((8, 192, 96), (24, 16, 64)),
+    "few-large-blocks": ((4, 32, 48), (4, 40, 32)),  # l = 4 < 16: the second product as l strided GEMMs
 }
 
 
@@ -60,6 +61,9 @@ def test_gradcheck_and_opcheck():
     x = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, a, b: m.monarch_matmul(x, a, b), (x, w1, w2))
     torch.library.opcheck(ops.monarch_matmul, (x.float(), w1.float(), w2.float(), "reference"))
+    dout = torch.randn(4, 15)
+    plain = (t.detach().float() for t in (x, w1, w2))  # the backward op has no derivative of its own
+    torch.library.opcheck(ops.monarch_matmul_backward, (dout, *plain, "reference"))
 
 
 def test_monarch_linear():
@@ -88,7 +92,7 @@ def test_bad_input(args, exc, msg):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16] + ([torch.bfloat16] if GPU else []), ids=str)
-@pytest.mark.parametrize("name", ["square-16", "square-1024", "rect-768-to-384"])
+@pytest.mark.parametrize("name", ["square-16", "square-1024", "rect-768-to-384", "few-large-blocks"])
 def test_triton_matches_reference(name, dtype, poison_empty):
     pytest.importorskip("triton")
     s1, s2 = SHAPES[name]
@@ -97,6 +101,48 @@ def test_triton_matches_reference(name, dtype, poison_empty):
     ref = m.monarch_matmul(x, w1, w2, backend="reference")
     out = m.monarch_matmul(*(t.to(DEVICE, dtype) for t in (x, w1, w2)), backend="triton")
     assert rel_err(out, ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16] + ([torch.bfloat16] if GPU else []), ids=str)
+@pytest.mark.parametrize("name", ["square-16", "square-1024", "rect-768-to-384", "few-large-blocks"])
+def test_triton_backward_matches_float64(name, dtype, poison_empty, monkeypatch):
+    """dx, dw1, dw2 from the Triton kernels (not the closed form: the launch is counted) against float64
+    autograd of the dense product."""
+    pytest.importorskip("triton")
+    from monarchrt_ops.backends.triton import TritonMonarchMatmul
+
+    launched = []
+    launch_backward = TritonMonarchMatmul.launch_backward
+    monkeypatch.setattr(TritonMonarchMatmul, "launch_backward", lambda *a: launched.append(1) or launch_backward(*a))
+    s1, s2 = SHAPES[name]
+    g = torch.Generator().manual_seed(1)
+    w1 = torch.randn(*s1, dtype=torch.float64, generator=g) / s1[2] ** 0.5
+    w2 = torch.randn(*s2, dtype=torch.float64, generator=g) / s2[2] ** 0.5
+    x = torch.randn(2, 19, s1[0] * s1[2], dtype=torch.float64, generator=g)
+    dout = torch.randn(2, 19, s2[0] * s2[1], dtype=torch.float64, generator=g)
+    ref = [t.clone().requires_grad_() for t in (x, w1, w2)]
+    want = torch.autograd.grad(ref[0] @ dense_monarch(ref[1], ref[2]).T, ref, dout)
+    ins = [t.to(DEVICE, dtype).requires_grad_() for t in (x, w1, w2)]
+    got = torch.autograd.grad(m.monarch_matmul(*ins, backend="triton"), ins, dout.to(DEVICE, dtype))
+    assert launched == [1]
+    for name_, a, b in zip(("dx", "dw1", "dw2"), got, want, strict=True):
+        assert a.dtype == dtype and a.shape == b.shape, name_
+        assert rel_err(a, b) < TOL[dtype], name_
+
+
+def test_backward_op_names_a_bad_dout():
+    x, w1, w2 = torch.randn(4, 8), torch.randn(2, 3, 4), torch.randn(3, 5, 2)
+    for dout in (torch.randn(4, 10), torch.randn(4, 15).double()):
+        with pytest.raises(ValueError, match=r"dout must be the output's shape \(4, 15\)"):
+            ops.monarch_matmul_backward(dout, x, w1, w2, "")
+
+
+def test_second_derivative_takes_the_closed_form():
+    """The kernels' backward has no derivative of its own: double backward goes through the einsums."""
+    w1 = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    w2 = torch.randn(3, 5, 2, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda x, a, b: m.monarch_matmul(x, a, b), (x, w1, w2))
 
 
 @pytest.mark.parametrize(

@@ -145,12 +145,18 @@ def test_hadamard_kernels_compile(n, fp32_intermediate, target, monkeypatch):
 
 @compile_only
 @pytest.mark.parametrize("target", list(TARGETS))
-@pytest.mark.parametrize("shapes", [((64, 64, 64), (64, 64, 64)), ((8, 192, 96), (24, 16, 64))], ids=["sq", "rect"])
+@pytest.mark.parametrize(
+    "shapes",
+    [((64, 64, 64), (64, 64, 64)), ((8, 192, 96), (24, 16, 64)), ((4, 256, 256), (4, 256, 256))],
+    ids=["sq", "rect", "few-large-blocks"],  # the last: l < 16, the second product as l strided GEMMs
+)
 def test_monarch_matmul_kernels_compile(shapes, target, monkeypatch):
     from monarchrt_ops.triton_kernels import monarch_matmul as launch
 
-    calls = record(monkeypatch, launch, ["_block_diag_matmul", "_reordered_block_matmul"])
+    calls = record(monkeypatch, launch, ["_block_product", "_reordered_block_matmul"])
     w1, w2 = (torch.randn(*s).to(torch.bfloat16) for s in shapes)
     x = torch.randn(32, shapes[0][0] * shapes[0][2]).to(torch.bfloat16)
-    launch.monarch_matmul_fwd(x, w1, w2, {"block_m": 64, "num_warps": 4})
+    config = {"block_m": 64, "num_warps": 4}
+    launch.monarch_matmul_fwd(x, w1, w2, config)
+    launch.monarch_matmul_bwd(torch.randn(32, shapes[1][0] * shapes[1][1]).to(torch.bfloat16), x, w1, w2, config)
     check(calls, target)

@@ -1,10 +1,19 @@
 """Monarch (block-diagonal butterfly) matmul in Triton: two block-diagonal products, the two
-reorders folded into the second kernel's load and store indices (no permute pass touches HBM).
+reorders folded into the kernels' load and store indices (no permute pass touches HBM).
 
-Kernel 1 writes y1 = x B1 in natural (k q) = (r l) order. Kernel 2 takes a block of BL consecutive
-l at once (a batched dot over l): it reads y1[:, r * L + l] and writes out[:, s * L + l], both
-contiguous in l, so the reorders cost no extra memory transactions. (Writing the (l r) order from
-kernel 1 scatters 2-byte stores at a stride of L elements: 0.27x of bmm + permute on an H100.)
+``_block_product`` is one block-diagonal product with element strides on both sides:
+``out[:, g*og + c*oe] = sum_p x[:, g*xg + p*xe] W[g, c, p]``. The first product is it with unit
+strides (y1 = x B1, written in natural (k q) = (r l) order). The second reads y1[:, r*L + l] and writes
+out[:, s*L + l]: for L >= 16 ``_reordered_block_matmul`` takes a block of BL consecutive l at once (a
+batched dot over l), so both accesses are contiguous in l (writing the (l r) order from the first
+kernel scatters 2-byte stores at a stride of L elements: 0.27x of bmm + permute on an H100); for
+fewer, larger blocks (L < 16, e.g. 4 blocks of 1024) most of such a block would be padding, and
+``_block_product`` with element stride L runs it as L well-shaped GEMMs instead.
+
+The backward (``monarch_matmul_bwd``) runs the same two kernels in the opposite order with the
+blocks transposed, dy1 = dout B2^T (reorders as the forward's second product) and dx = dy1 B1^T,
+and the weight gradients as batched GEMMs over the rows (cuBLAS through torch.bmm); docs/math.md,
+Monarch matmul.
 """
 
 from __future__ import annotations
@@ -17,12 +26,12 @@ from ._interpreter import guarded
 
 
 @triton.jit(do_not_specialize=["rows"])  # a new batch size must not compile a new kernel
-def _block_diag_matmul(
+def _block_product(
     X, W, Y,
-    rows, x_stride, y_stride, C, P,
+    rows, x_stride, y_stride, C, P, x_group, x_elem, y_group, y_elem,
     BM: tl.constexpr, BC: tl.constexpr, BP: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    # y[:, g*C + c] = sum_p x[:, g*P + p] * W[g, c, p]
+    # y[:, g*y_group + c*y_elem] = sum_p x[:, g*x_group + p*x_elem] * W[g, c, p]  (unit strides: 1, specialised)
     pid_m = tl.program_id(0)
     g = tl.program_id(1)
     pid_c = tl.program_id(2)
@@ -34,14 +43,14 @@ def _block_diag_matmul(
     for p0 in range(0, P, BP):
         offs_p = p0 + tl.arange(0, BP)
         mask_p = offs_p < P
-        x = tl.load(X + offs_m[:, None].to(tl.int64) * x_stride + g * P + offs_p[None, :],
+        x = tl.load(X + offs_m[:, None].to(tl.int64) * x_stride + g * x_group + offs_p[None, :] * x_elem,
                     mask=mask_m[:, None] & mask_p[None, :], other=0.0)  # fmt: skip
         w = tl.load(
             W + (g * C + offs_c[None, :]) * P + offs_p[:, None], mask=mask_c[None, :] & mask_p[:, None], other=0.0
         )  # [BP, BC]  fmt: skip
         acc += tl.dot(x, w, input_precision=DOT_PRECISION)  # [BM, BP] @ [BP, BC]
-    tl.store(Y + offs_m[:, None].to(tl.int64) * y_stride + g * C + offs_c[None, :], acc.to(Y.dtype.element_ty),
-             mask=mask_m[:, None] & mask_c[None, :])  # fmt: skip
+    tl.store(Y + offs_m[:, None].to(tl.int64) * y_stride + g * y_group + offs_c[None, :] * y_elem,
+             acc.to(Y.dtype.element_ty), mask=mask_m[:, None] & mask_c[None, :])  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["rows"])
@@ -86,25 +95,71 @@ def _precision(dtype: torch.dtype) -> str:
     return "tf32x3" if dtype == torch.float32 else "tf32"
 
 
-@guarded(_block_diag_matmul, _reordered_block_matmul)
-def monarch_matmul_fwd(x2d: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, config: dict) -> torch.Tensor:
-    """``x2d [rows, k*p]``, ``w1 [k, q, p]``, ``w2 [l, s, r]`` -> ``[rows, s*l]`` (SPEC 2)."""
-    k, q, p = w1.shape
-    l, s, r = w2.shape
+# The second product takes blocks of BL = 16 consecutive l (_reordered_block_matmul) from this many l on;
+# below, L strided GEMMs (_block_product with element stride L).
+_BATCHED_L_FROM = 16
+
+
+def _block_diag(x2d, w, out, config, *, x_group=None, x_elem=1, out_group=None, out_elem=1):
+    """out[:, g*out_group + c*out_elem] = sum_p x2d[:, g*x_group + p*x_elem] w[g, c, p] for w (G, C, P);
+    by default both sides contiguous per block (x_group = P, out_group = C)."""
+    g, c, p = w.shape
     rows, bm = x2d.shape[0], config["block_m"]
-    y1 = torch.empty(rows, k * q, dtype=x2d.dtype, device=x2d.device)  # natural (k q) = (r l) order
-    bc, bp = _pow2(q), _pow2(p, hi=64)
-    _block_diag_matmul[(triton.cdiv(rows, bm), k, triton.cdiv(q, bc))](
-        x2d, w1.contiguous(), y1, rows, x2d.stride(0), y1.stride(0), q, p,
+    bc, bp = _pow2(c), _pow2(p, hi=64)
+    _block_product[(triton.cdiv(rows, bm), g, triton.cdiv(c, bc))](
+        x2d, w.contiguous(), out, rows, x2d.stride(0), out.stride(0), c, p,
+        p if x_group is None else x_group, x_elem, c if out_group is None else out_group, out_elem,
         BM=bm, BC=bc, BP=bp, DOT_PRECISION=_precision(x2d.dtype), num_warps=config["num_warps"],
     )  # fmt: skip
-    out = torch.empty(rows, s * l, dtype=x2d.dtype, device=x2d.device)
+    return out
+
+
+def _reordered(y, w, out, config):
+    """out[:, c*L + l] = sum_r y[:, r*L + l] w[l, c, r] for w (L, C, R): the Monarch second product."""
+    l, c, r = w.shape
+    rows = y.shape[0]
+    if l < _BATCHED_L_FROM:
+        return _block_diag(y, w, out, config, x_group=1, x_elem=l, out_group=1, out_elem=l)
     # [BL, BR, BS] weight and [BL, BM, BR] input blocks: 32-wide keeps both within shared memory
     # (64-wide bf16 needed 320 KB on an H100), one stage since the r loop is short
-    bl, bm2, bs, br = 16, 16, _pow2(s, hi=32), _pow2(r, hi=32)
-    _reordered_block_matmul[(triton.cdiv(rows, bm2), triton.cdiv(l, bl), triton.cdiv(s, bs))](
-        y1, w2.contiguous(), out, rows, y1.stride(0), out.stride(0), l, s, r,
-        BL=bl, BM=bm2, BS=bs, BR=br, DOT_PRECISION=_precision(x2d.dtype), num_warps=config["num_warps"],
+    bl, bm2, bs, br = 16, 16, _pow2(c, hi=32), _pow2(r, hi=32)
+    _reordered_block_matmul[(triton.cdiv(rows, bm2), triton.cdiv(l, bl), triton.cdiv(c, bs))](
+        y, w.contiguous(), out, rows, y.stride(0), out.stride(0), l, c, r,
+        BL=bl, BM=bm2, BS=bs, BR=br, DOT_PRECISION=_precision(y.dtype), num_warps=config["num_warps"],
         num_stages=1,
     )  # fmt: skip
     return out
+
+
+@guarded(_block_product, _reordered_block_matmul)
+def monarch_matmul_fwd(x2d: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, config: dict) -> torch.Tensor:
+    """``x2d [rows, k*p]``, ``w1 [k, q, p]``, ``w2 [l, s, r]`` -> ``[rows, s*l]`` (docs/math.md)."""
+    k, q, _ = w1.shape
+    l, s, _ = w2.shape
+    rows = x2d.shape[0]
+    y1 = _block_diag(
+        x2d, w1, torch.empty(rows, k * q, dtype=x2d.dtype, device=x2d.device), config
+    )  # natural (k q) = (r l) order
+    return _reordered(y1, w2, torch.empty(rows, s * l, dtype=x2d.dtype, device=x2d.device), config)
+
+
+@guarded(_block_product, _reordered_block_matmul)
+def monarch_matmul_bwd(
+    dout2d: torch.Tensor, x2d: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, config: dict
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients ``(dx2d, dw1, dw2)`` of :func:`monarch_matmul_fwd` for ``dout2d [rows, s*l]``:
+    y1 recomputed, dy1 = dout B2^T and dx = dy1 B1^T by the forward's kernels with the blocks
+    transposed, dw1 = sum_rows dy1^T x and dw2 = sum_rows dout^T y1 per block (torch.bmm)."""
+    k, q, p = w1.shape
+    l, s, r = w2.shape
+    rows = x2d.shape[0]
+    y1 = _block_diag(x2d, w1, torch.empty(rows, k * q, dtype=x2d.dtype, device=x2d.device), config)
+    dy1 = _reordered(
+        dout2d, w2.transpose(1, 2), torch.empty(rows, k * q, dtype=x2d.dtype, device=x2d.device), config
+    )  # (l, r, s) blocks
+    dx = _block_diag(
+        dy1, w1.transpose(1, 2), torch.empty(rows, k * p, dtype=x2d.dtype, device=x2d.device), config
+    )  # (k, p, q) blocks
+    dw1 = torch.bmm(dy1.view(rows, k, q).permute(1, 2, 0), x2d.view(rows, k, p).transpose(0, 1))
+    dw2 = torch.bmm(dout2d.view(rows, s, l).permute(2, 1, 0), y1.view(rows, r, l).permute(2, 0, 1))
+    return dx, dw1, dw2

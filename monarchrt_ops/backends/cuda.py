@@ -100,10 +100,12 @@ class CudaHadamard(NoConfig):
 
 class CudaMonarchMatmul(NoConfig):
     """Two kernels (csrc/monarch_matmul): the first block product writes y1 tile-transposed into a
-    workspace so that both reorders are contiguous reads and writes (block_matmul.cuh says how)."""
+    workspace so that both reorders are contiguous reads and writes (block_matmul.cuh says how).
+    Forward only: the registry chooses the backward (Triton's)."""
 
     name = "cuda"
     measured_only = True  # taken automatically where a table's measured choice says so (tables.py)
+    forward_only = True
 
     def supports(self, problem: MonarchMatmulProblem, arch: Arch) -> str | None:
         reason = arch_reason(arch, "stmatrix")
@@ -111,6 +113,8 @@ class CudaMonarchMatmul(NoConfig):
             return reason
         if problem.dtype not in _DTYPE_CODES:
             return f"dtype {problem.dtype} is not fp16/bf16"
+        if problem.backward:
+            return "forward only: the CUDA kernels have no backward (the registry chooses one)"
         module, _ = extension()
         (k, q, p), (l, s, r) = problem.w1_shape, problem.w2_shape
         return module.monarch_matmul_reason(problem.rows, k, q, p, l, s, r, _DTYPE_CODES[problem.dtype]) or None

@@ -7,7 +7,7 @@ import torch
 from .. import reference
 from ..arch import Arch
 from ..registry import NoConfig
-from ..structured_reference import reference_hadamard, reference_monarch_matmul
+from ..structured_reference import reference_hadamard, reference_monarch_matmul, reference_monarch_matmul_backward
 
 
 class _Reference(NoConfig):
@@ -46,3 +46,7 @@ class ReferenceHadamard(_Reference):
 class ReferenceMonarchMatmul(_Reference):
     def launch(self, config, x2d, w1, w2):
         return reference_monarch_matmul(x2d, w1, w2)
+
+    def launch_backward(self, config, dout2d, x2d, w1, w2):
+        """(dx2d, dw1, dw2) in closed form (einsums)."""
+        return reference_monarch_matmul_backward(dout2d, x2d, w1, w2)

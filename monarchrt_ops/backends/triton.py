@@ -202,3 +202,8 @@ class TritonMonarchMatmul(_Triton):
         from ..triton_kernels.monarch_matmul import monarch_matmul_fwd
 
         return monarch_matmul_fwd(x2d, w1, w2, config)
+
+    def launch_backward(self, config, dout2d, x2d, w1, w2):
+        from ..triton_kernels.monarch_matmul import monarch_matmul_bwd
+
+        return monarch_matmul_bwd(dout2d, x2d, w1, w2, config)
