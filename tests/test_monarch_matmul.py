@@ -130,6 +130,19 @@ def test_triton_backward_matches_float64(name, dtype, poison_empty, monkeypatch)
         assert rel_err(a, b) < TOL[dtype], name_
 
 
+@pytest.mark.parametrize("rows", [1, 700, 2048], ids=["one-chunk", "remainder", "even-chunks"])
+def test_weight_gradient_sum_over_row_chunks(rows, monkeypatch):
+    """The weight gradients' split-K over chunks of rows (and the rows left over) equals one sum."""
+    pytest.importorskip("triton")
+    from monarchrt_ops.triton_kernels import monarch_matmul as launch
+
+    monkeypatch.setattr(launch, "_MIN_CHUNK_ROWS", 128)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(rows, 6, 5, dtype=torch.float64, generator=g).transpose(1, 2).contiguous().transpose(1, 2)
+    b = torch.randn(rows, 6, 3, dtype=torch.float64, generator=g)
+    torch.testing.assert_close(launch._sum_over_rows(a, b), torch.einsum("rgm,rgn->gmn", a, b), rtol=1e-12, atol=1e-12)
+
+
 def test_backward_op_names_a_bad_dout():
     x, w1, w2 = torch.randn(4, 8), torch.randn(2, 3, 4), torch.randn(3, 5, 2)
     for dout in (torch.randn(4, 10), torch.randn(4, 15).double()):

@@ -12,7 +12,7 @@ fewer, larger blocks (L < 16, e.g. 4 blocks of 1024) most of such a block would 
 
 The backward (``monarch_matmul_bwd``) runs the same two kernels in the opposite order with the
 blocks transposed, dy1 = dout B2^T (reorders as the forward's second product) and dx = dy1 B1^T,
-and the weight gradients as batched GEMMs over the rows (cuBLAS through torch.bmm); docs/math.md,
+and the weight gradients as batched GEMMs over chunks of rows (cuBLAS through torch.matmul); docs/math.md,
 Monarch matmul.
 """
 
@@ -149,7 +149,7 @@ def monarch_matmul_bwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients ``(dx2d, dw1, dw2)`` of :func:`monarch_matmul_fwd` for ``dout2d [rows, s*l]``:
     y1 recomputed, dy1 = dout B2^T and dx = dy1 B1^T by the forward's kernels with the blocks
-    transposed, dw1 = sum_rows dy1^T x and dw2 = sum_rows dout^T y1 per block (torch.bmm)."""
+    transposed, dw1 = sum_rows dy1^T x and dw2 = sum_rows dout^T y1 per block (:func:`_sum_over_rows`)."""
     k, q, p = w1.shape
     l, s, r = w2.shape
     rows = x2d.shape[0]
@@ -160,6 +160,29 @@ def monarch_matmul_bwd(
     dx = _block_diag(
         dy1, w1.transpose(1, 2), torch.empty(rows, k * p, dtype=x2d.dtype, device=x2d.device), config
     )  # (k, p, q) blocks
-    dw1 = torch.bmm(dy1.view(rows, k, q).permute(1, 2, 0), x2d.view(rows, k, p).transpose(0, 1))
-    dw2 = torch.bmm(dout2d.view(rows, s, l).permute(2, 1, 0), y1.view(rows, r, l).permute(2, 0, 1))
+    dw1 = _sum_over_rows(dy1.view(rows, k, q), x2d.view(rows, k, p))
+    dw2 = _sum_over_rows(dout2d.view(rows, s, l).transpose(1, 2), y1.view(rows, r, l).transpose(1, 2))
     return dx, dw1, dw2
+
+
+# One batched GEMM per block over all rows (M, N = the block sizes, K = rows) runs on as many CTAs as
+# there are blocks: 64 blocks of 64 x 64 x 16K ran at ~6 TFLOP/s on the H200. Split the rows into
+# chunks of at least _MIN_CHUNK_ROWS until there are about _TARGET_PRODUCTS products, and sum the
+# chunks' fp32 partials in a fixed order (deterministic).
+_MIN_CHUNK_ROWS = 512
+_TARGET_PRODUCTS = 1024
+
+
+def _sum_over_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a [rows, G, M]``, ``b [rows, G, N]`` -> ``[G, M, N] = sum_rows a[:, g]^T b[:, g]``."""
+    rows, g, _ = a.shape
+    chunks = max(1, min(rows // _MIN_CHUNK_ROWS, -(-_TARGET_PRODUCTS // g)))
+    n = rows // chunks
+    whole = chunks * n
+    a_c = a[:whole].reshape(chunks, n, g, a.shape[2]).permute(0, 2, 3, 1)  # [chunks, G, M, n]
+    b_c = b[:whole].reshape(chunks, n, g, b.shape[2]).transpose(1, 2)  # [chunks, G, n, N]
+    acc = torch.promote_types(a.dtype, torch.float32)
+    out = torch.matmul(a_c, b_c).to(acc).sum(0)
+    if whole < rows:
+        out += torch.matmul(a[whole:].permute(1, 2, 0), b[whole:].transpose(0, 1)).to(acc)
+    return out.to(a.dtype)
