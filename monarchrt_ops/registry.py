@@ -7,7 +7,8 @@ statement of a config's constraints, used by the tuner and at run time) and ``la
 
 Selection: an explicit ``backend=`` runs that backend or raises; automatic selection walks the
 architecture's preference order and logs each fallback once, with the reason. A backend with
-``measured_only = True`` is taken automatically only where a table's measured choice says so
+``measured_only = True`` (or a function of the problem that returns True) is taken automatically only
+where a table's measured choice says so
 (``tables.choice``; docs/design.md, Config tables); an explicit ``backend=`` still runs it. The
 backward is selected on its own (``problem.backward``): a backend with ``forward_only = True`` named
 for the forward leaves the backward to automatic selection.
@@ -120,7 +121,7 @@ def select(op: str, problem: Any, arch: Arch, backend: str | None = None) -> Sel
             continue  # the forward-only backend named for the forward
         candidate = _backends[op][name]
         reason = candidate.supports(problem, arch)
-        if reason is None and getattr(candidate, "measured_only", False):  # runs, but only when named
+        if reason is None and _measured_only(candidate, problem):  # runs, but only when named
             reason = _unmeasured_reason(op, name, problem, arch)
         if reason is None:
             _log_fallbacks(op, rejected, name)
@@ -178,6 +179,12 @@ def cached_select(op: str, key: tuple, make: Callable[[], tuple[Any, Arch]], bac
         _selections.clear()
     _selections[(op, key, backend)] = (state, sel)
     return sel
+
+
+def _measured_only(backend: Backend, problem: Any) -> bool:
+    """``measured_only``: True, or a function of the problem (a backend measured-only in one direction)."""
+    flag = getattr(backend, "measured_only", False)
+    return flag(problem) if callable(flag) else bool(flag)
 
 
 def _unmeasured_reason(op: str, name: str, problem: Any, arch: Arch) -> str | None:

@@ -18,11 +18,11 @@ def dense_monarch(w1, w2):
     l, s, r = w2.shape
     b1 = torch.block_diag(*w1)  # (k*q, k*p)
     b2 = torch.block_diag(*w2)  # (l*s, l*r)
-    p1 = torch.zeros(k * q, k * q, dtype=w1.dtype)  # (r l) -> (l r)
+    p1 = torch.zeros(k * q, k * q, dtype=w1.dtype, device=w1.device)  # (r l) -> (l r)
     for ri in range(r):
         for li in range(l):
             p1[li * r + ri, ri * l + li] = 1
-    p2 = torch.zeros(s * l, l * s, dtype=w1.dtype)  # (l s) -> (s l)
+    p2 = torch.zeros(s * l, l * s, dtype=w1.dtype, device=w1.device)  # (l s) -> (s l)
     for li in range(l):
         for si in range(s):
             p2[si * l + li, li * s + si] = 1
@@ -141,6 +141,30 @@ def test_weight_gradient_sum_over_row_chunks(rows, monkeypatch):
     a = torch.randn(rows, 6, 5, dtype=torch.float64, generator=g).transpose(1, 2).contiguous().transpose(1, 2)
     b = torch.randn(rows, 6, 3, dtype=torch.float64, generator=g)
     torch.testing.assert_close(launch._sum_over_rows(a, b), torch.einsum("rgm,rgn->gmn", a, b), rtol=1e-12, atol=1e-12)
+
+
+def test_backward_kernels_are_chosen_where_the_h200_table_measured_them_faster(monkeypatch):
+    """Triton's backward is measured-only: automatically taken at the shape tuned_configs/h200.json
+    measured it faster (64 blocks of 64, 16K rows), the closed form elsewhere; the forward always Triton
+    (or the measured cuda kernels, here absent)."""
+    pytest.importorskip("triton")
+    from monarchrt_ops import registry
+    from monarchrt_ops.arch import Arch
+    from monarchrt_ops.backends import cuda
+    from monarchrt_ops.problem import MonarchMatmulProblem
+
+    monkeypatch.setattr(cuda.CudaMonarchMatmul, "supports", lambda self, problem, arch: "not built here")
+    h200 = Arch("sm90", (9, 0), "NVIDIA H200", 132, 232448)
+
+    def chosen(rows, w, backward):
+        sel = registry.select("monarch_matmul", MonarchMatmulProblem(rows, w, w, torch.bfloat16, backward), h200)
+        return sel.backend.name, dict(sel.rejected).get("triton", "")
+
+    assert chosen(16384, (64, 64, 64), True) == ("triton", "")
+    name, why = chosen(16384, (32, 32, 32), True)
+    assert name == "reference" and "with the closed form" in why and "(h200.json)" in why
+    assert chosen(16384, (8, 8, 8), True)[0] == "reference"  # never measured: the closed form
+    assert chosen(16384, (32, 32, 32), False) == ("triton", "")
 
 
 def test_backward_op_names_a_bad_dout():

@@ -185,6 +185,12 @@ class TritonHadamard(_Triton):
 
 
 class TritonMonarchMatmul(_Triton):
+    @staticmethod
+    def measured_only(problem) -> bool:
+        """The backward kernels are taken automatically only where a table measured them faster than the
+        closed form (docs/design.md, What every backend states); the forward always."""
+        return problem.backward
+
     def supports(self, problem, arch: Arch) -> str | None:
         reason = super().supports(problem, arch)
         k, l = problem.w1_shape[0], problem.w2_shape[0]
