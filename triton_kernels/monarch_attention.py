@@ -15,6 +15,7 @@ import torch
 import triton
 
 from ._interpreter import guarded
+from ._launch import launch
 from .monarch_attention_bwd import _stage_l_bwd_delta, _stage_l_bwd_kv, _stage_l_bwd_q, _stage_r_bwd_kv, _stage_r_bwd_q
 from .monarch_attention_fwd import _stage_l_fwd, _stage_l_update, _stage_r_fwd
 
@@ -49,7 +50,7 @@ def _stage_r(q, k, v, sc: _Scratch, a_r, c_r, sm_scale, common, config, write_y=
     programs = n_f * b1 * bsz * nh
     row_blocks = triton.cdiv(n_a * b2, config["fwd_block_m"])
     split = min(row_blocks, max(1, triton.cdiv(_MIN_STAGE_R_PROGRAMS, programs)))
-    _stage_r_fwd[(n_f * b1, split, bsz * nh)](
+    launch(_stage_r_fwd, (n_f * b1, split, bsz * nh),
         q, k, v, q if a_r is None else a_r, sc.c_l if c_r is None else c_r, sc.a_l, sc.y, sc.c_l, sc.lse_r,
         sm_scale, *q.stride()[:5], *k.stride()[:5], *v.stride()[:5], *common,
         FIRST=a_r is None, WRITE_Y=write_y, WRITE_LSE=write_lse, ONE_L_BLOCK=b2 <= config["fwd_block_l"],
@@ -61,7 +62,7 @@ def _stage_r(q, k, v, sc: _Scratch, a_r, c_r, sm_scale, common, config, write_y=
 
 def _stage_l(q, sc: _Scratch, z, lse, sm_scale, common, config, write_z):
     bsz, n_a, b1, b2, nh, d = q.shape
-    _stage_l_fwd[(n_a * b2, triton.cdiv(b1, config["block_i"]), bsz * nh)](
+    launch(_stage_l_fwd, (n_a * b2, triton.cdiv(b1, config["block_i"]), bsz * nh),
         q, sc.a_l, sc.y, sc.c_l, z, lse, sm_scale, *q.stride()[:5], *common,
         WRITE_Z=write_z, HEAD_DIM=d, DOT_PRECISION=_dot_precision(q.dtype),
         BLOCK_I=config["block_i"], BLOCK_K=config["fwd_block_k"],
@@ -75,7 +76,7 @@ def _update(q, sc: _Scratch, lse, sm_scale, common, config):
     n_f = common[2]
     a_r = torch.empty(bsz, nh, n_a, n_f, b1, b2, d, dtype=q.dtype, device=q.device)
     c_r = torch.empty(bsz, nh, n_a, n_f, b1, b2, dtype=torch.float32, device=q.device)
-    _stage_l_update[(n_a * b2, triton.cdiv(n_f * b1, config["fwd_block_k"]), bsz * nh)](
+    launch(_stage_l_update, (n_a * b2, triton.cdiv(n_f * b1, config["fwd_block_k"]), bsz * nh),
         q, sc.a_l, sc.c_l, lse, a_r, c_r, sm_scale, *q.stride()[:5], *common,
         HEAD_DIM=d, DOT_PRECISION=_dot_precision(q.dtype),
         BLOCK_I=config["block_i"], BLOCK_K=config["fwd_block_k"],
@@ -161,25 +162,56 @@ def monarch_attention_bwd(
         else:
             # this pass fed the next one's aR and cR: dL = <Q, daR> + dcR, and D_L with dQ += sum L daR
             delta_l = torch.empty_like(lses[it])
-            _stage_l_bwd_delta[grid_l_q](
+            launch(_stage_l_bwd_delta, grid_l_q,
                 q, lses[it], sc.a_l, sc.c_l, d_ar, d_cr, delta_l, dq, sm_scale, *q.stride()[:5], *common,
                 **{**l_meta, "BLOCK_K": config["bwd_block_k"]},
             )  # fmt: skip
             l_args = (q, q, lses[it], delta_l, sc.a_l, d_ar, sc.c_l, d_cr)
         strides_l = (*q.stride()[:5], *l_args[1].stride()[:5])  # q, and dz (last pass) or q
-        _stage_l_bwd_kv[grid_l_kv](
-            *l_args, da_l, dy, dc_l, delta_r, sm_scale, *strides_l, *common, UPDATE=not last, **l_meta
+        launch(
+            _stage_l_bwd_kv,
+            grid_l_kv,
+            *l_args,
+            da_l,
+            dy,
+            dc_l,
+            delta_r,
+            sm_scale,
+            *strides_l,
+            *common,
+            UPDATE=not last,
+            **l_meta,
         )
-        _stage_l_bwd_q[grid_l_q](
+        launch(_stage_l_bwd_q, grid_l_q,
             *l_args, dq, sm_scale, *strides_l, *common, UPDATE=not last, ACCUMULATE=not last,
             **{**l_meta, "BLOCK_K": config["bwd_block_k"]},
         )  # fmt: skip
         r_args = (q, k, v, q if first else a_rs[it], sc.c_l if first else c_rs[it], sc.lse_r, da_l, dy, dc_l, delta_r)
         flags = dict(FIRST=first, HAS_Y=last, **r_meta)
-        _stage_r_bwd_kv[(n_f * b1, triton.cdiv(b2, config["block_l"]), bsz * nh)](
-            *r_args, dk, dv, sm_scale, *q.stride()[:5], *strides_kv, *common, ACCUMULATE=not last, **flags
+        launch(
+            _stage_r_bwd_kv,
+            (n_f * b1, triton.cdiv(b2, config["block_l"]), bsz * nh),
+            *r_args,
+            dk,
+            dv,
+            sm_scale,
+            *q.stride()[:5],
+            *strides_kv,
+            *common,
+            ACCUMULATE=not last,
+            **flags,
         )
-        _stage_r_bwd_q[(n_a * b1, triton.cdiv(b2, config["block_j"]), bsz * nh)](
-            *r_args, dq, d_ar, d_cr, sm_scale, *q.stride()[:5], *strides_kv, *common, **flags
+        launch(
+            _stage_r_bwd_q,
+            (n_a * b1, triton.cdiv(b2, config["block_j"]), bsz * nh),
+            *r_args,
+            dq,
+            d_ar,
+            d_cr,
+            sm_scale,
+            *q.stride()[:5],
+            *strides_kv,
+            *common,
+            **flags,
         )
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)

@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from ._interpreter import guarded
+from ._launch import launch
 
 
 @triton.jit(do_not_specialize=["rows"])  # a new batch size must not compile a new kernel
@@ -106,7 +107,7 @@ def _block_diag(x2d, w, out, config, *, x_group=None, x_elem=1, out_group=None, 
     g, c, p = w.shape
     rows, bm = x2d.shape[0], config["block_m"]
     bc, bp = _pow2(c), _pow2(p, hi=64)
-    _block_product[(triton.cdiv(rows, bm), g, triton.cdiv(c, bc))](
+    launch(_block_product, (triton.cdiv(rows, bm), g, triton.cdiv(c, bc)),
         x2d, w.contiguous(), out, rows, x2d.stride(0), out.stride(0), c, p,
         p if x_group is None else x_group, x_elem, c if out_group is None else out_group, out_elem,
         BM=bm, BC=bc, BP=bp, DOT_PRECISION=_precision(x2d.dtype), num_warps=config["num_warps"],
@@ -123,7 +124,7 @@ def _reordered(y, w, out, config):
     # [BL, BR, BS] weight and [BL, BM, BR] input blocks: 32-wide keeps both within shared memory
     # (64-wide bf16 needed 320 KB on an H100), one stage since the r loop is short
     bl, bm2, bs, br = 16, 16, _pow2(c, hi=32), _pow2(r, hi=32)
-    _reordered_block_matmul[(triton.cdiv(rows, bm2), triton.cdiv(l, bl), triton.cdiv(c, bs))](
+    launch(_reordered_block_matmul, (triton.cdiv(rows, bm2), triton.cdiv(l, bl), triton.cdiv(c, bs)),
         y, w.contiguous(), out, rows, y.stride(0), out.stride(0), l, c, r,
         BL=bl, BM=bm2, BS=bs, BR=br, DOT_PRECISION=_precision(y.dtype), num_warps=config["num_warps"],
         num_stages=1,

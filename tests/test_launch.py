@@ -1,0 +1,81 @@
+"""triton_kernels/_launch.py: the launch cache's key is at least as fine as Triton's specialisation
+(CPU), and launches through it equal Triton's own on aligned and misaligned tensors and on ints that
+specialise differently (GPU)."""
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from monarchrt_ops.triton_kernels import _launch  # noqa: E402
+
+GPU = torch.cuda.is_available()
+
+
+def test_key_separates_what_triton_specialises():
+    x = torch.zeros(64)
+    key = _launch._arg_key
+    assert key(x) != key(x[1:])  # 16-byte aligned or not
+    assert key(x) != key(x.half())
+    assert len({key(v) for v in (1, 2, 16, 2**31, 2**63)}) == 5  # 1, other, divisible by 16, i64, u64
+    assert key(16) == key(32) and key(3) == key(5)  # what Triton does not tell apart shares an entry
+    assert key(True) != key(1) and key(True) != key(False)
+    assert key(0.5) == key(2.0) and key(None) != key("a")
+
+
+def test_launch_falls_back_for_anything_but_a_jit_function():
+    seen = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return lambda *a, **kw: seen.append((grid, a, kw)) or "ran"
+
+    assert _launch.launch(Recorder(), (2, 1), 1, BLOCK=4) == "ran"
+    assert seen == [((2, 1), (1,), {"BLOCK": 4})]
+
+
+@triton.jit
+def _axpb(X, Y, n, a, B: tl.constexpr, ADD_ONE: tl.constexpr = False):
+    offs = tl.program_id(0) * B + tl.arange(0, B)
+    mask = offs < n
+    y = tl.load(X + offs, mask=mask) * a + n
+    if ADD_ONE:
+        y += 1
+    tl.store(Y + offs, y, mask=mask)
+
+
+@pytest.mark.skipif(not GPU, reason="GPU tier: the fast path runs only compiled kernels")
+def test_cached_launches_equal_tritons_own(monkeypatch):
+    base = torch.randn(1000, device="cuda")
+    cases = [(base, 1000), (base[1:], 999), (base[3:], 16), (base, 1), (base[1:], 1), (base, 32)]
+    for fast in ("1", "0", "1"):  # the cache filled, Triton's own path, the cache hit
+        monkeypatch.setenv("MONARCHRT_TRITON_FAST_LAUNCH", fast)
+        for x, n in cases:
+            for add_one in (False, True):
+                y = torch.full_like(x, float("nan"))
+                _launch.launch(
+                    _axpb, (triton.cdiv(n, 128),), x, y, n, 2.5, B=128, **({"ADD_ONE": True} if add_one else {})
+                )
+                want = x[:n] * 2.5 + n + add_one
+                torch.testing.assert_close(y[:n], want, rtol=0, atol=0)
+                assert torch.isnan(y[n:]).all()
+
+
+@pytest.mark.skipif(not GPU, reason="GPU tier: the fast path runs only compiled kernels")
+def test_attention_forward_and_backward_are_the_same_through_the_cache(monkeypatch):
+    import monarchrt_ops as m
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, 3 * 12 * 20, 4, 64, device="cuda", generator=g).bfloat16() for _ in range(3))
+    results = []
+    for fast in ("1", "1", "0"):  # the cache filled, hit, bypassed
+        monkeypatch.setenv("MONARCHRT_TRITON_FAST_LAUNCH", fast)
+        ins = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = m.monarch_attention(*ins, (12, 20), causal_block_frames=1, backend="triton")
+        grads = torch.autograd.grad(out, ins, torch.ones_like(out))
+        results.append((out, *grads))
+    for again in results[1:]:
+        for a, b in zip(results[0], again, strict=True):
+            assert torch.equal(a, b)

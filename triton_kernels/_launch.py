@@ -1,0 +1,90 @@
+"""Kernel launches without Triton's per-call argument binding (docs/design.md, Host overhead).
+
+``kernel[grid](*args)`` binds every argument through Triton's generated binder and specialises it
+(type, alignment, divisibility: ``native_specialize_impl`` per argument), builds the compile-cache key
+and checks the kernel's globals: ~40 us of host time per launch on the H200 machine, half of an eager
+attention call. :func:`launch` keys its own cache on what that specialisation can depend on, for
+every argument: a tensor's dtype and whether its address is 16-byte aligned; an int's width class,
+whether it is 1 and whether it divides by 16; a bool's value, a float's type, any other value itself
+(None, strings, constexprs); the keyword arguments (constexprs, num_warps, num_stages) and the device.
+That key is at least as fine as Triton's, so one entry always maps to the one compiled kernel
+Triton would pick. A miss (and anything unusual: a kernel that is not a plain ``JITFunction``, the
+interpreter, launch hooks set, ``MONARCHRT_TRITON_FAST_LAUNCH=0``) goes through ``kernel[grid]``, which
+compiles if needed and returns the compiled kernel that the cache then keeps. Not checked on a hit:
+that a global a kernel reads changed since it compiled (ours read none that change).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+_cache: dict = {}
+_plans: dict = {}  # JITFunction -> the names and defaults of its parameters
+_MAX_CACHED = 4096  # distinct (kernel, specialisation) pairs before the cache starts over
+_I32, _I64 = 2**31, 2**63
+
+
+def _arg_key(a):
+    if isinstance(a, torch.Tensor):
+        return a.dtype, a.data_ptr() % 16 == 0
+    kind = type(a)
+    if kind is int:
+        return int, a == 1, a % 16 == 0, -_I32 <= a < _I32, -_I64 <= a < _I64
+    if kind is bool:
+        return bool, a
+    if kind is float:
+        return float
+    return kind, a
+
+
+def _plan(kernel):
+    plan = _plans.get(kernel)
+    if plan is None:
+        params = list(kernel.signature.parameters.values())
+        plan = _plans[kernel] = [(p.name, p.default) for p in params]
+    return plan
+
+
+def _enabled(kernel) -> bool:
+    from triton import knobs
+    from triton.runtime.jit import JITFunction
+
+    return (
+        type(kernel) is JITFunction
+        and not kernel.pre_run_hooks
+        and knobs.runtime.launch_enter_hook is None
+        and not knobs.runtime.debug
+        and os.environ.get("MONARCHRT_TRITON_FAST_LAUNCH", "1") != "0"
+    )
+
+
+def launch(kernel, grid: tuple, *args, **kwargs):
+    """``kernel[grid](*args, **kwargs)``, through the cache above once the kernel has run with the same
+    specialisation."""
+    if not _enabled(kernel):
+        return kernel[grid](*args, **kwargs)
+    from triton import knobs
+    from triton.runtime.driver import driver
+
+    device = driver.active.get_current_device()
+    key = (kernel, device, tuple(map(_arg_key, args)), tuple(kwargs.items()))
+    compiled = _cache.get(key)
+    if compiled is None:
+        compiled = kernel[grid](*args, **kwargs)
+        if hasattr(compiled, "result"):  # an asynchronous compile's future
+            compiled = compiled.result()
+        if len(_cache) >= _MAX_CACHED:
+            _cache.clear()
+        _cache[key] = compiled
+        return compiled
+    plan = _plan(kernel)
+    full = list(args)
+    for name, default in plan[len(args) :]:
+        full.append(kwargs.get(name, default))
+    g = (*grid, 1, 1)
+    stream = driver.active.get_current_stream(device)
+    compiled.run(g[0], g[1], g[2], stream, compiled.function, compiled.packed_metadata, None, None,
+                 knobs.runtime.launch_exit_hook, *full)  # fmt: skip
+    return compiled
