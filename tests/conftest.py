@@ -88,18 +88,6 @@ def qkv(bsz, frames_q, frames_kv, frame_shape, nh, d, dtype=torch.float64, seed=
     return tuple(x.to(dtype).requires_grad_(requires_grad) for x in (q, k, v))
 
 
-def self_forcing_error_bf16(backend: str, q_frames: int, kv_frames: int) -> float:
-    """GPU tier: ``backend`` in bf16 at Self-Forcing sizes (30x52 frames, 12 heads, d=128) against the
-    float64 reference computed on the GPU; returns the relative error."""
-    hw, shape = 30 * 52, (30, 52)
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    q = torch.randn(1, q_frames * hw, 12, 128, device="cuda", generator=gen).bfloat16()
-    k, v = (torch.randn(1, kv_frames * hw, 12, 128, device="cuda", generator=gen).bfloat16() for _ in range(2))
-    out = monarchrt_ops.monarch_attention(q, k, v, shape, backend=backend)
-    ref = monarchrt_ops.monarch_attention(q.double(), k.double(), v.double(), shape, backend="reference")
-    return rel_err(out, ref)
-
-
 def state_of(q, k, v, frame_shape, sm_scale=None, causal_block_frames=None, num_iters=1, **tiling_kw):
     """Reference intermediates for natural-order inputs."""
     from monarchrt_ops import reference

@@ -1,12 +1,14 @@
 """The CUDA extension: built wherever nvcc is (CI compiles sm_90a, sm_100a, sm_120a), clear reasons
-when it is missing or built for other architectures, and (on a GPU) the kernels against the reference."""
+when it is missing or built for other architectures, selection and limits, and (on a GPU) the Monarch
+matmul kernels against the reference. The attention kernel's numbers are tested with every other
+backend's in test_attention.py."""
 
 import os
 import shutil
 
 import pytest
 import torch
-from conftest import TOL, FakeExtension, qkv, rel_err, self_forcing_error_bf16
+from conftest import TOL, FakeExtension, rel_err
 
 import monarchrt_ops as m
 from monarchrt_ops.arch import Arch
@@ -304,69 +306,6 @@ def test_attention_launcher_rejects_bad_arguments_before_touching_the_device(cha
                 stream=0)  # fmt: skip
     with pytest.raises(ValueError, match=msg):
         module.monarch_attention_fwd(**{**args, **change})
-
-
-# (frames_q, frames_kv, frame_shape, batch, kwargs): every split of rows and columns over the cluster
-ATTENTION_CASES = {
-    "30x52-3-frames": (3, 3, (30, 52), 1, {}),
-    "32x64-batch2": (2, 2, (32, 64), 2, {}),
-    "7x11": (2, 3, (7, 11), 1, {}),
-    "9x3-few-columns": (3, 3, (9, 3), 1, {}),
-    "17x8-causal-1": (4, 4, (17, 8), 1, {"causal_block_frames": 1}),
-    "6x10-causal-3": (5, 5, (6, 10), 1, {"causal_block_frames": 3}),
-    "tiled-f2-h2-w2": (2, 2, (6, 10), 1, {"f_tied": 2, "h_reduce": 2, "w_reduce": 2}),
-    "ar-2-vs-5": (2, 5, (30, 52), 1, {}),
-}
-
-
-@pytest.mark.skipif(not GPU, reason="GPU tier")
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("name", list(ATTENTION_CASES))
-def test_cuda_attention_matches_reference(name, dtype, poison_empty):
-    fq, fk, shape, bsz, kw = ATTENTION_CASES[name]
-    q, k, v = qkv(bsz, fq, fk, shape, 3, 128)
-    ref, ref_lse = m.monarch_attention_with_lse(q, k, v, shape, **kw, backend="reference")
-    q, k, v = (x.to(device="cuda", dtype=dtype) for x in (q, k, v))
-    out, lse = m.monarch_attention_with_lse(q, k, v, shape, **kw, backend="cuda")
-    assert rel_err(out, ref) < TOL[dtype]
-    assert rel_err(lse, ref_lse) < TOL[dtype]
-
-
-@pytest.mark.skipif(not GPU, reason="GPU tier")
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("name", ["30x52-3-frames", "7x11", "17x8-causal-1", "ar-2-vs-5"])
-def test_cuda_attention_portable_path_matches_reference(name, dtype, poison_empty, monkeypatch):
-    """The mma.sync stage R that sm_100a and sm_120a run, forced on this GPU (on sm_90a it replaces wgmma)."""
-    monkeypatch.setattr(cuda.CudaAttention, "mma_sync_only", True)
-    test_cuda_attention_matches_reference(name, dtype, poison_empty)
-
-
-@pytest.mark.skipif(not GPU, reason="GPU tier")
-def test_cuda_attention_kv_cache_slice_and_gradients(poison_empty):
-    """A cache slice of a longer buffer (strided rows), and gradients through the Triton backward."""
-    shape, hw = (30, 52), 30 * 52
-    q, k, v = qkv(1, 2, 2, shape, 2, 128, requires_grad=True)
-    k_cache = torch.randn(1, 5 * hw, 2, 128, dtype=torch.float64)
-    v_cache = torch.randn_like(k_cache)
-    with torch.no_grad():
-        m.write_kv_cache(k_cache, v_cache, k, v, 2, shape)
-    ref = m.monarch_attention_kv_cache(q, k_cache, v_cache, 4, shape, backend="reference")
-    dev = [x.detach().to("cuda", torch.bfloat16) for x in (q, k_cache, v_cache)]
-    out = m.monarch_attention_kv_cache(*dev, 4, shape, backend="cuda")
-    assert rel_err(out, ref) < TOL[torch.bfloat16]
-    dout = torch.randn_like(q)
-    ref_grads = torch.autograd.grad(m.monarch_attention(q, k, v, shape, backend="reference"), (q, k, v), dout)
-    ql, kl, vl = (x.detach().to("cuda", torch.bfloat16).requires_grad_() for x in (q, k, v))
-    out = m.monarch_attention(ql, kl, vl, shape, backend="cuda")
-    got = torch.autograd.grad(out, (ql, kl, vl), dout.cuda().bfloat16())
-    for g, r in zip(got, ref_grads, strict=True):
-        assert rel_err(g, r) < TOL[torch.bfloat16]
-
-
-@pytest.mark.skipif(not GPU, reason="GPU tier: Self-Forcing sizes in bf16")
-@pytest.mark.parametrize("q_frames, kv_frames", [(21, 21), (3, 21)], ids=["bidir-21", "ar-3-vs-21"])
-def test_cuda_attention_self_forcing_shapes_bf16(q_frames, kv_frames, poison_empty):
-    assert self_forcing_error_bf16("cuda", q_frames, kv_frames) < TOL[torch.bfloat16]
 
 
 # --- Monarch matmul (csrc/monarch_matmul) ----------------------------------------------------------
