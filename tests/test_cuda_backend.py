@@ -1,7 +1,7 @@
 """The CUDA extension: built wherever nvcc is (CI compiles sm_90a, sm_100a, sm_120a), clear reasons
 when it is missing or built for other architectures, selection and limits, and (on a GPU) the Monarch
-matmul kernels against the reference. The attention kernel's numbers are tested with every other
-backend's in test_attention.py."""
+matmul kernels against the reference. The attention and Hadamard kernels' numbers are tested with every
+other backend's, in test_attention.py and test_hadamard.py."""
 
 import os
 import shutil
@@ -79,52 +79,6 @@ def test_hadamard_automatic_selection_follows_the_measurements(monkeypatch):
     b200 = Arch("sm100", (10, 0), "NVIDIA B200", 148, 232448)
     name, why = chosen(HadamardProblem(4, 4096, 1, torch.bfloat16), b200)
     assert name == "triton" and "not measured against Triton on sm100" in why
-
-
-# every pass of the kernel: the contiguous fields alone (n <= 16) and chained (n <= 256, and rows sharing
-# a field below 256), each strided field and each top-bits factor; m * 2^k on tensor cores (2^k >= 8, one
-# and two k-tiles) and on CUDA cores (2^k < 8); 37 rows leave a partial last chunk
-HADAMARD_SIZES = [2**k for k in range(1, 17)] + [12, 24, 20 * 2, 28 * 4, 12 * 8, 20 * 64, 28 * 512, 12 * 4096]
-
-
-@pytest.mark.skipif(not GPU, reason="GPU tier")
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("n", HADAMARD_SIZES)
-def test_cuda_hadamard_matches_reference(n, dtype, poison_empty):
-    x = torch.randn(37, n, dtype=torch.float64)
-    ref = m.hadamard(x, backend="reference")
-    out = m.hadamard(x.to("cuda", dtype), backend="cuda")
-    assert rel_err(out, ref) < TOL[dtype]
-    y = x.to("cuda", dtype)
-    m.hadamard_(y, backend="cuda")
-    assert rel_err(y, ref) < TOL[dtype]
-
-
-@pytest.mark.skipif(not GPU, reason="GPU tier")
-@pytest.mark.parametrize("n", [12, 2048])
-def test_cuda_hadamard_misaligned_rows(n, poison_empty):
-    """Rows starting 2 bytes past a 16-byte boundary: the launcher copies to aligned buffers and back."""
-    x = torch.randn(9, n, dtype=torch.float64)
-    ref = m.hadamard(x, backend="reference")
-    flat = torch.empty(9 * n + 1, dtype=torch.float16, device="cuda")
-    y = flat[1:].view(9, n)
-    y.copy_(x)
-    assert y.data_ptr() % 16 != 0
-    assert rel_err(m.hadamard(y, backend="cuda"), ref) < TOL[torch.float16]
-    m.hadamard_(y, backend="cuda")
-    assert rel_err(y, ref) < TOL[torch.float16]
-
-
-@pytest.mark.skipif(not GPU, reason="GPU tier")
-@pytest.mark.parametrize("n", [20 * 2, 28 * 64])
-def test_cuda_hadamard_gradient_applies_the_transpose(n):
-    """H_20 and H_28 are not symmetric: the backward must use the transposed table."""
-    x = torch.randn(5, n, dtype=torch.float64, requires_grad=True)
-    dy = torch.randn(5, n, dtype=torch.float64)
-    (ref,) = torch.autograd.grad(m.hadamard(x, backend="reference"), x, dy)
-    xc = x.detach().to("cuda", torch.float16).requires_grad_()
-    (got,) = torch.autograd.grad(m.hadamard(xc, backend="cuda"), xc, dy.to("cuda", torch.float16))
-    assert rel_err(got, ref) < TOL[torch.float16]
 
 
 @pytest.mark.skipif(not GPU, reason="GPU tier")
