@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import TOL, FakeExtension, rel_err
+from conftest import FLOOR, FakeExtension, assert_close_to_float64
 
 import monarchrt_ops as m
 from monarchrt_ops.arch import Arch
@@ -350,12 +350,16 @@ def test_cuda_monarch_matmul_matches_reference(name, dtype, poison_empty):
     w2 = torch.randn(*s2, dtype=torch.float64, generator=g) / s2[2] ** 0.5
     x = torch.randn(rows, s1[0] * s1[2], dtype=torch.float64, generator=g)
     ref = m.monarch_matmul(x, w1, w2, backend="reference")
-    out = m.monarch_matmul(*(t.to("cuda", dtype) for t in (x, w1, w2)), backend="cuda")
+    dev = [t.to("cuda", dtype) for t in (x, w1, w2)]
+    out = m.monarch_matmul(*dev, backend="cuda")
     assert out.shape == ref.shape
-    assert rel_err(out, ref) < TOL[dtype]
+    # the one rule (docs/testing.md), held at the floor as before it: the rule alone is looser wherever
+    # twice the same math's error in PyTorch passes the floor
+    same = m.monarch_matmul(*dev, backend="reference")
+    assert_close_to_float64(out, ref, same, dtype, at_most=FLOOR[dtype])
     # every row on its own: a wrong row inside a right-norm matrix must not pass
     row_err = ((out.double().cpu() - ref).norm(dim=1) / ref.norm(dim=1)).max().item()
-    assert row_err < 4 * TOL[dtype]
+    assert row_err < 4 * FLOOR[dtype]
 
 
 @pytest.mark.skipif(not GPU, reason="GPU tier")
@@ -367,9 +371,16 @@ def test_cuda_monarch_matmul_batch_dims_and_gradients(poison_empty):
     out_ref = m.monarch_matmul(x, w1, w2, backend="reference")
     dout = torch.randn_like(out_ref)
     want = torch.autograd.grad(out_ref, (x, w1, w2), dout)
-    dev = [t.detach().to("cuda", torch.bfloat16).requires_grad_() for t in (x, w1, w2)]
-    out = m.monarch_matmul(*dev, backend="cuda")
-    assert rel_err(out, out_ref) < TOL[torch.bfloat16]
-    got = torch.autograd.grad(out, dev, dout.to("cuda", torch.bfloat16))
-    for a, b in zip(got, want, strict=True):
-        assert rel_err(a, b) < TOL[torch.bfloat16]
+    bf16 = torch.bfloat16
+
+    def run(backend):
+        dev = [t.detach().to("cuda", bf16).requires_grad_() for t in (x, w1, w2)]
+        out = m.monarch_matmul(*dev, backend=backend)
+        return out, torch.autograd.grad(out, dev, dout.to("cuda", bf16))
+
+    out, got = run("cuda")
+    same, same_grads = run("reference")
+    # the one rule, held at the floor as before it (test_cuda_monarch_matmul_matches_reference)
+    assert_close_to_float64(out, out_ref, same, bf16, at_most=FLOOR[bf16])
+    for a, b, c in zip(got, want, same_grads, strict=True):
+        assert_close_to_float64(a, b, c, bf16, at_most=FLOOR[bf16])
