@@ -17,7 +17,7 @@ fi
 MONARCHRT_BUILD_CUDA=1 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . 2>&1 \
   | grep -iE "error|fail" | tail -5 | tee -a "$LOG"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv 2>&1 | tee -a "$LOG"
-TESTS=${TESTS:-tests/test_attention_triton.py tests/test_hadamard.py tests/test_monarch_matmul.py tests/test_cuda_backend.py}
+TESTS=${TESTS:-tests/test_attention.py tests/test_hadamard.py tests/test_monarch_matmul.py tests/test_cuda_backend.py}
 # shellcheck disable=SC2086
 [ -n "${SKIP_TESTS:-}" ] || timeout 300 python3 -m pytest -q -rf $TESTS 2>&1 | tee -a "$LOG" | tail -30
 if [ -n "${TUNE:-}" ]; then

@@ -1,0 +1,195 @@
+"""Monarch attention on every backend the registry knows (reference, Triton, the fused CUDA forward)
+against the float64 reference, by the one tolerance rule (conftest.assert_close_to_float64,
+docs/testing.md). A backend that cannot run a case here skips it with the registry's reason: on the
+CPU Triton runs under TRITON_INTERPRET=1 (fp32/fp16; the interpreter cannot do bf16 tl.dot) and the
+CUDA backend needs the built extension and a GPU. The fused CUDA forward has no backward of its own:
+its gradients go through the backward the registry chooses (Triton's).
+
+Every case is also held at its dtype's floor (``at_most=FLOOR[dtype]``): the bound these cases had
+before the rule. The rule alone is never tighter (its floors are those bounds) and is looser wherever
+twice the error of the same math in PyTorch passes the floor, so the floor is the stricter of the two."""
+
+import pytest
+import torch
+from conftest import FLOOR, assert_close_to_float64, qkv, skip_unless_supported
+
+import monarchrt_ops as m
+from monarchrt_ops import registry
+from monarchrt_ops.backends import cuda
+
+GPU = torch.cuda.is_available()
+DEVICE = "cuda" if GPU else "cpu"
+BACKENDS = registry.backend_names("attention")
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+GPU_TIER = pytest.mark.skipif(not GPU, reason="GPU tier")
+
+# (frames_q, frames_kv, frame_shape, batch, heads, head_dim, kwargs)
+# Every machine: tiny, since the interpreter runs each program in Python (d=64: the fused CUDA forward,
+# which takes d=128 only, skips them through supports()).
+CASES = {
+    "6x10": (2, 2, (6, 10), 1, 2, 64, {}),
+    "7x11-batch2": (2, 2, (7, 11), 2, 2, 64, {}),
+    "3x20-rows-across-tiles": (2, 2, (3, 20), 1, 2, 64, {}),  # b2 > 16: several l blocks in fp32; 40 (a, j) rows
+    "tiled-f2-h2-w2": (2, 2, (6, 10), 1, 2, 64, {"f_tied": 2, "h_reduce": 2, "w_reduce": 2}),
+    "causal-1": (3, 3, (5, 6), 1, 2, 64, {"causal_block_frames": 1}),
+    "causal-3": (4, 4, (3, 4), 1, 2, 64, {"causal_block_frames": 3}),
+    "kv-slice-3-vs-5": (3, 5, (5, 6), 1, 2, 64, {}),
+    "iters2": (2, 2, (5, 6), 1, 2, 64, {"num_iters": 2}),
+    "iters3-causal": (3, 3, (3, 4), 1, 2, 64, {"num_iters": 3, "causal_block_frames": 2}),
+}
+# GPU tier, d=128: every split of rows and columns over the fused forward's 8-CTA cluster
+GPU_CASES = {
+    "30x52-3-frames": (3, 3, (30, 52), 1, 3, 128, {}),
+    "32x64-batch2": (2, 2, (32, 64), 2, 3, 128, {}),
+    "7x11": (2, 3, (7, 11), 1, 3, 128, {}),
+    "9x3-few-columns": (3, 3, (9, 3), 1, 3, 128, {}),
+    "17x8-causal-1": (4, 4, (17, 8), 1, 3, 128, {"causal_block_frames": 1}),
+    "6x10-causal-3": (5, 5, (6, 10), 1, 3, 128, {"causal_block_frames": 3}),
+    "tiled-f2-h2-w2-d128": (2, 2, (6, 10), 1, 3, 128, {"f_tied": 2, "h_reduce": 2, "w_reduce": 2}),
+    "ar-2-vs-5": (2, 5, (30, 52), 1, 3, 128, {}),
+}
+ALL_CASES = {**CASES, **GPU_CASES}
+CASE_PARAMS = list(CASES) + [pytest.param(name, marks=GPU_TIER) for name in GPU_CASES]
+
+
+def with_lse(backend, dtype, q, k, v, shape, kw):
+    """monarch_attention_with_lse on q, k, v cast to ``dtype`` on DEVICE."""
+    q, k, v = (x.to(device=DEVICE, dtype=dtype) for x in (q, k, v))
+    return m.monarch_attention_with_lse(q, k, v, shape, **kw, backend=backend)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", CASE_PARAMS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_forward_matches_reference(backend, name, dtype, poison_empty):
+    fq, fk, shape, bsz, nh, d, kw = ALL_CASES[name]
+    q, k, v = qkv(bsz, fq, fk, shape, nh, d)
+    with skip_unless_supported(backend):
+        out, lse = with_lse(backend, dtype, q, k, v, shape, kw)
+    ref, ref_lse = m.monarch_attention_with_lse(q, k, v, shape, **kw, backend="reference")
+    same, same_lse = with_lse("reference", dtype, q, k, v, shape, kw)
+    assert out.dtype == dtype
+    assert_close_to_float64(out, ref, same, dtype, at_most=FLOOR[dtype], what="out")
+    assert_close_to_float64(lse, ref_lse, same_lse, dtype, at_most=FLOOR[dtype], what="lse")
+
+
+@GPU_TIER
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", ["30x52-3-frames", "7x11", "17x8-causal-1", "ar-2-vs-5"])
+def test_cuda_portable_path_matches_reference(name, dtype, poison_empty, monkeypatch):
+    """The mma.sync stage R that sm_100a and sm_120a run, forced on this GPU (on sm_90a it replaces wgmma)."""
+    monkeypatch.setattr(cuda.CudaAttention, "mma_sync_only", True)
+    test_forward_matches_reference("cuda", name, dtype, poison_empty)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kv_cache_slice_of_a_longer_buffer_batch2(backend, poison_empty):
+    hw, shape, dtype = 30, (5, 6), torch.float32
+    q, k, v = qkv(2, 1, 3, shape, 2, 64)
+    k_cache = torch.randn(2, 6 * hw, 2, 64, dtype=torch.float64)
+    v_cache = torch.randn_like(k_cache)
+    m.write_kv_cache(k_cache, v_cache, k, v, 0, shape)
+
+    def attend(backend, dtype):
+        qd, kc, vc = (x.to(DEVICE, dtype) for x in (q, k_cache, v_cache))
+        return m.monarch_attention_kv_cache(qd, kc, vc, 3, shape, backend=backend)
+
+    with skip_unless_supported(backend):
+        out = attend(backend, dtype)
+    ref = m.monarch_attention_kv_cache(q, k_cache, v_cache, 3, shape, backend="reference")
+    assert_close_to_float64(out, ref, attend("reference", dtype), dtype, at_most=FLOOR[dtype])
+
+
+def gradients(backend, dtype, q, k, v, dout, dlse, shape, kw):
+    """Gradients of (out, lse) with respect to q, k, v cast to ``dtype`` on DEVICE."""
+    ql, kl, vl = (x.detach().to(DEVICE, dtype).requires_grad_() for x in (q, k, v))
+    out, lse = m.monarch_attention_with_lse(ql, kl, vl, shape, **kw, backend=backend)
+    return torch.autograd.grad((out, lse), (ql, kl, vl), (dout.to(DEVICE, dtype), dlse.to(DEVICE, torch.float32)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(
+    "name",
+    ["6x10", "7x11-batch2", "tiled-f2-h2-w2", "causal-1", "causal-3", "kv-slice-3-vs-5", "iters2", "iters3-causal"],
+)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradients_match_reference(backend, name, dtype, poison_empty):
+    """Gradients of out and of lse (the op's second output) against float64 autograd."""
+    fq, fk, shape, bsz, nh, d, kw = CASES[name]
+    q, k, v = qkv(bsz, fq, fk, shape, nh, d, requires_grad=True)
+    dout = torch.randn_like(q)
+    dlse = torch.randn(q.shape[:-1], dtype=torch.float64)
+    with skip_unless_supported(backend):
+        got = gradients(backend, dtype, q, k, v, dout, dlse, shape, kw)
+    out, lse = m.monarch_attention_with_lse(q, k, v, shape, **kw, backend="reference")
+    ref = torch.autograd.grad((out, lse), (q, k, v), (dout, dlse))
+    same = gradients("reference", dtype, q, k, v, dout, dlse, shape, kw)
+    for what, g, r, s in zip("qkv", got, ref, same, strict=True):
+        assert g.dtype == dtype
+        assert_close_to_float64(g, r, s, dtype, at_most=FLOOR[dtype], what=f"d{what}")
+
+
+@GPU_TIER
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kv_cache_slice_and_gradients_at_30x52(backend, poison_empty):
+    """A cache slice of a longer buffer (strided rows) at 30x52, d=128, bf16, and the gradients of out."""
+    shape, hw, dtype = (30, 52), 30 * 52, torch.bfloat16
+    q, k, v = qkv(1, 2, 2, shape, 2, 128, requires_grad=True)
+    k_cache = torch.randn(1, 5 * hw, 2, 128, dtype=torch.float64)
+    v_cache = torch.randn_like(k_cache)
+    with torch.no_grad():
+        m.write_kv_cache(k_cache, v_cache, k, v, 2, shape)
+    dout = torch.randn_like(q)
+
+    def attend(backend):
+        dev = [x.detach().to("cuda", dtype) for x in (q, k_cache, v_cache)]
+        return m.monarch_attention_kv_cache(*dev, 4, shape, backend=backend)
+
+    def grads(backend):
+        ql, kl, vl = (x.detach().to("cuda", dtype).requires_grad_() for x in (q, k, v))
+        return torch.autograd.grad(m.monarch_attention(ql, kl, vl, shape, backend=backend), (ql, kl, vl),
+                                   dout.cuda().to(dtype))  # fmt: skip
+
+    with skip_unless_supported(backend):
+        out, got = attend(backend), grads(backend)
+    ref = m.monarch_attention_kv_cache(q, k_cache, v_cache, 4, shape, backend="reference")
+    assert_close_to_float64(out, ref, attend("reference"), dtype, at_most=FLOOR[dtype], what="kv-cache out")
+    want = torch.autograd.grad(m.monarch_attention(q, k, v, shape, backend="reference"), (q, k, v), dout)
+    for what, g, r, s in zip("qkv", got, want, grads("reference"), strict=True):
+        assert_close_to_float64(g, r, s, dtype, at_most=FLOOR[dtype], what=f"d{what}")
+
+
+@pytest.mark.skipif(not GPU, reason="GPU tier: Self-Forcing sizes in bf16")
+@pytest.mark.parametrize("q_frames, kv_frames", [(21, 21), (3, 21)], ids=["bidir-21", "ar-3-vs-21"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_self_forcing_shapes_bf16(backend, q_frames, kv_frames, poison_empty):
+    """Self-Forcing sizes (30x52 frames, 12 heads, d=128) in bf16 against the float64 reference on the GPU."""
+    hw, shape, dtype = 30 * 52, (30, 52), torch.bfloat16
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(1, q_frames * hw, 12, 128, device="cuda", generator=gen).to(dtype)
+    k, v = (torch.randn(1, kv_frames * hw, 12, 128, device="cuda", generator=gen).to(dtype) for _ in range(2))
+    with skip_unless_supported(backend):
+        out = m.monarch_attention(q, k, v, shape, backend=backend)
+    same = out if backend == "reference" else m.monarch_attention(q, k, v, shape, backend="reference")
+    ref = m.monarch_attention(q.double(), k.double(), v.double(), shape, backend="reference")
+    assert_close_to_float64(out, ref, same, dtype, at_most=FLOOR[dtype])
+
+
+@pytest.mark.skipif(not GPU, reason="GPU tier: compiled-kernel caches exist only when compiling")
+def test_new_kv_length_does_not_recompile():
+    pytest.importorskip("triton")
+    from monarchrt_ops.triton_kernels import monarch_attention_fwd as fwd
+
+    def compiled() -> int:
+        dev = torch.cuda.current_device()
+        return sum(len(k.device_caches[dev][0]) for k in (fwd._stage_r_fwd, fwd._stage_l_fwd))
+
+    shape, hw = (5, 6), 30
+    k_cache = torch.randn(1, 20 * hw, 2, 64, device="cuda", dtype=torch.float16)
+    v_cache = torch.randn_like(k_cache)
+    q = torch.randn(1, 2 * hw, 2, 64, device="cuda", dtype=torch.float16)
+    m.monarch_attention_kv_cache(q, k_cache, v_cache, 2, shape, backend="triton")
+    before = compiled()
+    for kv_frames in (3, 4, 16, 17, 20):
+        m.monarch_attention_kv_cache(q, k_cache, v_cache, kv_frames, shape, backend="triton")
+    assert compiled() == before
