@@ -1,14 +1,14 @@
 """The CUDA extension: built wherever nvcc is (CI compiles sm_90a, sm_100a, sm_120a), clear reasons
-when it is missing or built for other architectures, selection and limits, and (on a GPU) the Monarch
-matmul kernels against the reference. The attention and Hadamard kernels' numbers are tested with every
-other backend's, in test_attention.py and test_hadamard.py."""
+when it is missing or built for other architectures, selection and limits. The kernels' numbers are
+tested with every other backend's, one file per op: test_attention.py, test_hadamard.py and
+test_monarch_matmul.py."""
 
 import os
 import shutil
 
 import pytest
 import torch
-from conftest import FLOOR, FakeExtension, assert_close_to_float64
+from conftest import FakeExtension
 
 import monarchrt_ops as m
 from monarchrt_ops.arch import Arch
@@ -322,65 +322,3 @@ def test_matmul_launcher_rejects_bad_arguments_before_touching_the_device(change
     args = dict(x=0, w1=0, w2=0, workspace=0, out=0, rows=64, k=64, q=64, p=64, l=64, s=64, r=64, dtype=1, stream=0)
     with pytest.raises(ValueError, match=msg):
         module.monarch_matmul(**{**args, **change})
-
-
-# (w1 shape, w2 shape, rows): every kernel-2 variant (csrc/monarch_matmul/launch.cu, stage2_shape: 32 or
-# 16 columns s per CTA, 16 or 8 consecutive l), several column tiles, K longer than one 64-wide chunk
-# in both kernels (p = 96, 128; r = 128), partial last row tiles
-MATMUL_CASES = {
-    "square-1024": ((32, 32, 32), (32, 32, 32), 197),
-    "square-4096": ((64, 64, 64), (64, 64, 64), 4096 + 17),
-    "rect-768-to-384": ((8, 192, 96), (24, 16, 64), 130),
-    "l32-s16": ((16, 32, 16), (32, 16, 16), 64),
-    "l24-s32": ((8, 48, 32), (24, 32, 16), 1),
-    "l8-s48-r128": ((8, 128, 128), (8, 48, 128), 100),
-    "l8-s128": ((4, 32, 16), (8, 128, 16), 70),
-    "l48-s32": ((16, 48, 16), (48, 32, 16), 65),
-    "l48-s16": ((16, 48, 16), (48, 16, 16), 64),
-}
-
-
-@pytest.mark.skipif(not GPU, reason="GPU tier")
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("name", list(MATMUL_CASES))
-def test_cuda_monarch_matmul_matches_reference(name, dtype, poison_empty):
-    s1, s2, rows = MATMUL_CASES[name]
-    g = torch.Generator().manual_seed(0)
-    w1 = torch.randn(*s1, dtype=torch.float64, generator=g) / s1[2] ** 0.5
-    w2 = torch.randn(*s2, dtype=torch.float64, generator=g) / s2[2] ** 0.5
-    x = torch.randn(rows, s1[0] * s1[2], dtype=torch.float64, generator=g)
-    ref = m.monarch_matmul(x, w1, w2, backend="reference")
-    dev = [t.to("cuda", dtype) for t in (x, w1, w2)]
-    out = m.monarch_matmul(*dev, backend="cuda")
-    assert out.shape == ref.shape
-    # the one rule (docs/testing.md), held at the floor as before it: the rule alone is looser wherever
-    # twice the same math's error in PyTorch passes the floor
-    same = m.monarch_matmul(*dev, backend="reference")
-    assert_close_to_float64(out, ref, same, dtype, at_most=FLOOR[dtype])
-    # every row on its own: a wrong row inside a right-norm matrix must not pass
-    row_err = ((out.double().cpu() - ref).norm(dim=1) / ref.norm(dim=1)).max().item()
-    assert row_err < 4 * FLOOR[dtype]
-
-
-@pytest.mark.skipif(not GPU, reason="GPU tier")
-def test_cuda_monarch_matmul_batch_dims_and_gradients(poison_empty):
-    s1, s2 = (8, 192, 96), (24, 16, 64)
-    x = torch.randn(2, 3, 768, dtype=torch.float64, requires_grad=True)
-    w1 = (torch.randn(*s1, dtype=torch.float64) / 96**0.5).requires_grad_()
-    w2 = (torch.randn(*s2, dtype=torch.float64) / 8).requires_grad_()
-    out_ref = m.monarch_matmul(x, w1, w2, backend="reference")
-    dout = torch.randn_like(out_ref)
-    want = torch.autograd.grad(out_ref, (x, w1, w2), dout)
-    bf16 = torch.bfloat16
-
-    def run(backend):
-        dev = [t.detach().to("cuda", bf16).requires_grad_() for t in (x, w1, w2)]
-        out = m.monarch_matmul(*dev, backend=backend)
-        return out, torch.autograd.grad(out, dev, dout.to("cuda", bf16))
-
-    out, got = run("cuda")
-    same, same_grads = run("reference")
-    # the one rule, held at the floor as before it (test_cuda_monarch_matmul_matches_reference)
-    assert_close_to_float64(out, out_ref, same, bf16, at_most=FLOOR[bf16])
-    for a, b, c in zip(got, want, same_grads, strict=True):
-        assert_close_to_float64(a, b, c, bf16, at_most=FLOOR[bf16])
