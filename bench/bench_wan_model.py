@@ -11,11 +11,13 @@ Cases (each in its own try/except; an error is recorded, the rest still run):
   its error is recorded); ``monarch`` is
   :func:`monarchrt_ops.integrations.diffusers.apply_monarch_attention` (default tiling, automatic
   backend). ``compiled`` is ``torch.compile(fullgraph=True)`` of each block (regional compilation).
-- ``ar/<attn>``: a Self-Forcing style autoregressive loop of 7 chunks of 3 frames over the
+- ``ar/<attn>[/compiled]``: a Self-Forcing style autoregressive loop of 7 chunks of 3 frames over the
   same layers' self-attention: each chunk's K/V go into a per-layer cache and its queries attend to
   every cached frame. ``monarch`` uses :class:`monarchrt_ops.MonarchKVCache`; ``dense`` concatenates
   the cached K/V and calls cuDNN SDPA. Only self-attention + projections + MLP are run per layer
-  (the block's cross-attention and modulation stay as in the model, see ``ar_chunk``).
+  (the block's cross-attention and modulation stay as in the model, see ``ar_chunk``). ``compiled``
+  compiles the blocks' work around the attention call (``ar_pre_attention``, ``ar_post_attention``,
+  fullgraph); the attention call stays eager in both.
 
 Timing: CUDA-synchronised wall time, ``--warmup`` untimed runs, median (and min/max) of ``--runs``.
 """
@@ -65,23 +67,41 @@ def wan_inputs(model, frames, height, width, text_len, device, dtype):
     return latent.to(dtype), torch.tensor([500.0], device=device), text.to(dtype)
 
 
-def ar_chunk(model, x_chunk, text, temb, caches, start, frames_shape, attn: str, dense_kv):
-    """One chunk through every block: self-attention over the cache (Monarch) or over the concatenated
-    K/V (dense), then the block's cross-attention and feed-forward, with the block's modulation."""
+def ar_pre_attention(block, hs, temb, cos, sin):
+    """A block's work before self-attention in the AR loop: modulation, norm, q/k/v with RoPE."""
     from monarchrt_ops.integrations.diffusers import apply_wan_rotary
 
+    shift, scale, gate, c_shift, c_scale, c_gate = (block.scale_shift_table + temb.float()).chunk(6, dim=1)
+    a = block.attn1
+    n = (block.norm1(hs.float()) * (1 + scale) + shift).type_as(hs)
+    q = a.norm_q(a.to_q(n)).unflatten(2, (a.heads, -1))
+    k = a.norm_k(a.to_k(n)).unflatten(2, (a.heads, -1))
+    v = a.to_v(n).unflatten(2, (a.heads, -1))
+    return apply_wan_rotary(q, cos, sin), apply_wan_rotary(k, cos, sin), v, (gate, c_shift, c_scale, c_gate)
+
+
+def ar_post_attention(block, hs, o, text, mods):
+    """A block's work after self-attention: output projection, cross-attention, feed-forward."""
+    gate, c_shift, c_scale, c_gate = mods
+    o = block.attn1.to_out[0](o.flatten(2, 3).type_as(hs))
+    hs = (hs.float() + o * gate).type_as(hs)
+    hs = hs + block.attn2(block.norm2(hs.float()).type_as(hs), text, None, None)
+    n = (block.norm3(hs.float()) * (1 + c_scale) + c_shift).type_as(hs)
+    return (hs.float() + block.ffn(n).float() * c_gate).type_as(hs)
+
+
+def ar_chunk(model, x_chunk, text, temb, caches, start, frames_shape, attn: str, dense_kv,
+             pre=ar_pre_attention, post=ar_post_attention):  # fmt: skip
+    """One chunk through every block: self-attention over the cache (Monarch) or over the concatenated
+    K/V (dense), then the block's cross-attention and feed-forward, with the block's modulation.
+    ``pre`` and ``post`` (the block's work around self-attention) may be compiled; the attention call
+    itself stays eager (the cache's fill state is Python state)."""
     chunk_frames, h, w = frames_shape
     rope = model.rope.freqs_cos, model.rope.freqs_sin
     cos, sin = _rope_slice(model, rope, start, chunk_frames, h, w)
     hs = x_chunk
     for i, block in enumerate(model.blocks):
-        shift, scale, gate, c_shift, c_scale, c_gate = (block.scale_shift_table + temb.float()).chunk(6, dim=1)
-        a = block.attn1
-        n = (block.norm1(hs.float()) * (1 + scale) + shift).type_as(hs)
-        q = a.norm_q(a.to_q(n)).unflatten(2, (a.heads, -1))
-        k = a.norm_k(a.to_k(n)).unflatten(2, (a.heads, -1))
-        v = a.to_v(n).unflatten(2, (a.heads, -1))
-        q, k = apply_wan_rotary(q, cos, sin), apply_wan_rotary(k, cos, sin)
+        q, k, v, mods = pre(block, hs, temb, cos, sin)
         if attn == "monarch":
             o = caches[i].update_and_attend(q, k, v, start)
         else:
@@ -92,11 +112,7 @@ def ar_chunk(model, x_chunk, text, temb, caches, start, frames_shape, attn: str,
             o = torch.nn.functional.scaled_dot_product_attention(
                 q.transpose(1, 2), kc[:, :end].transpose(1, 2), vc[:, :end].transpose(1, 2)
             ).transpose(1, 2)
-        o = a.to_out[0](o.flatten(2, 3).type_as(q))
-        hs = (hs.float() + o * gate).type_as(hs)
-        hs = hs + block.attn2(block.norm2(hs.float()).type_as(hs), text, None, None)
-        n = (block.norm3(hs.float()) * (1 + c_scale) + c_shift).type_as(hs)
-        hs = (hs.float() + block.ffn(n).float() * c_gate).type_as(hs)
+        hs = post(block, hs, o, text, mods)
     return hs
 
 
@@ -123,6 +139,7 @@ def main(argv=None) -> dict:
     p.add_argument("--runs", type=int, default=None)
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the compiled cases")
     p.add_argument("--backend", default=None, help="Monarch backend (default automatic)")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
@@ -181,7 +198,7 @@ def main(argv=None) -> dict:
     if not args.no_compile:
         try:
             for block in model.blocks:
-                block.compile(fullgraph=True)
+                block.compile(fullgraph=True, backend=args.compile_backend)
         except Exception as e:  # noqa: BLE001
             result["cases"]["compile"] = {"error": f"{type(e).__name__}: {e}"}
         record("forward/dense/compiled", dense_forward)
@@ -199,7 +216,7 @@ def main(argv=None) -> dict:
         tokens = model.patch_embedding(x[0]).flatten(2).transpose(1, 2).contiguous()[:, : n_chunks * chunk * hw]
         heads, hd = config["num_attention_heads"], config["attention_head_dim"]
 
-        def ar_loop(attn):
+        def ar_loop(attn, pre=ar_pre_attention, post=ar_post_attention):
             caches = [MonarchKVCache(1, heads, hd, grid[1:], n_chunks * chunk, dtype=dtype, device=device)
                       for _ in model.blocks]  # fmt: skip
             dense_kv = [(torch.empty(1, n_chunks * chunk * hw, heads, hd, device=device, dtype=dtype),
@@ -210,19 +227,26 @@ def main(argv=None) -> dict:
                 for c in range(n_chunks):
                     start = c * chunk
                     ar_chunk(model, tokens[:, start * hw : (start + chunk) * hw], text, tproj, caches, start,
-                             (chunk, grid[1], grid[2]), attn, dense_kv)  # fmt: skip
+                             (chunk, grid[1], grid[2]), attn, dense_kv, pre, post)  # fmt: skip
 
         record("ar/dense", lambda: ar_loop("dense"))
         record("ar/monarch", lambda: ar_loop("monarch"))
+        if not args.no_compile:  # the blocks' work around attention compiled (one graph each for all blocks)
+            pre = torch.compile(ar_pre_attention, fullgraph=True, backend=args.compile_backend)
+            post = torch.compile(ar_post_attention, fullgraph=True, backend=args.compile_backend)
+            record("ar/dense/compiled", lambda: ar_loop("dense", pre, post))
+            record("ar/monarch/compiled", lambda: ar_loop("monarch", pre, post))
 
     cases = result["cases"]
     for kind in ("eager", "compiled"):
         d, m = cases.get(f"forward/dense/{kind}", {}), cases.get(f"forward/monarch/{kind}", {})
         if "median_ms" in d and "median_ms" in m:
             result[f"speedup_forward_{kind}"] = d["median_ms"] / m["median_ms"]
-    if "median_ms" in cases.get("ar/dense", {}) and "median_ms" in cases.get("ar/monarch", {}):
-        result["speedup_ar"] = cases["ar/dense"]["median_ms"] / cases["ar/monarch"]["median_ms"]
-    for key in ("speedup_forward_eager", "speedup_forward_compiled", "speedup_ar"):
+    for suffix in ("", "/compiled"):
+        d, m = cases.get(f"ar/dense{suffix}", {}), cases.get(f"ar/monarch{suffix}", {})
+        if "median_ms" in d and "median_ms" in m:
+            result["speedup_ar" + suffix.replace("/", "_")] = d["median_ms"] / m["median_ms"]
+    for key in ("speedup_forward_eager", "speedup_forward_compiled", "speedup_ar", "speedup_ar_compiled"):
         if key in result:
             print(f"{key:28s} {result[key]:.2f}x")
     if args.json:

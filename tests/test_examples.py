@@ -64,7 +64,11 @@ def test_wan_model_bench_quick_runs_every_case():
     pytest.importorskip("diffusers")
     from monarchrt_ops.bench import bench_wan_model
 
-    result = bench_wan_model.main(["--quick", "--device", "cpu", "--no-compile", "--runs", "1", "--warmup", "0"])
+    args = ["--quick", "--device", "cpu", "--compile-backend", "aot_eager", "--runs", "1", "--warmup", "0"]
+    result = bench_wan_model.main(args)
     cases = result["cases"]
-    assert set(cases) == {"forward/dense/eager", "forward/monarch/eager", "ar/dense", "ar/monarch"}
+    assert set(cases) == {f"{what}/{attn}{kind}" for what, kinds in (("forward", ("/eager", "/compiled")),
+                                                                    ("ar", ("", "/compiled")))
+                          for attn in ("dense", "monarch") for kind in kinds}  # fmt: skip
     assert all("median_ms" in c for c in cases.values()), cases
+    assert {"speedup_forward_eager", "speedup_forward_compiled", "speedup_ar", "speedup_ar_compiled"} <= set(result)
