@@ -20,6 +20,7 @@ import datetime
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -63,20 +64,19 @@ def provenance(seed: int, command: str) -> dict:
     }  # fmt: skip
 
 
-def build_cases(ops, attention_shapes, backward: bool, dtype, device="cuda", timer=None) -> list[Case]:
-    """The cases of the shared shape lists (autotune/shapes.py) for the requested ops."""
-    cases: list[Case] = []
+def build_cases(ops, attention_shapes, backward: bool, dtype, device="cuda", timer=None) -> Iterator[Case]:
+    """The cases of the shared shape lists (autotune/shapes.py) for the requested ops, made one at a time
+    (each holds its inputs on the device: the caller drops one before the next is made)."""
     if "attention" in ops:
         for name in attention_shapes:
             for bwd in (False, True) if backward else (False,):
-                cases.append(AttentionCase(name, dtype, bwd, device=device, timer=timer))
+                yield AttentionCase(name, dtype, bwd, device=device, timer=timer)
     if "hadamard" in ops:
         for n in HADAMARD_SIZES:
-            cases.append(HadamardCase(n, HADAMARD_BYTES // (2 * n), dtype, device=device, timer=timer))
+            yield HadamardCase(n, HADAMARD_BYTES // (2 * n), dtype, device=device, timer=timer)
     if "monarch_matmul" in ops:
         for _, rows, w1_shape, w2_shape in MONARCH_MATMUL_SHAPES:
-            cases.append(MonarchMatmulCase(rows, w1_shape, w2_shape, dtype, device=device, timer=timer))
-    return cases
+            yield MonarchMatmulCase(rows, w1_shape, w2_shape, dtype, device=device, timer=timer)
 
 
 def tune_cases(

@@ -5,6 +5,7 @@ the tuner); their names are re-exported here for the tuner's commands."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from ..tables import (  # noqa: F401  (the tuner's commands and tests use them from here)
@@ -44,7 +45,11 @@ def write_table(path: Path, gpu: str, provenance: dict, entries: list[dict]) -> 
     if old and old.get("choices"):
         data["choices"] = old["choices"]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    # whole or not at all: a run stopped mid-write (the tuner writes after every case) must not leave a
+    # truncated table that the next write would rebuild from that run's entries alone
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
     clear_cache()
 
 

@@ -14,8 +14,9 @@ Ops (namespace ``monarchrt`` unless ``MONARCHRT_OPS_NAMESPACE`` names another, f
 - ``hadamard(x, scale, transpose, fp32_intermediate, backend) -> y`` (autograd: the transform with H
   transposed) and ``hadamard_(x, scale, transpose, fp32_intermediate, backend) -> ()`` in place.
 - ``monarch_matmul(x, w1, w2, backend) -> y``; its autograd calls ``monarch_matmul_backward(dout, x, w1,
-  w2, backend) -> (dx, dw1, dw2)``, the backward chosen on its own (Triton's kernels on a GPU, the closed
-  form of structured_reference.py elsewhere; a second derivative takes the closed form).
+  w2, backend) -> (dx, dw1, dw2)``, the backward chosen on its own: Triton's kernels where named or where
+  a table measured them faster (measured-only in this direction), else the closed form of
+  structured_reference.py; a second derivative takes the closed form.
 - ``argument_error(kind, message) -> ()`` raises ``ValueError``/``TypeError(message)``, eagerly and in its
   fake impl: how a public function's argument error reaches a ``torch.compile(fullgraph=True)`` user
   (:func:`traceable_errors`).

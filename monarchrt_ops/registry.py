@@ -230,9 +230,12 @@ def _config_for(op: str, backend: Backend, problem: Any, arch: Arch) -> tuple[Co
 
 def _lookup_config(op: str, backend: Backend, problem: Any, arch: Arch) -> tuple[Config, str]:
     found = None
+    # a backend whose kernels for this problem are tuned under another problem's key says which (``tuned_as``)
+    tuned = getattr(backend, "tuned_as", None)
+    key = (tuned(problem) if tuned else problem).key()
     if arch.is_cuda:
         gpu = tables.gpu_table_name(arch.device_name)
-        found = tables.lookup(op, backend.name, problem.key(), gpu, arch.family)
+        found = tables.lookup(op, backend.name, key, gpu, arch.family)
     if found is not None:
         reason = backend.is_valid(found.config, problem, arch)
         if reason is None:
@@ -240,7 +243,7 @@ def _lookup_config(op: str, backend: Backend, problem: Any, arch: Arch) -> tuple
         _log_once(op, f"table {found.table}", reason, f"ignoring the tuned config {found.config}")
     if strict_mode() and backend.search_space(problem, arch):
         raise RuntimeError(
-            f"MONARCHRT_STRICT=1: no tuned {backend.name} config for {op} {problem.key()} on {arch.device_name}; "
+            f"MONARCHRT_STRICT=1: no tuned {backend.name} config for {op} {key} on {arch.device_name}; "
             f"run monarchrt-tune on this GPU or unset MONARCHRT_STRICT"
         )
     config = backend.default_config(problem, arch)

@@ -2,6 +2,8 @@
 (CPU), and launches through it equal Triton's own on aligned and misaligned tensors and on ints that
 specialise differently (GPU)."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -46,21 +48,51 @@ def _axpb(X, Y, n, a, B: tl.constexpr, ADD_ONE: tl.constexpr = False):
     tl.store(Y + offs, y, mask=mask)
 
 
+def test_key_takes_constexprs_by_value_wherever_they_are_passed():
+    """A constexpr is compiled per value: by position or by keyword, two values are two entries; a
+    tensor passed by keyword is keyed by its kind (dtype, alignment), not held by identity."""
+    from triton.runtime.jit import JITFunction
+
+    kernel = JITFunction(_axpb.fn)  # a compiled-kind kernel object (the key never launches it)
+    x = torch.zeros(64)
+    key = _launch._key
+    assert key(kernel, 0, (x, x, 5, 1.0, 128), {}) != key(kernel, 0, (x, x, 5, 1.0, 256), {})
+    assert key(kernel, 0, (x, x, 5, 1.0), {"B": 128}) != key(kernel, 0, (x, x, 5, 1.0), {"B": 256})
+    assert key(kernel, 0, (x, x, 5, 1.0, 128), {}) == key(kernel, 0, (x.clone(), x.clone(), 7, 2.0, 128), {})
+    assert key(kernel, 0, (x,), {"Y": x}) == key(kernel, 0, (x,), {"Y": x.clone()})
+    assert key(kernel, 0, (x,), {"Y": x}) != key(kernel, 0, (x,), {"Y": x[1:]})
+    assert key(kernel, 0, (x, x, 5, 1.0, 128), {}) != key(kernel, 1, (x, x, 5, 1.0, 128), {})  # the device
+
+
+def test_a_grid_function_takes_tritons_path(monkeypatch):
+    """``kernel[grid]`` accepts a grid of the meta-parameters; the cache's hit path takes tuples only."""
+    seen = []
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *a, **kw: seen.append(grid) or "ran"
+
+    monkeypatch.setattr(_launch, "_enabled", lambda kernel: True)
+    grid = lambda meta: (1,)  # noqa: E731
+    assert _launch.launch(Kernel(), grid, 1) == "ran" and seen == [grid]
+
+
 @pytest.mark.skipif(not GPU, reason="GPU tier: the fast path runs only compiled kernels")
 def test_cached_launches_equal_tritons_own(monkeypatch):
     base = torch.randn(1000, device="cuda")
     cases = [(base, 1000), (base[1:], 999), (base[3:], 16), (base, 1), (base[1:], 1), (base, 32)]
     for fast in ("1", "0", "1"):  # the cache filled, Triton's own path, the cache hit
         monkeypatch.setenv("MONARCHRT_TRITON_FAST_LAUNCH", fast)
-        for x, n in cases:
-            for add_one in (False, True):
-                y = torch.full_like(x, float("nan"))
-                _launch.launch(
-                    _axpb, (triton.cdiv(n, 128),), x, y, n, 2.5, B=128, **({"ADD_ONE": True} if add_one else {})
-                )
-                want = x[:n] * 2.5 + n + add_one
-                torch.testing.assert_close(y[:n], want, rtol=0, atol=0)
-                assert torch.isnan(y[n:]).all()
+        for (x, n), add_one, block in itertools.product(cases, (False, True), (128, 64, 32)):
+            y = torch.full_like(x, float("nan"))
+            extra = {"ADD_ONE": True} if add_one else {}
+            if block < 128:  # the constexpr by position (64, then 32): its value, not its kind, picks the kernel
+                _launch.launch(_axpb, (triton.cdiv(n, block),), x, y, n, 2.5, block, **extra)
+            else:
+                _launch.launch(_axpb, (triton.cdiv(n, block),), x, y, n, 2.5, B=block, **extra)
+            want = x[:n] * 2.5 + n + add_one
+            torch.testing.assert_close(y[:n], want, rtol=0, atol=0)
+            assert torch.isnan(y[n:]).all()
 
 
 @pytest.mark.skipif(not GPU, reason="GPU tier: the fast path runs only compiled kernels")

@@ -205,6 +205,28 @@ def test_backward_kernels_are_chosen_where_the_h200_table_measured_them_faster(m
     assert chosen(16384, (32, 32, 32), False) == ("triton", "")
 
 
+def test_backward_kernels_take_the_forwards_tuned_config_also_under_strict_mode(monkeypatch):
+    """The tuner times forwards only; the backward's kernels are the forward's, so they take its table
+    entry, and MONARCHRT_STRICT=1 asks for that entry instead of failing on a key no table can have."""
+    pytest.importorskip("triton")
+    from monarchrt_ops import registry
+    from monarchrt_ops.arch import Arch
+    from monarchrt_ops.problem import MonarchMatmulProblem
+
+    h100 = Arch("sm90", (9, 0), "NVIDIA H100 80GB HBM3", 132, 232448)
+    w = (64, 64, 64)  # a shape tuned_configs/h100.json has a Triton entry for (16K rows)
+    forward = registry.select("monarch_matmul", MonarchMatmulProblem(16384, w, w, torch.bfloat16), h100, "triton")
+    assert forward.config_source.startswith("tuned table h100.json")
+    monkeypatch.setenv("MONARCHRT_STRICT", "1")
+    backward = registry.select(
+        "monarch_matmul", MonarchMatmulProblem(16384, w, w, torch.bfloat16, True), h100, "triton"
+    )
+    assert backward.config == forward.config and backward.config_source == forward.config_source
+    with pytest.raises(RuntimeError, match="MONARCHRT_STRICT=1: no tuned triton config"):  # untuned: as the forward
+        registry.select("monarch_matmul", MonarchMatmulProblem(16384, (8, 8, 8), (8, 8, 8), torch.bfloat16, True),
+                        h100, "triton")  # fmt: skip
+
+
 def test_backward_op_names_a_bad_dout():
     x, w1, w2 = torch.randn(4, 8), torch.randn(2, 3, 4), torch.randn(3, 5, 2)
     for dout in (torch.randn(4, 10), torch.randn(4, 15).double()):

@@ -4,14 +4,15 @@
 (type, alignment, divisibility: ``native_specialize_impl`` per argument), builds the compile-cache key
 and checks the kernel's globals: ~40 us of host time per launch on the H200 machine, half of an eager
 attention call. :func:`launch` keys its own cache on what that specialisation can depend on, for
-every argument: a tensor's dtype and whether its address is 16-byte aligned; an int's width class,
-whether it is 1 and whether it divides by 16; a bool's value, a float's type, any other value itself
-(None, strings, constexprs); the keyword arguments (constexprs, num_warps, num_stages) and the device.
+every argument: a constexpr parameter's value (passed by position or keyword); a tensor's dtype and
+whether its address is 16-byte aligned; an int's width class, whether it is 1 and whether it divides by
+16; a bool's value, a float's type, any other value itself (None, strings); the launch options
+(num_warps, num_stages), the device and Triton's instrumentation mode.
 That key is at least as fine as Triton's, so one entry always maps to the one compiled kernel
 Triton would pick. A miss (and anything unusual: a kernel that is not a plain ``JITFunction``, the
 interpreter, launch hooks set) goes through ``kernel[grid]``, which compiles if needed and returns the
-compiled kernel that the cache then keeps. Not checked on a hit: that a global a kernel reads changed
-since it compiled (ours read none that change).
+compiled kernel that the cache then keeps; so does a grid given as a function of the meta-parameters.
+Not checked on a hit: that a global a kernel reads changed since it compiled (ours read none that change).
 
 Opt-in (``MONARCHRT_TRITON_FAST_LAUNCH=1``) until its GPU tests (tests/test_launch.py) have run on a GPU:
 it was written when no device time was left to run them, and a launch with the wrong specialisation
@@ -44,11 +45,23 @@ def _arg_key(a):
 
 
 def _plan(kernel):
+    """Per parameter of ``kernel``, in order: (name, default, is_constexpr)."""
     plan = _plans.get(kernel)
     if plan is None:
-        params = list(kernel.signature.parameters.values())
-        plan = _plans[kernel] = [(p.name, p.default) for p in params]
+        defaults = [p.default for p in kernel.signature.parameters.values()]
+        plan = _plans[kernel] = [(p.name, d, p.is_constexpr) for p, d in zip(kernel.params, defaults, strict=True)]
     return plan
+
+
+def _key(kernel, device, args, kwargs):
+    """The cache key of one call: positional constexprs by value (Triton compiles per value), other
+    arguments by :func:`_arg_key`, keyword arguments likewise, the device and Triton's instrumentation mode."""
+    from triton import knobs
+
+    plan = _plan(kernel)
+    pos = tuple((True, a) if plan[i][2] else _arg_key(a) for i, a in enumerate(args))
+    kw = tuple((k, v if isinstance(v, (int, float, str, bool, type(None))) else _arg_key(v)) for k, v in kwargs.items())
+    return kernel, device, knobs.compilation.instrumentation_mode, pos, kw
 
 
 def _enabled(kernel) -> bool:
@@ -67,13 +80,13 @@ def _enabled(kernel) -> bool:
 def launch(kernel, grid: tuple, *args, **kwargs):
     """``kernel[grid](*args, **kwargs)``, through the cache above once the kernel has run with the same
     specialisation."""
-    if not _enabled(kernel):
+    if callable(grid) or not _enabled(kernel):  # a grid of the meta-parameters: Triton's path
         return kernel[grid](*args, **kwargs)
     from triton import knobs
     from triton.runtime.driver import driver
 
     device = driver.active.get_current_device()
-    key = (kernel, device, tuple(map(_arg_key, args)), tuple(kwargs.items()))
+    key = _key(kernel, device, args, kwargs)
     compiled = _cache.get(key)
     if compiled is None:
         compiled = kernel[grid](*args, **kwargs)
@@ -83,9 +96,8 @@ def launch(kernel, grid: tuple, *args, **kwargs):
             _cache.clear()
         _cache[key] = compiled
         return compiled
-    plan = _plan(kernel)
     full = list(args)
-    for name, default in plan[len(args) :]:
+    for name, default, _ in _plan(kernel)[len(args) :]:
         full.append(kwargs.get(name, default))
     g = (*grid, 1, 1)
     stream = driver.active.get_current_stream(device)

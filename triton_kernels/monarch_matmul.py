@@ -106,6 +106,8 @@ def _block_diag(x2d, w, out, config, *, x_group=None, x_elem=1, out_group=None, 
     by default both sides contiguous per block (x_group = P, out_group = C)."""
     g, c, p = w.shape
     rows, bm = x2d.shape[0], config["block_m"]
+    if x2d.stride(1) != 1 or out.stride(1) != 1:
+        raise ValueError(f"the Monarch matmul kernels take rows of unit stride, got {x2d.stride()}, {out.stride()}")
     bc, bp = _pow2(c), _pow2(p, hi=64)
     launch(_block_product, (triton.cdiv(rows, bm), g, triton.cdiv(c, bc)),
         x2d, w.contiguous(), out, rows, x2d.stride(0), out.stride(0), c, p,
@@ -119,6 +121,8 @@ def _reordered(y, w, out, config):
     """out[:, c*L + l] = sum_r y[:, r*L + l] w[l, c, r] for w (L, C, R): the Monarch second product."""
     l, c, r = w.shape
     rows = y.shape[0]
+    if y.stride(1) != 1 or out.stride(1) != 1:
+        raise ValueError(f"the Monarch matmul kernels take rows of unit stride, got {y.stride()}, {out.stride()}")
     if l < _BATCHED_L_FROM:
         return _block_diag(y, w, out, config, x_group=1, x_elem=l, out_group=1, out_elem=l)
     # [BL, BR, BS] weight and [BL, BM, BR] input blocks: 32-wide keeps both within shared memory
@@ -167,23 +171,50 @@ def monarch_matmul_bwd(
 
 
 # One batched GEMM per block over all rows (M, N = the block sizes, K = rows) runs on as many CTAs as
-# there are blocks: 64 blocks of 64 x 64 x 16K ran at ~6 TFLOP/s on the H200. Split the rows into
-# chunks of at least _MIN_CHUNK_ROWS until there are about _TARGET_PRODUCTS products, and sum the
-# chunks' fp32 partials in a fixed order (deterministic).
+# its output has 128 x 128 tiles: 64 blocks of 64 x 64 x 16K ran at ~6 TFLOP/s on the H200. Split the
+# rows into chunks of at least _MIN_CHUNK_ROWS until there are about _TARGET_TILES output tiles, and sum
+# the chunks' fp32 partials in a fixed order (deterministic; the partials take chunks x G x M x N x 4
+# bytes, at most ~_TARGET_TILES x 64 KB).
 _MIN_CHUNK_ROWS = 512
-_TARGET_PRODUCTS = 1024
+_TARGET_TILES = 1024
 
 
 def _sum_over_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a [rows, G, M]``, ``b [rows, G, N]`` -> ``[G, M, N] = sum_rows a[:, g]^T b[:, g]``."""
-    rows, g, _ = a.shape
-    chunks = max(1, min(rows // _MIN_CHUNK_ROWS, -(-_TARGET_PRODUCTS // g)))
+    """``a [rows, G, M]``, ``b [rows, G, N]`` -> ``[G, M, N] = sum_rows a[:, g]^T b[:, g]``, each
+    product accumulated in fp32 (float64 for float64) and rounded once at the end."""
+    rows, g, m = a.shape
+    n_out = b.shape[2]
+    tiles = g * -(-m // 128) * -(-n_out // 128)
+    chunks = max(1, min(rows // _MIN_CHUNK_ROWS, -(-_TARGET_TILES // tiles)))
     n = rows // chunks
     whole = chunks * n
-    a_c = a[:whole].reshape(chunks, n, g, a.shape[2]).permute(0, 2, 3, 1)  # [chunks, G, M, n]
-    b_c = b[:whole].reshape(chunks, n, g, b.shape[2]).transpose(1, 2)  # [chunks, G, n, N]
-    acc = torch.promote_types(a.dtype, torch.float32)
-    out = torch.matmul(a_c, b_c).to(acc).sum(0)
+    a_c = a[:whole].reshape(chunks, n, g, m).permute(0, 2, 3, 1).reshape(chunks * g, m, n)
+    b_c = b[:whole].reshape(chunks, n, g, n_out).transpose(1, 2).reshape(chunks * g, n, n_out)
+    out = _bmm_wide(a_c, b_c).view(chunks, g, m, n_out).sum(0)
     if whole < rows:
-        out += torch.matmul(a[whole:].permute(1, 2, 0), b[whole:].transpose(0, 1)).to(acc)
+        out += _bmm_wide(a[whole:].permute(1, 2, 0), b[whole:].transpose(0, 1))
     return out.to(a.dtype)
+
+
+def _bmm_wide(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` batched, accumulated and returned in fp32 (float64 for float64): half inputs on a GPU
+    through cuBLAS's fp32 output (``torch.bmm(..., out_dtype=)``) where this torch has it, else (and on
+    the CPU) cast to the wide type first."""
+    wide = torch.promote_types(a.dtype, torch.float32)
+    if a.is_cuda and a.dtype in (torch.float16, torch.bfloat16) and _bmm_has_out_dtype(a.device):
+        return torch.bmm(a, b, out_dtype=torch.float32)
+    return torch.bmm(a.to(wide), b.to(wide))
+
+
+_OUT_DTYPE: dict = {}
+
+
+def _bmm_has_out_dtype(device: torch.device) -> bool:
+    """Whether ``torch.bmm(..., out_dtype=float32)`` runs on ``device`` (tried once per device)."""
+    if device not in _OUT_DTYPE:
+        try:
+            probe = torch.zeros(1, 16, 16, dtype=torch.bfloat16, device=device)
+            _OUT_DTYPE[device] = torch.bmm(probe, probe, out_dtype=torch.float32).dtype == torch.float32
+        except (RuntimeError, NotImplementedError, TypeError):
+            _OUT_DTYPE[device] = False
+    return _OUT_DTYPE[device]

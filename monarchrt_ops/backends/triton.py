@@ -5,6 +5,7 @@ Triton is imported lazily, on the first launch, so importing monarchrt_ops never
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import os
@@ -190,6 +191,12 @@ class TritonMonarchMatmul(_Triton):
         """The backward kernels are taken automatically only where a table measured them faster than the
         closed form (docs/design.md, What every backend states); the forward always."""
         return problem.backward
+
+    @staticmethod
+    def tuned_as(problem):
+        """The backward runs the forward's two kernels: it takes the forward's tuned config (the tuner times
+        forwards only), so MONARCHRT_STRICT asks for the forward's table entry."""
+        return dataclasses.replace(problem, backward=False)
 
     def supports(self, problem, arch: Arch) -> str | None:
         reason = super().supports(problem, arch)
