@@ -55,7 +55,10 @@ def test_key_takes_constexprs_by_value_wherever_they_are_passed():
 
     kernel = JITFunction(_axpb.fn)  # a compiled-kind kernel object (the key never launches it)
     x = torch.zeros(64)
-    key = _launch._key
+
+    def key(kernel, device, args, kwargs):
+        return _launch._key(kernel, _launch._plan(kernel), device, "", args, kwargs)
+
     assert key(kernel, 0, (x, x, 5, 1.0, 128), {}) != key(kernel, 0, (x, x, 5, 1.0, 256), {})
     assert key(kernel, 0, (x, x, 5, 1.0), {"B": 128}) != key(kernel, 0, (x, x, 5, 1.0), {"B": 256})
     assert key(kernel, 0, (x, x, 5, 1.0, 128), {}) == key(kernel, 0, (x.clone(), x.clone(), 7, 2.0, 128), {})
@@ -72,7 +75,7 @@ def test_a_grid_function_takes_tritons_path(monkeypatch):
         def __getitem__(self, grid):
             return lambda *a, **kw: seen.append(grid) or "ran"
 
-    monkeypatch.setattr(_launch, "_enabled", lambda kernel: True)
+    monkeypatch.setattr(_launch, "_enabled", lambda kernel, knobs: True)
     grid = lambda meta: (1,)  # noqa: E731
     assert _launch.launch(Kernel(), grid, 1) == "ran" and seen == [grid]
 

@@ -26,7 +26,7 @@ import os
 import torch
 
 _cache: dict = {}
-_plans: dict = {}  # JITFunction -> the names and defaults of its parameters
+_plans: dict = {}  # JITFunction -> (name, default, is_constexpr) of each parameter
 _MAX_CACHED = 4096  # distinct (kernel, specialisation) pairs before the cache starts over
 _I32, _I64 = 2**31, 2**63
 
@@ -53,19 +53,15 @@ def _plan(kernel):
     return plan
 
 
-def _key(kernel, device, args, kwargs):
+def _key(kernel, plan, device, instrumentation, args, kwargs):
     """The cache key of one call: positional constexprs by value (Triton compiles per value), other
     arguments by :func:`_arg_key`, keyword arguments likewise, the device and Triton's instrumentation mode."""
-    from triton import knobs
-
-    plan = _plan(kernel)
     pos = tuple((True, a) if plan[i][2] else _arg_key(a) for i, a in enumerate(args))
     kw = tuple((k, v if isinstance(v, (int, float, str, bool, type(None))) else _arg_key(v)) for k, v in kwargs.items())
-    return kernel, device, knobs.compilation.instrumentation_mode, pos, kw
+    return kernel, device, instrumentation, pos, kw
 
 
-def _enabled(kernel) -> bool:
-    from triton import knobs
+def _enabled(kernel, knobs) -> bool:
     from triton.runtime.jit import JITFunction
 
     return (
@@ -80,13 +76,14 @@ def _enabled(kernel) -> bool:
 def launch(kernel, grid: tuple, *args, **kwargs):
     """``kernel[grid](*args, **kwargs)``, through the cache above once the kernel has run with the same
     specialisation."""
-    if callable(grid) or not _enabled(kernel):  # a grid of the meta-parameters: Triton's path
-        return kernel[grid](*args, **kwargs)
     from triton import knobs
     from triton.runtime.driver import driver
 
+    if callable(grid) or not _enabled(kernel, knobs):  # a grid of the meta-parameters: Triton's path
+        return kernel[grid](*args, **kwargs)
     device = driver.active.get_current_device()
-    key = _key(kernel, device, args, kwargs)
+    plan = _plan(kernel)
+    key = _key(kernel, plan, device, knobs.compilation.instrumentation_mode, args, kwargs)
     compiled = _cache.get(key)
     if compiled is None:
         compiled = kernel[grid](*args, **kwargs)
@@ -97,7 +94,7 @@ def launch(kernel, grid: tuple, *args, **kwargs):
         _cache[key] = compiled
         return compiled
     full = list(args)
-    for name, default, _ in _plan(kernel)[len(args) :]:
+    for name, default, _ in plan[len(args) :]:
         full.append(kwargs.get(name, default))
     g = (*grid, 1, 1)
     stream = driver.active.get_current_stream(device)

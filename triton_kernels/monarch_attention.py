@@ -168,50 +168,19 @@ def monarch_attention_bwd(
             )  # fmt: skip
             l_args = (q, q, lses[it], delta_l, sc.a_l, d_ar, sc.c_l, d_cr)
         strides_l = (*q.stride()[:5], *l_args[1].stride()[:5])  # q, and dz (last pass) or q
-        launch(
-            _stage_l_bwd_kv,
-            grid_l_kv,
-            *l_args,
-            da_l,
-            dy,
-            dc_l,
-            delta_r,
-            sm_scale,
-            *strides_l,
-            *common,
-            UPDATE=not last,
-            **l_meta,
-        )
+        launch(_stage_l_bwd_kv, grid_l_kv,
+            *l_args, da_l, dy, dc_l, delta_r, sm_scale, *strides_l, *common, UPDATE=not last, **l_meta,
+        )  # fmt: skip
         launch(_stage_l_bwd_q, grid_l_q,
             *l_args, dq, sm_scale, *strides_l, *common, UPDATE=not last, ACCUMULATE=not last,
             **{**l_meta, "BLOCK_K": config["bwd_block_k"]},
         )  # fmt: skip
         r_args = (q, k, v, q if first else a_rs[it], sc.c_l if first else c_rs[it], sc.lse_r, da_l, dy, dc_l, delta_r)
         flags = dict(FIRST=first, HAS_Y=last, **r_meta)
-        launch(
-            _stage_r_bwd_kv,
-            (n_f * b1, triton.cdiv(b2, config["block_l"]), bsz * nh),
-            *r_args,
-            dk,
-            dv,
-            sm_scale,
-            *q.stride()[:5],
-            *strides_kv,
-            *common,
-            ACCUMULATE=not last,
-            **flags,
-        )
-        launch(
-            _stage_r_bwd_q,
-            (n_a * b1, triton.cdiv(b2, config["block_j"]), bsz * nh),
-            *r_args,
-            dq,
-            d_ar,
-            d_cr,
-            sm_scale,
-            *q.stride()[:5],
-            *strides_kv,
-            *common,
-            **flags,
-        )
+        launch(_stage_r_bwd_kv, (n_f * b1, triton.cdiv(b2, config["block_l"]), bsz * nh),
+            *r_args, dk, dv, sm_scale, *q.stride()[:5], *strides_kv, *common, ACCUMULATE=not last, **flags,
+        )  # fmt: skip
+        launch(_stage_r_bwd_q, (n_a * b1, triton.cdiv(b2, config["block_j"]), bsz * nh),
+            *r_args, dq, d_ar, d_cr, sm_scale, *q.stride()[:5], *strides_kv, *common, **flags,
+        )  # fmt: skip
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)

@@ -12,7 +12,7 @@ fewer, larger blocks (L < 16, e.g. 4 blocks of 1024) most of such a block would 
 
 The backward (``monarch_matmul_bwd``) runs the same two kernels in the opposite order with the
 blocks transposed, dy1 = dout B2^T (reorders as the forward's second product) and dx = dy1 B1^T,
-and the weight gradients as batched GEMMs over chunks of rows (cuBLAS through torch.matmul); docs/math.md,
+and the weight gradients as batched GEMMs over chunks of rows (cuBLAS through torch.bmm); docs/math.md,
 Monarch matmul.
 """
 
@@ -136,16 +136,17 @@ def _reordered(y, w, out, config):
     return out
 
 
+def _rows_like(x2d: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.empty(x2d.shape[0], width, dtype=x2d.dtype, device=x2d.device)
+
+
 @guarded(_block_product, _reordered_block_matmul)
 def monarch_matmul_fwd(x2d: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, config: dict) -> torch.Tensor:
     """``x2d [rows, k*p]``, ``w1 [k, q, p]``, ``w2 [l, s, r]`` -> ``[rows, s*l]`` (docs/math.md)."""
     k, q, _ = w1.shape
     l, s, _ = w2.shape
-    rows = x2d.shape[0]
-    y1 = _block_diag(
-        x2d, w1, torch.empty(rows, k * q, dtype=x2d.dtype, device=x2d.device), config
-    )  # natural (k q) = (r l) order
-    return _reordered(y1, w2, torch.empty(rows, s * l, dtype=x2d.dtype, device=x2d.device), config)
+    y1 = _block_diag(x2d, w1, _rows_like(x2d, k * q), config)  # natural (k q) = (r l) order
+    return _reordered(y1, w2, _rows_like(x2d, s * l), config)
 
 
 @guarded(_block_product, _reordered_block_matmul)
@@ -158,13 +159,9 @@ def monarch_matmul_bwd(
     k, q, p = w1.shape
     l, s, r = w2.shape
     rows = x2d.shape[0]
-    y1 = _block_diag(x2d, w1, torch.empty(rows, k * q, dtype=x2d.dtype, device=x2d.device), config)
-    dy1 = _reordered(
-        dout2d, w2.transpose(1, 2), torch.empty(rows, k * q, dtype=x2d.dtype, device=x2d.device), config
-    )  # (l, r, s) blocks
-    dx = _block_diag(
-        dy1, w1.transpose(1, 2), torch.empty(rows, k * p, dtype=x2d.dtype, device=x2d.device), config
-    )  # (k, p, q) blocks
+    y1 = _block_diag(x2d, w1, _rows_like(x2d, k * q), config)
+    dy1 = _reordered(dout2d, w2.transpose(1, 2), _rows_like(x2d, k * q), config)  # (l, r, s) blocks
+    dx = _block_diag(dy1, w1.transpose(1, 2), _rows_like(x2d, k * p), config)  # (k, p, q) blocks
     dw1 = _sum_over_rows(dy1.view(rows, k, q), x2d.view(rows, k, p))
     dw2 = _sum_over_rows(dout2d.view(rows, s, l).transpose(1, 2), y1.view(rows, r, l).transpose(1, 2))
     return dx, dw1, dw2
