@@ -1,5 +1,6 @@
 // Issue rate of narrow warpgroup MMAs on sm_90a: wgmma m64nNk16 (bf16 in, fp32 accumulate) for
-// N = 8..128, A from shared memory (SS) or registers (RS), one or two warpgroups per CTA.
+// N = 8..128, A from shared memory (SS) or registers (RS), one or two warpgroups per CTA, 2 to 8
+// independent accumulators per warpgroup; and the warp-level mma.sync m16n8k16 beside them.
 // The question it answers (docs/attention-kernels.md, decomposition (d)): at what fraction of the
 // tensor peak do N = 8 and N = 16 products run, the shapes a column-owning fused forward issues.
 // Throughput only: the operands are whatever shared memory holds; the result is kept so the
@@ -50,9 +51,9 @@ __device__ __forceinline__ void fence(float (&d)[K]) {
   for (int i = 0; i < K; ++i) cute::warpgroup_fence_operand(d[i]);
 }
 
-constexpr int kChains = 2;  // independent accumulators per warpgroup, so one MMA's latency can overlap the next
-
-template <int N, bool RS>
+// kChains: independent accumulators per warpgroup, so one MMA's latency can overlap the next (a
+// narrow MMA may be bound by the latency of its accumulator chain, not by its issue rate).
+template <int N, bool RS, int kChains>
 __global__ void __launch_bounds__(256) rate_kernel(int iters, float* sink) {
   extern __shared__ __align__(1024) unsigned char smem[];
   constexpr int kAcc = N / 2;  // fp32 accumulators per thread of a 64 x N tile
@@ -85,32 +86,75 @@ __global__ void __launch_bounds__(256) rate_kernel(int iters, float* sink) {
   if (s == 12345.f) sink[threadIdx.x] = s;
 }
 
-template <int N, bool RS>
-double tflops(int warpgroups, int sms, float* sink) {
-  constexpr int kSmem = 32768;
-  auto kernel = rate_kernel<N, RS>;
-  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-  const int iters = 4096, blocks = sms * 2;
-  kernel<<<blocks, 128 * warpgroups, kSmem>>>(iters, sink);  // warm-up
+// Warp-level m16n8k16 (bf16 in, fp32 accumulate), operands in registers: kChains accumulators per warp.
+template <int kChains>
+__global__ void __launch_bounds__(256) mma_sync_kernel(int iters, float* sink) {
+  float d[kChains][4] = {};
+  const uint32_t a0 = threadIdx.x, a1 = threadIdx.x * 3u, a2 = threadIdx.x * 5u, a3 = threadIdx.x * 7u;
+  const uint32_t b0 = threadIdx.x * 11u, b1 = threadIdx.x * 13u;
+  for (int it = 0; it < iters; ++it) {
+#pragma unroll
+    for (int c = 0; c < kChains; ++c)
+      asm volatile(
+          "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+          "{%0,%1,%2,%3};\n"
+          : "+f"(d[c][0]), "+f"(d[c][1]), "+f"(d[c][2]), "+f"(d[c][3])
+          : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+  float s = 0.f;
+  for (int c = 0; c < kChains; ++c)
+    for (int i = 0; i < 4; ++i) s += d[c][i];
+  if (s == 12345.f) sink[threadIdx.x] = s;
+}
+
+template <class Kernel>
+double time_ms(Kernel kernel, int blocks, int threads, int smem, int iters, float* sink) {
+  kernel<<<blocks, threads, smem>>>(iters, sink);  // warm-up
   cudaEvent_t t0, t1;
   cudaEventCreate(&t0);
   cudaEventCreate(&t1);
   cudaEventRecord(t0);
-  kernel<<<blocks, 128 * warpgroups, kSmem>>>(iters, sink);
+  kernel<<<blocks, threads, smem>>>(iters, sink);
   cudaEventRecord(t1);
   cudaEventSynchronize(t1);
   float ms = 0.f;
   cudaEventElapsedTime(&ms, t0, t1);
+  return ms;
+}
+
+template <int kChains>
+double mma_sync_tflops(int warps, int sms, float* sink) {
+  const int iters = 4096, blocks = sms * 2;
+  double ms = time_ms(mma_sync_kernel<kChains>, blocks, 32 * warps, 0, iters, sink);
+  return double(blocks) * warps * iters * kChains * 2.0 * 16 * 8 * 16 / (ms * 1e-3) / 1e12;
+}
+
+template <int N, bool RS, int kChains = 2>
+double tflops(int warpgroups, int sms, float* sink) {
+  constexpr int kSmem = 32768;
+  auto kernel = rate_kernel<N, RS, kChains>;
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  const int iters = 4096, blocks = sms * 2;
+  double ms = time_ms(kernel, blocks, 128 * warpgroups, kSmem, iters, sink);
   double flop = double(blocks) * warpgroups * iters * kChains * 2.0 * 64 * N * 16;
   return flop / (ms * 1e-3) / 1e12;
 }
 
-template <int N>
+template <int N, int kChains = 2>
 void row(int sms, float* sink, double ref) {
   for (int wg = 1; wg <= 2; ++wg) {
-    double ss = tflops<N, false>(wg, sms, sink), rs = tflops<N, true>(wg, sms, sink);
-    printf("{\"n\": %d, \"warpgroups\": %d, \"ss_tflops\": %.1f, \"rs_tflops\": %.1f, \"ss_share\": %.3f, "
-           "\"rs_share\": %.3f}\n", N, wg, ss, rs, ss / ref, rs / ref);
+    double ss = tflops<N, false, kChains>(wg, sms, sink), rs = tflops<N, true, kChains>(wg, sms, sink);
+    printf("{\"n\": %d, \"warpgroups\": %d, \"chains\": %d, \"ss_tflops\": %.1f, \"rs_tflops\": %.1f, "
+           "\"ss_share\": %.3f, \"rs_share\": %.3f}\n", N, wg, kChains, ss, rs, ss / ref, rs / ref);
+  }
+}
+
+template <int kChains>
+void mma_sync_row(int sms, float* sink, double ref) {
+  for (int warps : {4, 8}) {
+    double t = mma_sync_tflops<kChains>(warps, sms, sink);
+    printf("{\"mma_sync\": \"m16n8k16\", \"warps\": %d, \"chains\": %d, \"tflops\": %.1f, \"share\": %.3f}\n",
+           warps, kChains, t, t / ref);
   }
 }
 
@@ -122,10 +166,18 @@ int main() {
   double ref = tflops<128, false>(2, sms, sink);
   printf("{\"reference\": \"m64n128k16 SS, 2 warpgroups\", \"tflops\": %.1f, \"sms\": %d}\n", ref, sms);
   row<8>(sms, sink, ref);
+  row<8, 4>(sms, sink, ref);
+  row<8, 8>(sms, sink, ref);
   row<16>(sms, sink, ref);
+  row<16, 4>(sms, sink, ref);
+  row<16, 8>(sms, sink, ref);
   row<32>(sms, sink, ref);
   row<64>(sms, sink, ref);
   row<128>(sms, sink, ref);
+  mma_sync_row<1>(sms, sink, ref);
+  mma_sync_row<2>(sms, sink, ref);
+  mma_sync_row<4>(sms, sink, ref);
+  mma_sync_row<8>(sms, sink, ref);
   cudaError_t err = cudaDeviceSynchronize();
   if (err != cudaSuccess) {
     printf("{\"error\": \"%s\"}\n", cudaGetErrorString(err));
