@@ -27,6 +27,23 @@ def test_key_separates_what_triton_specialises():
     assert key(0.5) == key(2.0) and key(None) != key("a")
 
 
+def test_the_cache_is_taken_under_tritons_default_knobs(monkeypatch):
+    """Triton 3.6 holds its launch hooks as empty ``HookChain`` objects, not None: an empty chain is no
+    hook (a check for None alone turned the cache off everywhere without a sign), one with a hook is."""
+    from triton import knobs
+    from triton.runtime.jit import JITFunction
+
+    monkeypatch.delenv("MONARCHRT_TRITON_FAST_LAUNCH", raising=False)
+    monkeypatch.setattr(knobs.runtime, "debug", False)
+    assert _launch._no_hooks(None) and _launch._no_hooks(knobs.HookChain())
+    chain = knobs.HookChain()
+    chain.add(print)
+    assert not _launch._no_hooks(chain) and not _launch._no_hooks(print)
+    assert _launch._enabled(JITFunction(_axpb.fn), knobs)
+    monkeypatch.setenv("MONARCHRT_TRITON_FAST_LAUNCH", "0")
+    assert not _launch._enabled(JITFunction(_axpb.fn), knobs)
+
+
 def test_launch_falls_back_for_anything_but_a_jit_function():
     seen = []
 
@@ -98,6 +115,31 @@ def test_cached_launches_equal_tritons_own(monkeypatch):
             torch.testing.assert_close(y[:n], want[:n], rtol=0, atol=0)
             torch.testing.assert_close(y[:n], x[:n] * 2.5 + n + add_one)  # and it computed the right thing
             assert torch.isnan(y[n:]).all()
+
+
+@pytest.mark.skipif(not GPU, reason="GPU tier: the fast path runs only compiled kernels")
+def test_a_repeated_launch_skips_tritons_binding(monkeypatch):
+    """The point of the cache: the second launch with the same specialisation does not enter
+    ``JITFunction.run`` (Triton's binder), for a plain kernel and for every attention launch."""
+    from triton.runtime.jit import JITFunction
+
+    import monarchrt_ops as m
+
+    monkeypatch.setenv("MONARCHRT_TRITON_FAST_LAUNCH", "1")
+    runs = []
+    real_run = JITFunction.run
+    monkeypatch.setattr(JITFunction, "run", lambda self, *a, **kw: runs.append(self) or real_run(self, *a, **kw))
+    x = torch.randn(256, device="cuda")
+    y = torch.empty_like(x)
+    _launch.launch(_axpb, (2,), x, y, 256, 2.0, B=128)
+    runs.clear()
+    _launch.launch(_axpb, (2,), x, y, 256, 2.0, B=128)
+    assert runs == [], "the cached launch went through Triton's binder"
+    q, k, v = (torch.randn(1, 2 * 12 * 20, 4, 64, device="cuda").bfloat16() for _ in range(3))
+    m.monarch_attention(q, k, v, (12, 20))
+    runs.clear()
+    m.monarch_attention(q, k, v, (12, 20))
+    assert runs == [], f"attention launches that missed the cache: {[r.fn.__name__ for r in runs]}"
 
 
 @pytest.mark.skipif(not GPU, reason="GPU tier: the fast path runs only compiled kernels")
