@@ -3,11 +3,10 @@
 ``kernel[grid](*args)`` binds every argument through Triton's generated binder and specialises it
 (type, alignment, divisibility: ``native_specialize_impl`` per argument), builds the compile-cache key
 and checks the kernel's globals: ~40 us of host time per launch on the H200 machine, half of an eager
-attention call. :func:`launch` keys its own cache on what that specialisation can depend on, for
-every argument: a constexpr parameter's value (passed by position or keyword); a tensor's dtype and
-whether its address is 16-byte aligned; an int's width class, whether it is 1 and whether it divides by
-16; a bool's value, a float's type, any other value itself (None, strings); the launch options
-(num_warps, num_stages), the device and Triton's instrumentation mode.
+attention call. :func:`launch` keys its own cache on values at least as fine as what that specialisation can depend
+on (:func:`_key`): ints, strings and None by value, floats and bools by type and value, a tensor by
+dtype and 16-byte alignment, keyword arguments (constexprs, num_warps, num_stages) by name and value,
+the device and Triton's instrumentation mode.
 That key is at least as fine as Triton's, so one entry always maps to the one compiled kernel
 Triton would pick. A miss (and anything unusual: a kernel that is not a plain ``JITFunction``, the
 interpreter, launch hooks set) goes through ``kernel[grid]``, which compiles if needed and returns the
@@ -26,39 +25,36 @@ import os
 import torch
 
 _cache: dict = {}
-_plans: dict = {}  # JITFunction -> (name, default, is_constexpr) of each parameter
+_plans: dict = {}  # JITFunction -> (name, default) of each parameter
 _MAX_CACHED = 4096  # distinct (kernel, specialisation) pairs before the cache starts over
-_I32, _I64 = 2**31, 2**63
-
-
-def _arg_key(a):
-    if isinstance(a, torch.Tensor):
-        return a.dtype, a.data_ptr() % 16 == 0
-    kind = type(a)
-    if kind is int:
-        return int, a == 1, a % 16 == 0, -_I32 <= a < _I32, -_I64 <= a < _I64
-    if kind is bool:
-        return bool, a
-    if kind is float:
-        return float
-    return kind, a
 
 
 def _plan(kernel):
-    """Per parameter of ``kernel``, in order: (name, default, is_constexpr)."""
+    """Per parameter of ``kernel``, in order: (name, default)."""
     plan = _plans.get(kernel)
     if plan is None:
         defaults = [p.default for p in kernel.signature.parameters.values()]
-        plan = _plans[kernel] = [(p.name, d, p.is_constexpr) for p, d in zip(kernel.params, defaults, strict=True)]
+        plan = _plans[kernel] = [(p.name, d) for p, d in zip(kernel.params, defaults, strict=True)]
     return plan
 
 
-def _key(kernel, plan, device, instrumentation, args, kwargs):
-    """The cache key of one call: positional constexprs by value (Triton compiles per value), other
-    arguments by :func:`_arg_key`, keyword arguments likewise, the device and Triton's instrumentation mode."""
-    pos = tuple((True, a) if plan[i][2] else _arg_key(a) for i, a in enumerate(args))
-    kw = tuple((k, v if isinstance(v, (int, float, str, bool, type(None))) else _arg_key(v)) for k, v in kwargs.items())
-    return kernel, device, instrumentation, pos, kw
+def _key(kernel, device, instrumentation, args, kwargs) -> tuple:
+    """The cache key of one call, at least as fine as Triton's specialisation: an int, string or None
+    by value (finer than Triton's classes of ints: == 1, % 16 == 0, 32 or 64 bits), a float or bool
+    by type and value (1, 1.0 and True compare equal), a tensor by dtype and whether its address is
+    16-byte aligned, anything else by type and value; keyword arguments by name and the same rule;
+    then the device and Triton's instrumentation mode. One inline loop: this runs on every launch
+    (a function call per argument cost ~20 us for a 31-argument kernel on the CI machine)."""
+    key = [kernel, device, instrumentation, tuple(kwargs)]  # the names fix where each value sits
+    for a in (*args, *kwargs.values()):
+        kind = type(a)
+        if kind is int or kind is str or a is None:
+            key.append(a)
+        elif isinstance(a, torch.Tensor):
+            key.append((a.dtype, a.data_ptr() % 16 == 0))
+        else:
+            key.append((kind, a))
+    return tuple(key)
 
 
 def _no_hooks(hook) -> bool:
@@ -88,8 +84,7 @@ def launch(kernel, grid: tuple, *args, **kwargs):
     if callable(grid) or not _enabled(kernel, knobs):  # a grid of the meta-parameters: Triton's path
         return kernel[grid](*args, **kwargs)
     device = driver.active.get_current_device()
-    plan = _plan(kernel)
-    key = _key(kernel, plan, device, knobs.compilation.instrumentation_mode, args, kwargs)
+    key = _key(kernel, device, knobs.compilation.instrumentation_mode, args, kwargs)
     compiled = _cache.get(key)
     if compiled is None:
         compiled = kernel[grid](*args, **kwargs)
@@ -100,7 +95,7 @@ def launch(kernel, grid: tuple, *args, **kwargs):
         _cache[key] = compiled
         return compiled
     full = list(args)
-    for name, default, _ in plan[len(args) :]:
+    for name, default in _plan(kernel)[len(args) :]:
         full.append(kwargs.get(name, default))
     g = (*grid, 1, 1)
     stream = driver.active.get_current_stream(device)
