@@ -1,6 +1,7 @@
 // Bandwidth of distributed shared memory on sm_90a: every CTA of a cluster of C sends one chunk to
 // each of the other C - 1 CTAs per round with cp.async.bulk (shared::cta -> shared::cluster, completion
-// counted on the receiver's mbarrier), then the cluster synchronises before the next round.
+// counted on the receiver's mbarrier). `depth` rounds go out back to back into separate receive slots
+// (one mbarrier each) before the cluster synchronises, so up to `depth` rounds are in flight.
 // The question it answers (docs/attention-kernels.md, decomposition (e)): can a cluster exchange a
 // query tile's aL/Y (~30 B per clock per SM at 30x52) between its stage-R producers and its
 // column-owning consumers, and with what chunk size.
@@ -45,34 +46,38 @@ __device__ __forceinline__ void bulk_to_peer(uint32_t dst, uint32_t src, uint32_
       : "memory");
 }
 
-// Shared memory: [mbarrier 8 B | pad to 128][send: chunk][receive: C x chunk].
+constexpr int kMaxDepth = 16;  // mbarriers in the first 128 bytes
+
+// Shared memory: [mbarrier per slot, 8 B each | pad to 128][send: chunk][receive: depth x C x chunk].
 template <int C>
-__global__ void __cluster_dims__(C, 1, 1) __launch_bounds__(128) ring(int rounds, uint32_t chunk) {
+__global__ void __cluster_dims__(C, 1, 1) __launch_bounds__(128) ring(int groups, int depth, uint32_t chunk) {
   extern __shared__ __align__(128) unsigned char smem[];
-  const uint32_t bar = smem_addr(smem), send = bar + 128, recv = send + chunk, me = cluster_rank();
+  const uint32_t bar0 = smem_addr(smem), send = bar0 + 128, recv = send + chunk, me = cluster_rank();
   if (threadIdx.x == 0) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar));
+    for (int s = 0; s < depth; ++s) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar0 + 8 * s));
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
   for (uint32_t i = threadIdx.x; i < chunk / 4; i += blockDim.x) reinterpret_cast<uint32_t*>(smem + 128)[i] = i;
   cluster_sync();
-  for (int r = 0; r < rounds; ++r) {
-    if (threadIdx.x == 0) expect_bytes(bar, (C - 1) * chunk);
-    cluster_sync();  // every receiver armed for this round, and done with the last one
+  for (int g = 0; g < groups; ++g) {
     if (threadIdx.x == 0)
-      for (uint32_t p = 1; p < C; ++p) {
-        const uint32_t peer = (me + p) % C;
-        bulk_to_peer(map_to_rank(recv + me * chunk, peer), send, chunk, map_to_rank(bar, peer));
-      }
-    wait_phase(bar, r & 1);
+      for (int s = 0; s < depth; ++s) expect_bytes(bar0 + 8 * s, (C - 1) * chunk);
+    cluster_sync();  // every receiver armed for this group, and done with the last one
+    for (int t = threadIdx.x; t < depth * (C - 1); t += blockDim.x) {  // one copy per thread
+      const int s = t / (C - 1);
+      const uint32_t peer = (me + 1 + t % (C - 1)) % C, slot = recv + (s * C + me) * chunk;
+      bulk_to_peer(map_to_rank(slot, peer), send, chunk, map_to_rank(bar0 + 8 * s, peer));
+    }
+    for (int s = 0; s < depth; ++s) wait_phase(bar0 + 8 * s, g & 1);
   }
   cluster_sync();  // no CTA leaves while a peer may still write into it
 }
 
 template <int C>
-void row(int sms, uint32_t chunk) {
+void row(int sms, uint32_t chunk, int depth) {
   auto kernel = ring<C>;
-  const int smem = 128 + (C + 1) * chunk;
+  const int smem = 128 + (depth * C + 1) * chunk;
+  if (smem > 227 * 1024) return;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   cudaLaunchConfig_t cfg = {};
   cfg.blockDim = dim3(128);
@@ -87,35 +92,36 @@ void row(int sms, uint32_t chunk) {
   int clusters = 0;
   cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg);
   if (clusters == 0) {
-    printf("{\"cluster\": %d, \"chunk\": %u, \"error\": \"does not fit\"}\n", C, chunk);
+    printf("{\"cluster\": %d, \"chunk\": %u, \"depth\": %d, \"error\": \"does not fit\"}\n", C, chunk, depth);
     return;
   }
-  const int ctas = clusters * C, rounds = 2000;
+  const int ctas = clusters * C, groups = 2000 / depth, rounds = groups * depth;
   cfg.gridDim = dim3(ctas);
-  cudaLaunchKernelEx(&cfg, kernel, 200, chunk);  // warm-up
+  cudaLaunchKernelEx(&cfg, kernel, 10, depth, chunk);  // warm-up
   cudaEvent_t e0, e1;
   cudaEventCreate(&e0);
   cudaEventCreate(&e1);
   cudaEventRecord(e0);
-  cudaLaunchKernelEx(&cfg, kernel, rounds, chunk);
+  cudaLaunchKernelEx(&cfg, kernel, groups, depth, chunk);
   cudaEventRecord(e1);
   cudaEventSynchronize(e1);
   float ms = 0.f;
   cudaEventElapsedTime(&ms, e0, e1);
   const double received = double(rounds) * (C - 1) * chunk * ctas, per_s = received / (ms * 1e-3);
-  printf("{\"cluster\": %d, \"chunk\": %u, \"ctas\": %d, \"sms\": %d, \"tb_per_s_all\": %.2f, "
+  printf("{\"cluster\": %d, \"chunk\": %u, \"depth\": %d, \"ctas\": %d, \"sms\": %d, \"tb_per_s_all\": %.2f, "
          "\"gb_per_s_per_sm\": %.1f, \"round_us\": %.3f}\n",
-         C, chunk, ctas, sms, per_s / 1e12, per_s / sms / 1e9, ms * 1e3 / rounds);
+         C, chunk, depth, ctas, sms, per_s / 1e12, per_s / sms / 1e9, ms * 1e3 / rounds);
 }
 
 int main() {
   int sms = 0;
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
-  for (uint32_t chunk : {1024u, 4096u, 16384u}) {
-    row<2>(sms, chunk);
-    row<4>(sms, chunk);
-    row<8>(sms, chunk);
-  }
+  for (int depth : {1, 2, 4, 8, kMaxDepth})
+    for (uint32_t chunk : {1024u, 4096u, 16384u}) {
+      row<2>(sms, chunk, depth);
+      row<4>(sms, chunk, depth);
+      row<8>(sms, chunk, depth);
+    }
   cudaError_t err = cudaDeviceSynchronize();
   if (err != cudaSuccess) {
     printf("{\"error\": \"%s\"}\n", cudaGetErrorString(err));
