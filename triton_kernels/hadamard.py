@@ -16,7 +16,7 @@ import triton.language as tl
 
 from ..hadamard_matrices import SPECIAL_ORDERS, padded_matrix
 from ._interpreter import guarded
-from ._launch import launch
+from ._launch import cdiv, launch
 
 # A 128x128 factor measured 77 % of clone at n = 128 and 42 % at n = 2048 = 128 x 16 on an H100,
 # against 99 % for 16 x 16 (bench/NOTES.md): factors stay <= 64 where the size allows.
@@ -98,7 +98,7 @@ def _launch(x, y, m, n2, scale, transpose, apply_m, br, nb, fp32_intermediate):
     hm = padded_matrix("special" if m in SPECIAL_ORDERS else "sylvester", m, _pow2_at_least(m), transpose, dt, dev)
     hf = [padded_matrix("sylvester", min(n2, f), f, False, dt, dev) for f in (f0, max(f1, 16), max(f2, 16))]
     tile = br * m_tile * (n_pad if apply_n else nb)
-    grid = (triton.cdiv(x.shape[0], br), triton.cdiv(n2, nb))
+    grid = (cdiv(x.shape[0], br), cdiv(n2, nb))
     launch(_hadamard_kernel, grid,
         x, y, hm, *hf, x.shape[0], m, n2, x.stride(0), y.stride(0), scale,
         BR=br, M_PAD=m_tile, NB=nb, F0=f0, F1=f1, F2=f2, APPLY_M=apply_m, APPLY_N=apply_n,

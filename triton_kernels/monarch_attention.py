@@ -12,10 +12,9 @@ Tile-order shapes: q ``[B, A, b1, b2, nh, d]``, k and v ``[B, F, b1, b2, nh, d]`
 from __future__ import annotations
 
 import torch
-import triton
 
 from ._interpreter import guarded
-from ._launch import launch
+from ._launch import cdiv, launch
 from .monarch_attention_bwd import _stage_l_bwd_delta, _stage_l_bwd_kv, _stage_l_bwd_q, _stage_r_bwd_kv, _stage_r_bwd_q
 from .monarch_attention_fwd import _stage_l_fwd, _stage_l_update, _stage_r_fwd
 
@@ -48,8 +47,8 @@ def _stage_r(q, k, v, sc: _Scratch, a_r, c_r, sm_scale, common, config, write_y=
     n_a, b1, b2 = q.shape[1], q.shape[2], q.shape[3]
     n_f, bsz, nh = k.shape[1], q.shape[0], q.shape[4]
     programs = n_f * b1 * bsz * nh
-    row_blocks = triton.cdiv(n_a * b2, config["fwd_block_m"])
-    split = min(row_blocks, max(1, triton.cdiv(_MIN_STAGE_R_PROGRAMS, programs)))
+    row_blocks = cdiv(n_a * b2, config["fwd_block_m"])
+    split = min(row_blocks, max(1, cdiv(_MIN_STAGE_R_PROGRAMS, programs)))
     launch(_stage_r_fwd, (n_f * b1, split, bsz * nh),
         q, k, v, q if a_r is None else a_r, sc.c_l if c_r is None else c_r, sc.a_l, sc.y, sc.c_l, sc.lse_r,
         sm_scale, *q.stride()[:5], *k.stride()[:5], *v.stride()[:5], *common,
@@ -62,7 +61,7 @@ def _stage_r(q, k, v, sc: _Scratch, a_r, c_r, sm_scale, common, config, write_y=
 
 def _stage_l(q, sc: _Scratch, z, lse, sm_scale, common, config, write_z):
     bsz, n_a, b1, b2, nh, d = q.shape
-    launch(_stage_l_fwd, (n_a * b2, triton.cdiv(b1, config["block_i"]), bsz * nh),
+    launch(_stage_l_fwd, (n_a * b2, cdiv(b1, config["block_i"]), bsz * nh),
         q, sc.a_l, sc.y, sc.c_l, z, lse, sm_scale, *q.stride()[:5], *common,
         WRITE_Z=write_z, HEAD_DIM=d, DOT_PRECISION=_dot_precision(q.dtype),
         BLOCK_I=config["block_i"], BLOCK_K=config["fwd_block_k"],
@@ -76,7 +75,7 @@ def _update(q, sc: _Scratch, lse, sm_scale, common, config):
     n_f = common[2]
     a_r = torch.empty(bsz, nh, n_a, n_f, b1, b2, d, dtype=q.dtype, device=q.device)
     c_r = torch.empty(bsz, nh, n_a, n_f, b1, b2, dtype=torch.float32, device=q.device)
-    launch(_stage_l_update, (n_a * b2, triton.cdiv(n_f * b1, config["fwd_block_k"]), bsz * nh),
+    launch(_stage_l_update, (n_a * b2, cdiv(n_f * b1, config["fwd_block_k"]), bsz * nh),
         q, sc.a_l, sc.c_l, lse, a_r, c_r, sm_scale, *q.stride()[:5], *common,
         HEAD_DIM=d, DOT_PRECISION=_dot_precision(q.dtype),
         BLOCK_I=config["block_i"], BLOCK_K=config["fwd_block_k"],
@@ -150,8 +149,8 @@ def monarch_attention_bwd(
     r_meta = dict(HEAD_DIM=d, DOT_PRECISION=_dot_precision(q.dtype),
                   BLOCK_J=config["block_j"], BLOCK_L=config["block_l"],
                   num_warps=config["r_warps"], num_stages=config["num_stages"])  # fmt: skip
-    grid_l_kv = (n_a * b2, triton.cdiv(n_f * b1, config["block_k"]), bsz * nh)
-    grid_l_q = (n_a * b2, triton.cdiv(b1, config["block_i"]), bsz * nh)
+    grid_l_kv = (n_a * b2, cdiv(n_f * b1, config["block_k"]), bsz * nh)
+    grid_l_q = (n_a * b2, cdiv(b1, config["block_i"]), bsz * nh)
     for it in reversed(range(num_iters)):
         last, first = it == num_iters - 1, it == 0
         _stage_r(q, k, v, sc, a_rs[it], c_rs[it], sm_scale, common, config, write_y=last, write_lse=True)
@@ -177,10 +176,10 @@ def monarch_attention_bwd(
         )  # fmt: skip
         r_args = (q, k, v, q if first else a_rs[it], sc.c_l if first else c_rs[it], sc.lse_r, da_l, dy, dc_l, delta_r)
         flags = dict(FIRST=first, HAS_Y=last, **r_meta)
-        launch(_stage_r_bwd_kv, (n_f * b1, triton.cdiv(b2, config["block_l"]), bsz * nh),
+        launch(_stage_r_bwd_kv, (n_f * b1, cdiv(b2, config["block_l"]), bsz * nh),
             *r_args, dk, dv, sm_scale, *q.stride()[:5], *strides_kv, *common, ACCUMULATE=not last, **flags,
         )  # fmt: skip
-        launch(_stage_r_bwd_q, (n_a * b1, triton.cdiv(b2, config["block_j"]), bsz * nh),
+        launch(_stage_r_bwd_q, (n_a * b1, cdiv(b2, config["block_j"]), bsz * nh),
             *r_args, dq, d_ar, d_cr, sm_scale, *q.stride()[:5], *strides_kv, *common, **flags,
         )  # fmt: skip
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
