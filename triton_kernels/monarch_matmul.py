@@ -29,10 +29,11 @@ from ._launch import launch
 @triton.jit(do_not_specialize=["rows"])  # a new batch size must not compile a new kernel
 def _block_product(
     X, W, Y,
-    rows, x_stride, y_stride, C, P, x_group, x_elem, y_group, y_elem,
+    rows, x_stride, y_stride, C, P, x_group, x_elem, y_group, y_elem, w_g, w_c, w_p,
     BM: tl.constexpr, BC: tl.constexpr, BP: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    # y[:, g*y_group + c*y_elem] = sum_p x[:, g*x_group + p*x_elem] * W[g, c, p]  (unit strides: 1, specialised)
+    # y[:, g*y_group + c*y_elem] = sum_p x[:, g*x_group + p*x_elem] * W[g, c, p]  (unit strides: 1, specialised);
+    # W[g, c, p] at W + g*w_g + c*w_c + p*w_p: a transposed view of the weights is read in place
     pid_m = tl.program_id(0)
     g = tl.program_id(1)
     pid_c = tl.program_id(2)
@@ -47,7 +48,9 @@ def _block_product(
         x = tl.load(X + offs_m[:, None].to(tl.int64) * x_stride + g * x_group + offs_p[None, :] * x_elem,
                     mask=mask_m[:, None] & mask_p[None, :], other=0.0)  # fmt: skip
         w = tl.load(
-            W + (g * C + offs_c[None, :]) * P + offs_p[:, None], mask=mask_c[None, :] & mask_p[:, None], other=0.0
+            W + g * w_g + offs_c[None, :] * w_c + offs_p[:, None] * w_p,
+            mask=mask_c[None, :] & mask_p[:, None],
+            other=0.0,
         )  # [BP, BC]  fmt: skip
         acc += tl.dot(x, w, input_precision=DOT_PRECISION)  # [BM, BP] @ [BP, BC]
     tl.store(Y + offs_m[:, None].to(tl.int64) * y_stride + g * y_group + offs_c[None, :] * y_elem,
@@ -57,10 +60,11 @@ def _block_product(
 @triton.jit(do_not_specialize=["rows"])
 def _reordered_block_matmul(
     Y1, W2, OUT,
-    rows, y_stride, out_stride, L, S, R,
+    rows, y_stride, out_stride, L, S, R, w_l, w_s, w_r,
     BL: tl.constexpr, BM: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    # out[:, s*L + l] = sum_r y1[:, r*L + l] * W2[l, s, r], for BL consecutive l at once
+    # out[:, s*L + l] = sum_r y1[:, r*L + l] * W2[l, s, r], for BL consecutive l at once; W2[l, s, r] at
+    # W2 + l*w_l + s*w_s + r*w_r
     pid_m = tl.program_id(0)
     pid_l = tl.program_id(1)
     pid_s = tl.program_id(2)
@@ -79,7 +83,7 @@ def _reordered_block_matmul(
             other=0.0,
         )  # [BL, BM, BR]  fmt: skip
         w = tl.load(
-            W2 + (offs_l[:, None, None] * S + offs_s[None, None, :]) * R + offs_r[None, :, None],
+            W2 + offs_l[:, None, None] * w_l + offs_s[None, None, :] * w_s + offs_r[None, :, None] * w_r,
             mask=mask_l[:, None, None] & (offs_r[None, :, None] < R) & (offs_s[None, None, :] < S),
             other=0.0,
         )  # [BL, BR, BS]  fmt: skip
@@ -102,23 +106,25 @@ _BATCHED_L_FROM = 16
 
 
 def _block_diag(x2d, w, out, config, *, x_group=None, x_elem=1, out_group=None, out_elem=1):
-    """out[:, g*out_group + c*out_elem] = sum_p x2d[:, g*x_group + p*x_elem] w[g, c, p] for w (G, C, P);
-    by default both sides contiguous per block (x_group = P, out_group = C)."""
+    """out[:, g*out_group + c*out_elem] = sum_p x2d[:, g*x_group + p*x_elem] w[g, c, p] for w (G, C, P)
+    of any strides (a transposed view is read in place); by default both sides contiguous per block
+    (x_group = P, out_group = C)."""
     g, c, p = w.shape
     rows, bm = x2d.shape[0], config["block_m"]
     if x2d.stride(1) != 1 or out.stride(1) != 1:
         raise ValueError(f"the Monarch matmul kernels take rows of unit stride, got {x2d.stride()}, {out.stride()}")
     bc, bp = _pow2(c), _pow2(p, hi=64)
     launch(_block_product, (triton.cdiv(rows, bm), g, triton.cdiv(c, bc)),
-        x2d, w.contiguous(), out, rows, x2d.stride(0), out.stride(0), c, p,
-        p if x_group is None else x_group, x_elem, c if out_group is None else out_group, out_elem,
+        x2d, w, out, rows, x2d.stride(0), out.stride(0), c, p,
+        p if x_group is None else x_group, x_elem, c if out_group is None else out_group, out_elem, *w.stride(),
         BM=bm, BC=bc, BP=bp, DOT_PRECISION=_precision(x2d.dtype), num_warps=config["num_warps"],
     )  # fmt: skip
     return out
 
 
 def _reordered(y, w, out, config):
-    """out[:, c*L + l] = sum_r y[:, r*L + l] w[l, c, r] for w (L, C, R): the Monarch second product."""
+    """out[:, c*L + l] = sum_r y[:, r*L + l] w[l, c, r] for w (L, C, R) of any strides: the Monarch
+    second product (and, with w2 transposed as a view, the first step of its backward)."""
     l, c, r = w.shape
     rows = y.shape[0]
     if y.stride(1) != 1 or out.stride(1) != 1:
@@ -129,7 +135,7 @@ def _reordered(y, w, out, config):
     # (64-wide bf16 needed 320 KB on an H100), one stage since the r loop is short
     bl, bm2, bs, br = 16, 16, _pow2(c, hi=32), _pow2(r, hi=32)
     launch(_reordered_block_matmul, (triton.cdiv(rows, bm2), triton.cdiv(l, bl), triton.cdiv(c, bs)),
-        y, w.contiguous(), out, rows, y.stride(0), out.stride(0), l, c, r,
+        y, w, out, rows, y.stride(0), out.stride(0), l, c, r, *w.stride(),
         BL=bl, BM=bm2, BS=bs, BR=br, DOT_PRECISION=_precision(y.dtype), num_warps=config["num_warps"],
         num_stages=1,
     )  # fmt: skip
@@ -160,8 +166,8 @@ def monarch_matmul_bwd(
     l, s, r = w2.shape
     rows = x2d.shape[0]
     y1 = _block_diag(x2d, w1, _rows_like(x2d, k * q), config)
-    dy1 = _reordered(dout2d, w2.transpose(1, 2), _rows_like(x2d, k * q), config)  # (l, r, s) blocks
-    dx = _block_diag(dy1, w1.transpose(1, 2), _rows_like(x2d, k * p), config)  # (k, p, q) blocks
+    dy1 = _reordered(dout2d, w2.transpose(1, 2), _rows_like(x2d, k * q), config)  # (l, r, s) views, no copy
+    dx = _block_diag(dy1, w1.transpose(1, 2), _rows_like(x2d, k * p), config)  # (k, p, q) views, no copy
     dw1 = _sum_over_rows(dy1.view(rows, k, q), x2d.view(rows, k, p))
     dw2 = _sum_over_rows(dout2d.view(rows, s, l).transpose(1, 2), y1.view(rows, r, l).transpose(1, 2))
     return dx, dw1, dw2
