@@ -94,16 +94,18 @@ def test_gradcheck_and_opcheck():
 
 @pytest.mark.filterwarnings("ignore:Input #.* is not a double precision")
 def test_gradcheck_and_opcheck_of_the_triton_backward():
-    """The kernels' backward (Triton takes no float64: fp32, its dots in 3-pass tf32, against finite
-    differences in fp32 at a tolerance fp32's rounding of them allows) and the op's schema through it."""
+    """The kernels' backward (Triton takes no float64: fp32, its dots in 3-pass tf32, against central
+    differences, exact up to fp32 rounding for a product linear in each input) and the op's schema
+    through it. The full Jacobian: fast_mode's one projection passed dw2 scaled by 1.01."""
     pytest.importorskip("triton")
     g = torch.Generator().manual_seed(0)
-    x, w1, w2 = (torch.randn(*s, generator=g, requires_grad=True) for s in ((4, 8), (2, 3, 4), (3, 5, 2)))
+    x, w1, w2 = (torch.randn(*s, generator=g).to(DEVICE).requires_grad_() for s in ((2, 4), (2, 2, 2), (2, 2, 2)))
     with skip_unless_supported("triton"):
         assert torch.autograd.gradcheck(lambda *t: m.monarch_matmul(*t, backend="triton"), (x, w1, w2),
-                                        eps=1e-2, atol=2e-3, rtol=2e-3, fast_mode=True)  # fmt: skip
+                                        eps=1e-2, atol=1e-3, rtol=1e-3)  # fmt: skip
     plain = [t.detach() for t in (x, w1, w2)]
-    torch.library.opcheck(ops.monarch_matmul_backward, (torch.randn(4, 15, generator=g), *plain, "triton"))
+    dout = torch.randn(2, 4, generator=g).to(DEVICE)
+    torch.library.opcheck(ops.monarch_matmul_backward, (dout, *plain, "triton"))
 
 
 def test_monarch_linear():
