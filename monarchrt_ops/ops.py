@@ -232,7 +232,7 @@ def _monarch_matmul_run(x, w1, w2, backend):
     """The op's work on checked inputs (the eager fast path's entry: the public function checked them)."""
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     sel = _monarch_matmul_selection(x2, w1, w2, backend, backward=False)
-    out = sel.backend.launch(sel.config, x2, w1, w2)  # the Triton launcher makes the weights contiguous
+    out = sel.backend.launch(sel.config, x2, w1, w2)  # the Triton kernels read the weights' strides
     return out.reshape(*x.shape[:-1], w2.shape[0] * w2.shape[1])
 
 

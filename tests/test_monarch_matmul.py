@@ -42,6 +42,7 @@ CASES = {
     "few-large-blocks": ((4, 32, 48), (4, 40, 32), 37, False),  # l = 4 < 16: Triton's strided second product
     "square-1024-197": ((32, 32, 32), (32, 32, 32), 197, True),
     "square-4096": ((64, 64, 64), (64, 64, 64), 4096 + 17, True),
+    "square-4096-16k-rows": ((64, 64, 64), (64, 64, 64), 16384, True),  # issue 19's shape
     "rect-768-to-384-130": ((8, 192, 96), (24, 16, 64), 130, True),
     "l32-s16": ((16, 32, 16), (32, 16, 16), 64, True),
     "l24-s32": ((8, 48, 32), (24, 32, 16), 1, True),
@@ -51,6 +52,10 @@ CASES = {
     "l48-s16": ((16, 48, 16), (48, 16, 16), 64, True),
 }
 CPU_CASES = [name for name, case in CASES.items() if not case[3]]
+# The backward's GPU tier: issue 19's shapes (n = 4096 with 64 blocks at 16K rows and a partial tile,
+# 1024 with 32 blocks, 768 -> 384) and both forms of each kernel (l >= 16 batched, l < 16 strided).
+BACKWARD_GPU_CASES = ["square-4096-16k-rows", "square-4096", "square-1024-197", "rect-768-to-384-130",
+                      "l8-s48-r128", "l48-s32", "l24-s32"]  # fmt: skip
 
 
 def _weights(s1, s2, g):
@@ -83,8 +88,24 @@ def test_gradcheck_and_opcheck():
     assert torch.autograd.gradcheck(lambda x, a, b: m.monarch_matmul(x, a, b), (x, w1, w2))
     torch.library.opcheck(ops.monarch_matmul, (x.float(), w1.float(), w2.float(), "reference"))
     dout = torch.randn(4, 15)
-    plain = (t.detach().float() for t in (x, w1, w2))  # the backward op has no derivative of its own
+    plain = [t.detach().float() for t in (x, w1, w2)]  # the backward op has no derivative of its own
     torch.library.opcheck(ops.monarch_matmul_backward, (dout, *plain, "reference"))
+
+
+@pytest.mark.filterwarnings("ignore:Input #.* is not a double precision")
+def test_gradcheck_and_opcheck_of_the_triton_backward():
+    """The kernels' backward (Triton takes no float64: fp32, its dots in 3-pass tf32, against central
+    differences, exact up to fp32 rounding for a product linear in each input) and the op's schema
+    through it. The full Jacobian: fast_mode's one projection passed dw2 scaled by 1.01."""
+    pytest.importorskip("triton")
+    g = torch.Generator().manual_seed(0)
+    x, w1, w2 = (torch.randn(*s, generator=g).to(DEVICE).requires_grad_() for s in ((2, 4), (2, 2, 2), (2, 2, 2)))
+    with skip_unless_supported("triton"):
+        assert torch.autograd.gradcheck(lambda *t: m.monarch_matmul(*t, backend="triton"), (x, w1, w2),
+                                        eps=1e-2, atol=1e-3, rtol=1e-3)  # fmt: skip
+    plain = [t.detach() for t in (x, w1, w2)]
+    dout = torch.randn(2, 4, generator=g).to(DEVICE)
+    torch.library.opcheck(ops.monarch_matmul_backward, (dout, *plain, "triton"))
 
 
 def test_monarch_linear():
@@ -136,24 +157,34 @@ def test_forward_matches_float64(backend, name, dtype, poison_empty):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("name", CPU_CASES)
+@pytest.mark.parametrize("name", [*CPU_CASES, *BACKWARD_GPU_CASES])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backward_matches_float64(backend, name, dtype, poison_empty, monkeypatch):
-    """dx, dw1, dw2 with batch dims against float64 autograd of the dense product, by the one rule (held at
-    the floor). 'triton' named runs its kernels (counted: not the closed form); 'cuda' runs the forward
-    and leaves the backward to automatic selection (forward only)."""
+    """dx, dw1, dw2 against float64 autograd, by the one rule (held at the floor): the CPU cases with batch
+    dims against the dense product, the GPU cases at their row counts against the reference backend in
+    float64 on the GPU (the dense product of their factors is test_equals_dense_product_with_gradients').
+    'triton' named runs its kernels (counted: not the closed form); 'cuda' runs the forward and leaves
+    the backward to automatic selection (forward only)."""
     from monarchrt_ops.backends.triton import TritonMonarchMatmul
 
     launched = []
     launch_backward = TritonMonarchMatmul.launch_backward
     monkeypatch.setattr(TritonMonarchMatmul, "launch_backward", lambda *a: launched.append(1) or launch_backward(*a))
-    s1, s2, _, _ = CASES[name]
+    s1, s2, rows, gpu_only = CASES[name]
+    if gpu_only and not GPU:
+        pytest.skip("GPU tier: the backward at a realistic row count")
     g = torch.Generator().manual_seed(1)
     w1, w2 = _weights(s1, s2, g)
-    x = torch.randn(2, 19, s1[0] * s1[2], dtype=torch.float64, generator=g)
-    dout = torch.randn(2, 19, s2[0] * s2[1], dtype=torch.float64, generator=g)
-    ref = [t.clone().requires_grad_() for t in (x, w1, w2)]
-    want = torch.autograd.grad(ref[0] @ dense_monarch(ref[1], ref[2]).T, ref, dout)
+    lead = (rows,) if gpu_only else (2, 19)
+    x = torch.randn(*lead, s1[0] * s1[2], dtype=torch.float64, generator=g)
+    dout = torch.randn(*lead, s2[0] * s2[1], dtype=torch.float64, generator=g)
+    if gpu_only:
+        x, w1, w2, dout = (t.to(DEVICE) for t in (x, w1, w2, dout))
+        ref = [t.clone().requires_grad_() for t in (x, w1, w2)]
+        want = torch.autograd.grad(m.monarch_matmul(*ref, backend="reference"), ref, dout)
+    else:
+        ref = [t.clone().requires_grad_() for t in (x, w1, w2)]
+        want = torch.autograd.grad(ref[0] @ dense_monarch(ref[1], ref[2]).T, ref, dout)
 
     def grads(name_):
         ins = [t.to(DEVICE, dtype).requires_grad_() for t in (x, w1, w2)]
@@ -168,17 +199,71 @@ def test_backward_matches_float64(backend, name, dtype, poison_empty, monkeypatc
         assert_close_to_float64(a, b, c, dtype, at_most=FLOOR[dtype], what=what)
 
 
-@pytest.mark.parametrize("rows", [1, 700, 2048], ids=["one-chunk", "remainder", "even-chunks"])
-def test_weight_gradient_sum_over_row_chunks(rows, monkeypatch):
-    """The weight gradients' split-K over chunks of rows (and the rows left over) equals one sum."""
+def _many_chunks(monkeypatch):
+    """Chunks of the weight gradients' rows as small as the kernels' row step allows (64 or 16 rows)."""
+    from monarchrt_ops.triton_kernels import monarch_matmul as launch
+
+    monkeypatch.setattr(launch, "_MIN_CHUNK_ROWS", 1)
+    monkeypatch.setattr(launch, "_ROWS_PER_PARTIAL", 0)
+    monkeypatch.setattr(launch, "_TARGET_PROGRAMS", 10**6)
+    return launch
+
+
+@pytest.mark.parametrize("rows", [1, 300, 512], ids=["one-chunk", "remainder", "even-chunks"])
+@pytest.mark.parametrize("batched", [False, True], ids=["per-block", "16-blocks"])
+def test_weight_gradient_sums_row_chunks_in_order(rows, batched, monkeypatch):
+    """_weight_grad's per-chunk fp32 partials (_row_sum_partials) and their sum (_sum_chunks), with a
+    partial last chunk, equal the float64 sum over all rows: columns g*M + m (w1's gradient reads them
+    so) or m*G + g, 16 consecutive g at once (w2's; 18 blocks: a partial group)."""
+    pytest.importorskip("triton")
+    launch = _many_chunks(monkeypatch)
+    dtype = torch.bfloat16 if GPU else torch.float32
+    G, M, N = (18, 5, 3) if batched else (3, 20, 17)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(rows, M * G, dtype=torch.float64, generator=g)
+    b = torch.randn(rows, N * G, dtype=torch.float64, generator=g)
+    if batched:
+        strides = {"a_group": 1, "a_elem": G, "b_group": 1, "b_elem": G}
+        blocks = lambda t: t.view(rows, -1, G).transpose(1, 2)  # noqa: E731  [rows, G, M]
+    else:
+        strides = {"a_group": M, "a_elem": 1, "b_group": N, "b_elem": 1}
+        blocks = lambda t: t.view(rows, G, -1)  # noqa: E731
+    want = torch.einsum("igm,ign->gmn", blocks(a), blocks(b))
+    same = torch.einsum("igm,ign->gmn", *(blocks(t.to(dtype).float()) for t in (a, b))).to(dtype)
+    got = launch._weight_grad(a.to(DEVICE, dtype), b.to(DEVICE, dtype), G, M, N, batched=batched, **strides)
+    assert got.dtype == dtype and got.shape == (G, M, N)
+    assert_close_to_float64(got, want, same, dtype, at_most=FLOOR[dtype])
+
+
+@pytest.mark.parametrize("name", ["square-16", "rect-768-to-384", "few-large-blocks", "square-4096-16k-rows"])
+def test_backward_kernels_launch_seven_kernels_and_repeat_bit_for_bit(name, monkeypatch):
+    """Seven launches (y1, dy1, dx, and partials + ordered sum for each weight gradient; no copies), and
+    the same gradients bit for bit on a repeat: no atomics, a fixed order of every sum."""
     pytest.importorskip("triton")
     from monarchrt_ops.triton_kernels import monarch_matmul as launch
 
-    monkeypatch.setattr(launch, "_MIN_CHUNK_ROWS", 128)
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(rows, 6, 5, dtype=torch.float64, generator=g).transpose(1, 2).contiguous().transpose(1, 2)
-    b = torch.randn(rows, 6, 3, dtype=torch.float64, generator=g)
-    torch.testing.assert_close(launch._sum_over_rows(a, b), torch.einsum("rgm,rgn->gmn", a, b), rtol=1e-12, atol=1e-12)
+    s1, s2, rows, gpu_only = CASES[name]
+    if gpu_only and not GPU:
+        pytest.skip("GPU tier: the backward at issue 19's shape")
+    if not gpu_only:  # several chunks and a partial last one at 300 rows
+        rows = 300
+        _many_chunks(monkeypatch)
+    dtype = torch.bfloat16 if GPU else torch.float32
+    g = torch.Generator().manual_seed(2)
+    w1, w2 = (t.to(DEVICE, dtype) for t in _weights(s1, s2, g))
+    x = torch.randn(rows, s1[0] * s1[2], generator=g).to(DEVICE, dtype)
+    dout = torch.randn(rows, s2[0] * s2[1], generator=g).to(DEVICE, dtype)
+    names, real = [], launch.launch
+    monkeypatch.setattr(
+        launch, "launch", lambda kernel, *a, **kw: names.append(kernel.__name__) or real(kernel, *a, **kw)
+    )
+    with skip_unless_supported("triton"):
+        first = ops.monarch_matmul_backward(dout, x, w1, w2, "triton")
+    second = ops.monarch_matmul_backward(dout, x, w1, w2, "triton")
+    step = ["_block_product", "_reordered_block_matmul" if s2[0] >= 16 else "_block_product", "_block_product"]
+    assert names == [*step, *["_row_sum_partials", "_sum_chunks"] * 2] * 2
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_backward_kernels_are_chosen_where_the_h200_table_measured_them_faster(monkeypatch):

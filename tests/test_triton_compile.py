@@ -153,10 +153,15 @@ def test_hadamard_kernels_compile(n, fp32_intermediate, target, monkeypatch):
 def test_monarch_matmul_kernels_compile(shapes, target, monkeypatch):
     from monarchrt_ops.triton_kernels import monarch_matmul as launch
 
-    calls = record(monkeypatch, launch, ["_block_product", "_reordered_block_matmul"])
+    names = ["_block_product", "_reordered_block_matmul", "_row_sum_partials", "_sum_chunks"]
+    calls = record(monkeypatch, launch, names)
     w1, w2 = (torch.randn(*s).to(torch.bfloat16) for s in shapes)
-    x = torch.randn(32, shapes[0][0] * shapes[0][2]).to(torch.bfloat16)
+    rows = 4096  # enough for several chunks of the weight gradients' rows, so their sum launches too
+    x = torch.empty(rows, shapes[0][0] * shapes[0][2], dtype=torch.bfloat16)
     config = {"block_m": 64, "num_warps": 4}
     launch.monarch_matmul_fwd(x, w1, w2, config)
-    launch.monarch_matmul_bwd(torch.randn(32, shapes[1][0] * shapes[1][1]).to(torch.bfloat16), x, w1, w2, config)
+    launch.monarch_matmul_bwd(torch.empty(rows, shapes[1][0] * shapes[1][1], dtype=torch.bfloat16), x, w1, w2, config)
+    assert {fn.__name__ for fn, _, _ in calls} >= set(names) - (
+        {"_reordered_block_matmul"} if shapes[1][0] < 16 else set()
+    )
     check(calls, target)

@@ -10,10 +10,13 @@ kernel scatters 2-byte stores at a stride of L elements: 0.27x of bmm + permute 
 fewer, larger blocks (L < 16, e.g. 4 blocks of 1024) most of such a block would be padding, and
 ``_block_product`` with element stride L runs it as L well-shaped GEMMs instead.
 
-The backward (``monarch_matmul_bwd``) runs the same two kernels in the opposite order with the
-blocks transposed, dy1 = dout B2^T (reorders as the forward's second product) and dx = dy1 B1^T,
-and the weight gradients as batched GEMMs over chunks of rows (cuBLAS through torch.bmm); docs/math.md,
-Monarch matmul.
+The backward (``monarch_matmul_bwd``, seven launches, no copies) runs the same two kernels in the
+opposite order with the blocks transposed (strided views of the weights), dy1 = dout B2^T (reorders
+as the forward's second product) and dx = dy1 B1^T, and the weight gradients, sums over all rows of
+per-block outer products, as ``_row_sum_partials`` (an fp32 partial per chunk of rows; the strided
+columns r L + l of w2's gradient 16 consecutive l at once, as the forward's second product) and
+``_sum_chunks`` (the partials summed in one fixed order: bit-reproducible, no atomics); docs/math.md,
+Monarch matmul; the cost model in docs/design.md, Monarch matmul backward.
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ from ._launch import launch
 @triton.jit(do_not_specialize=["rows"])  # a new batch size must not compile a new kernel
 def _block_product(
     X, W, Y,
-    rows, x_stride, y_stride, C, P, x_group, x_elem, y_group, y_elem,
+    rows, x_stride, y_stride, C, P, x_group, x_elem, y_group, y_elem, w_g, w_c, w_p,
     BM: tl.constexpr, BC: tl.constexpr, BP: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    # y[:, g*y_group + c*y_elem] = sum_p x[:, g*x_group + p*x_elem] * W[g, c, p]  (unit strides: 1, specialised)
+    # y[:, g*y_group + c*y_elem] = sum_p x[:, g*x_group + p*x_elem] * W[g, c, p]  (unit strides: 1, specialised);
+    # W[g, c, p] at W + g*w_g + c*w_c + p*w_p: a transposed view of the weights is read in place
     pid_m = tl.program_id(0)
     g = tl.program_id(1)
     pid_c = tl.program_id(2)
@@ -47,7 +51,9 @@ def _block_product(
         x = tl.load(X + offs_m[:, None].to(tl.int64) * x_stride + g * x_group + offs_p[None, :] * x_elem,
                     mask=mask_m[:, None] & mask_p[None, :], other=0.0)  # fmt: skip
         w = tl.load(
-            W + (g * C + offs_c[None, :]) * P + offs_p[:, None], mask=mask_c[None, :] & mask_p[:, None], other=0.0
+            W + g * w_g + offs_c[None, :] * w_c + offs_p[:, None] * w_p,
+            mask=mask_c[None, :] & mask_p[:, None],
+            other=0.0,
         )  # [BP, BC]  fmt: skip
         acc += tl.dot(x, w, input_precision=DOT_PRECISION)  # [BM, BP] @ [BP, BC]
     tl.store(Y + offs_m[:, None].to(tl.int64) * y_stride + g * y_group + offs_c[None, :] * y_elem,
@@ -57,10 +63,11 @@ def _block_product(
 @triton.jit(do_not_specialize=["rows"])
 def _reordered_block_matmul(
     Y1, W2, OUT,
-    rows, y_stride, out_stride, L, S, R,
+    rows, y_stride, out_stride, L, S, R, w_l, w_s, w_r,
     BL: tl.constexpr, BM: tl.constexpr, BS: tl.constexpr, BR: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    # out[:, s*L + l] = sum_r y1[:, r*L + l] * W2[l, s, r], for BL consecutive l at once
+    # out[:, s*L + l] = sum_r y1[:, r*L + l] * W2[l, s, r], for BL consecutive l at once; W2[l, s, r] at
+    # W2 + l*w_l + s*w_s + r*w_r
     pid_m = tl.program_id(0)
     pid_l = tl.program_id(1)
     pid_s = tl.program_id(2)
@@ -79,13 +86,77 @@ def _reordered_block_matmul(
             other=0.0,
         )  # [BL, BM, BR]  fmt: skip
         w = tl.load(
-            W2 + (offs_l[:, None, None] * S + offs_s[None, None, :]) * R + offs_r[None, :, None],
+            W2 + offs_l[:, None, None] * w_l + offs_s[None, None, :] * w_s + offs_r[None, :, None] * w_r,
             mask=mask_l[:, None, None] & (offs_r[None, :, None] < R) & (offs_s[None, None, :] < S),
             other=0.0,
         )  # [BL, BR, BS]  fmt: skip
         acc += tl.dot(y, w, input_precision=DOT_PRECISION)  # batched over l: [BM, BR] @ [BR, BS]
     tl.store(OUT + rows_ptr * out_stride + offs_s[None, None, :] * L + offs_l[:, None, None],
              acc.to(OUT.dtype.element_ty), mask=mask_lm & (offs_s[None, None, :] < S))  # fmt: skip
+
+
+@triton.jit(do_not_specialize=["rows", "chunk_rows"])
+def _row_sum_partials(
+    A, B, PART,
+    rows, chunk_rows, a_stride, b_stride, G, M, N, a_group, a_elem, b_group, b_elem,
+    BL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    # PART[chunk, g, m, n] = sum over the chunk's rows i of A[i, g*a_group + m*a_elem] * B[i, g*b_group + n*b_elem]
+    # in fp32, rows in increasing order, for one block g (BL = 1: a 2-D dot) or BL consecutive g at once
+    # (a batched dot over g); PART in the gradient's own dtype (rounded once) where one chunk takes every row
+    tiles_n = tl.cdiv(N, BN)
+    offs_m = (tl.program_id(0) // tiles_n) * BM + tl.arange(0, BM)
+    offs_n = (tl.program_id(0) % tiles_n) * BN + tl.arange(0, BN)
+    chunk = tl.program_id(2)
+    first = chunk * chunk_rows
+    end = tl.minimum(first + chunk_rows, rows)
+    offs_k = tl.arange(0, BK)
+    if BL == 1:
+        g = tl.program_id(1)
+        mask_a = offs_m[:, None] < M
+        mask_b = offs_n[None, :] < N
+        a_ptr = A + first.to(tl.int64) * a_stride + g * a_group + offs_m[:, None] * a_elem + offs_k[None, :] * a_stride
+        b_ptr = B + first.to(tl.int64) * b_stride + g * b_group + offs_n[None, :] * b_elem + offs_k[:, None] * b_stride
+        acc = tl.zeros([BM, BN], tl.float32)
+        for i0 in range(first, end, BK):
+            a = tl.load(a_ptr, mask=mask_a & (i0 + offs_k[None, :] < end), other=0.0)  # [BM, BK]
+            b = tl.load(b_ptr, mask=mask_b & (i0 + offs_k[:, None] < end), other=0.0)  # [BK, BN]
+            acc += tl.dot(a, b, input_precision=DOT_PRECISION)
+            a_ptr += BK * a_stride
+            b_ptr += BK * b_stride
+        part = ((chunk * G + g).to(tl.int64) * M + offs_m[:, None]) * N + offs_n[None, :]
+        tl.store(PART + part, acc.to(PART.dtype.element_ty), mask=mask_a & mask_b)
+    else:
+        offs_g = tl.program_id(1) * BL + tl.arange(0, BL)
+        mask_a = (offs_g[:, None, None] < G) & (offs_m[None, :, None] < M)  # [BL, BM, 1]
+        mask_b = (offs_g[:, None, None] < G) & (offs_n[None, None, :] < N)  # [BL, 1, BN]
+        a_ptr = (A + first.to(tl.int64) * a_stride + offs_g[:, None, None] * a_group + offs_m[None, :, None] * a_elem
+                 + offs_k[None, None, :] * a_stride)  # fmt: skip
+        b_ptr = (B + first.to(tl.int64) * b_stride + offs_g[:, None, None] * b_group + offs_n[None, None, :] * b_elem
+                 + offs_k[None, :, None] * b_stride)  # fmt: skip
+        acc = tl.zeros([BL, BM, BN], tl.float32)
+        for i0 in range(first, end, BK):
+            a = tl.load(a_ptr, mask=mask_a & (i0 + offs_k[None, None, :] < end), other=0.0)  # [BL, BM, BK]
+            b = tl.load(b_ptr, mask=mask_b & (i0 + offs_k[None, :, None] < end), other=0.0)  # [BL, BK, BN]
+            acc += tl.dot(a, b, input_precision=DOT_PRECISION)  # batched over g: [BM, BK] @ [BK, BN]
+            a_ptr += BK * a_stride
+            b_ptr += BK * b_stride
+        block = (chunk * G + offs_g[:, None, None]).to(tl.int64)
+        part = (block * M + offs_m[None, :, None]) * N + offs_n[None, None, :]
+        tl.store(PART + part, acc.to(PART.dtype.element_ty), mask=mask_a & mask_b)
+
+
+@triton.jit
+def _sum_chunks(PART, OUT, numel, chunks, BLOCK: tl.constexpr):
+    # OUT[j] = (PART[0, j] + PART[1, j]) + PART[2, j] + ...: one fixed order, no atomics (bit-reproducible)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    acc = tl.zeros([BLOCK], tl.float32)
+    part = PART + offs
+    for _ in range(0, chunks):
+        acc += tl.load(part, mask=mask, other=0.0)
+        part += numel
+    tl.store(OUT + offs, acc.to(OUT.dtype.element_ty), mask=mask)
 
 
 def _pow2(n: int, lo: int = 16, hi: int = 128) -> int:
@@ -97,28 +168,30 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 # The second product takes blocks of BL = 16 consecutive l (_reordered_block_matmul) from this many l on;
-# below, L strided GEMMs (_block_product with element stride L).
+# below, L strided GEMMs (_block_product with element stride L). The same rule for w2's gradient.
 _BATCHED_L_FROM = 16
 
 
 def _block_diag(x2d, w, out, config, *, x_group=None, x_elem=1, out_group=None, out_elem=1):
-    """out[:, g*out_group + c*out_elem] = sum_p x2d[:, g*x_group + p*x_elem] w[g, c, p] for w (G, C, P);
-    by default both sides contiguous per block (x_group = P, out_group = C)."""
+    """out[:, g*out_group + c*out_elem] = sum_p x2d[:, g*x_group + p*x_elem] w[g, c, p] for w (G, C, P)
+    of any strides (a transposed view is read in place); by default both sides contiguous per block
+    (x_group = P, out_group = C)."""
     g, c, p = w.shape
     rows, bm = x2d.shape[0], config["block_m"]
     if x2d.stride(1) != 1 or out.stride(1) != 1:
         raise ValueError(f"the Monarch matmul kernels take rows of unit stride, got {x2d.stride()}, {out.stride()}")
     bc, bp = _pow2(c), _pow2(p, hi=64)
     launch(_block_product, (triton.cdiv(rows, bm), g, triton.cdiv(c, bc)),
-        x2d, w.contiguous(), out, rows, x2d.stride(0), out.stride(0), c, p,
-        p if x_group is None else x_group, x_elem, c if out_group is None else out_group, out_elem,
+        x2d, w, out, rows, x2d.stride(0), out.stride(0), c, p,
+        p if x_group is None else x_group, x_elem, c if out_group is None else out_group, out_elem, *w.stride(),
         BM=bm, BC=bc, BP=bp, DOT_PRECISION=_precision(x2d.dtype), num_warps=config["num_warps"],
     )  # fmt: skip
     return out
 
 
 def _reordered(y, w, out, config):
-    """out[:, c*L + l] = sum_r y[:, r*L + l] w[l, c, r] for w (L, C, R): the Monarch second product."""
+    """out[:, c*L + l] = sum_r y[:, r*L + l] w[l, c, r] for w (L, C, R) of any strides: the Monarch
+    second product (and, with w2 transposed as a view, the first step of its backward)."""
     l, c, r = w.shape
     rows = y.shape[0]
     if y.stride(1) != 1 or out.stride(1) != 1:
@@ -129,10 +202,64 @@ def _reordered(y, w, out, config):
     # (64-wide bf16 needed 320 KB on an H100), one stage since the r loop is short
     bl, bm2, bs, br = 16, 16, _pow2(c, hi=32), _pow2(r, hi=32)
     launch(_reordered_block_matmul, (triton.cdiv(rows, bm2), triton.cdiv(l, bl), triton.cdiv(c, bs)),
-        y, w.contiguous(), out, rows, y.stride(0), out.stride(0), l, c, r,
+        y, w, out, rows, y.stride(0), out.stride(0), l, c, r, *w.stride(),
         BL=bl, BM=bm2, BS=bs, BR=br, DOT_PRECISION=_precision(y.dtype), num_warps=config["num_warps"],
         num_stages=1,
     )  # fmt: skip
+    return out
+
+
+# The weight gradients sum over every row: one program per (block, tile) over all rows would run on
+# as few CTAs as there are output tiles (64 for 64 blocks of 64 x 64, of 132 SMs on an H200), so the
+# rows are split into chunks until the grid has about _TARGET_PROGRAMS programs (8 per SM of an H200),
+# each chunk's fp32 partial written by _row_sum_partials and the chunks summed by _sum_chunks in a
+# fixed order. A chunk keeps at least _MIN_CHUNK_ROWS rows and _ROWS_PER_PARTIAL * M N / (M + N), so
+# the fp32 partials it writes are at most 1/8 of the bytes it reads (4 M N against 2 rows (M + N)).
+_TARGET_PROGRAMS = 1056
+_MIN_CHUNK_ROWS = 128
+_ROWS_PER_PARTIAL = 16
+
+
+def _weight_tiles(batched: bool) -> dict:
+    """Tiles of _row_sum_partials (not from the table: the tuner times forwards only; none measured yet).
+    Batched over 16 consecutive blocks: 32-byte runs of the strided columns r L + l, as
+    _reordered_block_matmul; its [16, 32, 32] fp32 accumulator (64 KB) on 8 warps (ptxas for sm_90a:
+    128 registers, no spills; 32 KB of shared memory). One block at a time: 64 x 64 tiles, 64 rows a
+    step, 3 stages (wgmma on sm_90a from 64-wide blocks; 64 registers, 48 KB of shared memory)."""
+    if batched:
+        return {"BL": 16, "hi": 32, "BK": 16, "num_warps": 8, "num_stages": 2}
+    return {"BL": 1, "hi": 64, "BK": 64, "num_warps": 4, "num_stages": 3}
+
+
+def _row_chunks(rows: int, m: int, n: int, programs_per_chunk: int, bk: int) -> tuple[int, int]:
+    """``(chunk_rows, chunks)``: the rows of one chunk (a multiple of bk) and how many chunks cover ``rows``."""
+    least = max(_MIN_CHUNK_ROWS, -(-_ROWS_PER_PARTIAL * m * n // (m + n)))
+    chunks = max(1, min(rows // least, -(-_TARGET_PROGRAMS // programs_per_chunk)))
+    chunk_rows = triton.cdiv(triton.cdiv(rows, chunks), bk) * bk
+    return chunk_rows, triton.cdiv(rows, chunk_rows)
+
+
+def _weight_grad(a, b, g, m, n, *, a_group, a_elem, b_group, b_elem, batched):
+    """``[g, m, n] = sum_rows a[:, g*a_group + m*a_elem] * b[:, g*b_group + n*b_elem]`` in a's dtype,
+    accumulated in fp32 and rounded once: _row_sum_partials per chunk of rows, then _sum_chunks (one
+    launch where a single chunk takes every row)."""
+    rows = a.shape[0]
+    out = torch.empty(g, m, n, dtype=a.dtype, device=a.device)
+    if rows == 0:
+        return out.zero_()  # a sum over no rows
+    t = _weight_tiles(batched)
+    bl, bk = t["BL"], t["BK"]
+    bm, bn = _pow2(m, hi=t["hi"]), _pow2(n, hi=t["hi"])
+    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+    chunk_rows, chunks = _row_chunks(rows, m, n, tiles * triton.cdiv(g, bl), bk)
+    part = out if chunks == 1 else torch.empty(chunks, g, m, n, dtype=torch.float32, device=a.device)
+    launch(_row_sum_partials, (tiles, triton.cdiv(g, bl), chunks),
+        a, b, part, rows, chunk_rows, a.stride(0), b.stride(0), g, m, n, a_group, a_elem, b_group, b_elem,
+        BL=bl, BM=bm, BN=bn, BK=bk, DOT_PRECISION=_precision(a.dtype), num_warps=t["num_warps"],
+        num_stages=t["num_stages"],
+    )  # fmt: skip
+    if chunks > 1:
+        launch(_sum_chunks, (triton.cdiv(out.numel(), 1024),), part, out, out.numel(), chunks, BLOCK=1024)
     return out
 
 
@@ -149,69 +276,19 @@ def monarch_matmul_fwd(x2d: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, co
     return _reordered(y1, w2, _rows_like(x2d, s * l), config)
 
 
-@guarded(_block_product, _reordered_block_matmul)
+@guarded(_block_product, _reordered_block_matmul, _row_sum_partials, _sum_chunks)
 def monarch_matmul_bwd(
     dout2d: torch.Tensor, x2d: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, config: dict
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients ``(dx2d, dw1, dw2)`` of :func:`monarch_matmul_fwd` for ``dout2d [rows, s*l]``:
-    y1 recomputed, dy1 = dout B2^T and dx = dy1 B1^T by the forward's kernels with the blocks
-    transposed, dw1 = sum_rows dy1^T x and dw2 = sum_rows dout^T y1 per block (:func:`_sum_over_rows`)."""
+    """Gradients ``(dx2d, dw1, dw2)`` of :func:`monarch_matmul_fwd` for ``dout2d [rows, s*l]``, in seven
+    launches and no copies: y1 recomputed, dy1 = dout B2^T and dx = dy1 B1^T by the forward's kernels
+    reading the transposed blocks as strided views, dw1[g] = sum_rows dy1_g^T x_g and dw2[l] =
+    sum_rows dout_l^T y1_l (the strided columns s L + l, r L + l read in place) by :func:`_weight_grad`."""
     k, q, p = w1.shape
     l, s, r = w2.shape
-    rows = x2d.shape[0]
     y1 = _block_diag(x2d, w1, _rows_like(x2d, k * q), config)
-    dy1 = _reordered(dout2d, w2.transpose(1, 2), _rows_like(x2d, k * q), config)  # (l, r, s) blocks
-    dx = _block_diag(dy1, w1.transpose(1, 2), _rows_like(x2d, k * p), config)  # (k, p, q) blocks
-    dw1 = _sum_over_rows(dy1.view(rows, k, q), x2d.view(rows, k, p))
-    dw2 = _sum_over_rows(dout2d.view(rows, s, l).transpose(1, 2), y1.view(rows, r, l).transpose(1, 2))
+    dy1 = _reordered(dout2d, w2.transpose(1, 2), _rows_like(x2d, k * q), config)  # (l, r, s) views, no copy
+    dx = _block_diag(dy1, w1.transpose(1, 2), _rows_like(x2d, k * p), config)  # (k, p, q) views, no copy
+    dw1 = _weight_grad(dy1, x2d, k, q, p, a_group=q, a_elem=1, b_group=p, b_elem=1, batched=False)
+    dw2 = _weight_grad(dout2d, y1, l, s, r, a_group=1, a_elem=l, b_group=1, b_elem=l, batched=l >= _BATCHED_L_FROM)
     return dx, dw1, dw2
-
-
-# One batched GEMM per block over all rows (M, N = the block sizes, K = rows) runs on as many CTAs as
-# its output has 128 x 128 tiles: 64 blocks of 64 x 64 x 16K ran at ~6 TFLOP/s on the H200. Split the
-# rows into chunks of at least _MIN_CHUNK_ROWS until there are about _TARGET_TILES output tiles, and sum
-# the chunks' fp32 partials in a fixed order (deterministic; the partials take chunks x G x M x N x 4
-# bytes, at most ~_TARGET_TILES x 64 KB).
-_MIN_CHUNK_ROWS = 512
-_TARGET_TILES = 1024
-
-
-def _sum_over_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a [rows, G, M]``, ``b [rows, G, N]`` -> ``[G, M, N] = sum_rows a[:, g]^T b[:, g]``, each
-    product accumulated in fp32 (float64 for float64) and rounded once at the end."""
-    rows, g, m = a.shape
-    n_out = b.shape[2]
-    tiles = g * -(-m // 128) * -(-n_out // 128)
-    chunks = max(1, min(rows // _MIN_CHUNK_ROWS, -(-_TARGET_TILES // tiles)))
-    n = rows // chunks
-    whole = chunks * n
-    a_c = a[:whole].reshape(chunks, n, g, m).permute(0, 2, 3, 1).reshape(chunks * g, m, n)
-    b_c = b[:whole].reshape(chunks, n, g, n_out).transpose(1, 2).reshape(chunks * g, n, n_out)
-    out = _bmm_wide(a_c, b_c).view(chunks, g, m, n_out).sum(0)
-    if whole < rows:
-        out += _bmm_wide(a[whole:].permute(1, 2, 0), b[whole:].transpose(0, 1))
-    return out.to(a.dtype)
-
-
-def _bmm_wide(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` batched, accumulated and returned in fp32 (float64 for float64): half inputs on a GPU
-    through cuBLAS's fp32 output (``torch.bmm(..., out_dtype=)``) where this torch has it, else (and on
-    the CPU) cast to the wide type first."""
-    wide = torch.promote_types(a.dtype, torch.float32)
-    if a.is_cuda and a.dtype in (torch.float16, torch.bfloat16) and _bmm_has_out_dtype(a.device):
-        return torch.bmm(a, b, out_dtype=torch.float32)
-    return torch.bmm(a.to(wide), b.to(wide))
-
-
-_OUT_DTYPE: dict = {}
-
-
-def _bmm_has_out_dtype(device: torch.device) -> bool:
-    """Whether ``torch.bmm(..., out_dtype=float32)`` runs on ``device`` (tried once per device)."""
-    if device not in _OUT_DTYPE:
-        try:
-            probe = torch.zeros(1, 16, 16, dtype=torch.bfloat16, device=device)
-            _OUT_DTYPE[device] = torch.bmm(probe, probe, out_dtype=torch.float32).dtype == torch.float32
-        except (RuntimeError, NotImplementedError, TypeError):
-            _OUT_DTYPE[device] = False
-    return _OUT_DTYPE[device]
