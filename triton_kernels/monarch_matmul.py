@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from ._interpreter import guarded
-from ._launch import launch
+from ._launch import cdiv, launch
 
 
 @triton.jit(do_not_specialize=["rows"])  # a new batch size must not compile a new kernel
@@ -181,7 +181,7 @@ def _block_diag(x2d, w, out, config, *, x_group=None, x_elem=1, out_group=None, 
     if x2d.stride(1) != 1 or out.stride(1) != 1:
         raise ValueError(f"the Monarch matmul kernels take rows of unit stride, got {x2d.stride()}, {out.stride()}")
     bc, bp = _pow2(c), _pow2(p, hi=64)
-    launch(_block_product, (triton.cdiv(rows, bm), g, triton.cdiv(c, bc)),
+    launch(_block_product, (cdiv(rows, bm), g, cdiv(c, bc)),
         x2d, w, out, rows, x2d.stride(0), out.stride(0), c, p,
         p if x_group is None else x_group, x_elem, c if out_group is None else out_group, out_elem, *w.stride(),
         BM=bm, BC=bc, BP=bp, DOT_PRECISION=_precision(x2d.dtype), num_warps=config["num_warps"],
@@ -201,7 +201,7 @@ def _reordered(y, w, out, config):
     # [BL, BR, BS] weight and [BL, BM, BR] input blocks: 32-wide keeps both within shared memory
     # (64-wide bf16 needed 320 KB on an H100), one stage since the r loop is short
     bl, bm2, bs, br = 16, 16, _pow2(c, hi=32), _pow2(r, hi=32)
-    launch(_reordered_block_matmul, (triton.cdiv(rows, bm2), triton.cdiv(l, bl), triton.cdiv(c, bs)),
+    launch(_reordered_block_matmul, (cdiv(rows, bm2), cdiv(l, bl), cdiv(c, bs)),
         y, w, out, rows, y.stride(0), out.stride(0), l, c, r, *w.stride(),
         BL=bl, BM=bm2, BS=bs, BR=br, DOT_PRECISION=_precision(y.dtype), num_warps=config["num_warps"],
         num_stages=1,
@@ -235,8 +235,8 @@ def _row_chunks(rows: int, m: int, n: int, programs_per_chunk: int, bk: int) -> 
     """``(chunk_rows, chunks)``: the rows of one chunk (a multiple of bk) and how many chunks cover ``rows``."""
     least = max(_MIN_CHUNK_ROWS, -(-_ROWS_PER_PARTIAL * m * n // (m + n)))
     chunks = max(1, min(rows // least, -(-_TARGET_PROGRAMS // programs_per_chunk)))
-    chunk_rows = triton.cdiv(triton.cdiv(rows, chunks), bk) * bk
-    return chunk_rows, triton.cdiv(rows, chunk_rows)
+    chunk_rows = cdiv(cdiv(rows, chunks), bk) * bk
+    return chunk_rows, cdiv(rows, chunk_rows)
 
 
 def _weight_grad(a, b, g, m, n, *, a_group, a_elem, b_group, b_elem, batched):
@@ -250,16 +250,16 @@ def _weight_grad(a, b, g, m, n, *, a_group, a_elem, b_group, b_elem, batched):
     t = _weight_tiles(batched)
     bl, bk = t["BL"], t["BK"]
     bm, bn = _pow2(m, hi=t["hi"]), _pow2(n, hi=t["hi"])
-    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
-    chunk_rows, chunks = _row_chunks(rows, m, n, tiles * triton.cdiv(g, bl), bk)
+    tiles = cdiv(m, bm) * cdiv(n, bn)
+    chunk_rows, chunks = _row_chunks(rows, m, n, tiles * cdiv(g, bl), bk)
     part = out if chunks == 1 else torch.empty(chunks, g, m, n, dtype=torch.float32, device=a.device)
-    launch(_row_sum_partials, (tiles, triton.cdiv(g, bl), chunks),
+    launch(_row_sum_partials, (tiles, cdiv(g, bl), chunks),
         a, b, part, rows, chunk_rows, a.stride(0), b.stride(0), g, m, n, a_group, a_elem, b_group, b_elem,
         BL=bl, BM=bm, BN=bn, BK=bk, DOT_PRECISION=_precision(a.dtype), num_warps=t["num_warps"],
         num_stages=t["num_stages"],
     )  # fmt: skip
     if chunks > 1:
-        launch(_sum_chunks, (triton.cdiv(out.numel(), 1024),), part, out, out.numel(), chunks, BLOCK=1024)
+        launch(_sum_chunks, (cdiv(out.numel(), 1024),), part, out, out.numel(), chunks, BLOCK=1024)
     return out
 
 
