@@ -9,6 +9,7 @@ import torch
 from . import ops, tables
 from .amp import autocast_dtype_of, autocast_inputs
 from .arch import arch_of
+from .attention import _check_int
 from .limits import check_monarch_matmul
 from .registry import backend_names
 
@@ -113,11 +114,9 @@ class MonarchLinear(torch.nn.Module):
         matmul: str | None = None,
     ):
         super().__init__()
-        for name, value in (("in_features", in_features), ("out_features", out_features), ("nblocks", nblocks)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-            if value < 1:
-                raise ValueError(f"{name}={value} must be >= 1")
+        in_features = _check_int("in_features", in_features)  # numpy integers too, as nn.Linear takes
+        out_features = _check_int("out_features", out_features)
+        nblocks = _check_int("nblocks", nblocks)
         if in_features % nblocks or out_features % nblocks:
             raise ValueError(
                 f"in_features={in_features} and out_features={out_features} must divide by nblocks={nblocks}"

@@ -257,6 +257,15 @@ def test_monarch_linear_rejects_bad_sizes(args, exc, match):
         m.MonarchLinear(*args)
 
 
+def test_monarch_linear_takes_numpy_integer_sizes():
+    np = pytest.importorskip("numpy")
+    layer = m.MonarchLinear(np.int64(16), np.int32(8), np.int64(4), dtype=torch.float64)
+    assert (layer.in_features, layer.out_features, layer.nblocks) == (16, 8, 4)
+    assert type(layer.in_features) is int  # stored as Python ints: shapes, repr and table keys as before
+    x = torch.randn(3, 16, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), x @ layer.dense_weight().T + layer.bias)
+
+
 # Autocast (issue 18): monarch_matmul runs in the autocast dtype like torch.matmul, eagerly and compiled,
 # and MonarchLinear is a drop-in nn.Linear inside an autocast region.
 def _compiled(fn, backend):
