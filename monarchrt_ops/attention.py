@@ -10,7 +10,7 @@ import torch
 from . import ops
 from .amp import autocast_dtype_of, autocast_inputs
 from .layout import Tiling, causal_block_tiles, from_tiles, tile_sequence_as_tiles, to_tile_sequence, to_tiles
-from .limits import MAX_HEAD_DIM, MAX_NUM_ITERS, SM_SCALE_RANGE
+from .limits import MAX_HEAD_DIM, MAX_NUM_ITERS, SM_SCALE_RANGE, check_cache_buffers
 from .registry import backend_names
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -294,7 +294,7 @@ def write_kv_cache(
     _check_qkv(new_v, k_cache, v_cache, names=("new_v", "k_cache", "v_cache"))
     if new_k.shape != new_v.shape:
         raise ValueError(f"new_k and new_v differ in shape: {tuple(new_k.shape)} vs {tuple(new_v.shape)}")
-    _check_writable_cache(k_cache, v_cache, new_k, new_v)
+    check_cache_buffers(k_cache, v_cache, new_k, new_v)
     tiling = make_tiling(frame_shape, f_tied, h_reduce, w_reduce)
     max_frames = _check_seq("k_cache", k_cache.shape[1], tiling)
     n_new = _check_seq("new_k", new_k.shape[1], tiling)
@@ -306,35 +306,6 @@ def write_kv_cache(
     start = start_frame * tiling.tokens_per_frame
     with torch.no_grad():
         ops.kv_cache_write(k_cache, v_cache, to_tile_sequence(new_k, tiling), to_tile_sequence(new_v, tiling), start)
-
-
-def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether two tensors may share memory (same storage, overlapping byte ranges)."""
-    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
-        return False
-
-    def span(x):
-        first = x.storage_offset() * x.element_size()
-        last = first + sum((n - 1) * st for n, st in zip(x.shape, x.stride(), strict=True)) * x.element_size()
-        return first, last + x.element_size()
-
-    (a0, a1), (b0, b1) = span(a), span(b)
-    return a0 < b1 and b0 < a1
-
-
-def _check_writable_cache(k_cache, v_cache, new_k, new_v) -> None:
-    """A cache write copies in place: the buffers must own distinct, non-broadcast memory."""
-    for name, x in (("k_cache", k_cache), ("v_cache", v_cache)):
-        if any(st == 0 and n > 1 for n, st in zip(x.shape, x.stride(), strict=True)):
-            raise ValueError(f"{name} is a broadcast (stride-0) view; a cache needs its own memory")
-    if torch.compiler.is_compiling():
-        return  # storages cannot be compared while tracing; eager calls check them
-    if _overlap(k_cache, v_cache):
-        raise ValueError("k_cache and v_cache share memory; pass two separate buffers")
-    for name, x in (("new_k", new_k), ("new_v", new_v)):
-        for cname, c in (("k_cache", k_cache), ("v_cache", v_cache)):
-            if _overlap(x, c):
-                raise ValueError(f"{name} shares memory with {cname}; pass a tensor of its own (e.g. .clone())")
 
 
 class _NewKVGrad(torch.autograd.Function):

@@ -193,3 +193,53 @@ def test_new_kv_length_does_not_recompile():
     for kv_frames in (3, 4, 16, 17, 20):
         m.monarch_attention_kv_cache(q, k_cache, v_cache, kv_frames, shape, backend="triton")
     assert compiled() == before
+
+
+# --- the op's own checks (issue 18 item 5): a direct torch.ops call skips the public functions ------
+def _direct_backward_args():
+    q = torch.randn(1, 2, 6, 10, 2, 8)  # tile order of the identity tiling of 2 frames of 6x10
+    out, lse = m.ops.attention(q, q, q, 0.3, 0, 1, "reference")
+    return [out, lse, q, q, q, out, lse, 0.3, 0, 1, "reference"]
+
+
+@pytest.mark.parametrize(
+    "position, value, exc, match",
+    [
+        (0, lambda a: a[0][:, :1], ValueError, "attention_backward: dout must have shape (1, 2, 6, 10, 2, 8)"),
+        (1, lambda a: a[1][..., :1], ValueError, "attention_backward: dlse must have shape (1, 2, 6, 10, 2)"),
+        (1, lambda a: a[1].double(), ValueError, "dlse must have shape (1, 2, 6, 10, 2), dtype torch.float32"),
+        (5, lambda a: a[5].to("meta"), ValueError, "out must have shape"),
+        (3, lambda a: a[3].double(), TypeError, "q, k, v must share a float dtype"),
+        (9, lambda a: 0, ValueError, "num_iters=0 must be in 1..16"),
+        (7, lambda a: 1e30, ValueError, "sm_scale=1e+30 must be in"),
+    ],
+    ids=["dout-shape", "dlse-shape", "dlse-dtype", "out-device", "k-dtype", "num_iters-0", "sm_scale"],
+)
+def test_backward_op_checks_its_own_arguments(position, value, exc, match):
+    """attention_backward had no checks: num_iters=0 or a huge sm_scale returned numbers, wrong
+    shapes failed deep inside the backend with a broadcasting RuntimeError."""
+    import re
+
+    args = _direct_backward_args()
+    args[position] = value(args)
+    with pytest.raises(exc, match=re.escape(match)):
+        m.ops.attention_backward(*args)
+    with pytest.raises(exc, match=re.escape(match)), torch._subclasses.FakeTensorMode(allow_non_fake_inputs=True):
+        m.ops.attention_backward(*args)  # the fake impl (compile, opcheck) checks the same
+
+
+def test_forward_op_checks_dtypes_and_devices():
+    q = torch.randn(1, 2, 6, 10, 2, 8)
+    with pytest.raises(TypeError, match="q, k, v must share a float dtype"):
+        m.ops.attention(q, q.double(), q, 0.3, 0, 1, "reference")
+    with pytest.raises(TypeError, match="q, k, v must share a float dtype"):
+        m.ops.attention(*(q.long(),) * 3, 0.3, 0, 1, "reference")
+    with pytest.raises(ValueError, match="q, k, v must be on one device"):
+        m.ops.attention(q, q, q.to("meta"), 0.3, 0, 1, "reference")
+
+
+def test_backward_op_fake_impl_passes_valid_arguments():
+    args = _direct_backward_args()
+    with torch._subclasses.FakeTensorMode(allow_non_fake_inputs=True):
+        grads = m.ops.attention_backward(*args)
+    assert [g.shape for g in grads] == [args[2].shape] * 3

@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import qkv
 
-from monarchrt_ops import MonarchKVCache, monarch_attention
+from monarchrt_ops import MonarchKVCache, monarch_attention, ops
 
 SHAPE = (4, 6)
 HW = SHAPE[0] * SHAPE[1]
@@ -204,3 +204,42 @@ def test_autocast_casts_the_query_and_the_filled_slice_and_never_the_writes():
         with pytest.raises(TypeError, match="new_k.dtype=torch.bfloat16, but this cache holds torch.float32"):
             cache.append(frames_of(k, 2, 4).bfloat16(), frames_of(v, 2, 4).bfloat16())
     assert cache.k_buffer.dtype == torch.float32
+
+
+# --- the kv_cache_write op's own checks (issue 18 items 4, 5): a direct torch.ops call ----------------
+def _write_args():
+    return [torch.zeros(1, 240, 2, 8), torch.zeros(1, 240, 2, 8), torch.randn(1, 60, 2, 8), torch.randn(1, 60, 2, 8), 0]
+
+
+@pytest.mark.parametrize(
+    "position, value, exc, match",
+    [
+        (2, lambda a: a[2].double(), TypeError, "must share a float dtype (a write never casts)"),
+        (0, lambda a: a[0].long(), TypeError, "must share a float dtype"),
+        (3, lambda a: a[3].to("meta"), ValueError, "must be on one device, got cpu, cpu, cpu, meta"),
+        (1, lambda a: a[0], ValueError, "k_cache and v_cache share memory"),
+        (0, lambda a: torch.zeros(1, 1, 2, 8).expand(1, 240, 2, 8), ValueError, "k_cache is a broadcast"),
+        (2, lambda a: a[1][:, 60:120], ValueError, "new_k shares memory with v_cache"),
+        (4, lambda a: 200, ValueError, "start=200: tokens [200, 260) do not fit 240"),
+    ],
+    ids=["dtype", "int-cache", "device", "aliased-caches", "stride-0", "new_k-aliases", "start"],
+)
+def test_write_op_checks_its_own_arguments(position, value, exc, match):
+    """A direct kv_cache_write used to cast silently, write across devices, write one buffer twice
+    (k and v aliased) or fail inside copy_ (stride-0 cache)."""
+    import re
+
+    args = _write_args()
+    args[position] = value(args)
+    with pytest.raises(exc, match=re.escape(match)):
+        ops.kv_cache_write(*args)
+
+
+def test_write_op_fake_impl_checks_shapes_and_dtypes():
+    args = _write_args()
+    args[2] = args[2].double()
+    with (
+        pytest.raises(TypeError, match="must share a float dtype"),
+        torch._subclasses.FakeTensorMode(allow_non_fake_inputs=True),
+    ):
+        ops.kv_cache_write(*args)
