@@ -14,6 +14,7 @@ from .limits import MAX_HEAD_DIM, MAX_NUM_ITERS, SM_SCALE_RANGE, check_cache_buf
 from .registry import backend_names
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+TILING_FACTORS = ("f_tied", "h_reduce", "w_reduce")
 
 
 def _check_int(name: str, value, minimum: int = 1, maximum: int | None = None) -> int:
@@ -48,13 +49,10 @@ def _check_frame_shape(frame_shape) -> tuple[int, int]:
 def make_tiling(frame_shape, f_tied: int = 1, h_reduce: int = 1, w_reduce: int = 1) -> Tiling:
     """Validated :class:`Tiling` (raises ValueError/TypeError naming the bad value)."""
     h, w = _check_frame_shape(frame_shape)
-    for name, value in (("f_tied", f_tied), ("h_reduce", h_reduce), ("w_reduce", w_reduce)):
-        _check_int(name, value)
-    if h % h_reduce:
-        raise ValueError(f"H={h} is not divisible by h_reduce={h_reduce}")
-    if w % w_reduce:
-        raise ValueError(f"W={w} is not divisible by w_reduce={w_reduce}")
-    return Tiling(h, w, f_tied, h_reduce, w_reduce)
+    f_tied, h_reduce, w_reduce = (
+        _check_int(n, x) for n, x in zip(TILING_FACTORS, (f_tied, h_reduce, w_reduce), strict=True)
+    )
+    return Tiling(h, w, f_tied, h_reduce, w_reduce)  # checks H % h_reduce and W % w_reduce
 
 
 def _check_seq(name: str, seq: int, tiling: Tiling) -> int:
