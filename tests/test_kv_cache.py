@@ -243,3 +243,70 @@ def test_write_op_fake_impl_checks_shapes_and_dtypes():
         torch._subclasses.FakeTensorMode(allow_non_fake_inputs=True),
     ):
         ops.kv_cache_write(*args)
+
+
+# --- new_k/new_v must be what the cache holds (issue 18 item 4): other tensors gave wrong gradients ---
+def _written_cache(dtype=torch.float64):
+    """A 3-frame cache of (2, 4) frames with frames [1, 3) written from new_k, new_v."""
+    hw = 8
+    k_cache, v_cache = torch.randn(1, 3 * hw, 2, 4, dtype=dtype), torch.randn(1, 3 * hw, 2, 4, dtype=dtype)
+    new_k, new_v = torch.randn(1, 2 * hw, 2, 4, dtype=dtype), torch.randn(1, 2 * hw, 2, 4, dtype=dtype)
+    from monarchrt_ops import write_kv_cache
+
+    write_kv_cache(k_cache, v_cache, new_k.detach(), new_v.detach(), 1, (2, 4), h_reduce=2)
+    return k_cache, v_cache, new_k, new_v
+
+
+def _attend(k_cache, v_cache, new_k, new_v, q=None):
+    from monarchrt_ops import monarch_attention_kv_cache
+
+    q = torch.randn(1, 16, 2, 4, dtype=k_cache.dtype) if q is None else q
+    return monarch_attention_kv_cache(
+        q, k_cache, v_cache, 3, (2, 4), new_k=new_k, new_v=new_v, h_reduce=2, backend="reference"
+    )
+
+
+def test_new_kv_that_the_cache_does_not_hold_raise():
+    k_cache, v_cache, new_k, new_v = _written_cache()
+    other = (new_k + 1).requires_grad_()
+    with pytest.raises(ValueError, match=r"new_k/new_v are not what frames \[1, 3\) of k_cache/v_cache hold"):
+        _attend(k_cache, v_cache, other, new_v.requires_grad_())
+    new_k.requires_grad_()
+    with torch.no_grad():
+        new_k.mul_(2)  # changed after the write
+    with pytest.raises(ValueError, match="new_k/new_v are not what"):
+        _attend(k_cache, v_cache, new_k, new_v)
+    with pytest.raises(ValueError, match=r"frames \[2, 3\)"):  # the wrong frames of the write: its first, not last
+        _attend(k_cache, v_cache, new_k.detach()[:, :8].requires_grad_(), new_v.detach()[:, :8].requires_grad_())
+
+
+def test_new_kv_of_the_last_write_pass_without_a_comparison(monkeypatch):
+    k_cache, v_cache, new_k, new_v = _written_cache()
+    new_k.requires_grad_(), new_v.requires_grad_()
+    calls = []
+    monkeypatch.setattr(torch, "equal", lambda *a: calls.append(a) or True)
+    _attend(k_cache, v_cache, new_k, new_v)  # the very tensors written (detached there)
+    _attend(k_cache, v_cache, new_k[:, 8:], new_v[:, 8:])  # their last frames
+    assert calls == []  # recognised from the write record: no device sync
+
+
+def test_new_kv_equal_to_the_rows_are_accepted_and_give_their_gradients():
+    k_cache, v_cache, new_k, new_v = _written_cache()
+    copy_k, copy_v = new_k.clone().requires_grad_(), new_v.clone().requires_grad_()  # not the written tensors
+    q = torch.randn(1, 16, 2, 4, dtype=torch.float64)
+    out = _attend(k_cache, v_cache, copy_k, copy_v, q)
+    gk, gv = torch.autograd.grad(out.sum(), (copy_k, copy_v))
+    # the same call with the written tensors themselves (recognised by the write record)
+    ref_k, ref_v = new_k.requires_grad_(), new_v.requires_grad_()
+    ref = _attend(k_cache, v_cache, ref_k, ref_v, q)
+    for a, b in zip((gk, gv), torch.autograd.grad(ref.sum(), (ref_k, ref_v)), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_cache_object_passes_its_last_write():
+    cache = make(4)
+    q, k, v = chunks(2)
+    k, v = k.requires_grad_(), v.requires_grad_()
+    cache.write(k, v)
+    out = cache.attend(q)
+    assert torch.autograd.grad(out.sum(), k)[0].abs().sum() > 0
