@@ -56,7 +56,7 @@ from .limits import (
     check_monarch_matmul,
 )
 from .problem import AttentionProblem, HadamardProblem, MonarchMatmulProblem
-from .reference import compute_dtype
+from .reference import compute_dtype, monarch_attention_tiles
 from .registry import cached_select
 from .structured_reference import reference_monarch_matmul_backward
 
@@ -134,14 +134,22 @@ def _setup_context(ctx, inputs, output):
 def _attention_backward_autograd(ctx, dout, dlse):
     q, k, v, out, lse = ctx.saved_tensors
     if torch.is_grad_enabled() and any(t.requires_grad for t in (dout, dlse, q, k, v)):
-        # a backward that records a graph (create_graph=True) would differentiate attention_backward,
-        # which has no derivative: torch would return zeros with a warning
-        raise RuntimeError(
-            "second derivatives through Monarch attention are not implemented; "
-            "backward with create_graph=True (double backward) is not supported"
-        )
+        # a backward that records a graph (create_graph=True): attention_backward has no derivative
+        # (torch would return zeros with a warning), so differentiate the reference's recomputation
+        return (*_recorded_attention_backward(dout, dlse, q, k, v, *ctx.params[:3]), *(None,) * len(ctx.params))
     dq, dk, dv = _lookup("attention_backward")(dout, dlse, q, k, v, out, lse, *ctx.params)
     return (dq, dk, dv) + (None,) * len(ctx.params)
+
+
+def _recorded_attention_backward(dout, dlse, q, k, v, sm_scale, causal_block_tiles, num_iters):
+    """(dq, dk, dv) as a differentiable function of (dout, dlse, q, k, v): autograd of the reference
+    forward (plain PyTorch, differentiable to any order) with the graph kept, as monarch_matmul's
+    second derivative takes its closed form."""
+    inputs = [t if t.requires_grad else t.detach().requires_grad_() for t in (q, k, v)]
+    z, lse = monarch_attention_tiles(
+        *inputs, sm_scale=sm_scale, causal_block_tiles=causal_block_tiles, num_iters=num_iters
+    )
+    return torch.autograd.grad((z, lse), inputs, (dout, dlse.to(lse.dtype)), create_graph=True)
 
 
 def _kv_cache_write_impl(k_cache, v_cache, new_k, new_v, start):

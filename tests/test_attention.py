@@ -243,3 +243,33 @@ def test_backward_op_fake_impl_passes_valid_arguments():
     with torch._subclasses.FakeTensorMode(allow_non_fake_inputs=True):
         grads = m.ops.attention_backward(*args)
     assert [g.shape for g in grads] == [args[2].shape] * 3
+
+
+# Second derivatives (issue 18 item 1): attention_backward has no derivative, so double backward was
+# silently zero (torch only warned); it now differentiates the reference's recomputation.
+@pytest.mark.parametrize(
+    "kw", [{}, {"causal_block_frames": 1, "num_iters": 2}, {"h_reduce": 2}], ids=["plain", "causal-iters2", "tiled"]
+)
+def test_gradgradcheck(kw):
+    q, k, v = qkv(1, 2, 2, (2, 4), 1, 3, requires_grad=True)
+    assert torch.autograd.gradgradcheck(
+        lambda q, k, v: m.monarch_attention_with_lse(q, k, v, (2, 4), backend="reference", **kw), (q, k, v)
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_double_backward_is_not_zero_on_every_backend(backend, poison_empty):
+    """The Hessian-vector product of a backend's forward equals the reference's."""
+    q, k, v = (x.float().to(DEVICE) for x in qkv(1, 2, 2, (2, 4), 2, 64, seed=3))
+
+    def hvp(backend):
+        qq = q.clone().requires_grad_()
+        out = m.monarch_attention(qq, k, v, (2, 4), backend=backend)
+        (g,) = torch.autograd.grad(out.square().sum(), qq, create_graph=True)
+        (h,) = torch.autograd.grad(g.sum(), qq)
+        return h
+
+    with skip_unless_supported(backend):
+        h = hvp(backend)
+    assert h.abs().sum() > 0
+    torch.testing.assert_close(h, hvp("reference"))
