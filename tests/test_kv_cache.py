@@ -4,6 +4,7 @@ import pytest
 import torch
 from conftest import qkv
 
+import monarchrt_ops as m
 from monarchrt_ops import MonarchKVCache, monarch_attention, ops
 
 SHAPE = (4, 6)
@@ -310,3 +311,72 @@ def test_cache_object_passes_its_last_write():
     cache.write(k, v)
     out = cache.attend(q)
     assert torch.autograd.grad(out.sum(), k)[0].abs().sum() > 0
+
+
+# --- bad input of the cache functions raises TypeError/ValueError naming the argument -----------------
+def _t(*shape, dtype=torch.float32):
+    return torch.randn(*shape, dtype=dtype)
+
+
+Q = _t(1, 120, 2, 8)
+KC = torch.zeros(1, 240, 2, 8)
+NK = _t(1, 60, 2, 8)
+BAD_INPUT = [
+    (
+        "cache start",
+        lambda: m.write_kv_cache(_t(1, 120, 2, 8), _t(1, 120, 2, 8), Q, Q, 1, (6, 10)),
+        ValueError,
+        "frames [1, 3) do not fit a cache of 2 frames",
+    ),
+    (
+        "cache kv_frames",
+        lambda: m.monarch_attention_kv_cache(Q, Q, Q, 3, (6, 10)),
+        ValueError,
+        "kv_frames=3 must be <= 2",
+    ),
+    (
+        "cache new_k alone",
+        lambda: m.monarch_attention_kv_cache(Q, Q, Q, 2, (6, 10), new_k=Q),
+        ValueError,
+        "both new_k and new_v",
+    ),
+    (
+        "cache requires grad",
+        lambda: m.monarch_attention_kv_cache(Q, Q.clone().requires_grad_(), Q, 2, (6, 10), new_k=Q, new_v=Q),
+        ValueError,
+        "the cache requires grad",
+    ),
+    # issue 18 item 4: silent no-ops, aliasing and copy_ failures that now raise, naming the argument
+    (
+        "new_v on another device",
+        lambda: m.write_kv_cache(KC.clone(), KC.clone(), NK, NK.to("meta"), 0, (6, 10)),
+        ValueError,
+        "new_v, k_cache, v_cache must be on one device",
+    ),
+    ("k and v caches aliased", lambda: m.write_kv_cache(KC, KC, NK, NK, 0, (6, 10)), ValueError, "share memory"),
+    (
+        "stride-0 cache",
+        lambda: m.write_kv_cache(torch.zeros(1, 1, 2, 8).expand(1, 240, 2, 8), KC.clone(), NK, NK, 0, (6, 10)),
+        ValueError,
+        "k_cache is a broadcast (stride-0) view",
+    ),
+    (
+        "new_k aliases the cache",
+        lambda: m.write_kv_cache(KC, KC.clone(), KC[:, :60], NK, 1, (6, 10)),
+        ValueError,
+        "new_k shares memory with k_cache",
+    ),
+    (
+        "cache messages name the cache",
+        lambda: m.write_kv_cache(KC, _t(1, 240, 2, 4), NK, NK, 0, (6, 10)),
+        ValueError,
+        "k_cache and v_cache must have the same shape",
+    ),
+]
+
+
+@pytest.mark.parametrize("fn, exc, msg", [c[1:] for c in BAD_INPUT], ids=[c[0] for c in BAD_INPUT])
+def test_bad_input_raises_a_clear_error(fn, exc, msg):
+    with pytest.raises(exc) as info:
+        fn()
+    assert msg in str(info.value)
