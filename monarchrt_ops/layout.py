@@ -139,6 +139,7 @@ def to_tile_sequence(x: torch.Tensor, tiling: Tiling) -> torch.Tensor:
 
     This is how a KV cache stores keys and values.
     """
+    _check_sequence("to_tile_sequence", x, tiling)
     bsz, seq, nh, d = x.shape
     return to_tiles(x, tiling).reshape(bsz, seq, nh, d)
 

@@ -113,8 +113,9 @@ def check_kv_cache_write(k_cache, v_cache, new_k, new_v, start, compare_storages
     :func:`check_cache_buffers` requires."""
     if k_cache.dim() != 4 or k_cache.shape != v_cache.shape or new_k.shape != new_v.shape or new_k.dim() != 4:
         raise ValueError(
-            f"kv_cache_write takes caches (B, S, nh, d) of one shape and new_k, new_v (B, n, nh, d) of one shape, "
-            f"got {tuple(k_cache.shape)}, {tuple(v_cache.shape)}, {tuple(new_k.shape)}, {tuple(new_v.shape)}"
+            f"kv_cache_write takes k_cache, v_cache (B, S, nh, d) of one shape and new_k, new_v (B, n, nh, d) of "
+            f"one shape, got k_cache {tuple(k_cache.shape)}, v_cache {tuple(v_cache.shape)}, "
+            f"new_k {tuple(new_k.shape)}, new_v {tuple(new_v.shape)}"
         )
     if new_k.shape[0] != k_cache.shape[0] or new_k.shape[2:] != k_cache.shape[2:]:
         raise ValueError(f"new_k {tuple(new_k.shape)} and k_cache {tuple(k_cache.shape)} differ in batch, heads or d")
