@@ -17,6 +17,7 @@ import torch
 
 from .hadamard_matrices import supported_size
 
+MAX_TENSOR_ELEMENTS = 2**63 - 1  # torch sizes are int64: a larger buffer fails inside torch.zeros
 MAX_HEAD_DIM = 256  # the reference takes any size; kernels take 64/128 (supports())
 # VMonarch-style alternating updates converge in a handful of iterations; a bound keeps a typo
 # (num_iters=2**40) from running for ever.

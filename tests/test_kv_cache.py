@@ -380,3 +380,19 @@ def test_bad_input_raises_a_clear_error(fn, exc, msg):
     with pytest.raises(exc) as info:
         fn()
     assert msg in str(info.value)
+
+
+def test_a_cache_too_large_for_a_tensor_names_max_frames():
+    """max_frames=2**63 failed inside torch.zeros with an int64 overflow TypeError."""
+    with pytest.raises(ValueError, match="max_frames=9223372036854775808 .* more elements than a tensor can hold"):
+        MonarchKVCache(1, NH, D, SHAPE, 2**63)
+
+
+def test_numpy_sizes_are_stored_as_ints():
+    np = pytest.importorskip("numpy")
+    cache = MonarchKVCache(np.int64(1), NH, D, SHAPE, np.int64(4), local_attn_size=np.int64(4), sink_size=np.int32(2))
+    assert (type(cache.capacity), type(cache.local_attn_size), type(cache.sink_size)) == (int, int, int)
+    q, k, v = chunks(2)
+    cache = MonarchKVCache(1, NH, D, SHAPE, np.int64(4), dtype=torch.float64, **TILING)
+    cache.write(k, v, np.int64(0))
+    torch.testing.assert_close(cache.attend(q, num_iters=np.int64(1)), monarch_attention(q, k, v, SHAPE, **TILING))
