@@ -10,7 +10,7 @@ from . import ops, tables
 from .amp import autocast_dtype_of, autocast_inputs
 from .arch import arch_of
 from .attention import _check_int
-from .limits import check_monarch_matmul
+from .limits import MAX_TENSOR_ELEMENTS, check_monarch_matmul
 from .registry import backend_names
 
 
@@ -124,6 +124,11 @@ class MonarchLinear(torch.nn.Module):
         self.in_features, self.out_features, self.nblocks = in_features, out_features, nblocks
         self.matmul = matmul
         width = max(in_features, out_features) // nblocks
+        if width * max(in_features, out_features) > MAX_TENSOR_ELEMENTS:  # w1 or w2 (nblocks * width * n / nblocks)
+            raise ValueError(
+                f"in_features={in_features}, out_features={out_features}, nblocks={nblocks}: the factors would have "
+                f"more elements than a tensor can hold ({MAX_TENSOR_ELEMENTS})"
+            )
         kw = {"device": device, "dtype": dtype}
         self.w1 = torch.nn.Parameter(torch.empty(nblocks, width, in_features // nblocks, **kw))
         self.w2 = torch.nn.Parameter(torch.empty(nblocks, out_features // nblocks, width, **kw))

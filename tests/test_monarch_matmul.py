@@ -249,8 +249,11 @@ def test_second_derivative_takes_the_closed_form():
         ((0, 16, 4), ValueError, "in_features=0 must be >= 1"),
         ((16, 16, -4), ValueError, "nblocks=-4 must be >= 1"),
         ((16, 16, 2.0), TypeError, "nblocks must be an int"),
+        # sizes beyond int64 elements failed inside torch.empty (an overflow RuntimeError/TypeError)
+        ((2**40, 2**40, 1), ValueError, "more elements than a tensor can hold"),
+        ((2**63, 1, 1), ValueError, "more elements than a tensor can hold"),
     ],
-    ids=["zero-blocks", "zero-in", "negative-blocks", "float-blocks"],
+    ids=["zero-blocks", "zero-in", "negative-blocks", "float-blocks", "too-large", "beyond-int64"],
 )
 def test_monarch_linear_rejects_bad_sizes(args, exc, match):
     with pytest.raises(exc, match=match):
