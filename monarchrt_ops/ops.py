@@ -25,7 +25,8 @@ Inputs are validated by the public functions (attention.py, hadamard.py, monarch
 op also runs the cheap checks of limits.py itself (shapes, dtypes, devices, parameters; for
 ``kv_cache_write`` aliased or broadcast buffers), in its impl and its fake impl, since a direct
 ``torch.ops`` call (vendoring, compile) skips the public functions. A second derivative
-through attention raises (``attention_backward`` has no derivative of its own).
+through attention differentiates the reference's recomputation (``attention_backward`` has no
+derivative of its own), as monarch_matmul's takes its closed form.
 Under ``torch.autocast``, ``attention`` and ``monarch_matmul`` run in the autocast dtype and the other
 ops ignore it (amp.py), the same eagerly and compiled.
 The public functions call ``call_<op>``: the op's implementation directly where :func:`eager`
