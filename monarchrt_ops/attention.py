@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from . import ops
 from .amp import autocast_dtype_of, autocast_inputs
 from .layout import Tiling, causal_block_tiles, from_tiles, tile_sequence_as_tiles, to_tile_sequence, to_tiles
-from .limits import MAX_HEAD_DIM, MAX_NUM_ITERS, SM_SCALE_RANGE
+from .limits import MAX_HEAD_DIM, MAX_NUM_ITERS, SM_SCALE_RANGE, check_cache_buffers
 from .registry import backend_names
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+TILING_FACTORS = ("f_tied", "h_reduce", "w_reduce")
 
 
 def _check_int(name: str, value, minimum: int = 1, maximum: int | None = None) -> int:
@@ -48,13 +51,10 @@ def _check_frame_shape(frame_shape) -> tuple[int, int]:
 def make_tiling(frame_shape, f_tied: int = 1, h_reduce: int = 1, w_reduce: int = 1) -> Tiling:
     """Validated :class:`Tiling` (raises ValueError/TypeError naming the bad value)."""
     h, w = _check_frame_shape(frame_shape)
-    for name, value in (("f_tied", f_tied), ("h_reduce", h_reduce), ("w_reduce", w_reduce)):
-        _check_int(name, value)
-    if h % h_reduce:
-        raise ValueError(f"H={h} is not divisible by h_reduce={h_reduce}")
-    if w % w_reduce:
-        raise ValueError(f"W={w} is not divisible by w_reduce={w_reduce}")
-    return Tiling(h, w, f_tied, h_reduce, w_reduce)
+    f_tied, h_reduce, w_reduce = (
+        _check_int(n, x) for n, x in zip(TILING_FACTORS, (f_tied, h_reduce, w_reduce), strict=True)
+    )
+    return Tiling(h, w, f_tied, h_reduce, w_reduce)  # checks H % h_reduce and W % w_reduce
 
 
 def _check_seq(name: str, seq: int, tiling: Tiling) -> int:
@@ -294,7 +294,7 @@ def write_kv_cache(
     _check_qkv(new_v, k_cache, v_cache, names=("new_v", "k_cache", "v_cache"))
     if new_k.shape != new_v.shape:
         raise ValueError(f"new_k and new_v differ in shape: {tuple(new_k.shape)} vs {tuple(new_v.shape)}")
-    _check_writable_cache(k_cache, v_cache, new_k, new_v)
+    check_cache_buffers(k_cache, v_cache, new_k, new_v)
     tiling = make_tiling(frame_shape, f_tied, h_reduce, w_reduce)
     max_frames = _check_seq("k_cache", k_cache.shape[1], tiling)
     n_new = _check_seq("new_k", new_k.shape[1], tiling)
@@ -306,35 +306,75 @@ def write_kv_cache(
     start = start_frame * tiling.tokens_per_frame
     with torch.no_grad():
         ops.kv_cache_write(k_cache, v_cache, to_tile_sequence(new_k, tiling), to_tile_sequence(new_v, tiling), start)
+    if not torch.compiler.is_compiling():
+        _last_writes[k_cache] = _Write(start_frame, n_new, _memory(new_k), _memory(new_v), _memory(k_cache),
+                                       _memory(v_cache))  # fmt: skip
 
 
-def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether two tensors may share memory (same storage, overlapping byte ranges)."""
-    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
-        return False
-
-    def span(x):
-        first = x.storage_offset() * x.element_size()
-        last = first + sum((n - 1) * st for n, st in zip(x.shape, x.stride(), strict=True)) * x.element_size()
-        return first, last + x.element_size()
-
-    (a0, a1), (b0, b1) = span(a), span(b)
-    return a0 < b1 and b0 < a1
+def _memory(x: torch.Tensor) -> tuple:
+    """Where ``x``'s elements are and which version of them: (storage, offset, shape, strides, dtype, version).
+    A view or ``detach()`` of a tensor shares its storage and version counter; an in-place change bumps it."""
+    return (x.untyped_storage().data_ptr(), x.storage_offset(), tuple(x.shape), x.stride(), x.dtype, x._version)
 
 
-def _check_writable_cache(k_cache, v_cache, new_k, new_v) -> None:
-    """A cache write copies in place: the buffers must own distinct, non-broadcast memory."""
-    for name, x in (("k_cache", k_cache), ("v_cache", v_cache)):
-        if any(st == 0 and n > 1 for n, st in zip(x.shape, x.stride(), strict=True)):
-            raise ValueError(f"{name} is a broadcast (stride-0) view; a cache needs its own memory")
+@dataclass(frozen=True)
+class _Write:
+    """The last :func:`write_kv_cache` into a cache: frames ``[start_frame, start_frame + frames)``
+    from new K/V at ``new_k``/``new_v`` (:func:`_memory`), leaving the caches at ``k_cache``/``v_cache``."""
+
+    start_frame: int
+    frames: int
+    new_k: tuple
+    new_v: tuple
+    k_cache: tuple
+    v_cache: tuple
+
+
+# k_cache -> its last write; weak, so a cache that is freed takes its record with it
+_last_writes: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _is_frames_of(x: torch.Tensor, written: tuple, first: int, tokens_per_frame: int) -> bool:
+    """Whether ``x`` is the slice from frame ``first`` on of the tensor at ``written`` (:func:`_memory`),
+    unchanged since (a view of it or of a detached copy)."""
+    ptr, offset, shape, stride, dtype, version = written
+    n = x.shape[1]
+    want = (ptr, offset + first * tokens_per_frame * stride[1], (shape[0], n, *shape[2:]), stride, dtype, version)
+    return _memory(x) == want
+
+
+def _check_new_kv_written(k_cache, v_cache, new_k, new_v, kv_frames: int, tiling: Tiling) -> None:
+    """new_k/new_v stand for cache frames ``[kv_frames - n_new, kv_frames)``: their gradients are those
+    rows' gradients, so they must be what those rows hold. Cheap when they are (part of) the last
+    recorded write, unchanged; otherwise the rows are compared with them (a device sync). Not while
+    torch.compile traces (memory cannot be compared there)."""
     if torch.compiler.is_compiling():
-        return  # storages cannot be compared while tracing; eager calls check them
-    if _overlap(k_cache, v_cache):
-        raise ValueError("k_cache and v_cache share memory; pass two separate buffers")
-    for name, x in (("new_k", new_k), ("new_v", new_v)):
-        for cname, c in (("k_cache", k_cache), ("v_cache", v_cache)):
-            if _overlap(x, c):
-                raise ValueError(f"{name} shares memory with {cname}; pass a tensor of its own (e.g. .clone())")
+        return
+    hw = tiling.tokens_per_frame
+    n_new = new_k.shape[1] // hw
+    lo = kv_frames - n_new
+    rec = _last_writes.get(k_cache)
+    if (
+        rec is not None
+        and rec.k_cache == _memory(k_cache)
+        and rec.v_cache == _memory(v_cache)
+        and rec.start_frame <= lo
+        and kv_frames <= rec.start_frame + rec.frames
+        and _is_frames_of(new_k, rec.new_k, lo - rec.start_frame, hw)
+        and _is_frames_of(new_v, rec.new_v, lo - rec.start_frame, hw)
+    ):
+        return
+    rows = slice(lo * hw, kv_frames * hw)
+    with torch.no_grad():
+        same = all(
+            new.dtype == cache.dtype and torch.equal(cache[:, rows], to_tile_sequence(new, tiling))
+            for new, cache in ((new_k, k_cache), (new_v, v_cache))
+        )
+    if not same:
+        raise ValueError(
+            f"new_k/new_v are not what frames [{lo}, {kv_frames}) of k_cache/v_cache hold: pass the tensors last "
+            f"written there by write_kv_cache (their gradients are those rows' gradients)"
+        )
 
 
 class _NewKVGrad(torch.autograd.Function):
@@ -377,7 +417,10 @@ def monarch_attention_kv_cache(
             runtime value (a new length neither recompiles nor re-tunes).
         new_k, new_v: optional, the natural-order tensors last written to frames
             ``[kv_frames - n_new, kv_frames)``. When given (and the cache does not require grad),
-            the gradient of those cache rows flows to them: Self-Forcing training.
+            the gradient of those cache rows flows to them: Self-Forcing training. They must be
+            what those rows hold, else ValueError (their gradients would be other rows'): cheap when
+            they are the tensors of the last :func:`write_kv_cache` (or views, detached copies or
+            trailing frames of them) unchanged since; anything else is compared with the rows.
 
     Returns:
         ``(B, Sq, nh, d)``; under ``torch.autocast`` q and the visible cache slice are cast to the
@@ -403,11 +446,13 @@ def monarch_attention_kv_cache(
     if new_k is not None:
         if k_cache.requires_grad or v_cache.requires_grad:
             raise ValueError("the cache requires grad, so gradients reach it directly; do not pass new_k/new_v")
+        written_k, written_v = new_k, new_v  # as the caller passed them, before an autocast cast
         new_k, new_v = autocast_inputs(new_k, new_v)
         _check_qkv(q, new_k, new_v, names=("q", "new_k", "new_v"))
         n_new = _check_seq("new_k", new_k.shape[1], tiling)
         if n_new > kv_frames:
             raise ValueError(f"new_k has {n_new} frames, more than kv_frames={kv_frames}")
+        _check_new_kv_written(k_cache, v_cache, written_k, written_v, kv_frames, tiling)
         k_slice, v_slice = _NewKVGrad.apply(
             k_slice, v_slice, to_tile_sequence(new_k, tiling), to_tile_sequence(new_v, tiling)
         )

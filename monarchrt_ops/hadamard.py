@@ -12,7 +12,7 @@ import torch
 from . import ops
 from .fp8 import check_out_dtype, quantize_rows
 from .hadamard_matrices import MAX_POW2, MAX_SPECIAL_POW2, padded_size, supported_size  # noqa: F401  (public names)
-from .limits import HADAMARD_DTYPES, check_hadamard_input  # noqa: F401  (HADAMARD_DTYPES: a public name)
+from .limits import HADAMARD_DTYPES, check_hadamard_input, check_hadamard_scale  # noqa: F401  (HADAMARD_DTYPES: a public name)
 from .registry import backend_names
 
 
@@ -28,8 +28,8 @@ def _check(x, scale, backend, pad=False) -> tuple[float, str]:
         scale = 1.0 / math.sqrt(padded_size(x.shape[-1]) if pad else x.shape[-1])
     elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"hadamard: scale must be a finite float or None, got {type(scale).__name__} {scale!r}")
-    elif not math.isfinite(scale):
-        raise ValueError(f"hadamard: scale={scale!r} must be finite")
+    else:
+        check_hadamard_scale(scale)
     if backend is not None and backend not in backend_names("hadamard"):
         raise ValueError(f"backend={backend!r} is not one of {backend_names('hadamard')} (or None for automatic)")
     return float(scale), backend or ""

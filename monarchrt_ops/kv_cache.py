@@ -23,6 +23,8 @@ frames in their original order.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .amp import autocast_dtype_of
@@ -36,6 +38,7 @@ from .attention import (
     write_kv_cache,
 )
 from .layout import Tiling, from_tile_sequence
+from .limits import MAX_TENSOR_ELEMENTS
 from .ops import traceable_errors
 
 
@@ -94,9 +97,9 @@ class MonarchKVCache:
             self.device = torch.device(device) if device is not None else torch.device("cpu")
         except (RuntimeError, TypeError):
             raise ValueError(f"device={device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:0')") from None
-        _check_int("max_frames", max_frames)
+        max_frames = _check_int("max_frames", max_frames)
         self._check_multiple("max_frames", max_frames)
-        self.sink_size = _check_int("sink_size", sink_size, minimum=0)
+        self.sink_size = sink_size = _check_int("sink_size", sink_size, minimum=0)
         self._check_multiple("sink_size", sink_size)
         if local_attn_size is None or local_attn_size == -1:  # -1: Self-Forcing's spelling of "global"
             if sink_size:
@@ -104,7 +107,7 @@ class MonarchKVCache:
             self.local_attn_size = None
             capacity = max_frames
         else:
-            _check_int("local_attn_size", local_attn_size)
+            local_attn_size = _check_int("local_attn_size", local_attn_size)
             self._check_multiple("local_attn_size", local_attn_size)
             if local_attn_size > max_frames:
                 raise ValueError(f"local_attn_size={local_attn_size} exceeds max_frames={max_frames}")
@@ -116,7 +119,12 @@ class MonarchKVCache:
             self.local_attn_size = local_attn_size
             capacity = local_attn_size
         self.capacity = capacity
-        shape = (batch_size, capacity * self.tiling.tokens_per_frame, num_heads, head_dim)
+        shape = (self.batch_size, capacity * self.tiling.tokens_per_frame, self.num_heads, self.head_dim)
+        if math.prod(shape) > MAX_TENSOR_ELEMENTS:
+            raise ValueError(
+                f"max_frames={max_frames} (local_attn_size={local_attn_size}): buffers of shape {shape} have more "
+                f"elements than a tensor can hold ({MAX_TENSOR_ELEMENTS})"
+            )
         self.k_buffer = torch.zeros(shape, dtype=dtype, device=self.device)
         self.v_buffer = torch.zeros(shape, dtype=dtype, device=self.device)
         # the buffers' device is the one every input is compared with: "cuda" names "cuda:<current>"

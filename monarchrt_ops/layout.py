@@ -27,6 +27,18 @@ class Tiling:
     h_reduce: int = 1
     w_reduce: int = 1
 
+    def __post_init__(self):
+        for name in ("frame_h", "frame_w", "f_tied", "h_reduce", "w_reduce"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"Tiling: {name} must be an int, got {type(value).__name__} {value!r}")
+            if value < 1:
+                raise ValueError(f"Tiling: {name}={value} must be >= 1")
+        if self.frame_h % self.h_reduce:
+            raise ValueError(f"H={self.frame_h} is not divisible by h_reduce={self.h_reduce}")
+        if self.frame_w % self.w_reduce:
+            raise ValueError(f"W={self.frame_w} is not divisible by w_reduce={self.w_reduce}")
+
     @property
     def b1(self) -> int:
         """Rows of one tile."""
@@ -53,6 +65,20 @@ class Tiling:
         return self.f_tied == 1 and self.h_reduce == 1 and self.w_reduce == 1
 
 
+def _check_sequence(name: str, x: torch.Tensor, tiling: Tiling) -> None:
+    """``x (B, S, nh, d)`` with S a whole number of f_tied-frame groups (a symbolic S, traced with
+    dynamic shapes, is left to the eager call)."""
+    if x.dim() != 4:
+        raise ValueError(f"{name}: x must be (B, S, nh, d), got shape {tuple(x.shape)}")
+    group = tiling.tokens_per_frame * tiling.f_tied
+    seq = x.shape[1]
+    if not isinstance(seq, torch.SymInt) and seq % group:
+        raise ValueError(
+            f"{name}: S={seq} is not a multiple of H*W*f_tied={group} "
+            f"({tiling.frame_h}x{tiling.frame_w}, f_tied={tiling.f_tied})"
+        )
+
+
 def to_tiles(x: torch.Tensor, tiling: Tiling) -> torch.Tensor:
     """``(B, S, nh, d)`` natural order -> ``(B, T, b1, b2, nh, d)`` tile order.
 
@@ -63,6 +89,7 @@ def to_tiles(x: torch.Tensor, tiling: Tiling) -> torch.Tensor:
         >>> to_tiles(torch.randn(1, 2 * 60, 3, 8), t).shape
         torch.Size([1, 4, 3, 10, 3, 8])
     """
+    _check_sequence("to_tiles", x, tiling)
     bsz, seq, nh, d = x.shape
     t = tiling
     if t.is_identity():  # a tile is a frame: one reshape (the permute below would be the identity)
@@ -76,6 +103,14 @@ def to_tiles(x: torch.Tensor, tiling: Tiling) -> torch.Tensor:
 
 def from_tiles(x: torch.Tensor, tiling: Tiling) -> torch.Tensor:
     """``(B, T, b1, b2, nh, d)`` tile order -> ``(B, S, nh, d)`` natural order (inverse of to_tiles)."""
+    if x.dim() != 6 or tuple(x.shape[2:4]) != (tiling.b1, tiling.b2):
+        raise ValueError(
+            f"from_tiles: x must be (B, T, b1={tiling.b1}, b2={tiling.b2}, nh, d) for {tiling}, "
+            f"got shape {tuple(x.shape)}"
+        )
+    tiles = x.shape[1]
+    if not isinstance(tiles, torch.SymInt) and tiles % tiling.tiles_per_group:
+        raise ValueError(f"from_tiles: T={tiles} tiles is not a multiple of h_reduce*w_reduce={tiling.tiles_per_group}")
     bsz, tiles, _, _, nh, d = x.shape
     t = tiling
     if t.is_identity():
@@ -94,6 +129,7 @@ def causal_block_tiles(tiling: Tiling, causal_block_frames: int) -> int:
 def tile_sequence_as_tiles(x: torch.Tensor, tiling: Tiling) -> torch.Tensor:
     """A tile-order sequence ``(B, S, nh, d)`` (a KV cache slice as stored) viewed as tiles
     ``(B, T, b1, b2, nh, d)``: a view when the slice is contiguous (a prefix of a contiguous cache)."""
+    _check_sequence("tile_sequence_as_tiles", x, tiling)
     bsz, seq, nh, d = x.shape
     return x.reshape(bsz, tiling.num_tiles(seq), tiling.b1, tiling.b2, nh, d)
 
@@ -103,6 +139,7 @@ def to_tile_sequence(x: torch.Tensor, tiling: Tiling) -> torch.Tensor:
 
     This is how a KV cache stores keys and values.
     """
+    _check_sequence("to_tile_sequence", x, tiling)
     bsz, seq, nh, d = x.shape
     return to_tiles(x, tiling).reshape(bsz, seq, nh, d)
 

@@ -11,10 +11,13 @@ ValueError/TypeError naming the argument, touches no device memory, and runs in 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .hadamard_matrices import supported_size
 
+MAX_TENSOR_ELEMENTS = 2**63 - 1  # torch sizes are int64: a larger buffer fails inside torch.zeros
 MAX_HEAD_DIM = 256  # the reference takes any size; kernels take 64/128 (supports())
 # VMonarch-style alternating updates converge in a handful of iterations; a bound keeps a typo
 # (num_iters=2**40) from running for ever.
@@ -41,6 +44,98 @@ def check_attention_params(sm_scale, causal_block_tiles, num_iters, dtype) -> No
         raise ValueError(f"sm_scale={sm_scale} must be in [{lo:g}, {hi:g}] for {dtype}")
 
 
+def check_attention_tensors(q, k, v) -> None:
+    """Tile-order ``q (B, A, b1, b2, nh, d)`` and ``k, v (B, F, b1, b2, nh, d)`` of one float dtype and device."""
+    if q.dim() != 6 or k.shape != v.shape or k.dim() != 6:
+        raise ValueError(
+            f"attention takes tile-order q (B, A, b1, b2, nh, d) and k, v (B, F, b1, b2, nh, d) of one shape, "
+            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} differ in batch, tile shape, heads or head_dim")
+    if not (q.dtype == k.dtype == v.dtype) or not q.is_floating_point():
+        raise TypeError(f"attention: q, k, v must share a float dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+
+
+def check_attention_backward(dout, dlse, q, k, v, out, lse) -> None:
+    """``attention_backward``'s tensors: q, k, v as the forward's, out and dout of q's shape and dtype,
+    lse and dlse ``(B, A, b1, b2, nh)`` in lse's dtype (float32, float64 for float64), one device."""
+    check_attention_tensors(q, k, v)
+    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    for name, t, shape, dtype in (
+        ("out", out, q.shape, q.dtype),
+        ("dout", dout, q.shape, q.dtype),
+        ("lse", lse, q.shape[:-1], lse_dtype),
+        ("dlse", dlse, q.shape[:-1], lse_dtype),
+    ):
+        if t.shape != shape or t.dtype != dtype or t.device != q.device:
+            raise ValueError(
+                f"attention_backward: {name} must have shape {tuple(shape)}, dtype {dtype} and q's device "
+                f"{q.device}, got {tuple(t.shape)} {t.dtype} {t.device}"
+            )
+
+
+def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors may share memory (same storage, overlapping byte ranges)."""
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+
+    def span(x):
+        first = x.storage_offset() * x.element_size()
+        last = first + sum((n - 1) * st for n, st in zip(x.shape, x.stride(), strict=True)) * x.element_size()
+        return first, last + x.element_size()
+
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a0 < b1 and b0 < a1
+
+
+def check_cache_buffers(k_cache, v_cache, new_k, new_v, compare_storages: bool = True) -> None:
+    """A cache write copies in place: the buffers must own distinct, non-broadcast memory, and the
+    new K/V must not alias them. Storages are compared on real tensors only (not while torch.compile
+    traces, not in a fake impl, not on the meta device, whose tensors have no memory)."""
+    for name, x in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if any(st == 0 and n > 1 for n, st in zip(x.shape, x.stride(), strict=True)):
+            raise ValueError(f"{name} is a broadcast (stride-0) view; a cache needs its own memory")
+    if not compare_storages or torch.compiler.is_compiling() or k_cache.device.type == "meta":
+        return
+    if _overlap(k_cache, v_cache):
+        raise ValueError("k_cache and v_cache share memory; pass two separate buffers")
+    for name, x in (("new_k", new_k), ("new_v", new_v)):
+        for cname, c in (("k_cache", k_cache), ("v_cache", v_cache)):
+            if _overlap(x, c):
+                raise ValueError(f"{name} shares memory with {cname}; pass a tensor of its own (e.g. .clone())")
+
+
+def check_kv_cache_write(k_cache, v_cache, new_k, new_v, start, compare_storages: bool = True) -> None:
+    """``kv_cache_write``'s arguments: caches ``(B, S, nh, d)`` and new K/V ``(B, n, nh, d)`` of one
+    float dtype and device, tokens ``[start, start + n)`` inside the cache, memory as
+    :func:`check_cache_buffers` requires."""
+    if k_cache.dim() != 4 or k_cache.shape != v_cache.shape or new_k.shape != new_v.shape or new_k.dim() != 4:
+        raise ValueError(
+            f"kv_cache_write takes k_cache, v_cache (B, S, nh, d) of one shape and new_k, new_v (B, n, nh, d) of "
+            f"one shape, got k_cache {tuple(k_cache.shape)}, v_cache {tuple(v_cache.shape)}, "
+            f"new_k {tuple(new_k.shape)}, new_v {tuple(new_v.shape)}"
+        )
+    if new_k.shape[0] != k_cache.shape[0] or new_k.shape[2:] != k_cache.shape[2:]:
+        raise ValueError(f"new_k {tuple(new_k.shape)} and k_cache {tuple(k_cache.shape)} differ in batch, heads or d")
+    tensors = (k_cache, v_cache, new_k, new_v)
+    if len({t.dtype for t in tensors}) != 1 or not k_cache.is_floating_point():
+        raise TypeError(
+            "kv_cache_write: k_cache, v_cache, new_k, new_v must share a float dtype (a write never casts), "
+            f"got {', '.join(str(t.dtype) for t in tensors)}"
+        )
+    if len({t.device for t in tensors}) != 1:
+        raise ValueError(
+            f"kv_cache_write: k_cache, v_cache, new_k, new_v must be on one device, got "
+            f"{', '.join(str(t.device) for t in tensors)}"
+        )
+    if start < 0 or start + new_k.shape[1] > k_cache.shape[1]:
+        raise ValueError(f"start={start}: tokens [{start}, {start + new_k.shape[1]}) do not fit {k_cache.shape[1]}")
+    check_cache_buffers(k_cache, v_cache, new_k, new_v, compare_storages)
+
+
 HADAMARD_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -59,6 +154,13 @@ def check_hadamard_input(x, check_size: bool = True) -> None:
     if check_size and not isinstance(n, torch.SymInt) and n not in _SUPPORTED_SIZES:
         supported_size(n)  # raises for an unsupported n
         _SUPPORTED_SIZES.add(n)  # every eager call asks: remember the sizes that passed
+
+
+def check_hadamard_scale(scale) -> float:
+    """A finite scale (an infinite or NaN one makes every output non-finite)."""
+    if not math.isfinite(scale):
+        raise ValueError(f"hadamard: scale={scale!r} must be finite")
+    return scale
 
 
 def check_monarch_matmul(x, w1, w2) -> None:

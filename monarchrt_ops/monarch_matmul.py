@@ -9,7 +9,8 @@ import torch
 from . import ops, tables
 from .amp import autocast_dtype_of, autocast_inputs
 from .arch import arch_of
-from .limits import check_monarch_matmul
+from .attention import _check_int
+from .limits import MAX_TENSOR_ELEMENTS, check_monarch_matmul
 from .registry import backend_names
 
 
@@ -113,11 +114,9 @@ class MonarchLinear(torch.nn.Module):
         matmul: str | None = None,
     ):
         super().__init__()
-        for name, value in (("in_features", in_features), ("out_features", out_features), ("nblocks", nblocks)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-            if value < 1:
-                raise ValueError(f"{name}={value} must be >= 1")
+        in_features = _check_int("in_features", in_features)  # numpy integers too, as nn.Linear takes
+        out_features = _check_int("out_features", out_features)
+        nblocks = _check_int("nblocks", nblocks)
         if in_features % nblocks or out_features % nblocks:
             raise ValueError(
                 f"in_features={in_features} and out_features={out_features} must divide by nblocks={nblocks}"
@@ -125,6 +124,11 @@ class MonarchLinear(torch.nn.Module):
         self.in_features, self.out_features, self.nblocks = in_features, out_features, nblocks
         self.matmul = matmul
         width = max(in_features, out_features) // nblocks
+        if width * max(in_features, out_features) > MAX_TENSOR_ELEMENTS:  # w1 or w2 (nblocks * width * n / nblocks)
+            raise ValueError(
+                f"in_features={in_features}, out_features={out_features}, nblocks={nblocks}: the factors would have "
+                f"more elements than a tensor can hold ({MAX_TENSOR_ELEMENTS})"
+            )
         kw = {"device": device, "dtype": dtype}
         self.w1 = torch.nn.Parameter(torch.empty(nblocks, width, in_features // nblocks, **kw))
         self.w2 = torch.nn.Parameter(torch.empty(nblocks, out_features // nblocks, width, **kw))

@@ -21,10 +21,12 @@ Ops (namespace ``monarchrt`` unless ``MONARCHRT_OPS_NAMESPACE`` names another, f
   fake impl: how a public function's argument error reaches a ``torch.compile(fullgraph=True)`` user
   (:func:`traceable_errors`).
 
-Inputs are validated by the public functions (attention.py, hadamard.py, monarch_matmul.py); the
-attention ops also run the cheap checks of limits.py themselves, eagerly and when traced, since a
-direct ``torch.ops`` call (vendoring, compile) skips the public functions. A second derivative
-through attention raises (``attention_backward`` has no derivative of its own).
+Inputs are validated by the public functions (attention.py, hadamard.py, monarch_matmul.py); every
+op also runs the cheap checks of limits.py itself (shapes, dtypes, devices, parameters; for
+``kv_cache_write`` aliased or broadcast buffers), in its impl and its fake impl, since a direct
+``torch.ops`` call (vendoring, compile) skips the public functions. A second derivative
+through attention differentiates the reference's recomputation (``attention_backward`` has no
+derivative of its own), as monarch_matmul's takes its closed form.
 Under ``torch.autocast``, ``attention`` and ``monarch_matmul`` run in the autocast dtype and the other
 ops ignore it (amp.py), the same eagerly and compiled.
 The public functions call ``call_<op>``: the op's implementation directly where :func:`eager`
@@ -45,9 +47,17 @@ from . import amp
 from . import backends as _backends  # noqa: F401  (registers the backends)
 from .arch import arch_of
 from .hadamard_matrices import factor
-from .limits import check_attention_params, check_hadamard_input, check_monarch_matmul
+from .limits import (
+    check_attention_backward,
+    check_attention_params,
+    check_attention_tensors,
+    check_hadamard_input,
+    check_hadamard_scale,
+    check_kv_cache_write,
+    check_monarch_matmul,
+)
 from .problem import AttentionProblem, HadamardProblem, MonarchMatmulProblem
-from .reference import compute_dtype
+from .reference import compute_dtype, monarch_attention_tiles
 from .registry import cached_select
 from .structured_reference import reference_monarch_matmul_backward
 
@@ -60,18 +70,8 @@ if not NAMESPACE.isidentifier() or NAMESPACE in _RESERVED_NAMESPACES:
     )
 
 
-def _check_tiles(q, k, v) -> None:
-    if q.dim() != 6 or k.shape != v.shape or k.dim() != 6:
-        raise ValueError(
-            f"attention takes tile-order q (B, A, b1, b2, nh, d) and k, v (B, F, b1, b2, nh, d) of one shape, "
-            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        )
-    if q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
-        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} differ in batch, tile shape, heads or head_dim")
-
-
 def _attention_impl(q, k, v, sm_scale, causal_block_tiles, num_iters, backend):
-    _check_tiles(q, k, v)
+    check_attention_tensors(q, k, v)
     check_attention_params(sm_scale, causal_block_tiles, num_iters, q.dtype)
     return _attention_run(q, k, v, sm_scale, causal_block_tiles, num_iters, backend)
 
@@ -91,13 +91,19 @@ def _attention_run(q, k, v, sm_scale, causal_block_tiles, num_iters, backend):
 
 
 def _attention_fake(q, k, v, sm_scale, causal_block_tiles, num_iters, backend):
-    _check_tiles(q, k, v)
+    check_attention_tensors(q, k, v)
     check_attention_params(sm_scale, causal_block_tiles, num_iters, q.dtype)
     lse = q.new_empty(q.shape[:-1], dtype=compute_dtype(q.dtype))
     return torch.empty_like(q, memory_format=torch.contiguous_format), lse
 
 
+def _check_backward(dout, dlse, q, k, v, out, lse, sm_scale, causal_block_tiles, num_iters) -> None:
+    check_attention_backward(dout, dlse, q, k, v, out, lse)
+    check_attention_params(sm_scale, causal_block_tiles, num_iters, q.dtype)
+
+
 def _attention_backward_impl(dout, dlse, q, k, v, out, lse, sm_scale, causal_block_tiles, num_iters, backend):
+    _check_backward(dout, dlse, q, k, v, out, lse, sm_scale, causal_block_tiles, num_iters)
     # the registry chooses the backward on its own (a forward-only backend named for the forward,
     # 'cuda', leaves the backward to automatic selection): docs/design.md, Selection
     key = ("backward", q.shape, k.shape, q.dtype, q.device, sm_scale, causal_block_tiles, num_iters)
@@ -114,7 +120,8 @@ def _attention_backward_impl(dout, dlse, q, k, v, out, lse, sm_scale, causal_blo
     return tuple(g.contiguous() for g in (dq, dk, dv))
 
 
-def _attention_backward_fake(dout, dlse, q, k, v, out, lse, *params):
+def _attention_backward_fake(dout, dlse, q, k, v, out, lse, sm_scale, causal_block_tiles, num_iters, backend):
+    _check_backward(dout, dlse, q, k, v, out, lse, sm_scale, causal_block_tiles, num_iters)
     return tuple(torch.empty_like(x, memory_format=torch.contiguous_format) for x in (q, k, v))
 
 
@@ -128,33 +135,33 @@ def _setup_context(ctx, inputs, output):
 def _attention_backward_autograd(ctx, dout, dlse):
     q, k, v, out, lse = ctx.saved_tensors
     if torch.is_grad_enabled() and any(t.requires_grad for t in (dout, dlse, q, k, v)):
-        # a backward that records a graph (create_graph=True) would differentiate attention_backward,
-        # which has no derivative: torch would return zeros with a warning
-        raise RuntimeError(
-            "second derivatives through Monarch attention are not implemented; "
-            "backward with create_graph=True (double backward) is not supported"
-        )
+        # a backward that records a graph (create_graph=True): attention_backward has no derivative
+        # (torch would return zeros with a warning), so differentiate the reference's recomputation
+        return (*_recorded_attention_backward(dout, dlse, q, k, v, *ctx.params[:3]), *(None,) * len(ctx.params))
     dq, dk, dv = _lookup("attention_backward")(dout, dlse, q, k, v, out, lse, *ctx.params)
     return (dq, dk, dv) + (None,) * len(ctx.params)
 
 
-def _check_kv_cache_write(k_cache, v_cache, new_k, new_v, start) -> None:
-    if k_cache.dim() != 4 or k_cache.shape != v_cache.shape or new_k.shape != new_v.shape or new_k.dim() != 4:
-        raise ValueError(
-            f"kv_cache_write takes caches (B, S, nh, d) of one shape and new_k, new_v (B, n, nh, d) of one shape, "
-            f"got {tuple(k_cache.shape)}, {tuple(v_cache.shape)}, {tuple(new_k.shape)}, {tuple(new_v.shape)}"
-        )
-    if new_k.shape[0] != k_cache.shape[0] or new_k.shape[2:] != k_cache.shape[2:]:
-        raise ValueError(f"new_k {tuple(new_k.shape)} and k_cache {tuple(k_cache.shape)} differ in batch, heads or d")
-    if start < 0 or start + new_k.shape[1] > k_cache.shape[1]:
-        raise ValueError(f"start={start}: tokens [{start}, {start + new_k.shape[1]}) do not fit {k_cache.shape[1]}")
+def _recorded_attention_backward(dout, dlse, q, k, v, sm_scale, causal_block_tiles, num_iters):
+    """(dq, dk, dv) as a differentiable function of (dout, dlse, q, k, v): autograd of the reference
+    forward (plain PyTorch, differentiable to any order) with the graph kept, as monarch_matmul's
+    second derivative takes its closed form."""
+    inputs = [t if t.requires_grad else t.detach().requires_grad_() for t in (q, k, v)]
+    z, lse = monarch_attention_tiles(
+        *inputs, sm_scale=sm_scale, causal_block_tiles=causal_block_tiles, num_iters=num_iters
+    )
+    return torch.autograd.grad((z, lse), inputs, (dout, dlse.to(lse.dtype)), create_graph=True)
 
 
 def _kv_cache_write_impl(k_cache, v_cache, new_k, new_v, start):
-    _check_kv_cache_write(k_cache, v_cache, new_k, new_v, start)
+    check_kv_cache_write(k_cache, v_cache, new_k, new_v, start)
     n = new_k.shape[1]
     k_cache[:, start : start + n].copy_(new_k)
     v_cache[:, start : start + n].copy_(new_v)
+
+
+def _kv_cache_write_fake(k_cache, v_cache, new_k, new_v, start):
+    check_kv_cache_write(k_cache, v_cache, new_k, new_v, start, compare_storages=False)
 
 
 def _hadamard_rows(x, out, scale, transpose, fp32_intermediate, backend):
@@ -174,6 +181,7 @@ def _hadamard_rows(x, out, scale, transpose, fp32_intermediate, backend):
 
 def _hadamard_impl(x, scale, transpose, fp32_intermediate, backend):
     check_hadamard_input(x)
+    check_hadamard_scale(scale)
     return _hadamard_run(x, scale, transpose, fp32_intermediate, backend)
 
 
@@ -183,19 +191,21 @@ def _hadamard_run(x, scale, transpose, fp32_intermediate, backend):
     return _hadamard_rows(x2, torch.empty_like(x2), scale, transpose, fp32_intermediate, backend).reshape(x.shape)
 
 
-def _check_inplace(x) -> None:
+def _check_inplace(x, scale) -> None:
     check_hadamard_input(x)
+    check_hadamard_scale(scale)
     if not x.is_contiguous():
         raise ValueError("hadamard_: x must be contiguous to be transformed in place")
 
 
-def _hadamard_fake(x, *args):
+def _hadamard_fake(x, scale, *args):
     check_hadamard_input(x)
+    check_hadamard_scale(scale)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 def _hadamard_inplace_impl(x, scale, transpose, fp32_intermediate, backend):
-    _check_inplace(x)
+    _check_inplace(x, scale)
     _hadamard_inplace_run(x, scale, transpose, fp32_intermediate, backend)
 
 
@@ -432,9 +442,9 @@ def _register() -> None:
     impls = {
         "attention": (_attention_impl, _attention_fake),
         "attention_backward": (_attention_backward_impl, _attention_backward_fake),
-        "kv_cache_write": (_kv_cache_write_impl, _check_kv_cache_write),
+        "kv_cache_write": (_kv_cache_write_impl, _kv_cache_write_fake),
         "hadamard": (_hadamard_impl, _hadamard_fake),
-        "hadamard_": (_hadamard_inplace_impl, lambda x, *args: _check_inplace(x)),
+        "hadamard_": (_hadamard_inplace_impl, lambda x, scale, *args: _check_inplace(x, scale)),
         "monarch_matmul": (_monarch_matmul_impl, _monarch_matmul_fake),
         "monarch_matmul_backward": (_monarch_matmul_backward_impl, _monarch_matmul_backward_fake),
         "argument_error": (_argument_error, _argument_error),

@@ -236,3 +236,229 @@ def test_stage_r_narrow_last_column_block(dtype, num_iters, poison_empty):
     assert_close_to_float64(lse.cpu(), ref_lse, same_lse.float(), dtype, at_most=FLOOR[dtype], what="lse")
     for name, g, g64, g_same in zip("qkv", grads, ref_grads, same_grads, strict=True):
         assert_close_to_float64(g.cpu(), g64, g_same, dtype, what=f"d{name}")
+
+
+# --- the op's own checks (issue 18 item 5): a direct torch.ops call skips the public functions ------
+def _direct_backward_args():
+    q = torch.randn(1, 2, 6, 10, 2, 8)  # tile order of the identity tiling of 2 frames of 6x10
+    out, lse = m.ops.attention(q, q, q, 0.3, 0, 1, "reference")
+    return [out, lse, q, q, q, out, lse, 0.3, 0, 1, "reference"]
+
+
+@pytest.mark.parametrize(
+    "position, value, exc, match",
+    [
+        (0, lambda a: a[0][:, :1], ValueError, "attention_backward: dout must have shape (1, 2, 6, 10, 2, 8)"),
+        (1, lambda a: a[1][..., :1], ValueError, "attention_backward: dlse must have shape (1, 2, 6, 10, 2)"),
+        (1, lambda a: a[1].double(), ValueError, "dlse must have shape (1, 2, 6, 10, 2), dtype torch.float32"),
+        (5, lambda a: a[5].to("meta"), ValueError, "out must have shape"),
+        (3, lambda a: a[3].double(), TypeError, "q, k, v must share a float dtype"),
+        (9, lambda a: 0, ValueError, "num_iters=0 must be in 1..16"),
+        (7, lambda a: 1e30, ValueError, "sm_scale=1e+30 must be in"),
+    ],
+    ids=["dout-shape", "dlse-shape", "dlse-dtype", "out-device", "k-dtype", "num_iters-0", "sm_scale"],
+)
+def test_backward_op_checks_its_own_arguments(position, value, exc, match):
+    """attention_backward had no checks: num_iters=0 or a huge sm_scale returned numbers, wrong
+    shapes failed deep inside the backend with a broadcasting RuntimeError."""
+    import re
+
+    args = _direct_backward_args()
+    args[position] = value(args)
+    with pytest.raises(exc, match=re.escape(match)):
+        m.ops.attention_backward(*args)
+    with pytest.raises(exc, match=re.escape(match)), torch._subclasses.FakeTensorMode(allow_non_fake_inputs=True):
+        m.ops.attention_backward(*args)  # the fake impl (compile, opcheck) checks the same
+
+
+def test_forward_op_checks_dtypes_and_devices():
+    q = torch.randn(1, 2, 6, 10, 2, 8)
+    with pytest.raises(TypeError, match="q, k, v must share a float dtype"):
+        m.ops.attention(q, q.double(), q, 0.3, 0, 1, "reference")
+    with pytest.raises(TypeError, match="q, k, v must share a float dtype"):
+        m.ops.attention(*(q.long(),) * 3, 0.3, 0, 1, "reference")
+    with pytest.raises(ValueError, match="q, k, v must be on one device"):
+        m.ops.attention(q, q, q.to("meta"), 0.3, 0, 1, "reference")
+
+
+def test_backward_op_fake_impl_passes_valid_arguments():
+    args = _direct_backward_args()
+    with torch._subclasses.FakeTensorMode(allow_non_fake_inputs=True):
+        grads = m.ops.attention_backward(*args)
+    assert [g.shape for g in grads] == [args[2].shape] * 3
+
+
+# Second derivatives (issue 18 item 1): attention_backward has no derivative, so double backward was
+# silently zero (torch only warned); it now differentiates the reference's recomputation.
+@pytest.mark.parametrize(
+    "kw", [{}, {"causal_block_frames": 1, "num_iters": 2}, {"h_reduce": 2}], ids=["plain", "causal-iters2", "tiled"]
+)
+def test_gradgradcheck(kw):
+    q, k, v = qkv(1, 2, 2, (2, 4), 1, 3, requires_grad=True)
+    assert torch.autograd.gradgradcheck(
+        lambda q, k, v: m.monarch_attention_with_lse(q, k, v, (2, 4), backend="reference", **kw), (q, k, v)
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_double_backward_is_not_zero_on_every_backend(backend, poison_empty):
+    """The Hessian-vector product of a backend's forward equals the reference's."""
+    q, k, v = (x.float().to(DEVICE) for x in qkv(1, 2, 2, (2, 4), 2, 64, seed=3))
+
+    def hvp(backend):
+        qq = q.clone().requires_grad_()
+        out = m.monarch_attention(qq, k, v, (2, 4), backend=backend)
+        (g,) = torch.autograd.grad(out.square().sum(), qq, create_graph=True)
+        (h,) = torch.autograd.grad(g.sum(), qq)
+        return h
+
+    with skip_unless_supported(backend):
+        h = hvp(backend)
+    assert h.abs().sum() > 0
+    torch.testing.assert_close(h, hvp("reference"))
+
+
+# --- bad input raises TypeError/ValueError naming the value, before any kernel runs --------------------
+def _t(*shape, dtype=torch.float32):
+    return torch.randn(*shape, dtype=dtype)
+
+
+Q = _t(1, 120, 2, 8)
+QT = Q.reshape(1, 2, 6, 10, 2, 8)  # tile order of the identity tiling
+BAD_INPUT = [
+    (
+        "S not a multiple of H*W",
+        lambda: m.monarch_attention(_t(1, 100, 2, 8), Q, Q, (6, 10)),
+        ValueError,
+        "S=100 is not a positive multiple of H*W=60",
+    ),
+    (
+        "kv S not a multiple",
+        lambda: m.monarch_attention(Q, _t(1, 90, 2, 8), _t(1, 90, 2, 8), (6, 10)),
+        ValueError,
+        "S=90",
+    ),
+    (
+        "h_reduce",
+        lambda: m.monarch_attention(Q, Q, Q, (6, 10), h_reduce=4),
+        ValueError,
+        "H=6 is not divisible by h_reduce=4",
+    ),
+    (
+        "w_reduce",
+        lambda: m.monarch_attention(Q, Q, Q, (6, 10), w_reduce=3),
+        ValueError,
+        "W=10 is not divisible by w_reduce=3",
+    ),
+    (
+        "f_tied",
+        lambda: m.monarch_attention(Q, Q, Q, (6, 10), f_tied=3),
+        ValueError,
+        "2 frames are not divisible by f_tied=3",
+    ),
+    ("batch", lambda: m.monarch_attention(Q, _t(2, 120, 2, 8), _t(2, 120, 2, 8), (6, 10)), ValueError, "batch: 1 vs 2"),
+    ("heads", lambda: m.monarch_attention(Q, _t(1, 120, 3, 8), _t(1, 120, 3, 8), (6, 10)), ValueError, "heads: 2 vs 3"),
+    (
+        "head_dim",
+        lambda: m.monarch_attention(Q, _t(1, 120, 2, 4), _t(1, 120, 2, 4), (6, 10)),
+        ValueError,
+        "head_dim: 8 vs 4",
+    ),
+    (
+        "k v shape",
+        lambda: m.monarch_attention(Q, Q, _t(1, 60, 2, 8), (6, 10)),
+        ValueError,
+        "k and v must have the same shape",
+    ),
+    ("dtype mismatch", lambda: m.monarch_attention(Q, Q.double(), Q, (6, 10)), TypeError, "share a dtype"),
+    ("int dtype", lambda: m.monarch_attention(Q.long(), Q, Q, (6, 10)), TypeError, "torch.int64 is not supported"),
+    (
+        "unsupported head_dim",
+        lambda: m.monarch_attention(*(_t(1, 60, 1, 300),) * 3, (6, 10)),
+        ValueError,
+        "head_dim=300 is not supported",
+    ),
+    ("rank", lambda: m.monarch_attention(_t(120, 2, 8), Q, Q, (6, 10)), ValueError, "must be (B, S, nh, d)"),
+    ("not a tensor", lambda: m.monarch_attention([1.0], Q, Q, (6, 10)), TypeError, "q must be a torch.Tensor"),
+    ("frame_shape", lambda: m.monarch_attention(Q, Q, Q, 60), TypeError, "frame_shape must be a pair"),
+    ("float f_tied", lambda: m.monarch_attention(Q, Q, Q, (6, 10), f_tied=1.0), TypeError, "f_tied must be an int"),
+    ("num_iters 0", lambda: m.monarch_attention(Q, Q, Q, (6, 10), num_iters=0), ValueError, "num_iters=0 must be >= 1"),
+    (
+        "causal Sq != Skv",
+        lambda: m.monarch_attention(_t(1, 60, 2, 8), Q, Q, (6, 10), causal_block_frames=1),
+        ValueError,
+        "needs Sq == Skv",
+    ),
+    (
+        "causal vs f_tied",
+        lambda: m.monarch_attention(Q, Q, Q, (6, 10), f_tied=2, causal_block_frames=1),
+        ValueError,
+        "multiple of f_tied=2",
+    ),
+    ("sm_scale", lambda: m.monarch_attention(Q, Q, Q, (6, 10), sm_scale=-1.0), ValueError, "sm_scale=-1.0"),
+    (
+        "sm_scale nan",
+        lambda: m.monarch_attention(Q, Q, Q, (6, 10), sm_scale=float("nan")),
+        ValueError,
+        "positive finite",
+    ),
+    (
+        "unknown backend",
+        lambda: m.monarch_attention(Q, Q, Q, (6, 10), backend="cudnn"),
+        ValueError,
+        "backend='cudnn' is not one of",
+    ),
+    # issue 18: silent wrong answers and internal errors that now raise, each naming the argument
+    ("num_iters bounded", lambda: m.monarch_attention(Q, Q, Q, (6, 10), num_iters=2**40), ValueError, "num_iters="),
+    (
+        "causal block beyond the frames",
+        lambda: m.monarch_attention(Q, Q, Q, (6, 10), causal_block_frames=2**63),
+        ValueError,
+        "causal_block_frames=",
+    ),
+    ("sm_scale per dtype", lambda: m.monarch_attention(Q, Q, Q, (6, 10), sm_scale=1e38), ValueError, "sm_scale="),
+    (
+        "direct op: num_iters=0",
+        lambda: m.ops.attention(QT, QT, QT, 0.3, 0, 0, "reference"),
+        ValueError,
+        "num_iters=0 must be in 1..",
+    ),
+    (
+        "direct op: natural-order tensors",
+        lambda: m.ops.attention(Q, Q, Q, 0.3, 0, 1, "reference"),
+        ValueError,
+        "attention takes tile-order q",
+    ),
+    (
+        "direct op: sm_scale",
+        lambda: m.ops.attention(QT, QT, QT, 1e30, 0, 1, "reference"),
+        ValueError,
+        "sm_scale=1e+30 must be in",
+    ),
+]
+
+
+@pytest.mark.parametrize("fn, exc, msg", [c[1:] for c in BAD_INPUT], ids=[c[0] for c in BAD_INPUT])
+def test_bad_input_raises_a_clear_error(fn, exc, msg):
+    with pytest.raises(exc) as info:
+        fn()
+    assert msg in str(info.value)
+
+
+def test_explicit_backend_never_falls_back(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="backend='triton' cannot run attention here: no CUDA device"):
+        m.monarch_attention(Q, Q, Q, (6, 10), backend="triton")
+
+
+def test_triton_rejects_other_head_dims(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(ValueError, match=r"head_dim=8 is not in \(64, 128\)"):
+        m.monarch_attention(Q, Q, Q, (6, 10), backend="triton")
+
+
+def test_numpy_scalars_are_accepted_like_python_ones():
+    np = pytest.importorskip("numpy")
+    ref = m.monarch_attention(Q, Q, Q, (6, 10), num_iters=2, sm_scale=0.25)
+    got = m.monarch_attention(Q, Q, Q, (6, 10), num_iters=np.int64(2), sm_scale=np.float32(0.25))
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)

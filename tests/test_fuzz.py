@@ -1,10 +1,13 @@
 """Seeded fuzzing of every public function and op (issue 18): random valid and invalid arguments on
-tiny shapes. Each call either matches a float64 oracle within docs/testing.md's tolerance or raises
+tiny shapes, through the public functions, the layout functions and each torch op called directly
+(attention, attention_backward, kv_cache_write, hadamard, hadamard_, monarch_matmul,
+monarch_matmul_backward). Each call either matches a float64 oracle within docs/testing.md's tolerance or raises
 ValueError/TypeError whose message names the argument that was made invalid; any other exception, a
 valid call refused, or a call slower than SLOW_S (a runaway) fails. Bounded to BUDGET_S in all.
 
 Oracles: the dense Hadamard matrix and the dense Monarch product built from the factors (independent
-formulas), and for attention the reference backend in float64 (itself checked against independent
+formulas; autograd of them for the matmul backward), the input itself for a layout round trip, the
+written rows for a cache write, and for attention the reference backend in float64 (itself checked against independent
 formulas in test_reference.py). Direct torch.ops calls get only tensor-typed mutations: torch's own
 schema check raises RuntimeError for a non-tensor, outside this package.
 """
@@ -354,8 +357,177 @@ def direct_op_case(rng):
     return Case(lambda: ops.attention(*(args[n] for n in names))[0], oracle, bad, torch.float32)
 
 
+def direct_attention_backward_case(rng):
+    b1, b2, nh, d = rng.choice([2, 3]), rng.choice([2, 4]), 1, 4
+    g = torch.Generator().manual_seed(rng.randrange(2**31))
+    qt, kt, vt = (torch.randn(1, 2, b1, b2, nh, d, generator=g) for _ in range(3))
+    params = {"sm_scale": 0.5, "causal_block_tiles": rng.choice([0, 1]), "num_iters": rng.choice([1, 2])}
+    out, lse = ops.attention(qt, kt, vt, *params.values(), "reference")
+    dout, dlse = torch.randn(out.shape, generator=g), torch.randn(lse.shape, generator=g)
+    valid = {"dout": dout, "dlse": dlse, "q": qt, "k": kt, "v": vt, "out": out, "lse": lse, **params,
+             "backend": rng.choice(["", "reference"])}  # fmt: skip
+    mutations = {
+        "dout": lambda a: [(a["dout"][:, :1], ["dout"]), (a["dout"].double(), ["dout"])],
+        "dlse": lambda a: [(a["dlse"][..., :1], ["dlse"]), (a["dlse"].to("meta"), ["dlse"])],
+        "out": lambda a: [(a["out"][..., :2], ["out"])],
+        "lse": lambda a: [(a["lse"].half(), ["lse"])],
+        "k": lambda a: [(a["k"].double(), ["k"]), (a["k"][:, :, :1], ["k"])],
+        "sm_scale": lambda a: [(1e30, ["sm_scale"]), (0.0, ["sm_scale"])],
+        "num_iters": lambda a: [(0, ["num_iters"]), (99, ["num_iters"])],
+        "causal_block_tiles": lambda a: [(-1, ["causal_block_tiles"])],
+        "backend": lambda a: [("nope", ["backend"])],
+    }
+    args, bad = pick(rng, valid, mutations)
+
+    def oracle():
+        from monarchrt_ops import reference
+
+        inputs = [x.double().requires_grad_() for x in (qt, kt, vt)]
+        z, lse64 = reference.monarch_attention_tiles(*inputs, **params)
+        grads = torch.autograd.grad((z, lse64), inputs, (dout.double(), dlse.double()))
+        return torch.cat([x.flatten() for x in grads])
+
+    def run():
+        return torch.cat([x.flatten() for x in ops.attention_backward(*args.values())])
+
+    return Case(run, oracle, bad, torch.float32)
+
+
+def direct_kv_cache_write_case(rng):
+    nh, d, seq, n = rng.randint(1, 2), 4, 6, rng.randint(1, 3)
+    dtype = rng.choice([torch.float32, torch.float64])
+    g = torch.Generator().manual_seed(rng.randrange(2**31))
+    new_k, new_v = (torch.randn(1, n, nh, d, generator=g, dtype=torch.float64).to(dtype) for _ in range(2))
+    caches = [torch.zeros(1, seq, nh, d, dtype=dtype) for _ in range(2)]
+    valid = {
+        "k_cache": caches[0],
+        "v_cache": caches[1],
+        "new_k": new_k,
+        "new_v": new_v,
+        "start": rng.randint(0, seq - n),
+    }
+    mutations = {
+        "k_cache": lambda a: [
+            (torch.zeros(1, 1, nh, d, dtype=dtype).expand(1, seq, nh, d), ["k_cache"]),
+            (a["k_cache"].long(), ["k_cache"]),
+            (a["k_cache"][..., :2], ["k_cache"]),
+        ],  # fmt: skip
+        "v_cache": lambda a: [(a["k_cache"], ["v_cache"]), (a["v_cache"].to("meta"), ["v_cache"])],
+        "new_k": lambda a: [(a["new_k"].half(), ["new_k"]), (a["k_cache"][:, :n], ["new_k"])],
+        "new_v": lambda a: [(a["new_v"][:, :, :1], ["new_v"])],
+        "start": lambda a: [(-1, ["start"]), (seq, ["start"])],
+    }
+    args, bad = pick(rng, valid, mutations)
+
+    def run():
+        ops.kv_cache_write(*args.values())
+        return torch.cat([args["k_cache"], args["v_cache"]])
+
+    def oracle():
+        k, v = torch.zeros(1, seq, nh, d, dtype=torch.float64), torch.zeros(1, seq, nh, d, dtype=torch.float64)
+        lo = args["start"]
+        k[:, lo : lo + n], v[:, lo : lo + n] = new_k.double(), new_v.double()
+        return torch.cat([k, v])
+
+    return Case(run, oracle, bad, dtype)
+
+
+def direct_hadamard_case(rng):
+    n = rng.choice([2, 8, 12, 16, 20, 40])
+    dtype = rng.choice([torch.float32, torch.float64])
+    g = torch.Generator().manual_seed(rng.randrange(2**31))
+    x = torch.randn(rng.randint(1, 3), n, generator=g, dtype=torch.float64).to(dtype)
+    valid = {"x": x, "scale": rng.choice([0.5, -2.0, n**-0.5]), "transpose": rng.random() < 0.5,
+             "fp32_intermediate": rng.random() < 0.3, "backend": rng.choice(["", "reference"])}  # fmt: skip
+    in_place = rng.random() < 0.4
+    mutations = {
+        "x": lambda a: [
+            (torch.randn(2, 72, dtype=dtype), ["n=72"]),
+            (a["x"].int(), ["x.dtype"]),
+            (torch.tensor(1.0, dtype=dtype), ["x"]),
+            (torch.randn(n, 3, dtype=dtype).T if in_place else torch.randn(2, 1, dtype=dtype), ["x", "n=1"]),
+        ],  # fmt: skip
+        "scale": lambda a: [(math.nan, ["scale"]), (math.inf, ["scale"])],
+        "backend": lambda a: [("cudnn", ["backend"])],
+    }
+    args, bad = pick(rng, valid, mutations)
+
+    def run():
+        if not in_place:
+            return ops.hadamard(*args.values())
+        y = args["x"].clone() if args["x"].is_contiguous() else args["x"]  # a strided x stays strided
+        ops.hadamard_(y, *list(args.values())[1:])
+        return y
+
+    def oracle():
+        h = hadamard_matrix(args["x"].shape[-1])
+        return args["x"].double() @ (h if args["transpose"] else h.T) * args["scale"]
+
+    return Case(run, oracle, bad, dtype)
+
+
+def direct_monarch_matmul_backward_case(rng):
+    k, q, p = rng.randint(1, 3), rng.randint(1, 3), rng.randint(1, 3)
+    r = rng.choice([d for d in range(1, k * q + 1) if (k * q) % d == 0])
+    l, s = k * q // r, rng.randint(1, 3)
+    dtype = rng.choice([torch.float32, torch.float64])
+    g = torch.Generator().manual_seed(rng.randrange(2**31))
+    rows = rng.randint(1, 3)
+    x, w1, w2, dout = (torch.randn(*sh, generator=g, dtype=torch.float64).to(dtype)
+                       for sh in ((rows, k * p), (k, q, p), (l, s, r), (rows, s * l)))  # fmt: skip
+    valid = {"dout": dout, "x": x, "w1": w1, "w2": w2, "backend": rng.choice(["", "reference"])}
+    mutations = {
+        "dout": lambda a: [(a["dout"][:, :-1] if s * l > 1 else a["dout"][:0], ["dout"]), (a["dout"].half(), ["dout"])],
+        "x": lambda a: [(torch.randn(rows, k * p + 1, dtype=dtype), ["x"])],
+        "w1": lambda a: [(torch.zeros(0, q, p, dtype=dtype), ["w1"]), (a["w1"][0], ["w1"])],
+        "w2": lambda a: [(torch.randn(l + 1, s, r, dtype=dtype), ["w2"])],
+        "backend": lambda a: [("nope", ["backend"])],
+    }
+    args, bad = pick(rng, valid, mutations)
+
+    def run():
+        return torch.cat([t.flatten() for t in ops.monarch_matmul_backward(*args.values())])
+
+    def oracle():
+        xx, a, b = (t.double().requires_grad_() for t in (x, w1, w2))
+        y = xx @ dense_monarch(a, b).T
+        return torch.cat([t.flatten() for t in torch.autograd.grad(y, (xx, a, b), dout.double())])
+
+    return Case(run, oracle, bad, dtype)
+
+
+# ---------------------------------------------------------------- the layout functions
+def layout_case(rng):
+    h, w = rng.choice([(2, 3), (2, 4), (4, 2)])
+    f_tied = rng.choice([1, 2])
+    g = torch.Generator().manual_seed(rng.randrange(2**31))
+    x = torch.randn(1, f_tied * rng.randint(1, 2) * h * w, 2, 3, generator=g, dtype=torch.float64)
+    valid = {"x": x, "frame_h": h, "frame_w": w, "f_tied": f_tied,
+             "h_reduce": rng.choice([r for r in (1, 2) if h % r == 0]),
+             "w_reduce": rng.choice([r for r in (1, 2) if w % r == 0])}  # fmt: skip
+    mutations = {
+        "x": lambda a: [(a["x"][:, :-1], ["S="]), (a["x"][0], ["x must be"])],
+        "frame_h": lambda a: [(0, ["frame_h"]), (2.0, ["frame_h"])],
+        "f_tied": lambda a: [(-1, ["f_tied"])],
+        "h_reduce": lambda a: [(h + 1, ["h_reduce"]), (True, ["h_reduce"])],
+        "w_reduce": lambda a: [(w + 1, ["w_reduce"])],
+    }
+    args, bad = pick(rng, valid, mutations)
+    sequence = rng.random() < 0.5
+
+    def run():
+        a = dict(args)
+        tiling = m.Tiling(a.pop("frame_h"), a.pop("frame_w"), **{n: a[n] for n in ("f_tied", "h_reduce", "w_reduce")})
+        if sequence:
+            return m.from_tile_sequence(m.to_tile_sequence(a["x"], tiling), tiling)
+        return m.from_tiles(m.to_tiles(a["x"], tiling), tiling)
+
+    return Case(run, lambda: args["x"], bad)
+
+
 GENERATORS = [attention_case, kv_cache_case, kv_cache_object_case, hadamard_case, monarch_matmul_case,
-              monarch_linear_case, direct_op_case]  # fmt: skip
+              monarch_linear_case, direct_op_case, direct_attention_backward_case, direct_kv_cache_write_case,
+              direct_hadamard_case, direct_monarch_matmul_backward_case, layout_case]  # fmt: skip
 
 
 def check(case: Case) -> str | None:

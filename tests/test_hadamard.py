@@ -236,8 +236,11 @@ def test_triton_interpret_set_after_the_kernels_were_imported_is_named():
         (lambda: ops.hadamard(torch.randn(2, 8).long(), 1.0, False, False, ""), TypeError, "torch.int64"),
         (lambda: m.hadamard(torch.randn(2, 1)), ValueError, "n=1 is not supported"),  # documented: 2 <= n
         (lambda: m.hadamard(torch.randn(2, 8), float("nan")), ValueError, "scale=nan must be finite"),
+        # the op's own scale check: a direct call with scale=inf returned an all-inf/NaN tensor
+        (lambda: ops.hadamard(torch.randn(2, 8), float("inf"), False, False, ""), ValueError, "scale=inf must be"),
+        (lambda: ops.hadamard_(torch.randn(2, 8), float("nan"), False, False, ""), ValueError, "scale=nan must be"),
     ],
-    ids=["op-size", "op-inplace-strided", "op-dtype", "n=1", "scale-nan"],
+    ids=["op-size", "op-inplace-strided", "op-dtype", "n=1", "scale-nan", "op-scale-inf", "op-inplace-scale-nan"],
 )
 def test_op_checks_its_own_input(fn, exc, match):
     """A direct torch.ops call used to fail inside the launcher (n=72: 'cannot unpack NoneType')."""

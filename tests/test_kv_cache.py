@@ -4,7 +4,8 @@ import pytest
 import torch
 from conftest import qkv
 
-from monarchrt_ops import MonarchKVCache, monarch_attention
+import monarchrt_ops as m
+from monarchrt_ops import MonarchKVCache, monarch_attention, ops
 
 SHAPE = (4, 6)
 HW = SHAPE[0] * SHAPE[1]
@@ -204,3 +205,194 @@ def test_autocast_casts_the_query_and_the_filled_slice_and_never_the_writes():
         with pytest.raises(TypeError, match="new_k.dtype=torch.bfloat16, but this cache holds torch.float32"):
             cache.append(frames_of(k, 2, 4).bfloat16(), frames_of(v, 2, 4).bfloat16())
     assert cache.k_buffer.dtype == torch.float32
+
+
+# --- the kv_cache_write op's own checks (issue 18 items 4, 5): a direct torch.ops call ----------------
+def _write_args():
+    return [torch.zeros(1, 240, 2, 8), torch.zeros(1, 240, 2, 8), torch.randn(1, 60, 2, 8), torch.randn(1, 60, 2, 8), 0]
+
+
+@pytest.mark.parametrize(
+    "position, value, exc, match",
+    [
+        (2, lambda a: a[2].double(), TypeError, "must share a float dtype (a write never casts)"),
+        (0, lambda a: a[0].long(), TypeError, "must share a float dtype"),
+        (3, lambda a: a[3].to("meta"), ValueError, "must be on one device, got cpu, cpu, cpu, meta"),
+        (1, lambda a: a[0], ValueError, "k_cache and v_cache share memory"),
+        (0, lambda a: torch.zeros(1, 1, 2, 8).expand(1, 240, 2, 8), ValueError, "k_cache is a broadcast"),
+        (2, lambda a: a[1][:, 60:120], ValueError, "new_k shares memory with v_cache"),
+        (4, lambda a: 200, ValueError, "start=200: tokens [200, 260) do not fit 240"),
+    ],
+    ids=["dtype", "int-cache", "device", "aliased-caches", "stride-0", "new_k-aliases", "start"],
+)
+def test_write_op_checks_its_own_arguments(position, value, exc, match):
+    """A direct kv_cache_write used to cast silently, write across devices, write one buffer twice
+    (k and v aliased) or fail inside copy_ (stride-0 cache)."""
+    import re
+
+    args = _write_args()
+    args[position] = value(args)
+    with pytest.raises(exc, match=re.escape(match)):
+        ops.kv_cache_write(*args)
+
+
+def test_write_op_fake_impl_checks_shapes_and_dtypes():
+    args = _write_args()
+    args[2] = args[2].double()
+    with (
+        pytest.raises(TypeError, match="must share a float dtype"),
+        torch._subclasses.FakeTensorMode(allow_non_fake_inputs=True),
+    ):
+        ops.kv_cache_write(*args)
+
+
+# --- new_k/new_v must be what the cache holds (issue 18 item 4): other tensors gave wrong gradients ---
+def _written_cache(dtype=torch.float64):
+    """A 3-frame cache of (2, 4) frames with frames [1, 3) written from new_k, new_v."""
+    hw = 8
+    k_cache, v_cache = torch.randn(1, 3 * hw, 2, 4, dtype=dtype), torch.randn(1, 3 * hw, 2, 4, dtype=dtype)
+    new_k, new_v = torch.randn(1, 2 * hw, 2, 4, dtype=dtype), torch.randn(1, 2 * hw, 2, 4, dtype=dtype)
+    from monarchrt_ops import write_kv_cache
+
+    write_kv_cache(k_cache, v_cache, new_k.detach(), new_v.detach(), 1, (2, 4), h_reduce=2)
+    return k_cache, v_cache, new_k, new_v
+
+
+def _attend(k_cache, v_cache, new_k, new_v, q=None):
+    from monarchrt_ops import monarch_attention_kv_cache
+
+    q = torch.randn(1, 16, 2, 4, dtype=k_cache.dtype) if q is None else q
+    return monarch_attention_kv_cache(
+        q, k_cache, v_cache, 3, (2, 4), new_k=new_k, new_v=new_v, h_reduce=2, backend="reference"
+    )
+
+
+def test_new_kv_that_the_cache_does_not_hold_raise():
+    k_cache, v_cache, new_k, new_v = _written_cache()
+    other = (new_k + 1).requires_grad_()
+    with pytest.raises(ValueError, match=r"new_k/new_v are not what frames \[1, 3\) of k_cache/v_cache hold"):
+        _attend(k_cache, v_cache, other, new_v.requires_grad_())
+    new_k.requires_grad_()
+    with torch.no_grad():
+        new_k.mul_(2)  # changed after the write
+    with pytest.raises(ValueError, match="new_k/new_v are not what"):
+        _attend(k_cache, v_cache, new_k, new_v)
+    with pytest.raises(ValueError, match=r"frames \[2, 3\)"):  # the wrong frames of the write: its first, not last
+        _attend(k_cache, v_cache, new_k.detach()[:, :8].requires_grad_(), new_v.detach()[:, :8].requires_grad_())
+
+
+def test_new_kv_of_the_last_write_pass_without_a_comparison(monkeypatch):
+    k_cache, v_cache, new_k, new_v = _written_cache()
+    new_k.requires_grad_(), new_v.requires_grad_()
+    calls = []
+    monkeypatch.setattr(torch, "equal", lambda *a: calls.append(a) or True)
+    _attend(k_cache, v_cache, new_k, new_v)  # the very tensors written (detached there)
+    _attend(k_cache, v_cache, new_k[:, 8:], new_v[:, 8:])  # their last frames
+    assert calls == []  # recognised from the write record: no device sync
+
+
+def test_new_kv_equal_to_the_rows_are_accepted_and_give_their_gradients():
+    k_cache, v_cache, new_k, new_v = _written_cache()
+    copy_k, copy_v = new_k.clone().requires_grad_(), new_v.clone().requires_grad_()  # not the written tensors
+    q = torch.randn(1, 16, 2, 4, dtype=torch.float64)
+    out = _attend(k_cache, v_cache, copy_k, copy_v, q)
+    gk, gv = torch.autograd.grad(out.sum(), (copy_k, copy_v))
+    # the same call with the written tensors themselves (recognised by the write record)
+    ref_k, ref_v = new_k.requires_grad_(), new_v.requires_grad_()
+    ref = _attend(k_cache, v_cache, ref_k, ref_v, q)
+    for a, b in zip((gk, gv), torch.autograd.grad(ref.sum(), (ref_k, ref_v)), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_cache_object_passes_its_last_write():
+    cache = make(4)
+    q, k, v = chunks(2)
+    k, v = k.requires_grad_(), v.requires_grad_()
+    cache.write(k, v)
+    out = cache.attend(q)
+    assert torch.autograd.grad(out.sum(), k)[0].abs().sum() > 0
+
+
+# --- bad input of the cache functions raises TypeError/ValueError naming the argument -----------------
+def _t(*shape, dtype=torch.float32):
+    return torch.randn(*shape, dtype=dtype)
+
+
+Q = _t(1, 120, 2, 8)
+KC = torch.zeros(1, 240, 2, 8)
+NK = _t(1, 60, 2, 8)
+BAD_INPUT = [
+    (
+        "cache start",
+        lambda: m.write_kv_cache(_t(1, 120, 2, 8), _t(1, 120, 2, 8), Q, Q, 1, (6, 10)),
+        ValueError,
+        "frames [1, 3) do not fit a cache of 2 frames",
+    ),
+    (
+        "cache kv_frames",
+        lambda: m.monarch_attention_kv_cache(Q, Q, Q, 3, (6, 10)),
+        ValueError,
+        "kv_frames=3 must be <= 2",
+    ),
+    (
+        "cache new_k alone",
+        lambda: m.monarch_attention_kv_cache(Q, Q, Q, 2, (6, 10), new_k=Q),
+        ValueError,
+        "both new_k and new_v",
+    ),
+    (
+        "cache requires grad",
+        lambda: m.monarch_attention_kv_cache(Q, Q.clone().requires_grad_(), Q, 2, (6, 10), new_k=Q, new_v=Q),
+        ValueError,
+        "the cache requires grad",
+    ),
+    # issue 18 item 4: silent no-ops, aliasing and copy_ failures that now raise, naming the argument
+    (
+        "new_v on another device",
+        lambda: m.write_kv_cache(KC.clone(), KC.clone(), NK, NK.to("meta"), 0, (6, 10)),
+        ValueError,
+        "new_v, k_cache, v_cache must be on one device",
+    ),
+    ("k and v caches aliased", lambda: m.write_kv_cache(KC, KC, NK, NK, 0, (6, 10)), ValueError, "share memory"),
+    (
+        "stride-0 cache",
+        lambda: m.write_kv_cache(torch.zeros(1, 1, 2, 8).expand(1, 240, 2, 8), KC.clone(), NK, NK, 0, (6, 10)),
+        ValueError,
+        "k_cache is a broadcast (stride-0) view",
+    ),
+    (
+        "new_k aliases the cache",
+        lambda: m.write_kv_cache(KC, KC.clone(), KC[:, :60], NK, 1, (6, 10)),
+        ValueError,
+        "new_k shares memory with k_cache",
+    ),
+    (
+        "cache messages name the cache",
+        lambda: m.write_kv_cache(KC, _t(1, 240, 2, 4), NK, NK, 0, (6, 10)),
+        ValueError,
+        "k_cache and v_cache must have the same shape",
+    ),
+]
+
+
+@pytest.mark.parametrize("fn, exc, msg", [c[1:] for c in BAD_INPUT], ids=[c[0] for c in BAD_INPUT])
+def test_bad_input_raises_a_clear_error(fn, exc, msg):
+    with pytest.raises(exc) as info:
+        fn()
+    assert msg in str(info.value)
+
+
+def test_a_cache_too_large_for_a_tensor_names_max_frames():
+    """max_frames=2**63 failed inside torch.zeros with an int64 overflow TypeError."""
+    with pytest.raises(ValueError, match="max_frames=9223372036854775808 .* more elements than a tensor can hold"):
+        MonarchKVCache(1, NH, D, SHAPE, 2**63)
+
+
+def test_numpy_sizes_are_stored_as_ints():
+    np = pytest.importorskip("numpy")
+    cache = MonarchKVCache(np.int64(1), NH, D, SHAPE, np.int64(4), local_attn_size=np.int64(4), sink_size=np.int32(2))
+    assert (type(cache.capacity), type(cache.local_attn_size), type(cache.sink_size)) == (int, int, int)
+    q, k, v = chunks(2)
+    cache = MonarchKVCache(1, NH, D, SHAPE, np.int64(4), dtype=torch.float64, **TILING)
+    cache.write(k, v, np.int64(0))
+    torch.testing.assert_close(cache.attend(q, num_iters=np.int64(1)), monarch_attention(q, k, v, SHAPE, **TILING))

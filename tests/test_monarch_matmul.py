@@ -334,12 +334,24 @@ def test_second_derivative_takes_the_closed_form():
         ((0, 16, 4), ValueError, "in_features=0 must be >= 1"),
         ((16, 16, -4), ValueError, "nblocks=-4 must be >= 1"),
         ((16, 16, 2.0), TypeError, "nblocks must be an int"),
+        # sizes beyond int64 elements failed inside torch.empty (an overflow RuntimeError/TypeError)
+        ((2**40, 2**40, 1), ValueError, "more elements than a tensor can hold"),
+        ((2**63, 1, 1), ValueError, "more elements than a tensor can hold"),
     ],
-    ids=["zero-blocks", "zero-in", "negative-blocks", "float-blocks"],
+    ids=["zero-blocks", "zero-in", "negative-blocks", "float-blocks", "too-large", "beyond-int64"],
 )
 def test_monarch_linear_rejects_bad_sizes(args, exc, match):
     with pytest.raises(exc, match=match):
         m.MonarchLinear(*args)
+
+
+def test_monarch_linear_takes_numpy_integer_sizes():
+    np = pytest.importorskip("numpy")
+    layer = m.MonarchLinear(np.int64(16), np.int32(8), np.int64(4), dtype=torch.float64)
+    assert (layer.in_features, layer.out_features, layer.nblocks) == (16, 8, 4)
+    assert type(layer.in_features) is int  # stored as Python ints: shapes, repr and table keys as before
+    x = torch.randn(3, 16, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), x @ layer.dense_weight().T + layer.bias)
 
 
 # Autocast (issue 18): monarch_matmul runs in the autocast dtype like torch.matmul, eagerly and compiled,

@@ -148,3 +148,11 @@ def test_compile_fullgraph_argument_errors_carry_the_message(name):
     with pytest.raises(torch._dynamo.exc.TorchRuntimeError) as info:
         torch.compile(fn, fullgraph=True, backend="aot_eager")(Q6)
     assert f"got {message}" in str(info.value)
+
+
+@pytest.mark.parametrize("namespace", ["aten", "not-an-identifier"])
+def test_bad_op_namespace_names_the_variable(namespace):
+    env = {**os.environ, "MONARCHRT_OPS_NAMESPACE": namespace}
+    run = subprocess.run([sys.executable, "-c", "import monarchrt_ops"], env=env, capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "MONARCHRT_OPS_NAMESPACE" in run.stderr

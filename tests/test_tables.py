@@ -113,3 +113,20 @@ def test_the_registry_does_not_import_the_tuner():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False False"
+
+
+# MONARCHRT_STRICT (issue 18 item 12): the usual spellings, anything else an error naming the variable
+@pytest.mark.parametrize("value, strict", [("1", True), ("true", True), ("YES", True), ("0", False), ("off", False)])
+def test_strict_mode_reads_the_usual_spellings(monkeypatch, value, strict):
+    from monarchrt_ops.registry import strict_mode
+
+    monkeypatch.setenv("MONARCHRT_STRICT", value)
+    assert strict_mode() is strict
+
+
+def test_strict_mode_rejects_other_values(monkeypatch):
+    from monarchrt_ops.registry import strict_mode
+
+    monkeypatch.setenv("MONARCHRT_STRICT", "maybe")
+    with pytest.raises(ValueError, match="MONARCHRT_STRICT='maybe'"):
+        strict_mode()
