@@ -65,6 +65,19 @@ def assert_close_to_float64(
     return err
 
 
+def clear_error_test(cases):
+    """A test over ``cases`` of ``(id, fn, exception type, text of its message)``: each ``fn()`` raises
+    that exception with that text. Assign it to a ``test_...`` name in the module that owns the cases."""
+
+    @pytest.mark.parametrize("fn, exc, msg", [c[1:] for c in cases], ids=[c[0] for c in cases])
+    def test(fn, exc, msg):
+        with pytest.raises(exc) as info:
+            fn()
+        assert msg in str(info.value)
+
+    return test
+
+
 @contextlib.contextmanager
 def skip_unless_supported(backend: str):
     """Around calls with ``backend=backend``: where the registry refuses one (the backend cannot run on

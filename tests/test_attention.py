@@ -11,7 +11,7 @@ twice the error of the same math in PyTorch passes the floor, so the floor is th
 
 import pytest
 import torch
-from conftest import FLOOR, assert_close_to_float64, qkv, skip_unless_supported
+from conftest import FLOOR, assert_close_to_float64, clear_error_test, qkv, skip_unless_supported
 
 import monarchrt_ops as m
 from monarchrt_ops import registry
@@ -438,11 +438,7 @@ BAD_INPUT = [
 ]
 
 
-@pytest.mark.parametrize("fn, exc, msg", [c[1:] for c in BAD_INPUT], ids=[c[0] for c in BAD_INPUT])
-def test_bad_input_raises_a_clear_error(fn, exc, msg):
-    with pytest.raises(exc) as info:
-        fn()
-    assert msg in str(info.value)
+test_bad_input_raises_a_clear_error = clear_error_test(BAD_INPUT)
 
 
 def test_explicit_backend_never_falls_back(monkeypatch):

@@ -261,12 +261,17 @@ def dense_monarch(w1, w2):
     return p2 @ torch.block_diag(*w2.double()) @ p1 @ torch.block_diag(*w1.double())
 
 
-def monarch_matmul_case(rng):
-    k, q, p = rng.randint(1, 3), rng.randint(1, 4), rng.randint(1, 3)
+def _monarch_sizes(rng, max_q):
+    """A random valid Monarch factorisation ``(k, q, p, r, l, s)``, a dtype and a seeded generator."""
+    k, q, p = rng.randint(1, 3), rng.randint(1, max_q), rng.randint(1, 3)
     r = rng.choice([d for d in range(1, k * q + 1) if (k * q) % d == 0])
     l, s = k * q // r, rng.randint(1, 3)
     dtype = rng.choice([torch.float32, torch.float64])
-    g = torch.Generator().manual_seed(rng.randrange(2**31))
+    return (k, q, p, r, l, s), dtype, torch.Generator().manual_seed(rng.randrange(2**31))
+
+
+def monarch_matmul_case(rng):
+    (k, q, p, r, l, s), dtype, g = _monarch_sizes(rng, max_q=4)
     x, w1, w2 = (torch.randn(*sh, generator=g, dtype=torch.float64).to(dtype)
                  for sh in ((rng.randint(1, 3), k * p), (k, q, p), (l, s, r)))  # fmt: skip
     valid = {"x": x, "w1": w1, "w2": w2, "backend": rng.choice([None, "reference"])}
@@ -467,11 +472,7 @@ def direct_hadamard_case(rng):
 
 
 def direct_monarch_matmul_backward_case(rng):
-    k, q, p = rng.randint(1, 3), rng.randint(1, 3), rng.randint(1, 3)
-    r = rng.choice([d for d in range(1, k * q + 1) if (k * q) % d == 0])
-    l, s = k * q // r, rng.randint(1, 3)
-    dtype = rng.choice([torch.float32, torch.float64])
-    g = torch.Generator().manual_seed(rng.randrange(2**31))
+    (k, q, p, r, l, s), dtype, g = _monarch_sizes(rng, max_q=3)
     rows = rng.randint(1, 3)
     x, w1, w2, dout = (torch.randn(*sh, generator=g, dtype=torch.float64).to(dtype)
                        for sh in ((rows, k * p), (k, q, p), (l, s, r), (rows, s * l)))  # fmt: skip

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import qkv
+from conftest import clear_error_test, qkv
 
 import monarchrt_ops as m
 from monarchrt_ops import MonarchKVCache, monarch_attention, ops
@@ -375,11 +375,7 @@ BAD_INPUT = [
 ]
 
 
-@pytest.mark.parametrize("fn, exc, msg", [c[1:] for c in BAD_INPUT], ids=[c[0] for c in BAD_INPUT])
-def test_bad_input_raises_a_clear_error(fn, exc, msg):
-    with pytest.raises(exc) as info:
-        fn()
-    assert msg in str(info.value)
+test_bad_input_raises_a_clear_error = clear_error_test(BAD_INPUT)
 
 
 def test_a_cache_too_large_for_a_tensor_names_max_frames():
