@@ -44,6 +44,8 @@ def cast_for(device_type: str, x):
 def autocast_inputs(*xs):
     """The public functions' view of their inputs: each tensor cast as a lower-precision op would
     cast it (non-tensors untouched, for the validation to name them)."""
+    if not torch._C._is_any_autocast_enabled():  # the common case, one call instead of a cast per input
+        return xs if len(xs) != 1 else xs[0]
     out = tuple(x.to(autocast_dtype_of(x)) if isinstance(x, torch.Tensor) else x for x in xs)
     return out if len(out) != 1 else out[0]
 
