@@ -195,49 +195,6 @@ def test_new_kv_length_does_not_recompile():
     assert compiled() == before
 
 
-NARROW_TAIL_DTYPES = [torch.float16, torch.bfloat16] if GPU else [torch.float32, torch.float16]
-
-
-@pytest.mark.parametrize("num_iters", [1, 2])
-@pytest.mark.parametrize("dtype", NARROW_TAIL_DTYPES, ids=str)
-def test_stage_r_narrow_last_column_block(dtype, num_iters, poison_empty):
-    """b2 = 40 with 32-column blocks: stage R takes one block of 32 and a last block of 16 (the 8
-    columns left), as 720p's b2 = 80 takes 64 + 16; the forward and the backward (whose stage-R
-    recompute takes the same blocks) against float64."""
-    pytest.importorskip("triton")
-    from monarchrt_ops import reference
-    from monarchrt_ops.arch import arch_of
-    from monarchrt_ops.backends.triton import TritonAttention
-    from monarchrt_ops.problem import AttentionProblem
-    from monarchrt_ops.triton_kernels import monarch_attention as launcher
-
-    assert (launcher._tail_block(40, 32), launcher._tail_block(80, 64), launcher._tail_block(52, 64)) == (16, 16, 0)
-    assert launcher._tail_block(52, 32) == 0  # 20 columns left: a second full block of 32
-    gen = torch.Generator().manual_seed(5)
-    q, k, v, dz = (torch.randn(1, 2, 2, 40, 1, 16, generator=gen, dtype=torch.float64) for _ in range(4))
-    backend = TritonAttention()
-    problem = AttentionProblem.from_tiles(q.to(dtype), k, 0, num_iters)
-    config = {**backend.default_config(problem, arch_of(DEVICE)), "fwd_block_m": 16, "fwd_block_l": 32}
-    assert backend.is_valid(config, problem, arch_of(DEVICE)) is None
-    kw = {"sm_scale": 16**-0.5, "causal_block_tiles": 0, "num_iters": num_iters}
-    low = [x.to(DEVICE, dtype) for x in (q, k, v)]
-    z, lse = launcher.monarch_attention_fwd(*low, **kw, config=config)
-    dz_low, no_dlse = dz.to(DEVICE, dtype), torch.zeros_like(lse)
-    grads = launcher.monarch_attention_bwd(dz_low, no_dlse, *low, z, lse, **kw, config=config)
-
-    def reference_run(at):
-        inputs = [x.to(at).requires_grad_() for x in (q, k, v)]
-        out, out_lse = reference.monarch_attention_tiles(*inputs, **kw)
-        return out, out_lse, torch.autograd.grad(out, inputs, dz.to(out.dtype))
-
-    ref, ref_lse, ref_grads = reference_run(torch.float64)
-    same, same_lse, same_grads = reference_run(dtype)
-    assert_close_to_float64(z.cpu(), ref, same, dtype, at_most=FLOOR[dtype], what="z")
-    assert_close_to_float64(lse.cpu(), ref_lse, same_lse.float(), dtype, at_most=FLOOR[dtype], what="lse")
-    for name, g, g64, g_same in zip("qkv", grads, ref_grads, same_grads, strict=True):
-        assert_close_to_float64(g.cpu(), g64, g_same, dtype, what=f"d{name}")
-
-
 # --- the op's own checks (issue 18 item 5): a direct torch.ops call skips the public functions ------
 def _direct_backward_args():
     q = torch.randn(1, 2, 6, 10, 2, 8)  # tile order of the identity tiling of 2 frames of 6x10

@@ -192,7 +192,12 @@ def test_backward_matches_float64(backend, name, dtype, poison_empty, monkeypatc
 
     with skip_unless_supported(backend):
         got = grads(backend)
-    assert launched == ([1] if backend == "triton" else [])
+    # 'triton' runs its kernels; 'cuda' (forward only) runs the backward the selection picks for this
+    # shape, which may be Triton's where a table measured it faster (h200.json at 64 blocks of 64)
+    x2 = x.reshape(-1, x.shape[-1]).to(DEVICE, dtype)
+    chosen = ops._monarch_matmul_selection(x2, w1.to(dtype), w2.to(dtype), backend, backward=True).backend.name
+    assert launched == ([1] if chosen == "triton" else [])
+    assert backend != "triton" or chosen == "triton"
     same = grads("reference")
     for what, a, b, c in zip(("dx", "dw1", "dw2"), got, want, same, strict=True):
         assert a.dtype == dtype and a.shape == b.shape, what

@@ -39,16 +39,6 @@ class _Scratch:
         self.lse_r = torch.empty_like(self.c_l) if with_lse_r else self.c_l
 
 
-def _tail_block(b2: int, block: int) -> int:
-    """The width of stage R's last column block when a narrower one than ``block`` covers the
-    ``b2 % block`` columns left after the full blocks (a power of two >= 16, as tl.dot needs), else 0."""
-    rest = b2 % block
-    if b2 <= block or rest == 0:
-        return 0
-    tail = max(16, 1 << (rest - 1).bit_length())
-    return tail if tail < block else 0
-
-
 # Fewer stage-R programs than this (small F * b1 * heads) split each key row's (a, j) rows.
 _MIN_STAGE_R_PROGRAMS = 1024
 
@@ -59,13 +49,12 @@ def _stage_r(q, k, v, sc: _Scratch, a_r, c_r, sm_scale, common, config, write_y=
     programs = n_f * b1 * bsz * nh
     row_blocks = cdiv(n_a * b2, config["fwd_block_m"])
     split = min(row_blocks, max(1, cdiv(_MIN_STAGE_R_PROGRAMS, programs)))
-    block_l = config["fwd_block_l"]
     launch(_stage_r_fwd, (n_f * b1, split, bsz * nh),
         q, k, v, q if a_r is None else a_r, sc.c_l if c_r is None else c_r, sc.a_l, sc.y, sc.c_l, sc.lse_r,
         sm_scale, *q.stride()[:5], *k.stride()[:5], *v.stride()[:5], *common,
-        FIRST=a_r is None, WRITE_Y=write_y, WRITE_LSE=write_lse, ONE_L_BLOCK=b2 <= block_l,
+        FIRST=a_r is None, WRITE_Y=write_y, WRITE_LSE=write_lse, ONE_L_BLOCK=b2 <= config["fwd_block_l"],
         HEAD_DIM=q.shape[5], DOT_PRECISION=_dot_precision(q.dtype),
-        BLOCK_M=config["fwd_block_m"], BLOCK_L=block_l, TAIL_L=_tail_block(b2, block_l), num_warps=config["fwd_warps"],
+        BLOCK_M=config["fwd_block_m"], BLOCK_L=config["fwd_block_l"], num_warps=config["fwd_warps"],
         num_stages=config["num_stages"],
     )  # fmt: skip
 

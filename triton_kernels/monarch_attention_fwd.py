@@ -104,29 +104,6 @@ def _stage_r_query(Q, AR, CR, q_base, a, j, afk_base, k_row, b1, b2, sqt, sqc, m
     return q, row_scale
 
 
-@triton.jit
-def _stage_r_l_block(a_r, row_scale, k_base, v_base, skc, svc, l0, b2, m_i, l_i, ps_i, acc_al, acc_y,
-                     WRITE_Y: tl.constexpr, HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                     BLOCK: tl.constexpr):  # fmt: skip
-    """Stage R's online softmax over one block of the key row's columns l0 .. l0 + BLOCK: the running
-    maximum m_i, sum l_i, entropy sum ps_i and the aL and Y accumulators, rescaled and updated."""
-    offs_l = l0 + tl.arange(0, BLOCK)
-    mask_l = offs_l < b2
-    k_blk = _rows(k_base, offs_l * skc, mask_l, HEAD_DIM)
-    s = tl.dot(a_r, tl.trans(k_blk), input_precision=DOT_PRECISION) * row_scale[:, None]
-    s = tl.where(mask_l[None, :], s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    alpha = tl.exp(m_i - m_new)
-    p = tl.exp(s - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    ps_i = ps_i * alpha + tl.sum(p * tl.where(mask_l[None, :], s, 0.0), 1)
-    acc_al = acc_al * alpha[:, None] + tl.dot(p.to(k_blk.dtype), k_blk, input_precision=DOT_PRECISION)
-    if WRITE_Y:
-        v_blk = _rows(v_base, offs_l * svc, mask_l, HEAD_DIM)
-        acc_y = acc_y * alpha[:, None] + tl.dot(p.to(v_blk.dtype), v_blk, input_precision=DOT_PRECISION)
-    return m_new, l_i, ps_i, acc_al, acc_y
-
-
 @triton.jit(do_not_specialize=RUNTIME_ARGS)
 def _stage_r_fwd(
     Q, K, V, AR, CR, AL, Y, CL, LSE_R,
@@ -137,7 +114,6 @@ def _stage_r_fwd(
     nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
     FIRST: tl.constexpr, WRITE_Y: tl.constexpr, WRITE_LSE: tl.constexpr, ONE_L_BLOCK: tl.constexpr,
     HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_L: tl.constexpr,
-    TAIL_L: tl.constexpr,
 ):  # fmt: skip
     """One key row (f, k) against every query tile that sees it (docs/attention-kernels.md, stage R).
 
@@ -145,8 +121,6 @@ def _stage_r_fwd(
     shares the key row's K/V and the matrix products are BLOCK_M tall whatever b2 is.
     ONE_L_BLOCK (b2 <= BLOCK_L): the whole key row is one block, so the softmax is exact without
     rescaling and aL and Y are formed one after the other (one accumulator live at a time).
-    Otherwise blocks of BLOCK_L columns with an online softmax, and when TAIL_L > 0 the last b2 %
-    BLOCK_L columns as one narrower block of TAIL_L (80 = 64 + 16 rather than 2 x 64).
     """
     pid_fk = tl.program_id(0)
     pid_bh = tl.program_id(2)
@@ -201,19 +175,22 @@ def _stage_r_fwd(
             ps_i = tl.zeros([BLOCK_M], tl.float32)  # sum_l p * s, for the entropy
             acc_al = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
             acc_y = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-            l_full = b2  # columns taken in BLOCK_L blocks; a TAIL_L block takes the rest
-            if TAIL_L > 0:
-                l_full = b2 - b2 % BLOCK_L
-            for l0 in range(0, l_full, BLOCK_L):
-                m_i, l_i, ps_i, acc_al, acc_y = _stage_r_l_block(
-                    a_r, row_scale, k_base, v_base, skc, svc, l0, b2, m_i, l_i, ps_i, acc_al, acc_y,
-                    WRITE_Y, HEAD_DIM, DOT_PRECISION, BLOCK_L,
-                )  # fmt: skip
-            if TAIL_L > 0:
-                m_i, l_i, ps_i, acc_al, acc_y = _stage_r_l_block(
-                    a_r, row_scale, k_base, v_base, skc, svc, l_full, b2, m_i, l_i, ps_i, acc_al, acc_y,
-                    WRITE_Y, HEAD_DIM, DOT_PRECISION, TAIL_L,
-                )  # fmt: skip
+            for l0 in range(0, b2, BLOCK_L):
+                offs_l = l0 + tl.arange(0, BLOCK_L)
+                mask_l = offs_l < b2
+                k_blk = _rows(k_base, offs_l * skc, mask_l, HEAD_DIM)
+                s = tl.dot(a_r, tl.trans(k_blk), input_precision=DOT_PRECISION) * row_scale[:, None]
+                s = tl.where(mask_l[None, :], s, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                alpha = tl.exp(m_i - m_new)
+                p = tl.exp(s - m_new[:, None])
+                l_i = l_i * alpha + tl.sum(p, 1)
+                ps_i = ps_i * alpha + tl.sum(p * tl.where(mask_l[None, :], s, 0.0), 1)
+                acc_al = acc_al * alpha[:, None] + tl.dot(p.to(dtype), k_blk, input_precision=DOT_PRECISION)
+                if WRITE_Y:
+                    v_blk = _rows(v_base, offs_l * svc, mask_l, HEAD_DIM)
+                    acc_y = acc_y * alpha[:, None] + tl.dot(p.to(dtype), v_blk, input_precision=DOT_PRECISION)
+                m_i = m_new
             al_out = (acc_al / l_i[:, None]).to(dtype)
             tl.store(AL + out_rows[:, None] * HEAD_DIM + offs_d[None, :], al_out, mask=mask_m[:, None])
             if WRITE_Y:
