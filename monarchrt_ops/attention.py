@@ -188,21 +188,27 @@ def _attention_call(
     arguments and their exact types), so a repeated call costs a dict lookup, not the checks."""
     q, k, v = autocast_inputs(q, k, v)  # under autocast: the dtype the op runs in (amp.py)
     args = (frame_shape, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, backend)
-    tiling, scale, cbt, num_iters, backend = _checked(_validated, _validate_call, q, k, v, *args)
+    tiling, scale, cbt, num_iters, backend = _checked("call", _validate_call, q, k, v, *args)
     out, lse = _attention_tiles(to_tiles(q, tiling), to_tiles(k, tiling), to_tiles(v, tiling), tiling, scale, cbt,
                                 num_iters, backend)  # fmt: skip
     return out, lse, tiling
 
 
-_validated: dict[tuple, tuple[Tiling, float, int, int, str]] = {}
+# per public function: the checked values of each argument key (see _checked)
+_VALIDATED: dict[str, dict[tuple, tuple]] = {"call": {}, "kv": {}}
 _EXACT = (int, float, str, type(None))
 _MAX_CACHED_CALLS = 4096  # many distinct shapes: start over rather than grow
 
 
-def _checked(cache: dict, validate, q, k, v, *args, cacheable: bool = True):
-    """``validate(q, k, v, *args)``, remembered in ``cache`` per :func:`_call_key` (``cacheable``
-    false, or no key: run every time)."""
-    key = _call_key(q, k, v, *args) if cacheable else None
+def _checked(which: str, validate, q, k, v, *args, cacheable: bool = True):
+    """``validate(q, k, v, *args)``, remembered in ``_VALIDATED[which]`` per :func:`_call_key`
+    (``cacheable`` false, or no key: run every time). While torch.compile traces, the cache is not
+    touched at all: Dynamo guards on the size of a dict the trace reads, so every eager call that
+    added an entry would recompile the graph (torch 2.11 did so at every new KV length)."""
+    if not cacheable or torch.compiler.is_compiling():
+        return validate(q, k, v, *args)
+    cache = _VALIDATED[which]
+    key = _call_key(q, k, v, *args)
     call = cache.get(key) if key is not None else None
     if call is None:
         call = validate(q, k, v, *args)
@@ -215,9 +221,9 @@ def _checked(cache: dict, validate, q, k, v, *args, cacheable: bool = True):
 
 def _call_key(q, k, v, frame_shape, *scalars) -> tuple | None:
     """The key of a call whose checks may be cached, or None (checked every time): tensors of type
-    torch.Tensor, a tuple frame shape and scalars of builtin types, never while torch.compile traces.
+    torch.Tensor, a tuple frame shape and scalars of builtin types.
     The key holds the scalars' types: True == 1.0 == 1 with one hash, but only 1 passes the checks."""
-    if type(frame_shape) is not tuple or torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled():
+    if type(frame_shape) is not tuple or torch._C._is_any_autocast_enabled():
         return None  # (under autocast the dtype checks depend on the region: checked every time)
     values = (*frame_shape, *scalars)
     types = tuple(map(type, values))
@@ -437,7 +443,7 @@ def monarch_attention_kv_cache(
     args = (frame_shape, f_tied, h_reduce, w_reduce, kv_frames, sm_scale, num_iters, backend)
     cacheable = new_k is None and new_v is None  # the training call checks new_k/new_v every time anyway
     tiling, scale, num_iters, backend, tokens = _checked(
-        _validated_kv, _validate_kv_call, q, k_cache, v_cache, *args, cacheable=cacheable
+        "kv", _validate_kv_call, q, k_cache, v_cache, *args, cacheable=cacheable
     )
     # under autocast only the visible slice is cast (amp.py), never the whole cache
     k_slice, v_slice = autocast_inputs(k_cache[:, :tokens], v_cache[:, :tokens])
@@ -460,9 +466,6 @@ def monarch_attention_kv_cache(
     kt, vt = tile_sequence_as_tiles(k_slice, tiling), tile_sequence_as_tiles(v_slice, tiling)
     out, _ = _attention_tiles(to_tiles(q, tiling), kt, vt, tiling, scale, 0, num_iters, backend)
     return out
-
-
-_validated_kv: dict[tuple, tuple[Tiling, float, int, str, int]] = {}
 
 
 def _validate_kv_call(q, k_cache, v_cache, frame_shape, f_tied, h_reduce, w_reduce, kv_frames, sm_scale, num_iters,
