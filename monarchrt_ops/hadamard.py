@@ -16,11 +16,18 @@ from .limits import HADAMARD_DTYPES, check_hadamard_input, check_hadamard_scale 
 from .registry import backend_names
 
 
+def _is_bool(value) -> bool:
+    """A Python bool or a numpy one (``np.bool_``, what comparisons of numpy values return)."""
+    kind = type(value)
+    return kind is bool or (kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_"))
+
+
 def _check(x, scale, backend, pad=False) -> tuple[float, str]:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"hadamard: x must be a torch.Tensor, got {type(x).__name__}")
-    if not isinstance(pad, bool):
+    if not _is_bool(pad):
         raise TypeError(f"hadamard: pad must be a bool, got {type(pad).__name__} {pad!r}")
+    pad = bool(pad)
     check_hadamard_input(x, check_size=not pad)
     if pad and not 1 <= x.shape[-1] <= MAX_POW2:
         raise ValueError(f"hadamard: pad=True takes a last dim n in 1..{MAX_POW2}, got n={x.shape[-1]}")

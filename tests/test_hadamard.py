@@ -276,6 +276,14 @@ def test_pad_equals_the_padded_dense_transform(n):
     torch.testing.assert_close(m.hadamard(x, 1.0, pad=True), padded_reference(x, 1.0), rtol=1e-12, atol=1e-12)
 
 
+def test_pad_takes_numpy_bools():
+    """pad=np.True_ / np.False_ (what a comparison of numpy values gives) act as True / False."""
+    np = pytest.importorskip("numpy")
+    x = torch.randn(3, 40, dtype=torch.float64)
+    assert torch.equal(m.hadamard(x, pad=np.True_), m.hadamard(x, pad=True))
+    assert torch.equal(m.hadamard(x, pad=np.array(3) > 5), m.hadamard(x, pad=False))
+
+
 def test_pad_uses_the_power_of_two_also_for_supported_sizes():
     """n = 40 is supported (H_20 (x) H_2), but pad=True is fast-hadamard-transform's map: H_64's corner."""
     x = torch.randn(3, 40, dtype=torch.float64)
