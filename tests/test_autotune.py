@@ -368,7 +368,7 @@ def test_tune_cli_rejects_bad_arguments(argv, match, capsys):
 
 
 _KILLED_WORKER = """
-import os, sys
+import os, sys, time
 sys.path.insert(0, {tests!r})
 from monarchrt_ops.autotune import search as s
 from test_autotune import SPACE, is_valid, Counter
@@ -376,7 +376,10 @@ s.HEARTBEAT_S, s.GRACE_S = 1, 1
 class Dies(Counter):
     def __call__(self, c):
         if len(self.calls) == 3:
-            os._exit(7)  # killed inside its fourth trial
+            # killed inside its fourth trial, once Optuna's heartbeat thread (which writes its first
+            # heartbeat asynchronously) has written one: a trial with no heartbeat row is never stale
+            time.sleep(1.5 * s.HEARTBEAT_S)
+            os._exit(7)
         return super().__call__(c)
 s.search(SPACE, is_valid, Dies(), n_trials=20, seed=0, storage={storage!r}, study_name="k", progress=lambda m: None)
 """
