@@ -16,7 +16,6 @@ from .limits import MAX_HEAD_DIM, MAX_NUM_ITERS, SM_SCALE_RANGE, check_cache_buf
 from .registry import backend_names
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-TILING_FACTORS = ("f_tied", "h_reduce", "w_reduce")
 
 
 def _check_int(name: str, value, minimum: int = 1, maximum: int | None = None) -> int:
@@ -52,7 +51,9 @@ def make_tiling(frame_shape, f_tied: int = 1, h_reduce: int = 1, w_reduce: int =
     """Validated :class:`Tiling` (raises ValueError/TypeError naming the bad value)."""
     h, w = _check_frame_shape(frame_shape)
     f_tied, h_reduce, w_reduce = (
-        _check_int(n, x) for n, x in zip(TILING_FACTORS, (f_tied, h_reduce, w_reduce), strict=True)
+        _check_int("f_tied", f_tied),
+        _check_int("h_reduce", h_reduce),
+        _check_int("w_reduce", w_reduce),
     )
     return Tiling(h, w, f_tied, h_reduce, w_reduce)  # checks H % h_reduce and W % w_reduce
 

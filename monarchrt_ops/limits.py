@@ -156,11 +156,10 @@ def check_hadamard_input(x, check_size: bool = True) -> None:
         _SUPPORTED_SIZES.add(n)  # every eager call asks: remember the sizes that passed
 
 
-def check_hadamard_scale(scale) -> float:
+def check_hadamard_scale(scale) -> None:
     """A finite scale (an infinite or NaN one makes every output non-finite)."""
     if not math.isfinite(scale):
         raise ValueError(f"hadamard: scale={scale!r} must be finite")
-    return scale
 
 
 def check_monarch_matmul(x, w1, w2) -> None:
