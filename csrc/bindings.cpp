@@ -32,7 +32,7 @@ static std::vector<std::string> compiled_archs() {
 // kernel_limits.h as a dict of dicts, per kernel: what monarchrt_ops/backends/cuda.py and `info` read.
 static py::dict limits_dict() {
   using namespace monarchrt::limits;
-  py::dict attention, hadamard, matmul, grid, out;
+  py::dict attention, stage_r, hadamard, matmul, grid, out;
   grid["max_x"] = kMaxGridX;
   grid["max_y_z"] = kMaxGridYZ;
   grid["align_bytes"] = kAlignBytes;
@@ -60,6 +60,14 @@ static py::dict limits_dict() {
   matmul["dtypes"] = py::make_tuple("float16", "bfloat16");
   out["grid"] = grid;
   out["attention"] = attention;
+  py::list stage_r_head_dims;
+  for (int d : kStageRHeadDims) stage_r_head_dims.append(d);
+  stage_r["head_dims"] = py::tuple(stage_r_head_dims);
+  stage_r["max_b2"] = kStageRMaxB2;
+  stage_r["max_query_rows"] = kStageRMaxQueryRows;
+  stage_r["stride_multiple"] = kAttnStrideMultiple;
+  stage_r["dtypes"] = py::make_tuple("float16", "bfloat16");
+  out["attention_stage_r"] = stage_r;
   out["hadamard"] = hadamard;
   out["monarch_matmul"] = matmul;
   return out;
@@ -79,6 +87,19 @@ PYBIND11_MODULE(_C, m) {
         py::arg("mma_sync_only") = false,
         "Fused Monarch attention forward (num_iters = 1): one 8-CTA cluster per (batch, head, query tile); "
         "mma_sync_only runs the portable stage-R path (sm_100a / sm_120a's) on sm_90a too");
+  m.def("monarch_stage_r", &monarchrt::monarch_stage_r, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("a_r"),
+        py::arg("c_r"), py::arg("a_l"), py::arg("y"), py::arg("c_l"), py::arg("lse_r"), py::arg("q_strides"),
+        py::arg("k_strides"), py::arg("v_strides"), py::arg("batch"), py::arg("nh"), py::arg("n_q_tiles"),
+        py::arg("n_kv_tiles"), py::arg("b1"), py::arg("b2"), py::arg("head_dim"), py::arg("causal_block_tiles"),
+        py::arg("sm_scale"), py::arg("dtype"), py::arg("stream"),
+        "Stage R of Monarch attention on warpgroup MMA (sm_90a): aL, Y, cL (and lse_R) of every key row into the "
+        "scratch; a_r = 0 on the first pass");
+  m.def("monarch_stage_r_smem_bytes", &monarchrt::monarch_stage_r_smem_bytes, py::arg("b2"), py::arg("head_dim"),
+        "shared memory per CTA of monarch_stage_r at this tile width and head_dim");
+  m.def("monarch_stage_r_reason", &monarchrt::monarch_stage_r_reason, py::arg("batch"), py::arg("nh"),
+        py::arg("n_q_tiles"), py::arg("n_kv_tiles"), py::arg("b1"), py::arg("b2"), py::arg("head_dim"),
+        py::arg("causal_block_tiles"), py::arg("dtype"),
+        "why monarch_stage_r() cannot run this problem ('' when it can), pointers, strides and the device aside");
   m.def("monarch_matmul", &monarchrt::monarch_matmul, py::arg("x"), py::arg("w1"), py::arg("w2"),
         py::arg("workspace"), py::arg("out"), py::arg("rows"), py::arg("k"), py::arg("q"), py::arg("p"), py::arg("l"),
         py::arg("s"), py::arg("r"), py::arg("dtype"), py::arg("stream"),

@@ -26,6 +26,11 @@ constexpr float kAttnMinScale = 1e-20f;
 constexpr float kAttnMaxScale = 1e8f;
 constexpr int kAttnMaxIters = 1;  // one pass (MonarchRT); num_iters > 1 runs elsewhere
 
+// Monarch attention stage R on warpgroup MMA (csrc/attention/stage_r.cuh), sm_90a only.
+constexpr int kStageRHeadDims[] = {64, 128};
+constexpr int kStageRMaxB2 = 96;  // columns per tile: the products' N and K are b2 rounded up to 16
+constexpr int64_t kStageRMaxQueryRows = int64_t(1) << 24;  // query tiles * b2: split in fp32 exactly below this
+
 // Hadamard transform (csrc/hadamard): n = m * 2^k.
 constexpr int kHadamardOrders[] = {1, 12, 20, 28};  // m (n = 40 * 2^k is 20 * 2^(k+1))
 constexpr int64_t kHadamardMaxPow2 = 65536;  // 2^k

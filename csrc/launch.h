@@ -41,6 +41,20 @@ std::string monarch_attention_fwd_reason(int64_t batch, int64_t nh, int64_t n_q_
                                          int64_t b2, int64_t head_dim, int64_t causal_block_tiles, float sm_scale,
                                          int dtype);
 
+// Stage R of Monarch attention on warpgroup MMA (csrc/attention/stage_r.cuh, sm_90a): for every key row, aL, Y
+// (skipped when y is 0), cL and lse_R (skipped when lse_r is 0) of every query row that sees it, into the
+// scratch [B, nh, A, F, b2, b1(, d)]; q, k, v as for monarch_attention_fwd. a_r (0 on the first pass): aR
+// [B, nh, A, F, b1, b2, d] and c_r its cR, the query and temperature of a later pass.
+void monarch_stage_r(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t a_r, uintptr_t c_r, uintptr_t a_l,
+                     uintptr_t y, uintptr_t c_l, uintptr_t lse_r, const std::vector<int64_t>& q_strides,
+                     const std::vector<int64_t>& k_strides, const std::vector<int64_t>& v_strides, int64_t batch,
+                     int64_t nh, int64_t n_q_tiles, int64_t n_kv_tiles, int64_t b1, int64_t b2, int64_t head_dim,
+                     int64_t causal_block_tiles, float sm_scale, int dtype, uintptr_t stream);
+int monarch_stage_r_smem_bytes(int64_t b2, int64_t head_dim);
+// Why monarch_stage_r() cannot run this problem ("" when it can), pointers, strides and the device aside.
+std::string monarch_stage_r_reason(int64_t batch, int64_t nh, int64_t n_q_tiles, int64_t n_kv_tiles, int64_t b1,
+                                   int64_t b2, int64_t head_dim, int64_t causal_block_tiles, int dtype);
+
 // Monarch matmul (csrc/monarch_matmul): x [rows, k*p], w1 [k, q, p], w2 [l, s, r] -> out [rows, s*l], all
 // contiguous; `workspace` holds monarch_matmul_workspace_elems(rows, k, q) elements of the dtype (y1).
 void monarch_matmul(uintptr_t x, uintptr_t w1, uintptr_t w2, uintptr_t workspace, uintptr_t out, int64_t rows,

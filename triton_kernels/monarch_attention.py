@@ -85,8 +85,13 @@ def _update(q, sc: _Scratch, lse, sm_scale, common, config):
 
 
 @guarded(_stage_r_fwd, _stage_l_fwd, _stage_l_update)
-def monarch_attention_fwd(q, k, v, *, sm_scale: float, causal_block_tiles: int, num_iters: int, config: dict):
-    """-> ``(z [B, A, b1, b2, nh, d]`` in q's dtype, ``lse [B, A, b1, b2, nh]`` float32)."""
+def monarch_attention_fwd(
+    q, k, v, *, sm_scale: float, causal_block_tiles: int, num_iters: int, config: dict, stage_r=_stage_r
+):
+    """-> ``(z [B, A, b1, b2, nh, d]`` in q's dtype, ``lse [B, A, b1, b2, nh]`` float32).
+
+    ``stage_r``: the stage-R launcher, ``_stage_r``'s arguments and effect (the cuda backend passes
+    its warpgroup-MMA kernel's)."""
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
     bsz, n_a, b1, b2, nh, d = q.shape
     sc = _Scratch(q, k.shape[1])
@@ -96,7 +101,7 @@ def monarch_attention_fwd(q, k, v, *, sm_scale: float, causal_block_tiles: int, 
     common = (nh, n_a, k.shape[1], b1, b2, causal_block_tiles)
     for it in range(num_iters):
         last = it == num_iters - 1
-        _stage_r(q, k, v, sc, a_r, c_r, sm_scale, common, config, write_y=last)
+        stage_r(q, k, v, sc, a_r, c_r, sm_scale, common, config, write_y=last)
         _stage_l(q, sc, z, lse, sm_scale, common, config, write_z=last)
         if not last:
             a_r, c_r = _update(q, sc, lse, sm_scale, common, config)
@@ -108,7 +113,8 @@ def monarch_attention_fwd(q, k, v, *, sm_scale: float, causal_block_tiles: int, 
     _stage_r_bwd_kv, _stage_r_bwd_q,
 )  # fmt: skip
 def monarch_attention_bwd(
-    dz, dlse, q, k, v, z, lse, *, sm_scale: float, causal_block_tiles: int, num_iters: int, config: dict
+    dz, dlse, q, k, v, z, lse, *, sm_scale: float, causal_block_tiles: int, num_iters: int, config: dict,
+    stage_r=_stage_r,
 ):
     """Gradients of Monarch attention (docs/math.md, Backward) -> ``(dq, dk, dv)``.
 
@@ -124,7 +130,7 @@ def monarch_attention_bwd(
     # each pass's stage-R query (None: the first pass's is q) and stage-L normaliser
     a_rs, c_rs, lses = [None], [None], []
     for _ in range(num_iters - 1):
-        _stage_r(q, k, v, sc, a_rs[-1], c_rs[-1], sm_scale, common, config, write_y=False)
+        stage_r(q, k, v, sc, a_rs[-1], c_rs[-1], sm_scale, common, config, write_y=False)
         lses.append(torch.empty(lse.shape, dtype=torch.float32, device=q.device))
         _stage_l(q, sc, z, lses[-1], sm_scale, common, config, write_z=False)
         a_r, c_r = _update(q, sc, lses[-1], sm_scale, common, config)
@@ -153,7 +159,7 @@ def monarch_attention_bwd(
     grid_l_q = (n_a * b2, cdiv(b1, config["block_i"]), bsz * nh)
     for it in reversed(range(num_iters)):
         last, first = it == num_iters - 1, it == 0
-        _stage_r(q, k, v, sc, a_rs[it], c_rs[it], sm_scale, common, config, write_y=last, write_lse=True)
+        stage_r(q, k, v, sc, a_rs[it], c_rs[it], sm_scale, common, config, write_y=last, write_lse=True)
         if last:
             # D_L = <Z, dZ> - dlse: the stage-L softmax "delta", with the lse output's own gradient folded in
             delta_l = ((z.float() * dz.float()).sum(-1) - dlse.float()).contiguous()  # [B, A, b1, b2, nh]

@@ -36,15 +36,9 @@
 #include <cstdint>
 #include <utility>
 
-#include <cute/arch/mma_sm90_gmma.hpp>
-
-// Stage R on warpgroup MMA (wgmma) where the target has it: sm_90a. Elsewhere mma.sync.
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define MONARCHRT_WGMMA 1
-#endif
-
 #include "../kernel_limits.h"
 #include "../warp_atoms.cuh"
+#include "gmma.cuh"  // stage R on warpgroup MMA where the target has it (sm_90a), else mma.sync
 
 namespace monarchrt::attention {
 
@@ -60,7 +54,6 @@ constexpr int kMaxB1 = limits::kAttnMaxB1;     // rows per tile
 constexpr int kMaxB2 = limits::kAttnMaxB2;     // columns per tile
 constexpr int kCols = kMaxB2 / kCluster;    // stage-L columns per CTA
 constexpr int kRow = kD + 8;                // padded row of 136 halves: ldmatrix rows hit distinct banks
-constexpr float kLn2 = 0.6931471805599453f;
 static_assert(kProducerWarps * 16 == kMaxB2 && kConsumerWarps == kCols && kMaxB1 == 32, "warp roles");
 
 // Shared memory (byte offsets). The query, key and value rows ([j or l][d], 64 x 128 halves) use the
@@ -101,14 +94,6 @@ struct FwdParams {
   int nh, n_q_tiles, n_kv_tiles, b1, b2, causal_block_tiles;
   float scale_log2;  // sm_scale * log2(e)
 };
-
-// 2^x on the MUFU unit, subnormal results flushed to 0 (exp2f adds range fix-ups around it: 3 more
-// instructions per element, measured as a third of the producers' softmax)
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
 
 // --- synchronisation: cluster barrier, producer named barrier, mbarriers with cluster-scope release/acquire
 __device__ __forceinline__ void cluster_barrier() {
@@ -161,42 +146,7 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
       : "memory");
 }
 
-#ifdef MONARCHRT_WGMMA
-namespace gmma = cute::SM90::GMMA;
-template <typename T> struct Wgmma;
-template <> struct Wgmma<__nv_bfloat16> {
-  using ss = gmma::MMA_64x64x16_F32BF16BF16_SS<gmma::Major::K, gmma::Major::K>;
-  using rs = gmma::MMA_64x64x16_F32BF16BF16_RS<gmma::Major::K, gmma::Major::MN>;
-};
-template <> struct Wgmma<__half> {
-  using ss = gmma::MMA_64x64x16_F32F16F16_SS<gmma::Major::K, gmma::Major::K>;
-  using rs = gmma::MMA_64x64x16_F32F16F16_RS<gmma::Major::K, gmma::Major::MN>;
-};
-// Descriptor of a 64 x 16 operand slice of a swizzled row buffer (fields as CuTe's make_gmma_desc gives
-// for this layout: 128-byte swizzle, 1024 B between 8-row groups; the K-major view's leading offset is
-// unused and 1 by convention). K-major slice kk: features 16kk..; MN-major slice (dh, ks): features
-// 64dh.., rows 16ks.. .
-__device__ __forceinline__ uint64_t gmma_desc(uint32_t addr, uint32_t lbo) {
-  return (uint64_t(1) << 62) | (uint64_t(1024 >> 4) << 32) | (uint64_t(lbo) << 16) | ((addr >> 4) & 0x3FFF);
-}
-template <class Op, size_t... I>
-__device__ __forceinline__ void wgmma_ss(uint64_t a, uint64_t b, float* d, bool acc, std::index_sequence<I...>) {
-  Op::fma(a, b, d[I]..., acc ? gmma::ScaleOut::One : gmma::ScaleOut::Zero);
-}
-template <class Op, size_t... I>
-__device__ __forceinline__ void wgmma_rs(const uint32_t (&a)[4], uint64_t b, float* d, bool acc,
-                                         std::index_sequence<I...>) {
-  Op::fma(a[0], a[1], a[2], a[3], b, d[I]..., acc ? gmma::ScaleOut::One : gmma::ScaleOut::Zero);
-}
-__device__ __forceinline__ void fence_operands(float* d) {
-#pragma unroll
-  for (int i = 0; i < 32; ++i) cute::warpgroup_fence_operand(d[i]);
-}
-// Shared-memory writes of the generic proxy (cp.async, stores) become visible to wgmma's reads.
-__device__ __forceinline__ void fence_to_async_proxy() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-#else
-__device__ __forceinline__ void fence_to_async_proxy() {}
-#endif
+using gmma::fence_to_async_proxy;
 
 // kWgmma: stage R on warpgroup MMA where the target has it (sm_90a); false runs the portable mma.sync path
 // (what sm_100a and sm_120a run) on every target, so that path is tested on an H100 too.
@@ -335,17 +285,17 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
         if constexpr (kWgmma) {
         // one m64n64k16 per 16 features, the producer warpgroup's 64 rows j at once
         float* d = &sacc[0][0];
-        fence_operands(d);
+        gmma::fence_operands<32>(d);
         cute::warpgroup_arrive();
 #pragma unroll
         for (int kk = 0; kk < kD / 16; ++kk) {
           const uint32_t off = (kk >> 2) * 8192 + (kk & 3) * 32;
-          wgmma_ss<typename Wgmma<T>::ss>(gmma_desc(smem_addr(s_q) + off, 1), gmma_desc(smem_addr(s_k) + off, 1), d,
+          gmma::mma_ss<typename gmma::SS<T, 64>::op>(gmma::desc(smem_addr(s_q) + off, 1), gmma::desc(smem_addr(s_k) + off, 1), d,
                                           kk > 0, std::make_index_sequence<32>{});
         }
         cute::warpgroup_commit_batch();
         cute::warpgroup_wait<0>();
-        fence_operands(d);
+        gmma::fence_operands<32>(d);
         } else
 #endif
         {
@@ -449,11 +399,11 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
         auto issue_part = [&](int part) {
           float* d = &acc[part & 1][0][0];
           const uint32_t src = smem_addr(part >> 1 ? s_v : s_k) + (part & 1) * 8192;
-          fence_operands(d);
+          gmma::fence_operands<32>(d);
           cute::warpgroup_arrive();
 #pragma unroll
           for (int ks = 0; ks < kMaxB2 / 16; ++ks)
-            wgmma_rs<typename Wgmma<T>::rs>(pf[ks], gmma_desc(src + ks * 2048, 0), d, ks > 0,
+            gmma::mma_rs<typename gmma::RS64<T>::op>(pf[ks], gmma::desc(src + ks * 2048, 0), d, ks > 0,
                                             std::make_index_sequence<32>{});
           cute::warpgroup_commit_batch();
         };
@@ -466,7 +416,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
           } else {
             cute::warpgroup_wait<0>();
           }
-          fence_operands(&acc[part & 1][0][0]);
+          gmma::fence_operands<32>(&acc[part & 1][0][0]);
           push_part(part, acc[part & 1]);
         }
         } else

@@ -187,6 +187,44 @@ class CudaAttention(NoConfig):
         return z, lse
 
 
+def stage_r_reason(problem: AttentionProblem, arch: Arch) -> str | None:
+    """Why the warpgroup-MMA stage R (csrc/attention/stage_r.cuh) cannot run ``problem`` (None: it can)."""
+    reason = arch_reason(arch, "warpgroup MMA")
+    if reason is not None:
+        return reason
+    if arch.capability != (9, 0):
+        return f"warpgroup MMA is sm_90a's; the device is sm_{arch.capability[0]}{arch.capability[1]}"
+    if problem.dtype not in _DTYPE_CODES:
+        return f"dtype {problem.dtype} is not fp16/bf16"
+    module, _ = extension()
+    p = problem
+    smem = module.monarch_stage_r_smem_bytes(p.b2, p.head_dim) if p.head_dim in (64, 128) else 0
+    if arch.smem_per_block and smem > arch.smem_per_block:
+        return f"stage R needs {smem} B of shared memory per block; the device has {arch.smem_per_block}"
+    reason = module.monarch_stage_r_reason(
+        p.batch, p.heads, p.q_tiles, p.kv_tiles, p.b1, p.b2, p.head_dim, p.causal_block_tiles, _DTYPE_CODES[p.dtype]
+    )
+    return reason or None
+
+
+def stage_r_wgmma(q, k, v, sc, a_r, c_r, sm_scale, common, config, write_y=True, write_lse=False):
+    """``triton_kernels.monarch_attention._stage_r``'s arguments and effect, on the warpgroup-MMA kernel:
+    aL, Y (when ``write_y``), cL and lse_R (when ``write_lse``) of every key row into the scratch ``sc``."""
+    module, _ = extension()
+    nh, n_a, n_f, b1, b2, causal_block_tiles = common
+    q, k, v = (_aligned_rows(x) for x in (q, k, v))
+    with torch.cuda.device(q.device):  # the launcher uses the current device
+        module.monarch_stage_r(
+            q.data_ptr(), k.data_ptr(), v.data_ptr(),
+            0 if a_r is None else a_r.data_ptr(), 0 if c_r is None else c_r.data_ptr(),
+            sc.a_l.data_ptr(), sc.y.data_ptr() if write_y else 0, sc.c_l.data_ptr(),
+            sc.lse_r.data_ptr() if write_lse else 0,
+            list(q.stride()[:5]), list(k.stride()[:5]), list(v.stride()[:5]),
+            q.shape[0], nh, n_a, n_f, b1, b2, q.shape[5], causal_block_tiles, sm_scale, _DTYPE_CODES[q.dtype],
+            torch.cuda.current_stream(q.device).cuda_stream,
+        )  # fmt: skip
+
+
 def _aligned_contiguous(x: torch.Tensor) -> torch.Tensor:
     """Contiguous with a 16-byte aligned base."""
     x = x.contiguous()

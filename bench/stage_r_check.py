@@ -1,0 +1,155 @@
+"""Stage R on warpgroup MMA against the Triton stage R: same outputs, and the time of each.
+
+python -m monarchrt_ops.bench.stage_r_check [--json PATH] [--quick]
+
+docs/attention-kernels.md, decomposition (f). Both launchers fill a scratch from the same inputs;
+aL and Y must agree to the rounding of their dtype and cL / lse_R to fp32 rounding, on the first
+pass and on a later pass (num_iters > 1: aR and cR from the update). Then CUDA-graph medians of stage
+R alone and of the whole forward (and forward + backward) with each stage R, in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from monarchrt_ops.backends import cuda
+from monarchrt_ops.triton_kernels import monarch_attention as kernels
+
+from .common import graph_ms, header
+
+# name, b1, b2, query tiles, key tiles, causal block tiles, heads, d (bf16, batch 1)
+CHECKS = [("30x52", 30, 52, 3, 4, 0, 2, 128), ("block-causal", 30, 52, 6, 6, 3, 2, 128),
+          ("45x80", 45, 80, 2, 3, 0, 2, 128), ("15x26 d64", 15, 26, 5, 4, 0, 3, 64),
+          ("b2=96", 8, 96, 2, 2, 0, 1, 128), ("b2=7", 9, 7, 4, 3, 0, 2, 64), ("b2=1", 4, 1, 3, 3, 0, 1, 128)]  # fmt: skip
+TIMED = [("30x52", 30, 52, 21, 21, 0, 12, 128), ("block-causal", 30, 52, 21, 21, 3, 12, 128),
+         ("720p", 45, 80, 21, 21, 0, 12, 128), ("15x26", 15, 26, 84, 84, 0, 12, 128),
+         ("AR 3 vs 21", 30, 52, 3, 21, 0, 12, 128), ("90x52", 90, 52, 7, 7, 0, 12, 128)]  # fmt: skip
+
+
+def _inputs(b1, b2, n_a, n_f, heads, d, dtype, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q = torch.randn(1, n_a, b1, b2, heads, d, device="cuda", generator=g).to(dtype)
+    k, v = (torch.randn(1, n_f, b1, b2, heads, d, device="cuda", generator=g).to(dtype) for _ in range(2))
+    return q, k, v
+
+
+def _rel(a, b):
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
+
+
+def _compare(name, q, k, v, cbt, config):
+    """Max relative differences of the two stage-R launchers' outputs, first pass and a later pass."""
+    n_f = k.shape[1]
+    bsz, n_a, b1, b2, nh, d = q.shape
+    common = (nh, n_a, n_f, b1, b2, cbt)
+    scale = d**-0.5
+    out = {"case": name}
+    a_r = c_r = None
+    for pass_name in ("first", "later"):
+        sc_t, sc_c = kernels._Scratch(q, n_f, with_lse_r=True), kernels._Scratch(q, n_f, with_lse_r=True)
+        kernels._stage_r(q, k, v, sc_t, a_r, c_r, scale, common, config, write_lse=True)
+        cuda.stage_r_wgmma(q, k, v, sc_c, a_r, c_r, scale, common, config, write_lse=True)
+        torch.cuda.synchronize()
+        # only the (a, f) pairs a query tile sees are written (block-causal leaves the others)
+        seen = torch.ones(n_a, n_f, dtype=torch.bool, device=q.device)
+        if cbt > 0:
+            a_idx = torch.arange(n_a, device=q.device)[:, None]
+            f_idx = torch.arange(n_f, device=q.device)[None, :]
+            seen = f_idx // cbt <= a_idx // cbt
+        for field in ("a_l", "y", "c_l", "lse_r"):
+            t, c = getattr(sc_t, field)[:, :, seen], getattr(sc_c, field)[:, :, seen]
+            out[f"{pass_name}_{field}_rel"] = _rel(c, t)
+            out[f"{pass_name}_{field}_finite"] = bool(torch.isfinite(c.float()).all())
+        # the next pass's query: stage L and the update from the Triton scratch
+        z = torch.empty(bsz, n_a, b1, b2, nh, d, dtype=q.dtype, device=q.device)
+        lse = torch.empty(bsz, n_a, b1, b2, nh, dtype=torch.float32, device=q.device)
+        kernels._stage_l(q, sc_t, z, lse, scale, common, config, write_z=False)
+        a_r, c_r = kernels._update(q, sc_t, lse, scale, common, config)
+    return out
+
+
+def _timed(name, q, k, v, cbt, config, with_backward: bool):
+    n_f = k.shape[1]
+    bsz, n_a, b1, b2, nh, d = q.shape
+    common = (nh, n_a, n_f, b1, b2, cbt)
+    scale = d**-0.5
+    sc = kernels._Scratch(q, n_f)
+    row = {"case": name}
+    for label, stage_r in (("triton", kernels._stage_r), ("wgmma", cuda.stage_r_wgmma)):
+        row[f"stage_r_{label}_ms"] = graph_ms(lambda: stage_r(q, k, v, sc, None, None, scale, common, config))
+        fwd = lambda: kernels.monarch_attention_fwd(  # noqa: E731
+            q, k, v, sm_scale=scale, causal_block_tiles=cbt, num_iters=1, config=config, stage_r=stage_r
+        )
+        row[f"forward_{label}_ms"] = graph_ms(fwd)
+        if n_a == n_f:
+            fwd2 = lambda: kernels.monarch_attention_fwd(  # noqa: E731
+                q, k, v, sm_scale=scale, causal_block_tiles=cbt, num_iters=2, config=config, stage_r=stage_r
+            )
+            row[f"forward_iters2_{label}_ms"] = graph_ms(fwd2)
+        if with_backward:
+            z, lse = fwd()
+            dz = torch.randn_like(z)
+            dlse = torch.zeros_like(lse)
+            bwd = lambda: kernels.monarch_attention_bwd(  # noqa: E731
+                dz, dlse, q, k, v, z, lse, sm_scale=scale, causal_block_tiles=cbt, num_iters=1, config=config,
+                stage_r=stage_r,
+            )
+            row[f"backward_{label}_ms"] = graph_ms(bwd)
+            grads = bwd()
+            row[f"_grads_{label}"] = grads
+    if with_backward:
+        gt, gc = row.pop("_grads_triton"), row.pop("_grads_wgmma")
+        row["backward_rel"] = [_rel(c, t) for c, t in zip(gc, gt)]
+    z_t, _ = kernels.monarch_attention_fwd(q, k, v, sm_scale=scale, causal_block_tiles=cbt, num_iters=1, config=config)
+    z_c, _ = kernels.monarch_attention_fwd(
+        q, k, v, sm_scale=scale, causal_block_tiles=cbt, num_iters=1, config=config, stage_r=cuda.stage_r_wgmma
+    )
+    row["forward_rel"] = _rel(z_c, z_t)
+    return row
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--quick", action="store_true", help="checks only, no timing")
+    args = ap.parse_args(argv)
+    from monarchrt_ops import registry
+    from monarchrt_ops.arch import arch_of
+    from monarchrt_ops.problem import AttentionProblem
+
+    def config_for(b1, b2, n_a, n_f, cbt, heads, d):
+        p = AttentionProblem(
+            batch=1, heads=heads, q_tiles=n_a, kv_tiles=n_f, b1=b1, b2=b2, head_dim=d, dtype=torch.bfloat16,
+            causal_block_tiles=cbt, num_iters=1, sm_scale=d**-0.5, backward=False,
+        )
+        return registry.select("attention", p, arch_of("cuda"), "triton").config
+
+    result = {"header": header(), "checks": [], "timed": []}
+    worst = 0.0
+    for name, b1, b2, n_a, n_f, cbt, heads, d in CHECKS:
+        q, k, v = _inputs(b1, b2, n_a, n_f, heads, d, torch.bfloat16)
+        row = _compare(name, q, k, v, cbt, config_for(b1, b2, n_a, n_f, cbt, heads, d))
+        print(json.dumps(row), flush=True)
+        result["checks"].append(row)
+        worst = max(worst, *(x for key, x in row.items() if key.endswith("_rel")))
+        if not all(x for key, x in row.items() if key.endswith("_finite")):
+            worst = math.inf
+    print(f"worst relative difference {worst:.3g}", flush=True)
+    if not args.quick:
+        for name, b1, b2, n_a, n_f, cbt, heads, d in TIMED:
+            q, k, v = _inputs(b1, b2, n_a, n_f, heads, d, torch.bfloat16)
+            row = _timed(name, q, k, v, cbt, config_for(b1, b2, n_a, n_f, cbt, heads, d), name in ("30x52", "720p", "AR 3 vs 21"))
+            print(json.dumps(row), flush=True)
+            result["timed"].append(row)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return 0 if worst < 2e-2 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

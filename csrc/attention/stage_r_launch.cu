@@ -1,0 +1,126 @@
+// Host launcher of stage R on warpgroup MMA (stage_r.cuh): pointers, sizes, strides and a stream.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+#include "../launch.h"
+#include "stage_r.cuh"
+
+namespace monarchrt {
+
+namespace {
+// Fewer CTAs than this many per SM split each key row's query rows over grid y.
+constexpr int kMinCtasPerSm = 8;
+
+template <typename T, int kD, int kL>
+void launch(const attention::StageRParams& p, dim3 grid, cudaStream_t stream) {
+  using Smem = attention::StageRSmem<kD, kL>;
+  static_assert(2 * Smem::kBytes <= 227 * 1024, "two CTAs per SM");
+  auto kernel = attention::stage_r_kernel<T, kD, kL>;
+  static const cudaError_t attr =  // once per instantiation and process
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Smem::kBytes);
+  check(attr, "stage_r_kernel shared memory attribute");
+  kernel<<<grid, attention::kStageRThreads, Smem::kBytes, stream>>>(p);
+  check(cudaGetLastError(), "stage_r_kernel launch");
+}
+
+// f(head_dim, kL) with both as compile-time constants: kL is b2 rounded up to 16.
+template <class F> auto with_tile(int64_t b2, int64_t head_dim, F&& f) {
+  auto per_d = [&](auto d) {
+    switch ((b2 + 15) / 16) {
+      case 1: return f(d, std::integral_constant<int, 16>{});
+      case 2: return f(d, std::integral_constant<int, 32>{});
+      case 3: return f(d, std::integral_constant<int, 48>{});
+      case 4: return f(d, std::integral_constant<int, 64>{});
+      case 5: return f(d, std::integral_constant<int, 80>{});
+      default: return f(d, std::integral_constant<int, 96>{});
+    }
+  };
+  return head_dim == 64 ? per_d(std::integral_constant<int, 64>{}) : per_d(std::integral_constant<int, 128>{});
+}
+}  // namespace
+
+std::string monarch_stage_r_reason(int64_t batch, int64_t nh, int64_t n_q_tiles, int64_t n_kv_tiles, int64_t b1,
+                                   int64_t b2, int64_t head_dim, int64_t causal_block_tiles, int dtype) {
+  using namespace limits;
+  bool head_dim_ok = false;
+  for (int d : kStageRHeadDims) head_dim_ok |= head_dim == d;
+  if (!head_dim_ok) return "head_dim=" + std::to_string(head_dim) + " (stage R on wgmma takes 64 or 128)";
+  if (b1 < 1 || b2 < 1 || b2 > kStageRMaxB2)
+    return "tile " + std::to_string(b1) + "x" + std::to_string(b2) + " (stage R on wgmma takes b2 <= " +
+           std::to_string(kStageRMaxB2) + ")";
+  if (n_q_tiles * b2 >= kStageRMaxQueryRows)
+    return std::to_string(n_q_tiles) + " query tiles of " + std::to_string(b2) +
+           " columns (stage R on wgmma takes fewer than 2^24 query rows per key row)";
+  if (n_kv_tiles < 1 || n_kv_tiles * b1 > kMaxGridX || batch * nh > kMaxGridYZ || causal_block_tiles < 0)
+    return "grid too large or no key tiles (stage R on wgmma takes up to " + std::to_string(kMaxGridX) +
+           " key rows and batch * heads up to " + std::to_string(kMaxGridYZ) + ")";
+  if (dtype != kBFloat16 && dtype != kFloat16)
+    return "dtype code " + std::to_string(dtype) + " is not fp16 (0) or bf16 (1)";
+  return "";
+}
+
+int monarch_stage_r_smem_bytes(int64_t b2, int64_t head_dim) {
+  return with_tile(b2, head_dim, [](auto d, auto l) { return attention::StageRSmem<decltype(d)::value, decltype(l)::value>::kBytes; });
+}
+
+void monarch_stage_r(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t a_r, uintptr_t c_r, uintptr_t a_l,
+                     uintptr_t y, uintptr_t c_l, uintptr_t lse_r, const std::vector<int64_t>& q_strides,
+                     const std::vector<int64_t>& k_strides, const std::vector<int64_t>& v_strides, int64_t batch,
+                     int64_t nh, int64_t n_q_tiles, int64_t n_kv_tiles, int64_t b1, int64_t b2, int64_t head_dim,
+                     int64_t causal_block_tiles, float sm_scale, int dtype, uintptr_t stream) {
+  auto fail = [](const std::string& what) { throw std::invalid_argument("monarch_stage_r: " + what); };
+  const std::string reason =
+      monarch_stage_r_reason(batch, nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, causal_block_tiles, dtype);
+  if (!reason.empty()) fail(reason);
+  if (q_strides.size() != 5 || k_strides.size() != 5 || v_strides.size() != 5)
+    fail("strides are of [batch, tile, row, column, head]: 5 each");
+  for (const auto* s : {&q_strides, &k_strides, &v_strides})
+    for (int64_t x : *s)
+      if (x % limits::kAttnStrideMultiple) fail("strides must be multiples of 8 elements (16-byte rows)");
+  if ((q | k | v | a_r | a_l | y) % limits::kAlignBytes) fail("q, k, v, aR, aL and Y must be 16-byte aligned");
+  if (!c_l || !a_l || (a_r && !c_r)) fail("aL and cL are required, and cR with aR");
+  if (batch == 0 || nh == 0 || n_q_tiles == 0) return;
+  attention::StageRParams p{};
+  p.q = reinterpret_cast<const void*>(q);
+  p.k = reinterpret_cast<const void*>(k);
+  p.v = reinterpret_cast<const void*>(v);
+  p.a_r = reinterpret_cast<const void*>(a_r);
+  p.c_r = reinterpret_cast<const float*>(c_r);
+  p.a_l = reinterpret_cast<void*>(a_l);
+  p.y = reinterpret_cast<void*>(y);
+  p.c_l = reinterpret_cast<float*>(c_l);
+  p.lse_r = reinterpret_cast<float*>(lse_r);
+  for (int i = 0; i < 5; ++i) {
+    p.sq[i] = q_strides[i];
+    p.sk[i] = k_strides[i];
+    p.sv[i] = v_strides[i];
+  }
+  p.nh = int(nh);
+  p.n_q_tiles = int(n_q_tiles);
+  p.n_kv_tiles = int(n_kv_tiles);
+  p.b1 = int(b1);
+  p.b2 = int(b2);
+  p.causal_block_tiles = int(causal_block_tiles);
+  p.scale_log2 = sm_scale * 1.4426950408889634f;
+  int device = 0, sms = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "SM count");
+  const int64_t key_rows = n_kv_tiles * b1, batch_heads = batch * nh;
+  const int64_t row_blocks = (n_q_tiles * b2 + attention::kStageRBlockM - 1) / attention::kStageRBlockM;
+  const int64_t wanted = (int64_t(kMinCtasPerSm) * sms + key_rows * batch_heads - 1) / (key_rows * batch_heads);
+  const int split = int(std::max<int64_t>(1, std::min({row_blocks, wanted, limits::kMaxGridYZ})));
+  const dim3 grid{unsigned(key_rows), unsigned(split), unsigned(batch_heads)};
+  auto s = reinterpret_cast<cudaStream_t>(stream);
+  with_tile(b2, head_dim, [&](auto d, auto l) {
+    if (dtype == kBFloat16)
+      launch<__nv_bfloat16, decltype(d)::value, decltype(l)::value>(p, grid, s);
+    else
+      launch<__half, decltype(d)::value, decltype(l)::value>(p, grid, s);
+  });
+}
+
+}  // namespace monarchrt
