@@ -80,6 +80,7 @@ def _timed(name, q, k, v, cbt, config, with_backward: bool):
     scale = d**-0.5
     sc = kernels._Scratch(q, n_f)
     row = {"case": name}
+    dz = torch.randn(q.shape, device=q.device, generator=torch.Generator(device="cuda").manual_seed(1)).to(q.dtype)
     for label, stage_r in (("triton", kernels._stage_r), ("wgmma", cuda.stage_r_wgmma)):
         row[f"stage_r_{label}_ms"] = graph_ms(lambda: stage_r(q, k, v, sc, None, None, scale, common, config))
         fwd = lambda: kernels.monarch_attention_fwd(  # noqa: E731
@@ -92,8 +93,9 @@ def _timed(name, q, k, v, cbt, config, with_backward: bool):
             )
             row[f"forward_iters2_{label}_ms"] = graph_ms(fwd2)
         if with_backward:
-            z, lse = fwd()
-            dz = torch.randn_like(z)
+            z, lse = kernels.monarch_attention_fwd(
+                q, k, v, sm_scale=scale, causal_block_tiles=cbt, num_iters=1, config=config
+            )  # the same z, lse and dz for both backwards
             dlse = torch.zeros_like(lse)
             bwd = lambda: kernels.monarch_attention_bwd(  # noqa: E731
                 dz, dlse, q, k, v, z, lse, sm_scale=scale, causal_block_tiles=cbt, num_iters=1, config=config,

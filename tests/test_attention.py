@@ -82,6 +82,42 @@ def test_cuda_portable_path_matches_reference(name, dtype, poison_empty, monkeyp
     test_forward_matches_reference("cuda", name, dtype, poison_empty)
 
 
+@GPU_TIER
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", list(ALL_CASES))
+def test_stage_r_on_wgmma_matches_reference(name, dtype, poison_empty, monkeypatch):
+    """Stage R on warpgroup MMA (the triton backend's config ``stage_r='wgmma'``, taken by default only
+    for b2 > 64) forced wherever it runs: forward, and gradients (its backward recomputes stage R with it)."""
+    from monarchrt_ops.backends import triton as triton_backend
+
+    default = triton_backend.TritonAttention.default_config
+    calls = []
+
+    def wgmma_default(self, problem, arch):
+        config = default(self, problem, arch)
+        return {**config, "stage_r": "wgmma"} if cuda.stage_r_reason(problem, arch) is None else config
+
+    def counted(*args, **kw):
+        calls.append(1)
+        return stage_r_wgmma(*args, **kw)
+
+    stage_r_wgmma = cuda.stage_r_wgmma
+    with monkeypatch.context() as patched:
+        patched.setattr(triton_backend.TritonAttention, "default_config", wgmma_default)
+        patched.setattr(cuda, "stage_r_wgmma", counted)
+        registry.invalidate()  # selections made with the unpatched default
+        try:
+            test_forward_matches_reference("triton", name, dtype, poison_empty)
+            grads_before = len(calls)
+            if calls and name in GRADIENT_CASES:
+                test_gradients_match_reference("triton", name, dtype, poison_empty)
+        finally:
+            registry.invalidate()
+    if not calls:
+        pytest.skip("stage R on wgmma does not run this case here (cuda.stage_r_reason)")
+    assert name not in GRADIENT_CASES or len(calls) > grads_before
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_kv_cache_slice_of_a_longer_buffer_batch2(backend, poison_empty):
     hw, shape, dtype = 30, (5, 6), torch.float32
@@ -107,11 +143,12 @@ def gradients(backend, dtype, q, k, v, dout, dlse, shape, kw):
     return torch.autograd.grad((out, lse), (ql, kl, vl), (dout.to(DEVICE, dtype), dlse.to(DEVICE, torch.float32)))
 
 
+GRADIENT_CASES = ["6x10", "7x11-batch2", "tiled-f2-h2-w2", "causal-1", "causal-3", "kv-slice-3-vs-5", "iters2",
+                  "iters3-causal"]  # fmt: skip
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize(
-    "name",
-    ["6x10", "7x11-batch2", "tiled-f2-h2-w2", "causal-1", "causal-3", "kv-slice-3-vs-5", "iters2", "iters3-causal"],
-)
+@pytest.mark.parametrize("name", GRADIENT_CASES)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradients_match_reference(backend, name, dtype, poison_empty):
     """Gradients of out and of lse (the op's second output) against float64 autograd."""

@@ -322,3 +322,35 @@ def test_matmul_launcher_rejects_bad_arguments_before_touching_the_device(change
     args = dict(x=0, w1=0, w2=0, workspace=0, out=0, rows=64, k=64, q=64, p=64, l=64, s=64, r=64, dtype=1, stream=0)
     with pytest.raises(ValueError, match=msg):
         module.monarch_matmul(**{**args, **change})
+
+
+@pytest.mark.parametrize(
+    ("change", "arch", "wgmma_allowed", "wgmma_default"),
+    [
+        ({"b2": 80, "b1": 45}, H100, True, True),  # 720p: measured faster than Triton's stage R
+        ({}, H100, True, False),  # 30x52: measured slower, so not the default, still in the search space
+        ({"b2": 96, "head_dim": 64}, H100, True, True),
+        ({"b2": 97}, H100, False, False),  # beyond kernel_limits.h's kStageRMaxB2
+        ({"dtype": torch.float32}, H100, False, False),
+        ({"b2": 80}, Arch("sm100", (10, 0), "NVIDIA B200", 148, 232448), False, False),  # no wgmma on sm_100
+    ],
+)
+def test_stage_r_choice_exists_only_where_the_wgmma_kernel_runs(monkeypatch, change, arch, wgmma_allowed, wgmma_default):
+    """The triton backend's ``stage_r`` config: 'wgmma' is in the search space (so the tuner and the
+    tables may pick it) only where cuda.stage_r_reason allows it, and the default only for b2 > 64."""
+    from monarchrt_ops.backends.triton import TritonAttention
+
+    class Limited(FakeExtension):
+        @staticmethod
+        def monarch_stage_r_reason(batch, nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, cbt, dtype):
+            return "b2 > 96" if b2 > 96 else ""
+
+    monkeypatch.setattr(cuda, "extension", lambda: (Limited, None))
+    problem = _attention_problem(**change)
+    backend = TritonAttention()
+    assert ("wgmma" in backend.search_space(problem, arch)["stage_r"]) == wgmma_allowed
+    default = backend.default_config(problem, arch)
+    assert default["stage_r"] == ("wgmma" if wgmma_default else "triton")
+    assert backend.is_valid(default, problem, arch) is None
+    forced = {**default, "stage_r": "wgmma"}
+    assert (backend.is_valid(forced, problem, arch) is None) == wgmma_allowed

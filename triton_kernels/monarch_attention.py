@@ -1,7 +1,7 @@
 """Launchers of the Monarch attention Triton kernels: tensors in, tensors out, config given.
 
 Knows nothing of torch ops or the registry. Config keys (validity: backends/triton.py):
-``fwd_block_m, fwd_block_l, fwd_warps`` (the forward stage-R kernel, also the backward's recompute),
+``stage_r`` (read by the backend, which passes the stage-R launcher it names), ``fwd_block_m, fwd_block_l, fwd_warps`` (the forward stage-R kernel, also the backward's recompute),
 ``fwd_block_k`` (key rows per step of the forward stage-L kernel and per program of the aR
 update), ``bwd_block_k`` (per step of the backward's dQ and delta kernels), ``block_k`` (per program
 of its daL/dY kernel), all flat across key tiles; ``block_j, block_l, r_warps`` (the backward

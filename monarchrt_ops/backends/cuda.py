@@ -198,13 +198,15 @@ def stage_r_reason(problem: AttentionProblem, arch: Arch) -> str | None:
         return f"dtype {problem.dtype} is not fp16/bf16"
     module, _ = extension()
     p = problem
-    smem = module.monarch_stage_r_smem_bytes(p.b2, p.head_dim) if p.head_dim in (64, 128) else 0
-    if arch.smem_per_block and smem > arch.smem_per_block:
-        return f"stage R needs {smem} B of shared memory per block; the device has {arch.smem_per_block}"
     reason = module.monarch_stage_r_reason(
         p.batch, p.heads, p.q_tiles, p.kv_tiles, p.b1, p.b2, p.head_dim, p.causal_block_tiles, _DTYPE_CODES[p.dtype]
     )
-    return reason or None
+    if reason:
+        return reason
+    smem = module.monarch_stage_r_smem_bytes(p.b2, p.head_dim)
+    if arch.smem_per_block and smem > arch.smem_per_block:
+        return f"stage R needs {smem} B of shared memory per block; the device has {arch.smem_per_block}"
+    return None
 
 
 def stage_r_wgmma(q, k, v, sc, a_r, c_r, sm_scale, common, config, write_y=True, write_lse=False):

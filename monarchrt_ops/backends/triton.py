@@ -1,6 +1,9 @@
 """The ``triton`` backend: Triton kernels on CUDA GPUs, or on the CPU under ``TRITON_INTERPRET=1``.
 
 Triton is imported lazily, on the first launch, so importing monarchrt_ops never needs it.
+Attention's stage R is one config choice (``stage_r``): the Triton kernel, or on sm_90a the compiled
+extension's warpgroup-MMA kernel (csrc/attention/stage_r.cuh, docs/attention-kernels.md (f)), which
+writes the same scratch for the same Triton stage L; the choice exists only where that kernel runs.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch
 
 from ..arch import Arch
 from ..problem import AttentionProblem
+from . import cuda
 
 HEAD_DIMS = (64, 128)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -87,7 +91,12 @@ class TritonAttention(_Triton):
         # bench/sweep_forward.py --stage l: 128 best at 30x52 and 15x26, 64 at 45x80, where 128 spills);
         # the backward's dQ kernel holds three [rows, keys] fp32 blocks, so half that (not yet swept);
         # its daL/dY kernel (block_k key rows, flat across key tiles) two [keys, d] accumulators
+        # stage R on warpgroup MMA where it runs and b2 > 64: the H200 run of bench/stage_r_check.py
+        # (bench/results/h200-stage-r-wgmma.json) measured it faster than Triton's at 45x80 (5.8 against
+        # 9.0 ms), slower at 30x52 (2.4 / 2.1), 15x26 (8.1 / 6.5), 90x52 and 3 vs 21 frames
+        wgmma = problem.b2 > 64 and cuda.stage_r_reason(problem, arch) is None
         return {
+            "stage_r": "wgmma" if wgmma else "triton",
             "fwd_block_m": wide,
             "fwd_block_l": row_block,
             "fwd_warps": 4,
@@ -106,6 +115,7 @@ class TritonAttention(_Triton):
         # Blocks below 16 cannot feed tl.dot; 128-wide blocks of d=128 spill; the first H100 study
         # (bench/NOTES.md) found nothing better outside these values.
         return {
+            "stage_r": ["triton", "wgmma"] if cuda.stage_r_reason(problem, arch) is None else ["triton"],
             "fwd_block_m": [16, 32, 64, 128],
             "fwd_block_l": [16, 32, 64, 128],
             "fwd_warps": [4, 8],
@@ -155,19 +165,26 @@ class TritonAttention(_Triton):
         return None
 
     def launch(self, config, q, k, v, *, sm_scale, causal_block_tiles, num_iters):
-        from ..triton_kernels.monarch_attention import monarch_attention_fwd
+        from ..triton_kernels import monarch_attention as kernels
 
-        return monarch_attention_fwd(
-            q, k, v, sm_scale=sm_scale, causal_block_tiles=causal_block_tiles, num_iters=num_iters, config=config
-        )
+        return kernels.monarch_attention_fwd(
+            q, k, v, sm_scale=sm_scale, causal_block_tiles=causal_block_tiles, num_iters=num_iters, config=config,
+            stage_r=_stage_r_launcher(config, kernels),
+        )  # fmt: skip
 
     def launch_backward(self, config, dz, dlse, q, k, v, z, lse, *, sm_scale, causal_block_tiles, num_iters):
-        from ..triton_kernels.monarch_attention import monarch_attention_bwd
+        from ..triton_kernels import monarch_attention as kernels
 
-        return monarch_attention_bwd(
+        return kernels.monarch_attention_bwd(
             dz, dlse, q, k, v, z, lse,
             sm_scale=sm_scale, causal_block_tiles=causal_block_tiles, num_iters=num_iters, config=config,
+            stage_r=_stage_r_launcher(config, kernels),
         )  # fmt: skip
+
+
+def _stage_r_launcher(config: dict, kernels):
+    """The stage-R launcher a config names: the Triton kernel's, or the warpgroup-MMA kernel's."""
+    return cuda.stage_r_wgmma if config["stage_r"] == "wgmma" else kernels._stage_r
 
 
 class TritonHadamard(_Triton):
