@@ -180,6 +180,7 @@ def small_op_rows(calls: int, profile: bool) -> list[dict]:
         measure("monarch_matmul 256 x 1024 (32, 32, 32)", lambda: m.monarch_matmul(x, w1, w2), calls, profile),
     ]
 
+
 # --- the CPU measurement of the Python path (--cpu-host-path) --------------------------------------
 # What the stubbed device is said to be: the H200 of the GPU measurements, so the tables' configs
 # (and the number of launches) are that machine's.
@@ -220,7 +221,9 @@ def stubbed_gpu():
     from monarchrt_ops.triton_kernels import hadamard, monarch_attention
 
     if type(monarch_attention._stage_r_fwd) is not JITFunction or type(hadamard._hadamard_kernel) is not JITFunction:
-        raise RuntimeError("--cpu-host-path: the Triton kernels were imported for the interpreter; unset TRITON_INTERPRET")
+        raise RuntimeError(
+            "--cpu-host-path: the Triton kernels were imported for the interpreter; unset TRITON_INTERPRET"
+        )
     arch = Arch(*CPU_STAND_IN)
     with (
         mock.patch.object(ops, "arch_of", lambda device: arch),
