@@ -1,6 +1,6 @@
 """Host overhead per call: eager calls against the same calls replayed from a CUDA graph.
 
-python -m monarchrt_ops.bench.host_overhead [--json PATH] [--calls N] [--profile]
+python -m monarchrt_ops.bench.host_overhead [--json PATH] [--calls N] [--profile] [--cpu-host-path]
 
 For each small problem (attention on 30x52 frames, 12 heads, d=128, bf16: 1 vs 1, 3 vs 3 and
 3 vs 21 frames, and the KV-cache call 3 vs 21; a small Hadamard and Monarch matmul), under
@@ -17,18 +17,31 @@ torch.no_grad:
 - ``sdpa_<backend>_eager_ms`` / ``_graph_ms`` and ``sdpa_fastest_*``: dense SDPA on the same tokens.
 
 ``--profile`` adds the 15 functions with the most own time (cProfile) per eager call to each row.
+
+``--cpu-host-path`` needs no GPU: it times the Python of each eager call on small CPU tensors with
+the GPU parts stubbed (:func:`stubbed_gpu`): the device is said to be an H200 (so selection and
+tables act as there, ``backend='triton'`` named), the Triton kernels are compiled for a GPU (not
+interpreted) and every launch goes through ``triton_kernels/_launch.py``'s cache, whose hit path runs
+as on the GPU up to the compiled launcher, which is a no-op. Per case: ``us`` (microseconds per
+call, best of 5 loops of N calls), ``python_calls`` (Python-level function calls per call, counted
+with ``sys.setprofile``: a machine-independent measure, which tests/test_fast_path.py bounds) and
+with ``--profile`` the cProfile rows. The GPU's own costs (the launch itself, CUDA allocations) are
+not in it: it is the Python path only, not the GPU's host overhead.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import json
+import os
 import pstats
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -91,7 +104,8 @@ def profile_top(fn, calls: int, top: int = 15) -> list[str]:
     for _ in range(calls):
         fn()
     prof.disable()
-    torch.cuda.synchronize()
+    if torch.cuda.is_available():  # (--cpu-host-path runs on the CPU)
+        torch.cuda.synchronize()
     out = io.StringIO()
     stats = pstats.Stats(prof, stream=out)
     stats.sort_stats("tottime")
@@ -167,12 +181,152 @@ def small_op_rows(calls: int, profile: bool) -> list[dict]:
     ]
 
 
+# --- the CPU measurement of the Python path (--cpu-host-path) --------------------------------------
+# What the stubbed device is said to be: the H200 of the GPU measurements, so the tables' configs
+# (and the number of launches) are that machine's.
+CPU_STAND_IN = ("sm90", (9, 0), "NVIDIA H200", 132, 232448)
+
+
+class _NoLaunch:
+    """What a compiled kernel is to ``_launch.launch``'s cache, launching nothing."""
+
+    function = None
+    packed_metadata = None
+
+    def run(self, *args):
+        pass
+
+
+class _NoDriver:
+    """Triton's active driver as ``_launch.launch`` asks it: device 0, stream 0."""
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device):
+        return 0
+
+
+@contextlib.contextmanager
+def stubbed_gpu():
+    """Eager calls on CPU tensors take the GPU's host path: the architecture an H200's, every Triton
+    launch through ``_launch.launch`` (its first call per specialisation, Triton's ``kernel[grid]``,
+    yields :class:`_NoLaunch`; later ones run the cache's hit path into ``_NoLaunch.run``).
+    Needs the Triton kernels compiled for a GPU: TRITON_INTERPRET is unset before they are imported."""
+    os.environ.pop("TRITON_INTERPRET", None)
+    from triton.runtime.driver import driver
+    from triton.runtime.jit import JITFunction
+
+    from monarchrt_ops.arch import Arch
+    from monarchrt_ops.triton_kernels import hadamard, monarch_attention
+
+    if type(monarch_attention._stage_r_fwd) is not JITFunction or type(hadamard._hadamard_kernel) is not JITFunction:
+        raise RuntimeError(
+            "--cpu-host-path: the Triton kernels were imported for the interpreter; unset TRITON_INTERPRET"
+        )
+    arch = Arch(*CPU_STAND_IN)
+    with (
+        mock.patch.object(ops, "arch_of", lambda device: arch),
+        mock.patch.object(driver, "_active", _NoDriver()),
+        mock.patch.object(JITFunction, "__getitem__", lambda kernel, grid: lambda *args, **kwargs: _NoLaunch()),
+    ):
+        yield
+
+
+def python_calls(fn, calls: int) -> float:
+    """Python-level function calls per call of ``fn`` (``sys.setprofile``'s 'call' events)."""
+    count = [0]
+
+    def tracer(frame, event, arg):
+        if event == "call":
+            count[0] += 1
+
+    sys.setprofile(tracer)
+    try:
+        for _ in range(calls):
+            fn()
+    finally:
+        sys.setprofile(None)
+    return count[0] / calls
+
+
+def cpu_us(fn, calls: int) -> float:
+    """Microseconds per call of ``fn``, best of 5 loops of ``calls``."""
+    for _ in range(20):
+        fn()
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - t0) * 1e6 / calls)
+    return best
+
+
+def cpu_cases() -> dict:
+    """The GPU rows' calls at small sizes (the Python path does not depend on the sizes), bf16."""
+    gen = torch.Generator().manual_seed(0)
+    frame, heads, d = (6, 10), 2, 128
+    hw = frame[0] * frame[1]
+
+    def mk(*shape):
+        return torch.randn(*shape, dtype=torch.bfloat16, generator=gen)
+
+    q, k, v = mk(1, hw, heads, d), mk(1, hw, heads, d), mk(1, hw, heads, d)
+    q3, kv = mk(1, 3 * hw, heads, d), mk(1, 21 * hw, heads, d)
+    k_cache, v_cache = mk(1, 21 * hw, heads, d), mk(1, 21 * hw, heads, d)
+    m.write_kv_cache(k_cache, v_cache, kv, kv.clone(), 0, frame)
+    x, w1, w2 = mk(16, 256), mk(16, 16, 16) / 4, mk(16, 16, 16) / 4
+    qt, kt, vt = (m.to_tiles(t, m.make_tiling(frame)) for t in (q, k, v))
+    return {
+        "attention 1 vs 1 frames": lambda: m.monarch_attention(q, k, v, frame, backend="triton"),
+        "attention op 1 vs 1 frames (torch.ops)": lambda: ops.attention(qt, kt, vt, d**-0.5, 0, 1, "triton"),
+        "kv-cache attention 3 vs 21 frames": lambda: m.monarch_attention_kv_cache(
+            q3, k_cache, v_cache, 21, frame, backend="triton"
+        ),
+        "hadamard 16 x 256": lambda: m.hadamard(x, backend="triton"),
+        "monarch_matmul 16 x 256 (16, 16, 16)": lambda: m.monarch_matmul(x, w1, w2, backend="triton"),
+    }
+
+
+def cpu_rows(calls: int, profile: bool) -> list[dict]:
+    rows = []
+    with stubbed_gpu(), torch.no_grad():
+        for name, fn in cpu_cases().items():
+            row = {"case": name, "us": cpu_us(fn, calls), "python_calls": python_calls(fn, 10)}
+            if profile:
+                row["profile"] = profile_top(fn, calls)
+            rows.append(row)
+    return rows
+
+
+def cpu_header() -> dict:
+    import platform
+
+    import triton
+
+    return {"device": "cpu (GPU stubbed: --cpu-host-path)", "stand_in": CPU_STAND_IN[2], "cpu": platform.processor(),
+            "python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__}  # fmt: skip
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--calls", type=int, default=200, help="calls per timed loop (default %(default)s)")
     p.add_argument("--profile", action="store_true", help="add a cProfile breakdown of each eager call")
+    p.add_argument("--cpu-host-path", action="store_true", help="time the Python path on the CPU, GPU stubbed (no GPU)")
     args = p.parse_args(argv)
+    if args.cpu_host_path:
+        result = {"header": cpu_header(), "rows": cpu_rows(args.calls, args.profile)}
+        print(json.dumps(result["header"]))
+        for row in result["rows"]:
+            print(f"{row['case']:42} {row['us']:7.1f} us  {row['python_calls']:5.0f} Python calls per call")
+            for line in row.get("profile", []):
+                print("    " + line)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=1) + "\n")
+        return 0
     if not torch.cuda.is_available():
         print("host_overhead: error: no CUDA device; this measures a GPU's host overhead", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from . import ops
 from .amp import autocast_dtype_of, autocast_inputs
-from .layout import Tiling, causal_block_tiles, from_tiles, tile_sequence_as_tiles, to_tile_sequence, to_tiles
+from .layout import Tiling, causal_block_tiles, from_tiles, tile_shape, to_tile_sequence, to_tiles
 from .limits import MAX_HEAD_DIM, MAX_NUM_ITERS, SM_SCALE_RANGE, check_cache_buffers
 from .registry import backend_names
 
@@ -189,9 +189,12 @@ def _attention_call(
     arguments and their exact types), so a repeated call costs a dict lookup, not the checks."""
     q, k, v = autocast_inputs(q, k, v)  # under autocast: the dtype the op runs in (amp.py)
     args = (frame_shape, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, backend)
-    tiling, scale, cbt, num_iters, backend = _checked("call", _validate_call, q, k, v, *args)
-    out, lse = _attention_tiles(to_tiles(q, tiling), to_tiles(k, tiling), to_tiles(v, tiling), tiling, scale, cbt,
-                                num_iters, backend)  # fmt: skip
+    tiling, scale, cbt, num_iters, backend, shapes = _checked("call", _validate_call, q, k, v, *args)
+    if shapes is None:  # tile order is a copy
+        qt, kt, vt = to_tiles(q, tiling), to_tiles(k, tiling), to_tiles(v, tiling)
+    else:  # the identity tiling: to_tiles of the checked tensors is one reshape each
+        qt, kt, vt = q.reshape(shapes[0]), k.reshape(shapes[1]), v.reshape(shapes[1])
+    out, lse = _attention_tiles(qt, kt, vt, tiling, scale, cbt, num_iters, backend, shapes is not None)
     return out, lse, tiling
 
 
@@ -239,8 +242,10 @@ def _call_key(q, k, v, frame_shape, *scalars) -> tuple | None:
 
 def _validate_call(
     q, k, v, frame_shape, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, backend
-) -> tuple[Tiling, float, int, int, str]:
-    """Every check of a natural-order call -> ``(tiling, sm_scale, causal_block_tiles, num_iters, backend)``."""
+) -> tuple[Tiling, float, int, int, str, tuple | None]:
+    """Every check of a natural-order call -> ``(tiling, sm_scale, causal_block_tiles, num_iters, backend,
+    shapes)``; ``shapes``: q's and k's tile-order shapes where the tiling is the identity (to_tiles is
+    then a reshape), else None."""
     _check_qkv(q, k, v)
     tiling = make_tiling(frame_shape, f_tied, h_reduce, w_reduce)
     num_iters, scale = _check_query_args(q, tiling, num_iters, sm_scale)
@@ -252,7 +257,8 @@ def _validate_call(
             raise ValueError(f"causal_block_frames needs Sq == Skv, got Sq={q.shape[1]}, Skv={k.shape[1]}")
         if cbf % f_tied:
             raise ValueError(f"causal_block_frames={cbf} must be a multiple of f_tied={f_tied}")
-    return tiling, scale, causal_block_tiles(tiling, cbf), num_iters, _check_backend(backend)
+    shapes = (tile_shape(q.shape, tiling), tile_shape(k.shape, tiling)) if tiling.is_identity() else None
+    return tiling, scale, causal_block_tiles(tiling, cbf), num_iters, _check_backend(backend), shapes
 
 
 def _check_query_args(q, tiling: Tiling, num_iters, sm_scale) -> tuple[int, float]:
@@ -262,10 +268,15 @@ def _check_query_args(q, tiling: Tiling, num_iters, sm_scale) -> tuple[int, floa
     return num_iters, _check_scale(sm_scale, q.shape[3], q.dtype)
 
 
-def _attention_tiles(qt, kt, vt, tiling: Tiling, scale: float, cbt: int, num_iters: int, backend: str):
+def _attention_tiles(qt, kt, vt, tiling: Tiling, scale: float, cbt: int, num_iters: int, backend: str,
+                     identity: bool):  # fmt: skip
     """The op on validated tile-order tensors (``cbt`` in tiles, ``backend`` checked) -> ``(out in
-    natural order, lse in tile order)``; the callers that return lse convert it, the others never pay for it."""
+    natural order, lse in tile order)``; the callers that return lse convert it, the others never pay for it.
+    ``identity``: the tiling is the identity, so from_tiles of the op's output is one reshape."""
     z, lse = ops.call_attention(qt, kt, vt, scale, cbt, num_iters, backend)
+    if identity:
+        bsz, tiles, b1, b2, nh, d = z.shape
+        return z.reshape(bsz, tiles * b1 * b2, nh, d), lse
     return from_tiles(z, tiling), lse
 
 
@@ -443,7 +454,7 @@ def monarch_attention_kv_cache(
     q = autocast_inputs(q)
     args = (frame_shape, f_tied, h_reduce, w_reduce, kv_frames, sm_scale, num_iters, backend)
     cacheable = new_k is None and new_v is None  # the training call checks new_k/new_v every time anyway
-    tiling, scale, num_iters, backend, tokens = _checked(
+    tiling, scale, num_iters, backend, tokens, shapes = _checked(
         "kv", _validate_kv_call, q, k_cache, v_cache, *args, cacheable=cacheable
     )
     # under autocast only the visible slice is cast (amp.py), never the whole cache
@@ -463,16 +474,20 @@ def monarch_attention_kv_cache(
         k_slice, v_slice = _NewKVGrad.apply(
             k_slice, v_slice, to_tile_sequence(new_k, tiling), to_tile_sequence(new_v, tiling)
         )
-    # The cache is stored in tile order: its slice goes to the op as it is (a view, no copy).
-    kt, vt = tile_sequence_as_tiles(k_slice, tiling), tile_sequence_as_tiles(v_slice, tiling)
-    out, _ = _attention_tiles(to_tiles(q, tiling), kt, vt, tiling, scale, 0, num_iters, backend)
+    # The cache is stored in tile order: its slice goes to the op as it is (a view, no copy), as
+    # tile_sequence_as_tiles would reshape it (its checks done by _validate_kv_call).
+    q_shape, kv_shape = shapes
+    kt, vt = k_slice.reshape(kv_shape), v_slice.reshape(kv_shape)
+    qt = to_tiles(q, tiling) if q_shape is None else q.reshape(q_shape)
+    out, _ = _attention_tiles(qt, kt, vt, tiling, scale, 0, num_iters, backend, q_shape is not None)
     return out
 
 
 def _validate_kv_call(q, k_cache, v_cache, frame_shape, f_tied, h_reduce, w_reduce, kv_frames, sm_scale, num_iters,
-                      backend) -> tuple[Tiling, float, int, str, int]:  # fmt: skip
+                      backend) -> tuple[Tiling, float, int, str, int, tuple]:  # fmt: skip
     """The checks of a KV-cache call that do not involve new_k/new_v -> ``(tiling, sm_scale, num_iters,
-    backend, tokens read)``; cached per argument key like :func:`_attention_call`'s."""
+    backend, tokens read, shapes)``, cached per argument key like :func:`_attention_call`'s; ``shapes``:
+    q's tile-order shape where the tiling is the identity (else None) and the cache slice's."""
     _check_qkv(q, k_cache, v_cache, names=("q", "k_cache", "v_cache"), autocast=True)
     tiling = make_tiling(frame_shape, f_tied, h_reduce, w_reduce)
     max_frames = _check_seq("k_cache", k_cache.shape[1], tiling)
@@ -482,4 +497,7 @@ def _validate_kv_call(q, k_cache, v_cache, frame_shape, f_tied, h_reduce, w_redu
             f"kv_frames={kv_frames} must be <= {max_frames} (cache frames) and a multiple of f_tied={f_tied}"
         )
     num_iters, scale = _check_query_args(q, tiling, num_iters, sm_scale)
-    return tiling, scale, num_iters, _check_backend(backend), kv_frames * tiling.tokens_per_frame
+    tokens = kv_frames * tiling.tokens_per_frame
+    shapes = (tile_shape(q.shape, tiling) if tiling.is_identity() else None,
+              tile_shape((k_cache.shape[0], tokens, *k_cache.shape[2:]), tiling))  # fmt: skip
+    return tiling, scale, num_iters, _check_backend(backend), tokens, shapes

@@ -79,6 +79,14 @@ def _check_sequence(name: str, x: torch.Tensor, tiling: Tiling) -> None:
         )
 
 
+def tile_shape(shape, tiling: Tiling) -> tuple:
+    """The tile-order shape ``(B, T, b1, b2, nh, d)`` of a natural-order (or tile-sequence) shape
+    ``(B, S, nh, d)`` whose S is a whole number of f_tied-frame groups (unchecked: for shapes checked
+    before). With the identity tiling, ``to_tiles(x) == x.reshape(tile_shape(x.shape))``."""
+    bsz, seq, nh, d = shape
+    return bsz, tiling.num_tiles(seq), tiling.b1, tiling.b2, nh, d
+
+
 def to_tiles(x: torch.Tensor, tiling: Tiling) -> torch.Tensor:
     """``(B, S, nh, d)`` natural order -> ``(B, T, b1, b2, nh, d)`` tile order.
 
@@ -130,8 +138,7 @@ def tile_sequence_as_tiles(x: torch.Tensor, tiling: Tiling) -> torch.Tensor:
     """A tile-order sequence ``(B, S, nh, d)`` (a KV cache slice as stored) viewed as tiles
     ``(B, T, b1, b2, nh, d)``: a view when the slice is contiguous (a prefix of a contiguous cache)."""
     _check_sequence("tile_sequence_as_tiles", x, tiling)
-    bsz, seq, nh, d = x.shape
-    return x.reshape(bsz, tiling.num_tiles(seq), tiling.b1, tiling.b2, nh, d)
+    return x.reshape(tile_shape(x.shape, tiling))
 
 
 def to_tile_sequence(x: torch.Tensor, tiling: Tiling) -> torch.Tensor:

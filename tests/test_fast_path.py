@@ -1,6 +1,11 @@
 """The eager fast path (an eager call runs the op's implementation without the dispatcher) and the
 caches behind it: the validated arguments of a call and the backend Selection of a problem."""
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -153,6 +158,45 @@ def test_host_overhead_benchmark_needs_a_gpu(capsys):
 
     assert host_overhead.main([]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+# Python-level function calls per repeated eager call on the GPU's host path (bench/host_overhead.py
+# --cpu-host-path, launches stubbed): a count, not a time, so it does not flake. Measured at the fast
+# path's introduction (issue 17): 74 (attention), 74 (KV cache), 56 (hadamard), 71 (monarch_matmul)
+# and 69 through torch.ops, from 103, 109, 60, 79 and 77 before; the bounds leave room for torch's
+# and Triton's own Python to change, not for the per-call work to come back.
+PYTHON_CALLS_AT_MOST = {
+    "attention 1 vs 1 frames": 90,
+    "kv-cache attention 3 vs 21 frames": 90,
+    "hadamard 16 x 256": 70,
+    "monarch_matmul 16 x 256 (16, 16, 16)": 85,
+    "attention op 1 vs 1 frames (torch.ops)": 100,
+}
+
+
+def test_repeated_eager_calls_stay_few_python_calls(tmp_path):
+    """The host path's Python, counted in a process of its own (its Triton kernels compiled for a GPU,
+    not interpreted, as this process's are)."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = tmp_path / "host.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "monarchrt_ops.bench.host_overhead",
+        "--cpu-host-path",
+        "--calls",
+        "20",
+        "--json",
+        str(out),
+    ]
+    subprocess.run(
+        cmd, env=env, cwd=tmp_path, check=True, capture_output=True, timeout=300
+    )  # cwd: the installed package
+    rows = {row["case"]: row["python_calls"] for row in json.loads(out.read_text())["rows"]}
+    assert set(rows) == set(PYTHON_CALLS_AT_MOST)
+    over = {case: n for case, n in rows.items() if n > PYTHON_CALLS_AT_MOST[case]}
+    assert not over, f"Python calls per eager call over their bounds {PYTHON_CALLS_AT_MOST}: {over}"
 
 
 def test_kv_cache_calls_cache_their_checks_and_still_reject_bad_ones(op_calls):

@@ -20,13 +20,15 @@ repeated launch skips ``JITFunction.run``.
 
 from __future__ import annotations
 
+import operator
 import os
 
 import torch
 
-_cache: dict = {}
-_plans: dict = {}  # JITFunction -> (name, default) of each parameter
+_cache: dict = {}  # _key -> (kernel, compiled, *_tail(kernel, positional arguments))
+_splits: dict = {}  # (keyword names, argument types) -> (getter of the tensors, getter of the other values)
 _MAX_CACHED = 4096  # distinct (kernel, specialisation) pairs before the cache starts over
+_triton: tuple = ()  # (knobs, driver, JITFunction), imported by the first launch (importing this never needs Triton)
 
 
 def cdiv(a: int, b: int) -> int:
@@ -35,31 +37,55 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _plan(kernel):
-    """Per parameter of ``kernel``, in order: (name, default)."""
-    plan = _plans.get(kernel)
-    if plan is None:
-        defaults = [p.default for p in kernel.signature.parameters.values()]
-        plan = _plans[kernel] = [(p.name, d) for p, d in zip(kernel.params, defaults, strict=True)]
-    return plan
+def _imports() -> tuple:
+    global _triton
+    if not _triton:
+        from triton import knobs
+        from triton.runtime.driver import driver
+        from triton.runtime.jit import JITFunction
+
+        _triton = (knobs, driver, JITFunction)
+    return _triton
+
+
+def _getter(positions: list):
+    """``values -> tuple of values[i] for i in positions`` at C speed (itemgetter of one returns a scalar);
+    positions are indices of a tuple or keys of a dict."""
+    if not positions:
+        return lambda values: ()
+    if len(positions) == 1:
+        i = positions[0]
+        return lambda values: (values[i],)
+    return operator.itemgetter(*positions)
+
+
+def _split(names: tuple, types: tuple) -> tuple:
+    """Where the tensors sit among a call's values and where the rest, per argument types (cached)."""
+    split = _splits.get((names, types))
+    if split is None:
+        tensors = [i for i, kind in enumerate(types) if issubclass(kind, torch.Tensor)]
+        others = [i for i in range(len(types)) if i not in tensors]
+        split = _splits[(names, types)] = (_getter(tensors), _getter(others))
+    return split
 
 
 def _key(kernel, device, instrumentation, args, kwargs) -> tuple:
-    """The cache key of one call, at least as fine as Triton's specialisation: an int, string or None
-    by value (finer than Triton's classes of ints: == 1, % 16 == 0, 32 or 64 bits), a float or bool
-    by type and value (1, 1.0 and True compare equal), a tensor by dtype and whether its address is
-    16-byte aligned, anything else by type and value; keyword arguments by name and the same rule;
-    then the device and Triton's instrumentation mode. One inline loop: this runs on every launch
-    (a function call per argument cost ~20 us for a 31-argument kernel on the CI machine)."""
-    key = [kernel, device, instrumentation, tuple(kwargs)]  # the names fix where each value sits
-    for a in (*args, *kwargs.values()):
-        kind = type(a)
-        if kind is int or kind is str or a is None:
-            key.append(a)
-        elif isinstance(a, torch.Tensor):
-            key.append((a.dtype, a.data_ptr() % 16 == 0))
-        else:
-            key.append((kind, a))
+    """The cache key of one call, at least as fine as Triton's specialisation: every value's type
+    (1, 1.0 and True compare equal: a float or bool is thereby keyed by type and value), a tensor by
+    dtype and whether its address is 16-byte aligned, anything else by value (an int by value is
+    finer than Triton's classes of ints: == 1, % 16 == 0, 32 or 64 bits); keyword arguments by name
+    and the same rule; then the device and Triton's instrumentation mode. The kernel by ``id``:
+    its ``__hash__`` is Python (a lock and a string hash), and the cache's entry holds the kernel, so
+    the id cannot pass to another object while the entry lives. Its loops run per argument types,
+    once (:func:`_split`); per call, one loop over the tensors (this runs on every launch)."""
+    values = (*args, *kwargs.values())
+    names = tuple(kwargs)  # the names fix where each value sits
+    types = tuple(map(type, values))
+    tensors, others = _split(names, types)
+    key = [id(kernel), device, instrumentation, names, types, others(values)]
+    for t in tensors(values):
+        key.append(t.dtype)
+        key.append(t.data_ptr() % 16 == 0)
     return tuple(key)
 
 
@@ -69,10 +95,8 @@ def _no_hooks(hook) -> bool:
 
 
 def _enabled(kernel, knobs) -> bool:
-    from triton.runtime.jit import JITFunction
-
     return (
-        type(kernel) is JITFunction
+        type(kernel) is _imports()[2]
         and not kernel.pre_run_hooks
         and _no_hooks(knobs.runtime.launch_enter_hook)
         and _no_hooks(knobs.runtime.launch_exit_hook)
@@ -81,30 +105,35 @@ def _enabled(kernel, knobs) -> bool:
     )
 
 
+def _tail(kernel, positional: int) -> tuple:
+    """``kernel``'s parameters after the first ``positional``: a getter of their values from a dict by
+    name (None if there are none), and their defaults by name."""
+    params = list(kernel.signature.parameters.values())[positional:]
+    return (_getter([p.name for p in params]) if params else None), {p.name: p.default for p in params}
+
+
 def launch(kernel, grid: tuple, *args, **kwargs):
     """``kernel[grid](*args, **kwargs)``, through the cache above once the kernel has run with the same
     specialisation."""
-    from triton import knobs
-    from triton.runtime.driver import driver
-
+    knobs, driver, _ = _triton or _imports()
     if callable(grid) or not _enabled(kernel, knobs):  # a grid of the meta-parameters: Triton's path
         return kernel[grid](*args, **kwargs)
     device = driver.active.get_current_device()
     key = _key(kernel, device, knobs.compilation.instrumentation_mode, args, kwargs)
-    compiled = _cache.get(key)
-    if compiled is None:
+    hit = _cache.get(key)
+    if hit is None:
         compiled = kernel[grid](*args, **kwargs)
         if hasattr(compiled, "result"):  # an asynchronous compile's future
             compiled = compiled.result()
         if len(_cache) >= _MAX_CACHED:
             _cache.clear()
-        _cache[key] = compiled
+        _cache[key] = (kernel, compiled, *_tail(kernel, len(args)))
         return compiled
-    full = list(args)
-    for name, default in _plan(kernel)[len(args) :]:
-        full.append(kwargs.get(name, default))
+    _, compiled, tail, defaults = hit
+    if tail is not None:  # the parameters after the positional ones: given by keyword, else their defaults
+        args = (*args, *tail({**defaults, **kwargs}))
     g = (*grid, 1, 1)
     stream = driver.active.get_current_stream(device)
     compiled.run(g[0], g[1], g[2], stream, compiled.function, compiled.packed_metadata, None, None, None,
-                 *full)  # no launch metadata and no hooks (_enabled checked there are none)  # fmt: skip
+                 *args)  # no launch metadata and no hooks (_enabled checked there are none)  # fmt: skip
     return compiled
