@@ -1,26 +1,49 @@
 #!/usr/bin/env bash
-# Per-instruction warp-stall samples (ncu source counters) of one launch of the fused CUDA attention
-# forward at the Self-Forcing 21-frame shape, bf16. Run on the GPU machine after bench/device_run.sh has
-# installed the package (SKIP_BENCH=1 SKIP_TESTS=1 is enough). Writes $OUT/ncu-details.txt (sections)
-# $OUT/ncu-sass.csv.gz (every SASS line with its samples) and $OUT/ncu-sass-top.txt (the instructions
-# with the most samples, in address order, with neighbours).
+# Per-instruction warp-stall samples (ncu source counters) of one launch of an attention kernel at the
+# Self-Forcing 21-frame shape (30x52, 12 heads, d = 128), bf16: KERNEL=cluster (default) the fused CUDA
+# forward, KERNEL=stage_r the warpgroup-MMA stage R (csrc/attention/stage_r.cuh), KERNEL=stage_r_triton
+# the Triton stage R. Run on the GPU machine after bench/device_run.sh has installed the package
+# (SKIP_BENCH=1 SKIP_TESTS=1 is enough). Writes $OUT/ncu-<kernel>-details.txt (sections),
+# $OUT/ncu-<kernel>-sass.csv.gz (every SASS line with its samples) and $OUT/ncu-<kernel>-sass-top.txt (the
+# instructions with the most samples, in address order, with neighbours).
 set -uo pipefail
 OUT=${OUT:-/tmp/monarchrt-out}
 mkdir -p "$OUT"
 FRAMES=${FRAMES:-21}
+KERNEL=${KERNEL:-cluster}
+case "$KERNEL" in
+  cluster) REGEX=monarch_fwd_cluster SKIP=0 ;;  # one launch
+  stage_r) REGEX=stage_r_kernel SKIP=1 ;;  # the second of two launches
+  stage_r_triton) REGEX=_stage_r_fwd SKIP=1 ;;
+  *) echo "KERNEL must be cluster, stage_r or stage_r_triton" >&2; exit 2 ;;
+esac
 cat > /tmp/one_launch.py <<PY
 import torch, monarchrt_ops as m
+from monarchrt_ops.backends import cuda
+from monarchrt_ops.triton_kernels import monarch_attention as kernels
 g = torch.Generator(device="cuda").manual_seed(0)
-q, k, v = (torch.randn(1, $FRAMES * 30 * 52, 12, 128, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
-m.monarch_attention(q, k, v, (30, 52), backend="cuda")
+if "$KERNEL" == "cluster":
+    q, k, v = (torch.randn(1, $FRAMES * 30 * 52, 12, 128, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+    m.monarch_attention(q, k, v, (30, 52), backend="cuda")
+else:  # stage R alone, tile-order inputs, the Triton backend's default config
+    q, k, v = (torch.randn(1, $FRAMES, 30, 52, 12, 128, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+    from monarchrt_ops.backends.triton import TritonAttention
+    from monarchrt_ops.arch import arch_of
+    from monarchrt_ops.problem import AttentionProblem
+    p = AttentionProblem.from_tiles(q, k, 0, 1)
+    config = TritonAttention().default_config(p, arch_of("cuda"))
+    launch = cuda.stage_r_wgmma if "$KERNEL" == "stage_r" else kernels._stage_r
+    sc = kernels._Scratch(q, $FRAMES)
+    for _ in range(2):  # the first compiles (Triton) and sets the shared-memory attribute
+        launch(q, k, v, sc, None, None, 128**-0.5, (12, $FRAMES, $FRAMES, 30, 52, 0), config)
 torch.cuda.synchronize()
 PY
 ncu --section SourceCounters --section WarpStateStats --section LaunchStats --section Occupancy \
-  --section SpeedOfLight -k regex:monarch_fwd_cluster -c 1 -f -o /tmp/rep python3 /tmp/one_launch.py 2>&1 | tail -3
-ncu -i /tmp/rep.ncu-rep --page details > "$OUT/ncu-details.txt" 2>&1
+  --section SpeedOfLight -k "regex:$REGEX" -s "$SKIP" -c 1 -f -o /tmp/rep python3 /tmp/one_launch.py 2>&1 | tail -3
+ncu -i /tmp/rep.ncu-rep --page details > "$OUT/ncu-$KERNEL-details.txt" 2>&1
 ncu -i /tmp/rep.ncu-rep --page source --csv --print-source sass > /tmp/sass.csv 2>&1
-gzip -c /tmp/sass.csv > "$OUT/ncu-sass.csv.gz"
-python3 - "$OUT/ncu-sass-top.txt" <<'PY'
+gzip -c /tmp/sass.csv > "$OUT/ncu-$KERNEL-sass.csv.gz"
+python3 - "$OUT/ncu-$KERNEL-sass-top.txt" <<'PY'
 import csv, sys
 rows = list(csv.reader(open("/tmp/sass.csv")))
 head_i = next(i for i, r in enumerate(rows) if any("Source" == c for c in r))
@@ -44,4 +67,4 @@ with open(sys.argv[1], "w") as f:
         why = sorted(((num(r[i]), head[i]) for i in reasons if i < len(r)), reverse=True)[:2]
         print(f"{j:5d} {s:8.0f} {100*s/max(total,1):5.1f}%  {r[src][:70]:70s} {why if s else ''}", file=f)
 PY
-head -c 3000 "$OUT/ncu-sass-top.txt"
+head -c 3000 "$OUT/ncu-$KERNEL-sass-top.txt"
