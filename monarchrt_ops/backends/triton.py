@@ -17,6 +17,7 @@ import torch
 
 from ..arch import Arch
 from ..problem import AttentionProblem
+from ..triton_kernels.limits import fused_bwd_rows
 from . import cuda
 
 HEAD_DIMS = (64, 128)
@@ -89,8 +90,10 @@ class TritonAttention(_Triton):
         block_i = min(64 if wide == 64 else 32, max(16, _next_pow2(problem.b1)))
         # forward stage L: key blocks of 128 rows for up to 32 query rows, 64 for 64 (the H200 sweep,
         # bench/sweep_forward.py --stage l: 128 best at 30x52 and 15x26, 64 at 45x80, where 128 spills);
-        # the backward's dQ kernel holds three [rows, keys] fp32 blocks, so half that (not yet swept);
-        # its daL/dY kernel (block_k key rows, flat across key tiles) two [keys, d] accumulators
+        # the backward's delta kernel (num_iters > 1) and, for b1 > 64, its dQ kernel hold three [rows,
+        # keys] fp32 blocks, so half that (not yet swept); the fused stage-L backward (b1 <= 64: every
+        # row, block_k key rows a step, flat across key tiles) a [rows, d] accumulator beside two
+        # [keys, d] products: 64 keys up to 32 rows, 32 for 64 (the register statement in is_valid)
         # stage R on warpgroup MMA where it runs and b2 > 64: the H200 run of bench/stage_r_check.py
         # (bench/results/h200-stage-r-wgmma.json) measured it faster than Triton's at 45x80 (5.8 against
         # 9.0 ms), slower at 30x52 (2.4 / 2.1), 15x26 (8.1 / 6.5), 90x52 and 3 vs 21 frames
@@ -141,14 +144,25 @@ class TritonAttention(_Triton):
         fwd_acc = fwd_m * (d + fwd_l) * 4 if problem.b2 <= fwd_l else 2 * fwd_m * d * 4
         if fwd_acc > _MAX_ACC_BYTES:
             return f"forward stage-R accumulators ({fwd_m} rows, l block {fwd_l}) {fwd_acc} B exceed {_MAX_ACC_BYTES} B"
-        # the backward's daL/dY kernel: two [block_k, d] accumulators beside [block_i, block_k] logits and dS
-        l_kv = (2 * config["block_k"] * d + 2 * config["block_i"] * config["block_k"]) * 4
-        if l_kv > _MAX_ACC_BYTES:
-            keys, rows = config["block_k"], config["block_i"]
-            return f"stage-L daL/dY blocks ({keys} keys, {rows} rows) {l_kv} B exceed {_MAX_ACC_BYTES} B"
+        rows = fused_bwd_rows(problem.b1, problem.dtype.itemsize)
+        if rows is not None:
+            # the fused stage-L backward: the [rows, d] dQ accumulator, the [block_k, d] dY and daL
+            # (counted as both live) and three [rows, block_k] blocks (logits / L, dP, dS)
+            keys = config["block_k"]
+            l_bwd = (rows * d + 2 * keys * d + 3 * rows * keys) * 4
+            if l_bwd > _MAX_ACC_BYTES:
+                return f"fused stage-L backward blocks ({keys} keys, {rows} rows) {l_bwd} B exceed {_MAX_ACC_BYTES} B"
+        else:
+            # b1 over the fused limit, the daL/dY kernel: two [block_k, d] accumulators beside
+            # [block_i, block_k] logits and dS
+            l_kv = (2 * config["block_k"] * d + 2 * config["block_i"] * config["block_k"]) * 4
+            if l_kv > _MAX_ACC_BYTES:
+                keys, rows = config["block_k"], config["block_i"]
+                return f"stage-L daL/dY blocks ({keys} keys, {rows} rows) {l_kv} B exceed {_MAX_ACC_BYTES} B"
         if 2 * config["block_j"] * d * 4 > _MAX_ACC_BYTES:
             return f"stage R accumulators 2*{config['block_j']}*{d}*4 B exceed {_MAX_ACC_BYTES} B"
-        # the stage-L accumulator with the logits (forward) or logits, probabilities and dS (dQ backward)
+        # the stage-L accumulator with the logits (forward) or logits, probabilities and dS (the
+        # backward's delta kernel and, b1 over the fused limit, its dQ kernel)
         stage_l = config["block_i"] * (d + max(config["fwd_block_k"], 3 * config["bwd_block_k"])) * 4
         if stage_l > _MAX_ACC_BYTES:
             return f"stage-L accumulator and key blocks {stage_l} B exceed {_MAX_ACC_BYTES} B"
