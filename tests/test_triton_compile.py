@@ -115,7 +115,6 @@ compile_only = pytest.mark.skipif(not COMPILING, reason="runs in test_compile_ti
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 def test_attention_kernels_compile(dtype, target, which, monkeypatch):
     from monarchrt_ops.triton_kernels import monarch_attention as launch
-
     from monarchrt_ops.triton_kernels.limits import fused_bwd_rows
 
     stage_l_bwd = ["_stage_l_bwd", "_stage_l_bwd_kv", "_stage_l_bwd_q"]

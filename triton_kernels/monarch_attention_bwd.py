@@ -111,8 +111,8 @@ def _stage_l_bwd_kv(
     BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """b1 > FUSED_BWD_MAX_B1 only (else _stage_l_bwd). daL, dcL and D_R (and dY on the last pass) of
-    column j of query tile a and a block of its visible key rows (flat across key tiles, as the forward's stage L), summed over rows i.
-    UPDATE: an earlier pass, with Y the next pass's daR and dcR added to dL."""
+    column j of query tile a and a block of its visible key rows (flat across key tiles, as the
+    forward's stage L), summed over rows i. UPDATE: an earlier pass, with Y the next pass's daR and dcR added to dL."""
     pid_aj = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_bh = tl.program_id(2)
