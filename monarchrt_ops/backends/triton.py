@@ -17,7 +17,6 @@ import torch
 
 from ..arch import Arch
 from ..problem import AttentionProblem
-from ..triton_kernels.limits import fused_bwd_rows
 from . import cuda
 
 HEAD_DIMS = (64, 128)
@@ -41,6 +40,14 @@ def _fused_bwd_bytes(rows: int, keys: int, head_dim: int) -> int:
     """fp32 blocks of the fused stage-L backward: the [rows, d] dQ accumulator, the [keys, d] dY and
     daL (counted as both live) and three [rows, keys] blocks (logits / L, dP, dS)."""
     return (rows * head_dim + 2 * keys * head_dim + 3 * rows * keys) * 4
+
+
+def _fused_bwd_rows(problem: AttentionProblem) -> int | None:
+    """Rows of the fused stage-L backward's programs, None where b1 takes the two unfused kernels
+    (the limit: triton_kernels/limits.py, imported here, not at import, as every kernel module is)."""
+    from ..triton_kernels.limits import fused_bwd_rows
+
+    return fused_bwd_rows(problem.b1, problem.dtype.itemsize)
 
 
 def _interpreting() -> bool:
@@ -111,7 +118,7 @@ class TritonAttention(_Triton):
         # 9.0 ms), slower at 30x52 (2.4 / 2.1), 15x26 (8.1 / 6.5), 90x52 and 3 vs 21 frames
         wgmma = problem.b2 > 64 and cuda.stage_r_reason(problem, arch) is None
         l_warps = 4
-        fused_rows = fused_bwd_rows(problem.b1, problem.dtype.itemsize)
+        fused_rows = _fused_bwd_rows(problem)
         if wide == 16:
             block_k = 16
         elif fused_rows is None:
@@ -166,7 +173,7 @@ class TritonAttention(_Triton):
         fwd_acc = fwd_m * (d + fwd_l) * 4 if problem.b2 <= fwd_l else 2 * fwd_m * d * 4
         if fwd_acc > _MAX_ACC_BYTES:
             return f"forward stage-R accumulators ({fwd_m} rows, l block {fwd_l}) {fwd_acc} B exceed {_MAX_ACC_BYTES} B"
-        rows = fused_bwd_rows(problem.b1, problem.dtype.itemsize)
+        rows = _fused_bwd_rows(problem)
         if rows is not None:  # the fused stage-L backward, per thread of its l_warps warps
             keys, threads = config["block_k"], 32 * config["l_warps"]
             l_bwd = _fused_bwd_bytes(rows, keys, d)
