@@ -4,8 +4,9 @@ python -m monarchrt_ops.bench.sweep_forward [--stage r|l|bwd-l] [--cases NAME ..
 
 For each case: the backend default and every config of a short list that ``is_valid`` accepts
 (stage R: ``fwd_block_m x fwd_block_l x fwd_warps x num_stages``; stage L: ``fwd_block_k x
-l_warps``; the backward's stage-L kernels: ``block_k x bwd_block_k x l_warps``, timed in the
-Triton backward), CUDA-graph replay time, the other keys at their defaults.
+l_warps``; the backward's fused stage-L kernel: ``block_k x l_warps``, timed in the Triton
+backward; ``bwd_block_k`` steps only the unfused dQ kernel (b1 over the fused limit, none of these
+cases) and the delta kernel (num_iters > 1)), CUDA-graph replay time, the other keys at their defaults.
 Feeds the defaults and the tuner's space (docs/attention-kernels.md).
 """
 
@@ -79,8 +80,8 @@ def main(argv=None) -> int:
             keys = ("fwd_block_k", "l_warps")
             grid = itertools.product([32, 64, 128], [4, 8])
         else:
-            keys = ("block_k", "bwd_block_k", "l_warps")
-            grid = itertools.product([16, 32, 64], [32, 64], [4, 8])
+            keys = ("block_k", "l_warps")
+            grid = itertools.product([16, 32, 64], [4, 8])
         tensors = (q, k, v, *_forward_and_grads(q, k, v, base))
 
         for cfg in [None, *grid]:

@@ -337,7 +337,7 @@ def choice(op: str, backend: str, problem_key: dict, gpu: str | None, family: st
 # --- kernel sources --------------------------------------------------------------------------------
 # Kernel source files each tuned op depends on (triton_kernels/), for the table's source hash.
 OP_SOURCES = {
-    "attention": ("monarch_attention.py", "monarch_attention_fwd.py", "monarch_attention_bwd.py"),
+    "attention": ("monarch_attention.py", "monarch_attention_fwd.py", "monarch_attention_bwd.py", "limits.py"),
     "hadamard": ("hadamard.py",),
     "monarch_matmul": ("monarch_matmul.py",),
 }

@@ -166,6 +166,17 @@ def test_gradients_match_reference(backend, name, dtype, poison_empty):
         assert_close_to_float64(g, r, s, dtype, at_most=FLOOR[dtype], what=f"d{what}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", ["7x11-batch2", "causal-3", "iters3-causal"])
+def test_gradients_match_reference_unfused_stage_l(name, dtype, poison_empty, monkeypatch):
+    """The two stage-L backward kernels that b1 over the fused kernel's limit takes
+    (triton_kernels/limits.py), forced here by a limit of 0 (the cases above have b1 <= 6)."""
+    from monarchrt_ops.triton_kernels import limits
+
+    monkeypatch.setattr(limits, "FUSED_BWD_MAX_B1", {})
+    test_gradients_match_reference("triton", name, dtype, poison_empty)
+
+
 @GPU_TIER
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_kv_cache_slice_and_gradients_at_30x52(backend, poison_empty):

@@ -3,9 +3,11 @@
 Knows nothing of torch ops or the registry. Config keys (validity: backends/triton.py):
 ``stage_r`` (read by the backend, which passes the stage-R launcher it names), ``fwd_block_m, fwd_block_l, fwd_warps`` (the forward stage-R kernel, also the backward's recompute),
 ``fwd_block_k`` (key rows per step of the forward stage-L kernel and per program of the aR
-update), ``bwd_block_k`` (per step of the backward's dQ and delta kernels), ``block_k`` (per program
-of its daL/dY kernel), all flat across key tiles; ``block_j, block_l, r_warps`` (the backward
-stage-R kernels), ``block_i, l_warps`` (stage-L kernels), ``num_stages``.
+update), ``block_k`` (per step of the fused stage-L backward; b1 > FUSED_BWD_MAX_B1: per program of
+the unfused daL/dY kernel), ``bwd_block_k`` (per step of the backward's delta kernel, num_iters > 1,
+and of the unfused dQ kernel), all flat across key tiles; ``block_j, block_l, r_warps`` (the
+backward stage-R kernels), ``block_i`` (rows per program of the stage-L kernels, except the fused
+backward's, which takes every row: limits.fused_bwd_rows), ``l_warps`` (stage-L kernels), ``num_stages``.
 Tile-order shapes: q ``[B, A, b1, b2, nh, d]``, k and v ``[B, F, b1, b2, nh, d]``.
 """
 
@@ -15,7 +17,15 @@ import torch
 
 from ._interpreter import guarded
 from ._launch import cdiv, launch
-from .monarch_attention_bwd import _stage_l_bwd_delta, _stage_l_bwd_kv, _stage_l_bwd_q, _stage_r_bwd_kv, _stage_r_bwd_q
+from .limits import fused_bwd_rows
+from .monarch_attention_bwd import (
+    _stage_l_bwd,
+    _stage_l_bwd_delta,
+    _stage_l_bwd_kv,
+    _stage_l_bwd_q,
+    _stage_r_bwd_kv,
+    _stage_r_bwd_q,
+)
 from .monarch_attention_fwd import _stage_l_fwd, _stage_l_update, _stage_r_fwd
 
 
@@ -109,8 +119,8 @@ def monarch_attention_fwd(
 
 
 @guarded(
-    _stage_r_fwd, _stage_l_fwd, _stage_l_update, _stage_l_bwd_delta, _stage_l_bwd_kv, _stage_l_bwd_q,
-    _stage_r_bwd_kv, _stage_r_bwd_q,
+    _stage_r_fwd, _stage_l_fwd, _stage_l_update, _stage_l_bwd, _stage_l_bwd_delta, _stage_l_bwd_kv,
+    _stage_l_bwd_q, _stage_r_bwd_kv, _stage_r_bwd_q,
 )  # fmt: skip
 def monarch_attention_bwd(
     dz, dlse, q, k, v, z, lse, *, sm_scale: float, causal_block_tiles: int, num_iters: int, config: dict,
@@ -144,7 +154,8 @@ def monarch_attention_bwd(
     # the next pass's daR and dcR, in the Y and cL layouts, read by an earlier pass's stage L
     d_ar = torch.empty_like(sc.a_l) if num_iters > 1 else da_l
     d_cr = torch.empty_like(sc.c_l) if num_iters > 1 else dc_l
-    # written first by the last pass's _stage_l_bwd_q and _stage_r_bwd_kv, read-added after
+    # written first by the last pass's stage-L kernel (_stage_l_bwd or _stage_l_bwd_q) and
+    # _stage_r_bwd_kv, read-added after
     dq = torch.empty(q.shape, dtype=torch.float32, device=q.device)
     dk = torch.empty(k.shape[:4] + (nh, d), dtype=torch.float32, device=q.device)
     dv = torch.empty_like(dk)
@@ -155,8 +166,8 @@ def monarch_attention_bwd(
     r_meta = dict(HEAD_DIM=d, DOT_PRECISION=_dot_precision(q.dtype),
                   BLOCK_J=config["block_j"], BLOCK_L=config["block_l"],
                   num_warps=config["r_warps"], num_stages=config["num_stages"])  # fmt: skip
-    grid_l_kv = (n_a * b2, cdiv(n_f * b1, config["block_k"]), bsz * nh)
     grid_l_q = (n_a * b2, cdiv(b1, config["block_i"]), bsz * nh)
+    fused_rows = fused_bwd_rows(b1, q.element_size())  # None: over the fused kernel's limit, two kernels
     for it in reversed(range(num_iters)):
         last, first = it == num_iters - 1, it == 0
         stage_r(q, k, v, sc, a_rs[it], c_rs[it], sm_scale, common, config, write_y=last, write_lse=True)
@@ -173,13 +184,19 @@ def monarch_attention_bwd(
             )  # fmt: skip
             l_args = (q, q, lses[it], delta_l, sc.a_l, d_ar, sc.c_l, d_cr)
         strides_l = (*q.stride()[:5], *l_args[1].stride()[:5])  # q, and dz (last pass) or q
-        launch(_stage_l_bwd_kv, grid_l_kv,
-            *l_args, da_l, dy, dc_l, delta_r, sm_scale, *strides_l, *common, UPDATE=not last, **l_meta,
-        )  # fmt: skip
-        launch(_stage_l_bwd_q, grid_l_q,
-            *l_args, dq, sm_scale, *strides_l, *common, UPDATE=not last, ACCUMULATE=not last,
-            **{**l_meta, "BLOCK_K": config["bwd_block_k"]},
-        )  # fmt: skip
+        if fused_rows is not None:  # daL, dY, dcL, D_R and dQ in one kernel, every row i per program
+            launch(_stage_l_bwd, (n_a * b2, 1, bsz * nh),
+                *l_args, da_l, dy, dc_l, delta_r, dq, sm_scale, *strides_l, *common,
+                UPDATE=not last, ACCUMULATE=not last, **{**l_meta, "BLOCK_I": fused_rows},
+            )  # fmt: skip
+        else:
+            launch(_stage_l_bwd_kv, (n_a * b2, cdiv(n_f * b1, config["block_k"]), bsz * nh),
+                *l_args, da_l, dy, dc_l, delta_r, sm_scale, *strides_l, *common, UPDATE=not last, **l_meta,
+            )  # fmt: skip
+            launch(_stage_l_bwd_q, grid_l_q,
+                *l_args, dq, sm_scale, *strides_l, *common, UPDATE=not last, ACCUMULATE=not last,
+                **{**l_meta, "BLOCK_K": config["bwd_block_k"]},
+            )  # fmt: skip
         r_args = (q, k, v, q if first else a_rs[it], sc.c_l if first else c_rs[it], sc.lse_r, da_l, dy, dc_l, delta_r)
         flags = dict(FIRST=first, HAS_Y=last, **r_meta)
         launch(_stage_r_bwd_kv, (n_f * b1, cdiv(b2, config["block_l"]), bsz * nh),

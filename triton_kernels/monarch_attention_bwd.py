@@ -5,8 +5,8 @@ Stored quantities are unscaled (see monarch_attention_fwd.py): aL = sum_l R K, S
 S_L = s <Q, aL> - cL. The last pass, with D_L = <Z, dZ> - dlse:
 
   dS_L = L (<dZ, Y> - D_L);  dY = sum_i L dZ;  dcL = -sum_i dS_L;  daL = s sum_i dS_L Q
-  dQ  += s sum_{f,k} dS_L aL                                         (_stage_l_bwd_q)
-  D_R  = <daL, aL> + <dY, Y> + dcL (1 + cL)                          (_stage_l_bwd_kv)
+  dQ  += s sum_{f,k} dS_L aL
+  D_R  = <daL, aL> + <dY, Y> + dcL (1 + cL)                          (_stage_l_bwd: all of stage L)
   dR   = <daL, K> + <dY, V> + dcL (1 + log R);  dS_R = R (dR - D_R)
   dK  += sum_{a,j} (tau dS_R aR + R daL);  dV = sum_{a,j} R dY         (_stage_r_bwd_kv)
   first pass: dQ[a,k,j] += s sum_{f,l} dS_R K                        (_stage_r_bwd_q)
@@ -16,6 +16,10 @@ An earlier pass t feeds the next one through aR' = sum_i L Q and cR' = sum_i L, 
 sees dL = <Q, daR'> + dcR' in place of <dZ, Y> (UPDATE): Q plays dZ and daR' plays Y, there is no
 dY, and the direct term dQ += sum_{f,k} L daR' comes with D = <Q, sum L daR'> + sum L dcR'
 (_stage_l_bwd_delta, run first).
+
+Stage L's backward is one kernel, _stage_l_bwd, per (a, j) with every row i (b1 <= FUSED_BWD_MAX_B1,
+triton_kernels/limits.py); above that limit two kernels share it: _stage_l_bwd_kv (daL, dY, dcL, D_R
+per block of key rows) and _stage_l_bwd_q (dQ per block of rows i).
 
 Each kernel owns its outputs (no atomics): the last pass, differentiated first, writes dQ (stage
 L), dK and dV; every later launch read-adds (ACCUMULATE), one after the other. Scratch layouts are
@@ -42,6 +46,61 @@ from .monarch_attention_fwd import (
 
 
 @triton.jit(do_not_specialize=RUNTIME_ARGS)
+def _stage_l_bwd(
+    Q, DZ, LSE, DELTA_L, AL, Y, CL, DCR, DAL, DY, DCL, DELTA_R, DQ,
+    sm_scale,
+    sqb, sqt, sqr, sqc, sqh,
+    szb, szt, szr, szc, szh,
+    nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
+    UPDATE: tl.constexpr, ACCUMULATE: tl.constexpr, HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """The whole stage-L backward of column j of query tile a (docs/attention-kernels.md, Fused
+    stage-L backward): every row i in one block (BLOCK_I >= b1), the visible key rows flat across key
+    tiles, BLOCK_K at a time. Per key block: daL, dcL and D_R (and dY on the last pass) of those key
+    rows, summed over i, stored; dQ (+)= s sum_{f,k} dS_L aL carried across the blocks.
+    UPDATE: an earlier pass, with Q in dZ's place, Y the next pass's daR and dcR added to dL; no dY.
+    ACCUMULATE: dQ read-added; the last pass, differentiated first, writes it."""
+    a, j, bb, h, bha, offs_i, mask_i, q, tok = _query_column(
+        Q, sqb, sqt, sqr, sqc, sqh, nh, num_q_tiles, b1, b2, BLOCK_I, HEAD_DIM
+    )
+    dtype = Q.dtype.element_ty
+    offs_d = tl.arange(0, HEAD_DIM)
+    dz = q if UPDATE else _rows(DZ + bb * szb + a * szt + j * szc + h * szh, offs_i * szr, mask_i, HEAD_DIM)
+    lse = tl.load(LSE + tok * nh + h, mask=mask_i, other=float("inf"))  # padded rows: L = 0, so dS_L = 0
+    d_l = tl.load(DELTA_L + tok * nh + h, mask=mask_i, other=0.0)
+    acc_dq = tl.zeros([BLOCK_I, HEAD_DIM], tl.float32)
+    n_keys = _visible_kv_tiles(a, num_kv_tiles, causal_block_tiles) * b1
+    for key0 in range(0, n_keys, BLOCK_K):
+        keys = key0 + tl.arange(0, BLOCK_K)
+        rows, mask_k, a_l, c_l = _key_block(AL, CL, bha, keys, n_keys, num_kv_tiles, b1, b2, j, HEAD_DIM)
+        y = _rows(Y, rows * HEAD_DIM, mask_k, HEAD_DIM)
+        s = tl.dot(q, tl.trans(a_l), input_precision=DOT_PRECISION) * sm_scale - c_l[None, :]  # [BI, BK]
+        p = tl.where(mask_k[None, :], tl.exp(s - lse[:, None]), 0.0)  # L
+        dp = tl.dot(dz, tl.trans(y), input_precision=DOT_PRECISION)  # [BI, D] @ [D, BK]
+        if UPDATE:
+            dp += tl.load(DCR + rows, mask=mask_k, other=0.0)[None, :]
+            delta_r = tl.zeros([BLOCK_K], tl.float32)
+        else:  # dY first, stored with its part of D_R, so one [BK, D] product is live at a time
+            d_y = tl.dot(tl.trans(p).to(dtype), dz, input_precision=DOT_PRECISION)  # [BK, BI] @ [BI, D]
+            delta_r = tl.sum(d_y * y.to(tl.float32), 1)
+            tl.store(DY + rows[:, None] * HEAD_DIM + offs_d[None, :], d_y.to(dtype), mask=mask_k[:, None])
+        ds = p * (dp - d_l[:, None])
+        d_al = tl.dot(tl.trans(ds).to(dtype), q, input_precision=DOT_PRECISION) * sm_scale
+        d_cl = -tl.sum(ds, 0)
+        delta_r += tl.sum(d_al * a_l.to(tl.float32), 1) + d_cl * (1.0 + c_l)
+        tl.store(DAL + rows[:, None] * HEAD_DIM + offs_d[None, :], d_al.to(dtype), mask=mask_k[:, None])
+        tl.store(DCL + rows, d_cl, mask=mask_k)
+        tl.store(DELTA_R + rows, delta_r, mask=mask_k)
+        acc_dq += tl.dot(ds.to(dtype), a_l, input_precision=DOT_PRECISION)  # [BI, BK] @ [BK, D]
+    p_dq = DQ + (tok[:, None] * nh + h) * HEAD_DIM + offs_d[None, :]
+    d_q = acc_dq * sm_scale
+    if ACCUMULATE:
+        d_q += tl.load(p_dq, mask=mask_i[:, None], other=0.0)
+    tl.store(p_dq, d_q, mask=mask_i[:, None])
+
+
+@triton.jit(do_not_specialize=RUNTIME_ARGS)
 def _stage_l_bwd_kv(
     Q, DZ, LSE, DELTA_L, AL, Y, CL, DCR, DAL, DY, DCL, DELTA_R,
     sm_scale,
@@ -51,9 +110,9 @@ def _stage_l_bwd_kv(
     UPDATE: tl.constexpr, HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """daL, dcL and D_R (and dY on the last pass) of column j of query tile a and a block of its
-    visible key rows (flat across key tiles, as the forward's stage L), summed over rows i.
-    UPDATE: an earlier pass, with Y the next pass's daR and dcR added to dL."""
+    """b1 > FUSED_BWD_MAX_B1 only (else _stage_l_bwd). daL, dcL and D_R (and dY on the last pass) of
+    column j of query tile a and a block of its visible key rows (flat across key tiles, as the
+    forward's stage L), summed over rows i. UPDATE: an earlier pass, with Y the next pass's daR and dcR added to dL."""
     pid_aj = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_bh = tl.program_id(2)
@@ -146,7 +205,8 @@ def _stage_l_bwd_q(
     UPDATE: tl.constexpr, ACCUMULATE: tl.constexpr, HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """dQ (+)= s sum_{f,k} dS_L aL per (a, j) and a block of rows i (UPDATE: as _stage_l_bwd_kv).
+    """b1 > FUSED_BWD_MAX_B1 only (else _stage_l_bwd). dQ (+)= s sum_{f,k} dS_L aL per (a, j) and a
+    block of rows i (UPDATE: as _stage_l_bwd_kv).
     ACCUMULATE: read-add; the last pass, differentiated first, writes dQ."""
     a, j, bb, h, bha, offs_i, mask_i, q, tok = _query_column(
         Q, sqb, sqt, sqr, sqc, sqh, nh, num_q_tiles, b1, b2, BLOCK_I, HEAD_DIM

@@ -25,11 +25,29 @@ _WARPS = (2, 4, 8)
 # Register budget of one program: fp32 accumulators of [block, head_dim] (two in stage R: aL and
 # Y) beyond 128 KB per program spill on sm_90 (64 K registers per SM, 4 B each, at most half per program).
 _MAX_ACC_BYTES = 128 * 1024
+# The fused stage-L backward's blocks per thread (it is checked with its warps, l_warps): ptxas for
+# sm_90a (bf16, d = 128) spills 0-84 B at <= 488 B a thread (rows x keys: 32 x 32 and 64 x 16 at 4 warps,
+# 32 x 64 and 64 x 32 at 8) and 656-2532 B above (32 x 64 and 64 x 32 at 4 warps, 64 x 64 at 8).
+_MAX_FUSED_BWD_BYTES_PER_THREAD = 512
 _MAX_GRID_YZ = 65535  # CUDA's limit on a launch grid's y and z dimensions (x: 2^31 - 1)
 
 
 def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
+
+
+def _fused_bwd_bytes(rows: int, keys: int, head_dim: int) -> int:
+    """fp32 blocks of the fused stage-L backward: the [rows, d] dQ accumulator, the [keys, d] dY and
+    daL (counted as both live) and three [rows, keys] blocks (logits / L, dP, dS)."""
+    return (rows * head_dim + 2 * keys * head_dim + 3 * rows * keys) * 4
+
+
+def _fused_bwd_rows(problem: AttentionProblem) -> int | None:
+    """Rows of the fused stage-L backward's programs, None where b1 takes the two unfused kernels
+    (the limit: triton_kernels/limits.py, imported here, not at import, as every kernel module is)."""
+    from ..triton_kernels.limits import fused_bwd_rows
+
+    return fused_bwd_rows(problem.b1, problem.dtype.itemsize)
 
 
 def _interpreting() -> bool:
@@ -89,12 +107,26 @@ class TritonAttention(_Triton):
         block_i = min(64 if wide == 64 else 32, max(16, _next_pow2(problem.b1)))
         # forward stage L: key blocks of 128 rows for up to 32 query rows, 64 for 64 (the H200 sweep,
         # bench/sweep_forward.py --stage l: 128 best at 30x52 and 15x26, 64 at 45x80, where 128 spills);
-        # the backward's dQ kernel holds three [rows, keys] fp32 blocks, so half that (not yet swept);
-        # its daL/dY kernel (block_k key rows, flat across key tiles) two [keys, d] accumulators
+        # the backward's delta kernel (num_iters > 1) and, for b1 > 64, its dQ kernel hold three [rows,
+        # keys] fp32 blocks, so half that (not yet swept); the fused stage-L backward (b1 <= 64: every
+        # row, block_k key rows a step, flat across key tiles) a [rows, d] accumulator beside two
+        # [keys, d] products: at 4 warps 32 keys for 32 rows, 16 for 64 (the register statement in
+        # is_valid; not yet swept on the GPU: the unfused daL/dY kernel's sweep found 64 best, which
+        # ptxas shows spilling 2 KB a thread there)
         # stage R on warpgroup MMA where it runs and b2 > 64: the H200 run of bench/stage_r_check.py
         # (bench/results/h200-stage-r-wgmma.json) measured it faster than Triton's at 45x80 (5.8 against
         # 9.0 ms), slower at 30x52 (2.4 / 2.1), 15x26 (8.1 / 6.5), 90x52 and 3 vs 21 frames
         wgmma = problem.b2 > 64 and cuda.stage_r_reason(problem, arch) is None
+        l_warps = 4
+        fused_rows = _fused_bwd_rows(problem)
+        if wide == 16:
+            block_k = 16
+        elif fused_rows is None:
+            block_k = min(64, 2048 // block_i)
+        else:  # the widest key step whose blocks fit l_warps' registers (32 at 32 rows, 16 at 64)
+            fits = [n for n in (16, 32, 64) if _fused_bwd_bytes(fused_rows, n, problem.head_dim)
+                    <= _MAX_FUSED_BWD_BYTES_PER_THREAD * 32 * l_warps]  # fmt: skip
+            block_k = max(fits, default=16)
         return {
             "stage_r": "wgmma" if wgmma else "triton",
             "fwd_block_m": wide,
@@ -106,8 +138,8 @@ class TritonAttention(_Triton):
             "block_l": row_block,
             "r_warps": 4,
             "block_i": block_i,
-            "block_k": 16 if wide == 16 else min(64, 2048 // block_i),
-            "l_warps": 4,
+            "block_k": block_k,
+            "l_warps": l_warps,
             "num_stages": 2,
         }
 
@@ -141,14 +173,24 @@ class TritonAttention(_Triton):
         fwd_acc = fwd_m * (d + fwd_l) * 4 if problem.b2 <= fwd_l else 2 * fwd_m * d * 4
         if fwd_acc > _MAX_ACC_BYTES:
             return f"forward stage-R accumulators ({fwd_m} rows, l block {fwd_l}) {fwd_acc} B exceed {_MAX_ACC_BYTES} B"
-        # the backward's daL/dY kernel: two [block_k, d] accumulators beside [block_i, block_k] logits and dS
-        l_kv = (2 * config["block_k"] * d + 2 * config["block_i"] * config["block_k"]) * 4
-        if l_kv > _MAX_ACC_BYTES:
-            keys, rows = config["block_k"], config["block_i"]
-            return f"stage-L daL/dY blocks ({keys} keys, {rows} rows) {l_kv} B exceed {_MAX_ACC_BYTES} B"
+        rows = _fused_bwd_rows(problem)
+        if rows is not None:  # the fused stage-L backward, per thread of its l_warps warps
+            keys, threads = config["block_k"], 32 * config["l_warps"]
+            l_bwd = _fused_bwd_bytes(rows, keys, d)
+            if l_bwd > _MAX_FUSED_BWD_BYTES_PER_THREAD * threads:
+                return (f"fused stage-L backward blocks ({keys} keys, {rows} rows) {l_bwd} B exceed "
+                        f"{_MAX_FUSED_BWD_BYTES_PER_THREAD} B a thread of {threads}")  # fmt: skip
+        else:
+            # b1 over the fused limit, the daL/dY kernel: two [block_k, d] accumulators beside
+            # [block_i, block_k] logits and dS
+            l_kv = (2 * config["block_k"] * d + 2 * config["block_i"] * config["block_k"]) * 4
+            if l_kv > _MAX_ACC_BYTES:
+                keys, rows = config["block_k"], config["block_i"]
+                return f"stage-L daL/dY blocks ({keys} keys, {rows} rows) {l_kv} B exceed {_MAX_ACC_BYTES} B"
         if 2 * config["block_j"] * d * 4 > _MAX_ACC_BYTES:
             return f"stage R accumulators 2*{config['block_j']}*{d}*4 B exceed {_MAX_ACC_BYTES} B"
-        # the stage-L accumulator with the logits (forward) or logits, probabilities and dS (dQ backward)
+        # the stage-L accumulator with the logits (forward) or logits, probabilities and dS (the
+        # backward's delta kernel and, b1 over the fused limit, its dQ kernel)
         stage_l = config["block_i"] * (d + max(config["fwd_block_k"], 3 * config["bwd_block_k"])) * 4
         if stage_l > _MAX_ACC_BYTES:
             return f"stage-L accumulator and key blocks {stage_l} B exceed {_MAX_ACC_BYTES} B"
