@@ -73,6 +73,9 @@ template <> struct RS64<__half> {
 __device__ __forceinline__ uint64_t desc(uint32_t addr, uint32_t lbo) {
   return (uint64_t(1) << 62) | (uint64_t(1024 >> 4) << 32) | (uint64_t(lbo) << 16) | ((addr >> 4) & 0x3FFF);
 }
+// The descriptor of the same buffer `bytes` further on (shared-memory addresses stay below 2^18 bytes, so
+// the 14-bit address field of the descriptor never carries into the next one).
+__device__ __forceinline__ uint64_t advance(uint64_t desc, uint32_t bytes) { return desc + (bytes >> 4); }
 template <class Op, size_t... I>
 __device__ __forceinline__ void mma_ss(uint64_t a, uint64_t b, float* d, bool acc, std::index_sequence<I...>) {
   Op::fma(a, b, d[I]..., acc ? atoms::ScaleOut::One : atoms::ScaleOut::Zero);

@@ -66,27 +66,39 @@ template <int kD, int kL> struct StageRSmem {
   static_assert(kKV % 1024 == 0 && kQ % 1024 == 0 && kStage % 1024 == 0, "swizzled buffers on 1 KB boundaries");
 };
 
-// Splits a flat query-row index r = a * b2 + j (r < 2^24, kernel_limits.h) without an integer division.
-struct RowSplit {
-  int b2;
-  float inv_b2;
-  __device__ __forceinline__ void operator()(int r, int& a, int& j) const {
-    a = int(float(r) * inv_b2);
-    j = r - a * b2;
-    if (j < 0) {
-      --a;
-      j += b2;
-    } else if (j >= b2) {
-      ++a;
-      j -= b2;
-    }
-  }
+// A query row (a, j) of the flat index r = a * b2 + j. Rows are split once per thread and block
+// (r < 2^24, kernel_limits.h, so the fp32 quotient is off by at most one) and then moved by constant
+// offsets: a few integer instructions a row instead of a division.
+struct RowCursor {
+  int a, j;
 };
+__device__ __forceinline__ RowCursor split_row(int r, int b2, float inv_b2) {
+  RowCursor c{int(float(r) * inv_b2), 0};
+  c.j = r - c.a * b2;
+  if (c.j < 0) {
+    --c.a;
+    c.j += b2;
+  } else if (c.j >= b2) {
+    ++c.a;
+    c.j -= b2;
+  }
+  return c;
+}
+// c + d for d.j < b2
+__device__ __forceinline__ RowCursor add_rows(RowCursor c, RowCursor d, int b2) {
+  c.a += d.a;
+  c.j += d.j;
+  if (c.j >= b2) {
+    c.j -= b2;
+    ++c.a;
+  }
+  return c;
+}
 
-// cp.async of rows 0..n_rows-1 of a swizzled buffer of kRows rows from `src` (row r at src + row_src(r)),
-// rows n_rows..kRows-1 zero when `zero_rest`. Thread t copies chunk t % (kD / 8) of rows t / (kD / 8) + i * step.
-template <typename T, int kD, int kRows, bool kZeroRest, class RowSrc>
-__device__ __forceinline__ void load_rows(unsigned char* dst, int n_rows, RowSrc row_src) {
+// cp.async of rows 0..n_rows-1 of a swizzled buffer of kRows rows from `src` (row r at row_src(r)), rows
+// n_rows..kRows-1 zero. Thread t copies chunk t % (kD / 8) of rows t / (kD / 8) + i * step.
+template <typename T, int kD, int kRows, class RowSrc>
+__device__ __forceinline__ void load_rows_zero_rest(unsigned char* dst, int n_rows, RowSrc row_src) {
   constexpr int kChunks = kD / 8, kStep = kStageRThreads / kChunks;
   const int ch = threadIdx.x % kChunks;
 #pragma unroll
@@ -94,7 +106,7 @@ __device__ __forceinline__ void load_rows(unsigned char* dst, int n_rows, RowSrc
     unsigned char* d = dst + gmma::swizzled<kRows>(r, ch * 8);
     if (r < n_rows)
       cp16(d, row_src(r) + ch * 8);
-    else if (kZeroRest)
+    else
       *reinterpret_cast<uint4*>(d) = make_uint4(0, 0, 0, 0);
   }
 }
@@ -116,7 +128,7 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_kernel(const StageR
   const int row_step = kStageRBlockM * int(gridDim.y);
   int row0 = a_first * b2 + int(blockIdx.y) * kStageRBlockM;
   if (row0 >= row_end) return;
-  const RowSplit split{b2, 1.f / float(b2)};
+  const float inv_b2 = 1.f / float(b2);
   const bool first = p.a_r == nullptr;
   const int64_t afk0 = int64_t(bh) * p.n_q_tiles * n_f + f;  // scratch index (b, h, a, f) = afk0 + a * F
   const T* const q = static_cast<const T*>(p.q);
@@ -127,44 +139,61 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_kernel(const StageR
   {
     const T* k_row = static_cast<const T*>(p.k) + bb * p.sk[0] + f * p.sk[1] + krow * p.sk[2] + h * p.sk[4];
     const T* v_row = static_cast<const T*>(p.v) + bb * p.sv[0] + f * p.sv[1] + krow * p.sv[2] + h * p.sv[4];
-    load_rows<T, kD, kL, true>(smem + Smem::kOffK, b2, [&](int l) { return k_row + l * p.sk[3]; });
-    load_rows<T, kD, kL, true>(smem + Smem::kOffV, b2, [&](int l) { return v_row + l * p.sv[3]; });
+    load_rows_zero_rest<T, kD, kL>(smem + Smem::kOffK, b2, [&](int l) { return k_row + l * p.sk[3]; });
+    load_rows_zero_rest<T, kD, kL>(smem + Smem::kOffV, b2, [&](int l) { return v_row + l * p.sv[3]; });
   }
-  // the stage-R query of flat row r: Q[a, k, j] on the first pass, aR[a, f, k, j] on later ones
-  auto query = [&](int r) {
-    int a, j;
-    split(r, a, j);
-    return first ? q_row + a * p.sq[1] + j * p.sq[3] : a_r + (((afk0 + int64_t(a) * n_f) * b1 + krow) * b2 + j) * kD;
+  // per-thread row offsets inside a block, split once: the query rows this thread copies (chunk ch of
+  // rows ld_row + i * kLdStep), the two rows of its softmax (16 warp + g, + 8) and the four it stores
+  // (16 warp + lane / 8 + 4 i)
+  constexpr int kChunks = kD / 8, kLdStep = kStageRThreads / kChunks;
+  const int ch = threadIdx.x % kChunks, ld_row = threadIdx.x / kChunks;
+  const RowCursor ld0 = split_row(ld_row, b2, inv_b2), ld_step = split_row(kLdStep, b2, inv_b2);
+  const RowCursor soft0 = split_row(16 * warp + g, b2, inv_b2), eight = split_row(8, b2, inv_b2);
+  const RowCursor st0 = split_row(16 * warp + (lane >> 3), b2, inv_b2), four = split_row(4, b2, inv_b2);
+  const RowCursor block_step = split_row(row_step, b2, inv_b2);
+  const uint32_t ld_dst = gmma::swizzled<kStageRBlockM>(ld_row, ch * 8);  // + i * kLdStep * 128 (same row % 8)
+  static_assert(kLdStep % 8 == 0, "the copied rows keep their swizzle phase");
+  // the stage-R query of row (a, j): Q[a, k, j] on the first pass, aR[a, f, k, j] on later ones
+  auto query = [&](RowCursor c) {
+    return first ? q_row + c.a * p.sq[1] + c.j * p.sq[3]
+                 : a_r + (((afk0 + int64_t(c.a) * n_f) * b1 + krow) * b2 + c.j) * kD;
   };
-  auto load_q = [&](int r0, int buf) {
-    load_rows<T, kD, kStageRBlockM, false>(smem + Smem::kOffQ + buf * Smem::kQ, row_end - r0,
-                                           [&](int r) { return query(r0 + r); });
+  auto load_q = [&](RowCursor blk, int buf) {
+    unsigned char* const dst = smem + Smem::kOffQ + buf * Smem::kQ + ld_dst;
+    RowCursor c = add_rows(blk, ld0, b2);
+#pragma unroll
+    for (int i = 0; i < kStageRBlockM / kLdStep; ++i, c = add_rows(c, ld_step, b2))
+      if (c.a < p.n_q_tiles) cp16(dst + i * kLdStep * 128, query(c) + ch * 8);
   };
-  load_q(row0, 0);
+  // scratch row (b, h, a, f, j, k) of query row (a, j)
+  const int64_t out0 = afk0 * b2 * b1 + krow, out_per_a = int64_t(n_f) * b2 * b1;
+  auto out_index = [&](RowCursor c) { return out0 + c.a * out_per_a + c.j * b1; };
+  RowCursor blk = split_row(row0, b2, inv_b2);
+  load_q(blk, 0);
   cute::cp_async_fence();
 
   T* const out_al = static_cast<T*>(p.a_l);
   T* const out_y = static_cast<T*>(p.y);
   unsigned char* const stage = smem + Smem::kOffStage + warp * Smem::kStage;
-  for (int it = 0; row0 < row_end; ++it, row0 += row_step) {
+  for (int it = 0; row0 < row_end; ++it, row0 += row_step, blk = add_rows(blk, block_step, b2)) {
     unsigned char* const s_q = smem + Smem::kOffQ + (it & 1) * Smem::kQ;
     cute::cp_async_wait<0>();
     gmma::fence_to_async_proxy();
     __syncthreads();  // this block's rows are in shared memory; every warp is done with the other buffer
-    if (row0 + row_step < row_end) load_q(row0 + row_step, (it & 1) ^ 1);
+    if (row0 + row_step < row_end) load_q(add_rows(blk, block_step, b2), (it & 1) ^ 1);
     cute::cp_async_fence();
 
     // --- 1. S = Q K^T for the warpgroup's 64 rows; this thread holds rows g, g + 8 of its warp's 16
     float s[kL / 2];
     {
-      const uint32_t q_addr = smem_addr(s_q), k_addr = smem_addr(smem + Smem::kOffK);
+      const uint64_t q_desc = gmma::desc(smem_addr(s_q), 1), k_desc = gmma::desc(smem_addr(smem + Smem::kOffK), 1);
       gmma::fence_operands<kL / 2>(s);
       cute::warpgroup_arrive();
 #pragma unroll
       for (int kk = 0; kk < kD / 16; ++kk)
         gmma::mma_ss<typename gmma::SS<T, kL>::op>(
-            gmma::desc(q_addr + (kk >> 2) * kStageRBlockM * 128 + (kk & 3) * 32, 1),
-            gmma::desc(k_addr + (kk >> 2) * kL * 128 + (kk & 3) * 32, 1), s, kk > 0,
+            gmma::advance(q_desc, (kk >> 2) * kStageRBlockM * 128 + (kk & 3) * 32),
+            gmma::advance(k_desc, (kk >> 2) * kL * 128 + (kk & 3) * 32), s, kk > 0,
             std::make_index_sequence<kL / 2>{});
       cute::warpgroup_commit_batch();
     }
@@ -172,56 +201,61 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_kernel(const StageR
     int64_t out_row[2];
     float row_scale[2];
     bool valid[2];
+    {
+      RowCursor c = add_rows(blk, soft0, b2);
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int rr = row0 + 16 * warp + g + 8 * r;
-      int a, j;
-      split(rr, a, j);
-      valid[r] = rr < row_end;
-      out_row[r] = ((afk0 + int64_t(a) * n_f) * b2 + j) * b1 + krow;
-      row_scale[r] = p.scale_log2;
-      if (!first && valid[r]) {
-        const float c = p.c_r[((afk0 + int64_t(a) * n_f) * b1 + krow) * b2 + j];
-        row_scale[r] *= fminf(1.f / (c + kStageRTemperatureEps), kStageRTemperatureMax);
+      for (int r = 0; r < 2; ++r, c = add_rows(c, eight, b2)) {
+        valid[r] = c.a < p.n_q_tiles;
+        out_row[r] = out_index(c);
+        row_scale[r] = p.scale_log2;
+        if (!first && valid[r]) {
+          const float cr = p.c_r[((afk0 + int64_t(c.a) * n_f) * b1 + krow) * b2 + c.j];
+          row_scale[r] *= fminf(1.f / (cr + kStageRTemperatureEps), kStageRTemperatureMax);
+        }
       }
     }
     int64_t st_row[4];
     bool st_valid[4];
+    {
+      RowCursor c = add_rows(blk, st0, b2);
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int rr = row0 + 16 * warp + 4 * i + (lane >> 3);
-      int a, j;
-      split(rr, a, j);
-      st_valid[i] = rr < row_end;
-      st_row[i] = ((afk0 + int64_t(a) * n_f) * b2 + j) * b1 + krow;
+      for (int i = 0; i < 4; ++i, c = add_rows(c, four, b2)) {
+        st_valid[i] = c.a < p.n_q_tiles;
+        st_row[i] = out_index(c);
+      }
     }
     cute::warpgroup_wait<0>();
     gmma::fence_operands<kL / 2>(s);
 
-    // --- 2. softmax over l < b2: element 4n + e is row g + 8 (e / 2), column 8n + 2 tig + e % 2
+    // --- 2. softmax over l < b2: element 4n + e is row g + 8 (e / 2), column 8n + 2 tig + e % 2. Columns
+    // below kL - 16 are always < b2 (kL is b2 rounded up to 16): only the last two chunks are masked.
+    // The scale (sm_scale * t > 0, limits.py) multiplies after the maximum: x = scale * (s - max).
+    auto live = [&](int n, int e) { return n < kL / 8 - 2 || 8 * n + 2 * tig + (e & 1) < b2; };
     float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int n = 0; n < kL / 8; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[4 * n + e] *= row_scale[e >> 1];
-        if (8 * n + 2 * tig + (e & 1) < b2) mx[e >> 1] = fmaxf(mx[e >> 1], s[4 * n + e]);
-      }
+      for (int e = 0; e < 4; ++e)
+        if (live(n, e)) mx[e >> 1] = fmaxf(mx[e >> 1], s[4 * n + e]);
     float sum[2] = {0.f, 0.f}, sum_px[2] = {0.f, 0.f};  // sum p and sum p x, x relative to the maximum
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      mx[r] *= row_scale[r];
     }
 #pragma unroll
     for (int n = 0; n < kL / 8; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int r = e >> 1;
-        const float x = s[4 * n + e] - mx[r];
-        const float pe = 8 * n + 2 * tig + (e & 1) < b2 ? fast_exp2(x) : 0.f;
-        sum[r] += pe;
-        sum_px[r] = pe > 0.f ? fmaf(pe, x, sum_px[r]) : sum_px[r];
+        float pe = 0.f;
+        if (live(n, e)) {
+          const float x = fmaf(s[4 * n + e], row_scale[r], -mx[r]);
+          pe = fast_exp2(x);
+          sum[r] += pe;
+          sum_px[r] = fmaf(pe, x, sum_px[r]);
+        }
         s[4 * n + e] = pe;
       }
     float inv_l[2];
@@ -243,12 +277,12 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_kernel(const StageR
 
     // --- 3. aL = R K and Y = R V: one group of kL / 16 products per 64 features
     float acc[2 * kDh][32];
-    auto issue = [&](int part, uint32_t src) {
+    auto issue = [&](int part, uint64_t src) {  // src: the descriptor of K or V
       gmma::fence_operands<32>(acc[part]);
       cute::warpgroup_arrive();
 #pragma unroll
       for (int ks = 0; ks < kL / 16; ++ks)
-        gmma::mma_rs<typename gmma::RS64<T>::op>(pf[ks], gmma::desc(src + (part % kDh) * kL * 128 + ks * 2048, 0),
+        gmma::mma_rs<typename gmma::RS64<T>::op>(pf[ks], gmma::advance(src, (part % kDh) * kL * 128 + ks * 2048),
                                                  acc[part], ks > 0, std::make_index_sequence<32>{});
       cute::warpgroup_commit_batch();
     };
@@ -295,7 +329,7 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_kernel(const StageR
         }
       __syncwarp();  // the staging buffer is free for the next output
     };
-    const uint32_t k_addr = smem_addr(smem + Smem::kOffK), v_addr = smem_addr(smem + Smem::kOffV);
+    const uint64_t k_addr = gmma::desc(smem_addr(smem + Smem::kOffK), 0), v_addr = gmma::desc(smem_addr(smem + Smem::kOffV), 0);
     if (out_y != nullptr) {  // one branch holds every wait, so the compiler sees each group retired
 #pragma unroll
       for (int dh = 0; dh < kDh; ++dh) issue(dh, k_addr);
