@@ -40,6 +40,7 @@ import os
 import pstats
 import sys
 import time
+import types
 from pathlib import Path
 from unittest import mock
 
@@ -207,11 +208,27 @@ class _NoDriver:
         return 0
 
 
+class _ExtensionNoLaunch:
+    """The built extension with its launches doing nothing; reasons and limits are the real ones."""
+
+    def __init__(self, real):
+        self._real = real
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    @staticmethod
+    def monarch_stage_r(*args):
+        pass
+
+
 @contextlib.contextmanager
 def stubbed_gpu():
     """Eager calls on CPU tensors take the GPU's host path: the architecture an H200's, every Triton
     launch through ``_launch.launch`` (its first call per specialisation, Triton's ``kernel[grid]``,
     yields :class:`_NoLaunch`; later ones run the cache's hit path into ``_NoLaunch.run``).
+    The extension's stage-R launch (``stage_r='wgmma'``, the H200's default) goes through its Python
+    launcher into a no-op, ``torch.cuda.device`` and the stream query included.
     Needs the Triton kernels compiled for a GPU: TRITON_INTERPRET is unset before they are imported."""
     os.environ.pop("TRITON_INTERPRET", None)
     from triton.runtime.driver import driver
@@ -224,9 +241,16 @@ def stubbed_gpu():
         raise RuntimeError(
             "--cpu-host-path: the Triton kernels were imported for the interpreter; unset TRITON_INTERPRET"
         )
+    from monarchrt_ops.backends import cuda as cuda_backend
+
     arch = Arch(*CPU_STAND_IN)
+    built, _ = cuda_backend.extension()  # the stage-R kernel's launcher as the H200 runs it (no launch)
+    extension = (lambda: (_ExtensionNoLaunch(built), None)) if built is not None else cuda_backend.extension
     with (
         mock.patch.object(ops, "arch_of", lambda device: arch),
+        mock.patch.object(cuda_backend, "extension", extension),
+        mock.patch.object(torch.cuda, "device", lambda device: contextlib.nullcontext()),
+        mock.patch.object(torch.cuda, "current_stream", lambda device=None: types.SimpleNamespace(cuda_stream=0)),
         mock.patch.object(driver, "_active", _NoDriver()),
         mock.patch.object(JITFunction, "__getitem__", lambda kernel, grid: lambda *args, **kwargs: _NoLaunch()),
     ):

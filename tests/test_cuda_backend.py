@@ -328,7 +328,9 @@ def test_matmul_launcher_rejects_bad_arguments_before_touching_the_device(change
     ("change", "arch", "wgmma_allowed", "wgmma_default"),
     [
         ({"b2": 80, "b1": 45}, H100, True, True),  # 720p: measured faster than Triton's stage R
-        ({}, H100, True, False),  # 30x52: measured slower, so not the default, still in the search space
+        ({}, H100, True, True),  # 30x52, one pass: measured faster
+        ({"num_iters": 2}, H100, True, False),  # 30x52, two passes: measured slower, still in the search space
+        ({"num_iters": 2, "b2": 80, "b1": 45}, H100, True, True),  # 720p, two passes: measured faster
         ({"b2": 96, "head_dim": 64}, H100, True, True),
         ({"b2": 97}, H100, False, False),  # beyond kernel_limits.h's kStageRMaxB2
         ({"dtype": torch.float32}, H100, False, False),
@@ -337,7 +339,8 @@ def test_matmul_launcher_rejects_bad_arguments_before_touching_the_device(change
 )
 def test_stage_r_choice_exists_only_where_the_wgmma_kernel_runs(monkeypatch, change, arch, wgmma_allowed, wgmma_default):
     """The triton backend's ``stage_r`` config: 'wgmma' is in the search space (so the tuner and the
-    tables may pick it) only where cuda.stage_r_reason allows it, and the default only for b2 > 64."""
+    tables may pick it) only where cuda.stage_r_reason allows it, and the default where it was measured
+    faster (one pass, or b2 > 64)."""
     from monarchrt_ops.backends.triton import TritonAttention
 
     class Limited(FakeExtension):

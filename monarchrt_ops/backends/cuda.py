@@ -214,7 +214,7 @@ def stage_r_wgmma(q, k, v, sc, a_r, c_r, sm_scale, common, config, write_y=True,
     aL, Y (when ``write_y``), cL and lse_R (when ``write_lse``) of every key row into the scratch ``sc``."""
     module, _ = extension()
     nh, n_a, n_f, b1, b2, causal_block_tiles = common
-    q, k, v = (_aligned_rows(x) for x in (q, k, v))
+    q, k, v = _aligned_rows(q), _aligned_rows(k), _aligned_rows(v)
     with torch.cuda.device(q.device):  # the launcher uses the current device
         module.monarch_stage_r(
             q.data_ptr(), k.data_ptr(), v.data_ptr(),

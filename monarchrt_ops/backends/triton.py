@@ -113,10 +113,12 @@ class TritonAttention(_Triton):
         # [keys, d] products: at 4 warps 32 keys for 32 rows, 16 for 64 (the register statement in
         # is_valid; not yet swept on the GPU: the unfused daL/dY kernel's sweep found 64 best, which
         # ptxas shows spilling 2 KB a thread there)
-        # stage R on warpgroup MMA where it runs and b2 > 64: the H200 run of bench/stage_r_check.py
-        # (bench/results/h200-stage-r-wgmma.json) measured it faster than Triton's at 45x80 (5.8 against
-        # 9.0 ms), slower at 30x52 (2.4 / 2.1), 15x26 (8.1 / 6.5), 90x52 and 3 vs 21 frames
-        wgmma = problem.b2 > 64 and cuda.stage_r_reason(problem, arch) is None
+        # stage R on warpgroup MMA where it runs, except on num_iters > 1 passes with b2 <= 64: the H200 run
+        # of bench/stage_r_check.py (bench/results/h200-stage-r-wgmma.json) measured it faster than Triton's
+        # at every shape with one pass (30x52 stage R 1.86 against 2.13 ms, 720p 4.63 / 9.07, 15x26 6.06 /
+        # 6.49, 3 vs 21 frames 0.35 / 0.39) and in the backward, but num_iters = 2 slower at 30x52 (8.18
+        # against 7.82 ms), block-causal and 15x26, faster at 720p (24.5 / 30.3)
+        wgmma = (problem.num_iters == 1 or problem.b2 > 64) and cuda.stage_r_reason(problem, arch) is None
         l_warps = 4
         fused_rows = _fused_bwd_rows(problem)
         if wide == 16:
