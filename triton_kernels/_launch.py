@@ -21,9 +21,10 @@ repeated launch skips ``JITFunction.run``.
 from __future__ import annotations
 
 import operator
-import os
 
 import torch
+
+from ..registry import env_get
 
 _cache: dict = {}  # _key -> (kernel, compiled, *_tail(kernel, positional arguments))
 _splits: dict = {}  # (keyword names, argument types) -> (getter of the tensors, getter of the other values)
@@ -101,7 +102,7 @@ def _enabled(kernel, knobs) -> bool:
         and _no_hooks(knobs.runtime.launch_enter_hook)
         and _no_hooks(knobs.runtime.launch_exit_hook)
         and not knobs.runtime.debug
-        and os.environ.get("MONARCHRT_TRITON_FAST_LAUNCH", "1") != "0"
+        and env_get("MONARCHRT_TRITON_FAST_LAUNCH") != "0"
     )
 
 
@@ -137,3 +138,51 @@ def launch(kernel, grid: tuple, *args, **kwargs):
     compiled.run(g[0], g[1], g[2], stream, compiled.function, compiled.packed_metadata, None, None, None,
                  *args)  # no launch metadata and no hooks (_enabled checked there are none)  # fmt: skip
     return compiled
+
+
+_dtype = operator.attrgetter("dtype")
+_data_ptr = torch.Tensor.data_ptr
+_residue16 = (15).__and__  # an address's offset from 16-byte alignment
+
+
+class Prepared:
+    """One launch of ``kernel`` on a fixed ``grid`` whose arguments are some tensors followed by fixed
+    values: ``Prepared(kernel, grid, rest, kwargs)(*tensors)`` is ``launch(kernel, grid, *tensors,
+    *rest, **kwargs)``. For launchers that cache their launches per problem (the non-tensor values
+    built once): a call keys only what can still vary, the device, Triton's instrumentation mode and
+    each tensor's dtype and address modulo 16 (finer than its 16-byte alignment), and on a hit calls
+    the compiled launcher with the argument list built once. A miss, or anything :func:`_enabled`
+    refuses (checked on every call: the environment and Triton's knobs are not cached), takes
+    :func:`launch`, so the compiled kernel is always the one :func:`launch` (and Triton) would pick:
+    the tensors come first in ``kernel``'s parameters, and ``rest`` and ``kwargs`` are fixed."""
+
+    __slots__ = ("kernel", "grid", "rest", "kwargs", "_grid3", "_hits")
+
+    def __init__(self, kernel, grid: tuple, rest: tuple, kwargs: dict):
+        self.kernel, self.grid, self.rest, self.kwargs = kernel, tuple(grid), tuple(rest), dict(kwargs)
+        self._grid3 = (*self.grid, 1, 1)[:3]
+        self._hits: dict = {}  # (device, instrumentation, dtypes, residues) -> (compiled, arguments after the tensors)
+
+    def __call__(self, *tensors):
+        knobs, driver, _ = _triton or _imports()
+        kernel = self.kernel
+        if not _enabled(kernel, knobs):
+            return kernel[self.grid](*tensors, *self.rest, **self.kwargs)
+        device = driver.active.get_current_device()
+        key = (device, knobs.compilation.instrumentation_mode, *map(_dtype, tensors),
+               *map(_residue16, map(_data_ptr, tensors)))  # fmt: skip
+        hit = self._hits.get(key)
+        if hit is None:
+            compiled = launch(kernel, self.grid, *tensors, *self.rest, **self.kwargs)
+            positional = len(tensors) + len(self.rest)
+            tail, defaults = _tail(kernel, positional)
+            after = (*self.rest, *(tail({**defaults, **self.kwargs}) if tail is not None else ()))
+            if len(self._hits) >= 64:  # (devices x dtypes x alignments: a handful in practice)
+                self._hits.clear()
+            self._hits[key] = (compiled, after)
+            return compiled
+        compiled, after = hit
+        g = self._grid3
+        compiled.run(g[0], g[1], g[2], driver.active.get_current_stream(device), compiled.function,
+                     compiled.packed_metadata, None, None, None, *tensors, *after)  # fmt: skip
+        return compiled
