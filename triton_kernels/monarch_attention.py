@@ -124,11 +124,12 @@ class _OnePass:
         if copy_q or copy_k or copy_v:
             q, k, v = (x.contiguous() if c else x for x, c in zip((q, k, v), self.copy))
         dtype, device = self.dtype, self.device
-        a_l = torch.empty(self.scratch, dtype=dtype, device=device)
-        y = torch.empty(self.scratch, dtype=dtype, device=device)
-        c_l = torch.empty(self.c_l, dtype=torch.float32, device=device)
-        z = torch.empty(self.z, dtype=dtype, device=device)
-        lse = torch.empty(self.lse, dtype=torch.float32, device=device)
+        # shapes as separate ints: ~0.4 us less a call than a tuple or torch.Size (the argument parser)
+        a_l = torch.empty(*self.scratch, dtype=dtype, device=device)
+        y = torch.empty(*self.scratch, dtype=dtype, device=device)
+        c_l = torch.empty(*self.c_l, dtype=torch.float32, device=device)
+        z = torch.empty(*self.z, dtype=dtype, device=device)
+        lse = torch.empty(*self.lse, dtype=torch.float32, device=device)
         self.stage_r(q, k, v, q, c_l, a_l, y, c_l, c_l)  # first pass: aR is q, cR and lse_R unused (cL)
         self.stage_l(q, a_l, y, c_l, z, lse)
         return z, lse

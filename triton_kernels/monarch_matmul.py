@@ -294,8 +294,9 @@ def monarch_matmul_fwd(x2d: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, co
     plan = _prepared.get(key)
     k, q, _ = w1.shape
     l, s, _ = w2.shape
-    y1 = _rows_like(x2d, k * q)  # natural (k q) = (r l) order
-    out = _rows_like(x2d, s * l)
+    rows, dtype, device = x2d.shape[0], x2d.dtype, x2d.device
+    y1 = torch.empty(rows, k * q, dtype=dtype, device=device)  # natural (k q) = (r l) order
+    out = torch.empty(rows, s * l, dtype=dtype, device=device)
     if plan is None:
         kernel, grid, rest, meta = _block_diag_args(x2d, w1, y1, config)
         first = Prepared(kernel, grid, rest, meta)
