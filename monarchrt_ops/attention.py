@@ -458,7 +458,7 @@ def monarch_attention_kv_cache(
         "kv", _validate_kv_call, q, k_cache, v_cache, *args, cacheable=cacheable
     )
     # under autocast only the visible slice is cast (amp.py), never the whole cache
-    k_slice, v_slice = autocast_inputs(k_cache.narrow(1, 0, tokens), v_cache.narrow(1, 0, tokens))  # [:, :tokens]
+    k_slice, v_slice = autocast_inputs(k_cache[:, :tokens], v_cache[:, :tokens])
     if (new_k is None) != (new_v is None):
         raise ValueError("pass both new_k and new_v, or neither")
     if new_k is not None:
