@@ -13,7 +13,12 @@ interpreter, launch hooks set) goes through ``kernel[grid]``, which compiles if 
 compiled kernel that the cache then keeps; so does a grid given as a function of the meta-parameters.
 Not checked on a hit: that a global a kernel reads changed since it compiled (ours read none that change).
 
-On by default; ``MONARCHRT_TRITON_FAST_LAUNCH=0`` takes Triton's own path for every launch.
+:class:`Prepared` is the same cache for a launcher that builds a launch's non-tensor arguments once per
+problem: a call then keys only the device, the instrumentation mode and its tensors' dtypes and
+alignment, and the argument list after the tensors is kept with the compiled kernel.
+
+On by default; ``MONARCHRT_TRITON_FAST_LAUNCH=0`` takes Triton's own path for every launch (read per
+launch through ``registry.env_get``).
 tests/test_launch.py checks on a GPU that cached launches equal Triton's own bit for bit and that a
 repeated launch skips ``JITFunction.run``.
 """
@@ -154,18 +159,19 @@ class Prepared:
     values: ``Prepared(kernel, grid, rest, kwargs)(*tensors)`` is ``launch(kernel, grid, *tensors,
     *rest, **kwargs)``. For launchers that cache their launches per problem (the non-tensor values
     built once): a call keys only what can still vary, the device, Triton's instrumentation mode and
-    each tensor's dtype and address modulo 16 (finer than its 16-byte alignment), and on a hit calls
-    the compiled launcher with the argument list built once. A miss, or anything :func:`_enabled`
-    refuses (checked on every call: the environment and Triton's knobs are not cached), takes
-    :func:`launch`, so the compiled kernel is always the one :func:`launch` (and Triton) would pick:
-    the tensors come first in ``kernel``'s parameters, and ``rest`` and ``kwargs`` are fixed."""
+    each tensor's dtype and address modulo 16 (finer than its 16-byte alignment; one value where every
+    address is aligned), and on a hit calls the compiled launcher with the argument list built once.
+    Anything :func:`_enabled` refuses (checked on every call: the environment and Triton's knobs are not
+    cached) takes Triton's ``kernel[grid]``; a miss takes :func:`launch`, so the compiled kernel is
+    always the one :func:`launch` (and Triton) would pick: the tensors come first in ``kernel``'s
+    parameters, and ``rest`` and ``kwargs`` are fixed."""
 
     __slots__ = ("kernel", "grid", "rest", "kwargs", "_grid3", "_hits")
 
     def __init__(self, kernel, grid: tuple, rest: tuple, kwargs: dict):
         self.kernel, self.grid, self.rest, self.kwargs = kernel, tuple(grid), tuple(rest), dict(kwargs)
         self._grid3 = (*self.grid, 1, 1)[:3]
-        self._hits: dict = {}  # (device, instrumentation, dtypes, residues) -> (compiled, arguments after the tensors)
+        self._hits: dict = {}  # (device, instrumentation, residues, *dtypes) -> (compiled, arguments after the tensors)
 
     def __call__(self, *tensors):
         knobs, driver, _ = _triton or _imports()
