@@ -171,10 +171,7 @@ def env_get(name: str, default: str | None = None) -> str | None:
 
 def _state() -> tuple:
     """What a cached selection was made under: the tables' generation, the registry's, the environment."""
-    if _env_keys is not None:
-        env = tuple(map(_env_data.get, _env_keys))
-    else:
-        env = tuple(map(os.environ.get, _ENV))
+    env = tuple(map(_env_data.get, _env_keys)) if _env_keys is not None else tuple(map(os.environ.get, _ENV))
     return tables.generation(), _generation[0], env
 
 

@@ -122,7 +122,7 @@ class _OnePass:
     def __call__(self, q, k, v):
         copy_q, copy_k, copy_v = self.copy
         if copy_q or copy_k or copy_v:
-            q, k, v = (x.contiguous() if c else x for x, c in zip((q, k, v), self.copy))
+            q, k, v = (x.contiguous() if c else x for x, c in zip((q, k, v), self.copy, strict=True))
         dtype, device = self.dtype, self.device
         # shapes as separate ints: ~0.4 us less a call than a tuple or torch.Size (the argument parser)
         a_l = torch.empty(*self.scratch, dtype=dtype, device=device)

@@ -180,8 +180,8 @@ def _block_diag_args(x2d, w, out, config, *, x_group=None, x_elem=1, out_group=N
     if x2d.stride(1) != 1 or out.stride(1) != 1:
         raise ValueError(f"the Monarch matmul kernels take rows of unit stride, got {x2d.stride()}, {out.stride()}")
     bc, bp = _pow2(c), _pow2(p, hi=64)
-    rest = (rows, x2d.stride(0), out.stride(0), c, p,
-            p if x_group is None else x_group, x_elem, c if out_group is None else out_group, out_elem, *w.stride())  # fmt: skip
+    x_group, out_group = p if x_group is None else x_group, c if out_group is None else out_group
+    rest = (rows, x2d.stride(0), out.stride(0), c, p, x_group, x_elem, out_group, out_elem, *w.stride())
     meta = dict(BM=bm, BC=bc, BP=bp, DOT_PRECISION=_precision(x2d.dtype), num_warps=config["num_warps"])
     return _block_product, (cdiv(rows, bm), g, cdiv(c, bc)), rest, meta
 
