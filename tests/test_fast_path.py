@@ -217,3 +217,21 @@ def test_kv_cache_calls_cache_their_checks_and_still_reject_bad_ones(op_calls):
         m.monarch_attention_kv_cache(q, kc, vc, 2, (6, 10), new_k=nk)
     # a longer read of the same cache is another key, checked and cached on its own
     assert m.monarch_attention_kv_cache(q, kc, vc, 4, (6, 10)).shape == q.shape
+
+
+def test_monarch_matmul_cached_checks_still_reject_what_the_checks_reject():
+    x, w1, w2 = _small()
+    m.monarch_matmul(x, w1, w2)
+    m.monarch_matmul(x, w1, w2)  # cached
+    for _ in range(2):  # a failing call is never cached
+        with pytest.raises(ValueError, match="backend='nope' is not one of"):
+            m.monarch_matmul(x, w1, w2, backend="nope")
+        with pytest.raises(ValueError, match="needs l\\*r = k\\*q"):
+            m.monarch_matmul(x, w1, w2[:, :, :2])
+        with pytest.raises(TypeError, match="must share a float dtype"):
+            m.monarch_matmul(x, w1, w2.float())
+        with pytest.raises(TypeError, match="w1 must be a torch.Tensor"):
+            m.monarch_matmul(x, w1.tolist(), w2)
+    # a Parameter weight is its own key, checked once and cached
+    w1_param = torch.nn.Parameter(w1, requires_grad=False)
+    assert torch.equal(m.monarch_matmul(x, w1_param, w2), m.monarch_matmul(x, w1, w2))
