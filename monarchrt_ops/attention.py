@@ -193,7 +193,8 @@ def _attention_call(
     if shapes is None:  # tile order is a copy
         qt, kt, vt = to_tiles(q, tiling), to_tiles(k, tiling), to_tiles(v, tiling)
     else:  # the identity tiling: to_tiles of the checked tensors is one reshape each
-        qt, kt, vt = q.reshape(shapes[0]), k.reshape(shapes[1]), v.reshape(shapes[1])
+        # (shapes as separate ints: ~0.4 us less a reshape than a tuple, the argument parser's)
+        qt, kt, vt = q.reshape(*shapes[0]), k.reshape(*shapes[1]), v.reshape(*shapes[1])
     out, lse = _attention_tiles(qt, kt, vt, tiling, scale, cbt, num_iters, backend, shapes is not None)
     return out, lse, tiling
 
@@ -201,6 +202,7 @@ def _attention_call(
 # per public function: the checked values of each argument key (see _checked)
 _VALIDATED: dict[str, dict[tuple, tuple]] = {"call": {}, "kv": {}}
 _EXACT = (int, float, str, type(None))
+_EXACT_TYPES = frozenset(_EXACT)
 _MAX_CACHED_CALLS = 4096  # many distinct shapes: start over rather than grow
 
 
@@ -231,12 +233,10 @@ def _call_key(q, k, v, frame_shape, *scalars) -> tuple | None:
         return None  # (under autocast the dtype checks depend on the region: checked every time)
     values = (*frame_shape, *scalars)
     types = tuple(map(type, values))
-    for t in types:
-        if t not in _EXACT:
-            return None
-    for t in (q, k, v):
-        if type(t) is not torch.Tensor:
-            return None
+    if not _EXACT_TYPES.issuperset(types) or type(q) is not torch.Tensor or type(k) is not torch.Tensor:
+        return None
+    if type(v) is not torch.Tensor:
+        return None
     return (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, values, types)
 
 
@@ -477,8 +477,8 @@ def monarch_attention_kv_cache(
     # The cache is stored in tile order: its slice goes to the op as it is (a view, no copy), as
     # tile_sequence_as_tiles would reshape it (its checks done by _validate_kv_call).
     q_shape, kv_shape = shapes
-    kt, vt = k_slice.reshape(kv_shape), v_slice.reshape(kv_shape)
-    qt = to_tiles(q, tiling) if q_shape is None else q.reshape(q_shape)
+    kt, vt = k_slice.reshape(*kv_shape), v_slice.reshape(*kv_shape)
+    qt = to_tiles(q, tiling) if q_shape is None else q.reshape(*q_shape)
     out, _ = _attention_tiles(qt, kt, vt, tiling, scale, 0, num_iters, backend, q_shape is not None)
     return out
 

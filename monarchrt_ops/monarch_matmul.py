@@ -6,15 +6,42 @@ import math
 
 import torch
 
-from . import ops, tables
+from . import ops, registry, tables
 from .amp import autocast_dtype_of, autocast_inputs
 from .arch import arch_of
 from .attention import _check_int
 from .limits import MAX_TENSOR_ELEMENTS, check_monarch_matmul
 from .registry import backend_names
 
+# _check's outcome per argument key: its checks read only the key's values (the tensors' exact types,
+# shapes, dtypes and devices, the backend name, the registry's generation for the backends' names)
+_CHECKED: dict[tuple, str] = {}
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+_MAX_CHECKED = 4096
+
 
 def _check(x, w1, w2, backend) -> str:
+    """Every check of a call -> the backend name ('' automatic); remembered per argument key, except
+    while torch.compile traces (Dynamo would guard on the dict)."""
+    key = None
+    if (
+        type(x) in _PLAIN and type(w1) in _PLAIN and type(w2) in _PLAIN and type(backend) in (str, type(None))
+        and not torch.compiler.is_compiling()
+    ):  # fmt: skip
+        key = (type(x), type(w1), type(w2), x.shape, w1.shape, w2.shape, x.dtype, w1.dtype, w2.dtype,
+               x.device, w1.device, w2.device, backend, registry._generation[0])  # fmt: skip
+        hit = _CHECKED.get(key)
+        if hit is not None:
+            return hit
+    result = _run_checks(x, w1, w2, backend)
+    if key is not None:
+        if len(_CHECKED) >= _MAX_CHECKED:
+            _CHECKED.clear()
+        _CHECKED[key] = result
+    return result
+
+
+def _run_checks(x, w1, w2, backend) -> str:
     for name, t in (("x", x), ("w1", w1), ("w2", w2)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"monarch_matmul: {name} must be a torch.Tensor, got {type(t).__name__}")

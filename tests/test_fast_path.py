@@ -163,14 +163,16 @@ def test_host_overhead_benchmark_needs_a_gpu(capsys):
 # Python-level function calls per repeated eager call on the GPU's host path (bench/host_overhead.py
 # --cpu-host-path, launches stubbed): a count, not a time, so it does not flake. Measured at the fast
 # path's introduction (issue 17): 74 (attention), 74 (KV cache), 56 (hadamard), 71 (monarch_matmul)
-# and 69 through torch.ops, from 103, 109, 60, 79 and 77 before; the bounds leave room for torch's
-# and Triton's own Python to change, not for the per-call work to come back.
+# and 69 through torch.ops, from 103, 109, 60, 79 and 77 before; the second round (launches prepared
+# per problem, environment reads through registry.env_get) took them from 76, 76, 56, 71 and 71 to 48,
+# 48, 35, 43 and 43. The bounds leave room for torch's and Triton's own Python to change, not for the
+# per-call work to come back.
 PYTHON_CALLS_AT_MOST = {
-    "attention 1 vs 1 frames": 90,
-    "kv-cache attention 3 vs 21 frames": 90,
-    "hadamard 16 x 256": 70,
-    "monarch_matmul 16 x 256 (16, 16, 16)": 85,
-    "attention op 1 vs 1 frames (torch.ops)": 100,
+    "attention 1 vs 1 frames": 58,
+    "kv-cache attention 3 vs 21 frames": 58,
+    "hadamard 16 x 256": 43,
+    "monarch_matmul 16 x 256 (16, 16, 16)": 52,
+    "attention op 1 vs 1 frames (torch.ops)": 53,
 }
 
 
@@ -215,3 +217,21 @@ def test_kv_cache_calls_cache_their_checks_and_still_reject_bad_ones(op_calls):
         m.monarch_attention_kv_cache(q, kc, vc, 2, (6, 10), new_k=nk)
     # a longer read of the same cache is another key, checked and cached on its own
     assert m.monarch_attention_kv_cache(q, kc, vc, 4, (6, 10)).shape == q.shape
+
+
+def test_monarch_matmul_cached_checks_still_reject_what_the_checks_reject():
+    x, w1, w2 = _small()
+    m.monarch_matmul(x, w1, w2)
+    m.monarch_matmul(x, w1, w2)  # cached
+    for _ in range(2):  # a failing call is never cached
+        with pytest.raises(ValueError, match="backend='nope' is not one of"):
+            m.monarch_matmul(x, w1, w2, backend="nope")
+        with pytest.raises(ValueError, match="needs l\\*r = k\\*q"):
+            m.monarch_matmul(x, w1, w2[:, :, :2])
+        with pytest.raises(TypeError, match="must share a float dtype"):
+            m.monarch_matmul(x, w1, w2.float())
+        with pytest.raises(TypeError, match="w1 must be a torch.Tensor"):
+            m.monarch_matmul(x, w1.tolist(), w2)
+    # a Parameter weight is its own key, checked once and cached
+    w1_param = torch.nn.Parameter(w1, requires_grad=False)
+    assert torch.equal(m.monarch_matmul(x, w1_param, w2), m.monarch_matmul(x, w1, w2))

@@ -102,6 +102,58 @@ def test_a_grid_function_takes_tritons_path(monkeypatch):
     assert _launch.launch(Kernel(), grid, 1) == "ran" and seen == [grid]
 
 
+def _stub_compiles(monkeypatch):
+    """``kernel[grid](...)`` of a compiled-kind kernel records the call and returns a compiled kernel
+    whose launcher records its arguments (no GPU); Triton's driver says device 0, stream 0."""
+    from triton.runtime.driver import driver
+    from triton.runtime.jit import JITFunction
+
+    compiles, runs = [], []
+
+    class Compiled:
+        function = packed_metadata = None
+
+        def run(self, *args):
+            runs.append(args)
+
+    class Driver:
+        def get_current_device(self):
+            return 0
+
+        def get_current_stream(self, device):
+            return 0
+
+    def getitem(kernel, grid):
+        return lambda *a, **kw: compiles.append((grid, a, kw)) or Compiled()
+
+    monkeypatch.setattr(JITFunction, "__getitem__", getitem)
+    monkeypatch.setattr(driver, "_active", Driver())
+    monkeypatch.delenv("MONARCHRT_TRITON_FAST_LAUNCH", raising=False)
+    return JITFunction(_axpb.fn), compiles, runs
+
+
+def test_a_prepared_launch_passes_what_launch_passes(monkeypatch):
+    """``Prepared(kernel, grid, rest, kwargs)(*tensors)``: the compiled launcher gets the arguments
+    :func:`_launch.launch`'s hit path gives it; a tensor of another alignment or dtype misses (Triton's
+    path), and the fast launch turned off takes Triton's path every time."""
+    kernel, compiles, runs = _stub_compiles(monkeypatch)
+    x, y = torch.zeros(64), torch.zeros(64)
+    for _ in range(2):
+        _launch.launch(kernel, (2,), x, y, 64, 2.5, B=32)
+    assert len(compiles) == 1 and len(runs) == 1
+    prepared = _launch.Prepared(kernel, (2,), (64, 2.5), {"B": 32})
+    for _ in range(2):
+        prepared(x, y)
+    assert len(compiles) == 1 and len(runs) == 3  # its miss took launch(), which hit; then its own hit
+    assert runs[2] == runs[1] == runs[0] == (2, 1, 1, 0, None, None, None, None, None, x, y, 64, 2.5, 32, False)
+    prepared(x[1:], y[1:])  # misaligned: a miss
+    prepared(x.half(), y.half())  # another dtype: a miss
+    assert len(compiles) == 3 and compiles[-1][1][0].dtype == torch.half
+    monkeypatch.setenv("MONARCHRT_TRITON_FAST_LAUNCH", "0")
+    prepared(x, y)
+    assert len(compiles) == 4 and len(runs) == 3 and compiles[-1] == ((2,), (x, y, 64, 2.5), {"B": 32})
+
+
 @pytest.mark.skipif(not GPU, reason="GPU tier: the fast path runs only compiled kernels")
 def test_cached_launches_equal_tritons_own(monkeypatch):
     base = torch.randn(1000, device="cuda")

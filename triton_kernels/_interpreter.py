@@ -12,14 +12,15 @@ take it.
 from __future__ import annotations
 
 import functools
-import os
 import threading
+
+from ..registry import env_get
 
 _LOCK = threading.RLock()  # re-entrant: a launcher may call another
 
 
 def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    return env_get("TRITON_INTERPRET") == "1"  # read on every launcher call: the registry's cheap read
 
 
 def _is_interpreted(kernel) -> bool:

@@ -13,7 +13,12 @@ interpreter, launch hooks set) goes through ``kernel[grid]``, which compiles if 
 compiled kernel that the cache then keeps; so does a grid given as a function of the meta-parameters.
 Not checked on a hit: that a global a kernel reads changed since it compiled (ours read none that change).
 
-On by default; ``MONARCHRT_TRITON_FAST_LAUNCH=0`` takes Triton's own path for every launch.
+:class:`Prepared` is the same cache for a launcher that builds a launch's non-tensor arguments once per
+problem: a call then keys only the device, the instrumentation mode and its tensors' dtypes and
+alignment, and the argument list after the tensors is kept with the compiled kernel.
+
+On by default; ``MONARCHRT_TRITON_FAST_LAUNCH=0`` takes Triton's own path for every launch (read per
+launch through ``registry.env_get``).
 tests/test_launch.py checks on a GPU that cached launches equal Triton's own bit for bit and that a
 repeated launch skips ``JITFunction.run``.
 """
@@ -21,9 +26,11 @@ repeated launch skips ``JITFunction.run``.
 from __future__ import annotations
 
 import operator
-import os
+from functools import reduce
 
 import torch
+
+from ..registry import env_get
 
 _cache: dict = {}  # _key -> (kernel, compiled, *_tail(kernel, positional arguments))
 _splits: dict = {}  # (keyword names, argument types) -> (getter of the tensors, getter of the other values)
@@ -95,13 +102,16 @@ def _no_hooks(hook) -> bool:
 
 
 def _enabled(kernel, knobs) -> bool:
+    """Whether a launch may take the cache: checked on every launch (the knobs and the environment
+    can change at any time); ~0.3 us."""
+    runtime = knobs.runtime
     return (
-        type(kernel) is _imports()[2]
+        type(kernel) is (_triton or _imports())[2]
         and not kernel.pre_run_hooks
-        and _no_hooks(knobs.runtime.launch_enter_hook)
-        and _no_hooks(knobs.runtime.launch_exit_hook)
-        and not knobs.runtime.debug
-        and os.environ.get("MONARCHRT_TRITON_FAST_LAUNCH", "1") != "0"
+        and not runtime.debug
+        and _no_hooks(runtime.launch_enter_hook)
+        and _no_hooks(runtime.launch_exit_hook)
+        and env_get("MONARCHRT_TRITON_FAST_LAUNCH") != "0"
     )
 
 
@@ -137,3 +147,54 @@ def launch(kernel, grid: tuple, *args, **kwargs):
     compiled.run(g[0], g[1], g[2], stream, compiled.function, compiled.packed_metadata, None, None, None,
                  *args)  # no launch metadata and no hooks (_enabled checked there are none)  # fmt: skip
     return compiled
+
+
+_dtype = operator.attrgetter("dtype")
+_data_ptr = torch.Tensor.data_ptr
+_residue16 = (15).__and__  # an address's offset from 16-byte alignment
+
+
+class Prepared:
+    """One launch of ``kernel`` on a fixed ``grid`` whose arguments are some tensors followed by fixed
+    values: ``Prepared(kernel, grid, rest, kwargs)(*tensors)`` is ``launch(kernel, grid, *tensors,
+    *rest, **kwargs)``. For launchers that cache their launches per problem (the non-tensor values
+    built once): a call keys only what can still vary, the device, Triton's instrumentation mode and
+    each tensor's dtype and address modulo 16 (finer than its 16-byte alignment; one value where every
+    address is aligned), and on a hit calls the compiled launcher with the argument list built once.
+    Anything :func:`_enabled` refuses (checked on every call: the environment and Triton's knobs are not
+    cached) takes Triton's ``kernel[grid]``; a miss takes :func:`launch`, so the compiled kernel is
+    always the one :func:`launch` (and Triton) would pick: the tensors come first in ``kernel``'s
+    parameters, and ``rest`` and ``kwargs`` are fixed."""
+
+    __slots__ = ("kernel", "grid", "rest", "kwargs", "_grid3", "_hits")
+
+    def __init__(self, kernel, grid: tuple, rest: tuple, kwargs: dict):
+        self.kernel, self.grid, self.rest, self.kwargs = kernel, tuple(grid), tuple(rest), dict(kwargs)
+        self._grid3 = (*self.grid, 1, 1)[:3]
+        self._hits: dict = {}  # (device, instrumentation, residues, *dtypes) -> (compiled, arguments after the tensors)
+
+    def __call__(self, *tensors):
+        knobs, driver, _ = _triton or _imports()
+        kernel = self.kernel
+        if not _enabled(kernel, knobs):
+            return kernel[self.grid](*tensors, *self.rest, **self.kwargs)
+        device = driver.active.get_current_device()
+        # every address 16-byte aligned (their OR is), the common case: one value; else each one's residue
+        aligned = not reduce(operator.or_, map(_data_ptr, tensors)) & 15
+        residues = None if aligned else tuple(map(_residue16, map(_data_ptr, tensors)))
+        key = (device, knobs.compilation.instrumentation_mode, residues, *map(_dtype, tensors))
+        hit = self._hits.get(key)
+        if hit is None:
+            compiled = launch(kernel, self.grid, *tensors, *self.rest, **self.kwargs)
+            positional = len(tensors) + len(self.rest)
+            tail, defaults = _tail(kernel, positional)
+            after = (*self.rest, *(tail({**defaults, **self.kwargs}) if tail is not None else ()))
+            if len(self._hits) >= 64:  # (devices x dtypes x alignments: a handful in practice)
+                self._hits.clear()
+            self._hits[key] = (compiled, after)
+            return compiled
+        compiled, after = hit
+        g = self._grid3
+        compiled.run(g[0], g[1], g[2], driver.active.get_current_stream(device), compiled.function,
+                     compiled.packed_metadata, None, None, None, *tensors, *after)  # fmt: skip
+        return compiled

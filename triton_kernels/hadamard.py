@@ -16,7 +16,7 @@ import triton.language as tl
 
 from ..hadamard_matrices import SPECIAL_ORDERS, padded_matrix
 from ._interpreter import guarded
-from ._launch import cdiv, launch
+from ._launch import Prepared, cdiv, launch
 
 # A 128x128 factor measured 77 % of clone at n = 128 and 42 % at n = 2048 = 128 x 16 on an H100,
 # against 99 % for 16 x 16 (bench/NOTES.md): factors stay <= 64 where the size allows.
@@ -87,8 +87,9 @@ def _factors(n_pad: int) -> tuple[int, int, int]:
     return tuple(1 << b for b in sizes) + (1,) * (3 - len(sizes))
 
 
-def _launch(x, y, m, n2, scale, transpose, apply_m, br, nb, fp32_intermediate):
-    """One kernel launch over 2-D x, y: H_n2 along rows when nb covers them (else H_m only)."""
+def _launch_args(x, y, m, n2, scale, transpose, apply_m, br, nb, fp32_intermediate):
+    """One launch over 2-D x, y (H_n2 along rows when nb covers them, else H_m only) but for x and y:
+    ``(grid, values after x and y, keyword arguments)``."""
     apply_n = nb >= n2
     m_tile = _pow2_at_least(m) if apply_m else 1
     n_pad = _pow2_at_least(n2)
@@ -99,8 +100,7 @@ def _launch(x, y, m, n2, scale, transpose, apply_m, br, nb, fp32_intermediate):
     hf = [padded_matrix("sylvester", min(n2, f), f, False, dt, dev) for f in (f0, max(f1, 16), max(f2, 16))]
     tile = br * m_tile * (n_pad if apply_n else nb)
     grid = (cdiv(x.shape[0], br), cdiv(n2, nb))
-    launch(_hadamard_kernel, grid,
-        x, y, hm, *hf, x.shape[0], m, n2, x.stride(0), y.stride(0), scale,
+    return grid, (hm, *hf, x.shape[0], m, n2, x.stride(0), y.stride(0), scale), dict(
         BR=br, M_PAD=m_tile, NB=nb, F0=f0, F1=f1, F2=f2, APPLY_M=apply_m, APPLY_N=apply_n,
         FP32_INTERMEDIATE=dt == torch.float32, DOT_PRECISION="tf32x3" if dt == torch.float32 else "tf32",
         # H100: 8192-element tiles ran at 52 % of clone with 4 warps and 96 % with 8; 16384 at 95 % with
@@ -109,27 +109,60 @@ def _launch(x, y, m, n2, scale, transpose, apply_m, br, nb, fp32_intermediate):
     )  # fmt: skip
 
 
-@guarded(_hadamard_kernel)
-def hadamard_rows(x, y, m: int, n2: int, scale: float, transpose: bool, config: dict, fp32_intermediate=False):
-    """y = x @ (H_m (x) H_n2)^T * scale (H_m^T with transpose) for 2-D ``x [rows, m*n2]``; y may be x.
+def _launch(x, y, m, n2, scale, transpose, apply_m, br, nb, fp32_intermediate):
+    grid, rest, meta = _launch_args(x, y, m, n2, scale, transpose, apply_m, br, nb, fp32_intermediate)
+    launch(_hadamard_kernel, grid, x, y, *rest, **meta)
 
-    ``fp32_intermediate``: half inputs are not rounded between factors (nor between the two passes).
-    """
-    fp32_intermediate = fp32_intermediate or x.dtype == torch.float32
-    rows, tile = x.shape[0], config["tile"]
+
+def _one_pass_rows(x, m: int, n2: int, tile: int, fp32_intermediate: bool) -> int | None:
+    """Rows per program where one program holds whole rows (one pass), else None (two passes)."""
     m_tile = _pow2_at_least(m) if m > 1 else 1
     n_pad = _pow2_at_least(n2)
     # one program holds a whole row up to 64 KB (32768 halves, 16384 fp32: 32768 fp32 needs 256 KB of
     # shared memory for the layout changes, more than an H100 has)
     elem = 4 if fp32_intermediate else x.element_size()  # bytes a value takes inside the kernel
-    if m_tile * n_pad * elem <= max(tile * elem, 65536):
-        br = max(1, min(tile // (m_tile * n_pad), _pow2_at_least(rows, 1)))
-        if n_pad <= 128:
-            br = max(br, 16 // m_tile)  # the first factor's dot needs >= 16 rows (BR * M_PAD)
-        _launch(x, y, m, n2, scale, transpose, m > 1, br, n_pad, fp32_intermediate)
+    if m_tile * n_pad * elem > max(tile * elem, 65536):
+        return None
+    br = max(1, min(tile // (m_tile * n_pad), _pow2_at_least(x.shape[0], 1)))
+    if n_pad <= 128:
+        br = max(br, 16 // m_tile)  # the first factor's dot needs >= 16 rows (BR * M_PAD)
+    return br
+
+
+# one-pass calls' launches per problem (hadamard_rows's key) -> Prepared; False: two passes, not prepared
+_prepared: dict = {}
+_MAX_PREPARED = 1024
+
+
+@guarded(_hadamard_kernel)
+def hadamard_rows(x, y, m: int, n2: int, scale: float, transpose: bool, config: dict, fp32_intermediate=False):
+    """y = x @ (H_m (x) H_n2)^T * scale (H_m^T with transpose) for 2-D ``x [rows, m*n2]``; y may be x.
+
+    ``fp32_intermediate``: half inputs are not rounded between factors (nor between the two passes).
+    A one-pass call's launch is built once per problem (shapes, strides, dtype, device, parameters,
+    config) and kept (:class:`_launch.Prepared`).
+    """
+    fp32_intermediate = fp32_intermediate or x.dtype == torch.float32
+    key = (x.shape, x.stride(), y.stride(), x.dtype, x.device, m, n2, scale, type(scale), transpose,
+           tuple(config.items()), fp32_intermediate)  # fmt: skip
+    prepared = _prepared.get(key)
+    if prepared is None:
+        br = _one_pass_rows(x, m, n2, config["tile"], fp32_intermediate)
+        prepared = False
+        if br is not None:
+            grid, rest, meta = _launch_args(x, y, m, n2, scale, transpose, m > 1, br, _pow2_at_least(n2),
+                                            fp32_intermediate)  # fmt: skip
+            prepared = Prepared(_hadamard_kernel, grid, rest, meta)
+        if len(_prepared) >= _MAX_PREPARED:
+            _prepared.clear()
+        _prepared[key] = prepared
+    if prepared:
+        prepared(x, y)
         return y
+    rows, tile = x.shape[0], config["tile"]
     if m == 1:  # a power of two too long for one program: H_n = H_M (x) H_4096
-        m, n2, n_pad = n2 // 4096, 4096, 4096
+        m, n2 = n2 // 4096, 4096
+    n_pad = _pow2_at_least(n2)
     # pass 1: H_n2 on each contiguous chunk of n2; pass 2: H_m across the chunks, a column block at a time
     keep_fp32 = fp32_intermediate and y.dtype != torch.float32  # an fp32 buffer between the passes
     mid = torch.empty(x.shape, dtype=torch.float32, device=x.device) if keep_fp32 else y

@@ -13,10 +13,12 @@ Tile-order shapes: q ``[B, A, b1, b2, nh, d]``, k and v ``[B, F, b1, b2, nh, d]`
 
 from __future__ import annotations
 
+import types
+
 import torch
 
 from ._interpreter import guarded
-from ._launch import cdiv, launch
+from ._launch import Prepared, cdiv, launch
 from .limits import fused_bwd_rows
 from .monarch_attention_bwd import (
     _stage_l_bwd,
@@ -53,30 +55,42 @@ class _Scratch:
 _MIN_STAGE_R_PROGRAMS = 1024
 
 
-def _stage_r(q, k, v, sc: _Scratch, a_r, c_r, sm_scale, common, config, write_y=True, write_lse=False):
+def _stage_r_args(q, k, v, sm_scale, common, config, first, write_y, write_lse):
+    """Stage R's launch but for its tensors: ``(grid, values after the tensors, keyword arguments)``."""
     n_a, b1, b2 = q.shape[1], q.shape[2], q.shape[3]
     n_f, bsz, nh = k.shape[1], q.shape[0], q.shape[4]
     programs = n_f * b1 * bsz * nh
     row_blocks = cdiv(n_a * b2, config["fwd_block_m"])
     split = min(row_blocks, max(1, cdiv(_MIN_STAGE_R_PROGRAMS, programs)))
-    launch(_stage_r_fwd, (n_f * b1, split, bsz * nh),
-        q, k, v, q if a_r is None else a_r, sc.c_l if c_r is None else c_r, sc.a_l, sc.y, sc.c_l, sc.lse_r,
-        sm_scale, *q.stride()[:5], *k.stride()[:5], *v.stride()[:5], *common,
-        FIRST=a_r is None, WRITE_Y=write_y, WRITE_LSE=write_lse, ONE_L_BLOCK=b2 <= config["fwd_block_l"],
+    return (n_f * b1, split, bsz * nh), (sm_scale, *q.stride()[:5], *k.stride()[:5], *v.stride()[:5], *common), dict(
+        FIRST=first, WRITE_Y=write_y, WRITE_LSE=write_lse, ONE_L_BLOCK=b2 <= config["fwd_block_l"],
         HEAD_DIM=q.shape[5], DOT_PRECISION=_dot_precision(q.dtype),
         BLOCK_M=config["fwd_block_m"], BLOCK_L=config["fwd_block_l"], num_warps=config["fwd_warps"],
         num_stages=config["num_stages"],
     )  # fmt: skip
 
 
-def _stage_l(q, sc: _Scratch, z, lse, sm_scale, common, config, write_z):
+def _stage_r(q, k, v, sc: _Scratch, a_r, c_r, sm_scale, common, config, write_y=True, write_lse=False):
+    grid, rest, meta = _stage_r_args(q, k, v, sm_scale, common, config, a_r is None, write_y, write_lse)
+    launch(_stage_r_fwd, grid,
+        q, k, v, q if a_r is None else a_r, sc.c_l if c_r is None else c_r, sc.a_l, sc.y, sc.c_l, sc.lse_r,
+        *rest, **meta,
+    )  # fmt: skip
+
+
+def _stage_l_args(q, sm_scale, common, config, write_z):
+    """Stage L's launch but for its tensors, as :func:`_stage_r_args`."""
     bsz, n_a, b1, b2, nh, d = q.shape
-    launch(_stage_l_fwd, (n_a * b2, cdiv(b1, config["block_i"]), bsz * nh),
-        q, sc.a_l, sc.y, sc.c_l, z, lse, sm_scale, *q.stride()[:5], *common,
+    return (n_a * b2, cdiv(b1, config["block_i"]), bsz * nh), (sm_scale, *q.stride()[:5], *common), dict(
         WRITE_Z=write_z, HEAD_DIM=d, DOT_PRECISION=_dot_precision(q.dtype),
         BLOCK_I=config["block_i"], BLOCK_K=config["fwd_block_k"],
         num_warps=config["l_warps"], num_stages=config["num_stages"],
     )  # fmt: skip
+
+
+def _stage_l(q, sc: _Scratch, z, lse, sm_scale, common, config, write_z):
+    grid, rest, meta = _stage_l_args(q, sm_scale, common, config, write_z)
+    launch(_stage_l_fwd, grid, q, sc.a_l, sc.y, sc.c_l, z, lse, *rest, **meta)
 
 
 def _update(q, sc: _Scratch, lse, sm_scale, common, config):
@@ -94,6 +108,57 @@ def _update(q, sc: _Scratch, lse, sm_scale, common, config):
     return a_r, c_r
 
 
+class _OnePass:
+    """A one-pass forward, everything but its tensors built once per problem (shapes, strides, dtype,
+    device, parameters, config, stage-R launcher: the key in :func:`monarch_attention_fwd`): the
+    scratch's and outputs' shapes, whether q, k, v need a contiguous copy, and the two launches
+    (:class:`_launch.Prepared`, which checks per call what it does not key). Per call: the five
+    allocations, each a tensor of its own (the scratch is one allocation each too: on the CPU a view
+    costs what an allocation does; z and lse are returned, so never views of a shared buffer), and the
+    two launches. The same launches as :func:`_stage_r` and :func:`_stage_l` (their ``_args``); another
+    stage-R launcher (the cuda backend's) is called with ``_stage_r``'s arguments, the scratch as views."""
+
+    def __init__(self, q, k, v, sm_scale, causal_block_tiles, config, stage_r):
+        self.copy = tuple(x.stride(-1) != 1 for x in (q, k, v))
+        q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+        bsz, n_a, b1, b2, nh, d = q.shape
+        n_f = k.shape[1]
+        common = (nh, n_a, n_f, b1, b2, causal_block_tiles)
+        self.dtype, self.device = q.dtype, q.device
+        self.scratch = (bsz, nh, n_a, n_f, b2, b1, d)  # _Scratch's shapes
+        self.c_l = self.scratch[:-1]
+        self.z, self.lse = (bsz, n_a, b1, b2, nh, d), (bsz, n_a, b1, b2, nh)
+        if stage_r is _stage_r:
+            prepared = Prepared(_stage_r_fwd, *_stage_r_args(q, k, v, sm_scale, common, config, True, True, False))
+            # first pass: aR is q, cR and lse_R unused (cL)
+            self.stage_r = lambda q, k, v, a_l, y, c_l: prepared(q, k, v, q, c_l, a_l, y, c_l, c_l)
+        else:
+            rest = (None, None, sm_scale, common, config)
+            self.stage_r = lambda q, k, v, a_l, y, c_l: stage_r(
+                q, k, v, types.SimpleNamespace(a_l=a_l, y=y, c_l=c_l, lse_r=c_l), *rest
+            )
+        self.stage_l = Prepared(_stage_l_fwd, *_stage_l_args(q, sm_scale, common, config, True))
+
+    def __call__(self, q, k, v):
+        copy_q, copy_k, copy_v = self.copy
+        if copy_q or copy_k or copy_v:
+            q, k, v = (x.contiguous() if c else x for x, c in zip((q, k, v), self.copy, strict=True))
+        dtype, device = self.dtype, self.device
+        # shapes as separate ints: ~0.4 us less a call than a tuple or torch.Size (the argument parser)
+        a_l = torch.empty(*self.scratch, dtype=dtype, device=device)
+        y = torch.empty(*self.scratch, dtype=dtype, device=device)
+        c_l = torch.empty(*self.c_l, dtype=torch.float32, device=device)
+        z = torch.empty(*self.z, dtype=dtype, device=device)
+        lse = torch.empty(*self.lse, dtype=torch.float32, device=device)
+        self.stage_r(q, k, v, a_l, y, c_l)
+        self.stage_l(q, a_l, y, c_l, z, lse)
+        return z, lse
+
+
+_plans: dict = {}  # monarch_attention_fwd's key -> _OnePass
+_MAX_PLANS = 1024  # distinct problems (batch sizes, KV lengths) before it starts over
+
+
 @guarded(_stage_r_fwd, _stage_l_fwd, _stage_l_update)
 def monarch_attention_fwd(
     q, k, v, *, sm_scale: float, causal_block_tiles: int, num_iters: int, config: dict, stage_r=_stage_r
@@ -102,6 +167,15 @@ def monarch_attention_fwd(
 
     ``stage_r``: the stage-R launcher, ``_stage_r``'s arguments and effect (the cuda backend passes
     its warpgroup-MMA kernel's)."""
+    if num_iters == 1:  # the common call: its launches prepared once per problem
+        key = (q.shape, q.stride(), k.shape, k.stride(), v.stride(), q.dtype, q.device, sm_scale, type(sm_scale),
+               causal_block_tiles, type(causal_block_tiles), tuple(config.items()), stage_r)  # fmt: skip
+        plan = _plans.get(key)
+        if plan is None:
+            if len(_plans) >= _MAX_PLANS:
+                _plans.clear()
+            plan = _plans[key] = _OnePass(q, k, v, sm_scale, causal_block_tiles, config, stage_r)
+        return plan(q, k, v)
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
     bsz, n_a, b1, b2, nh, d = q.shape
     sc = _Scratch(q, k.shape[1])

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from ._interpreter import guarded
-from ._launch import cdiv, launch
+from ._launch import Prepared, cdiv, launch
 
 
 @triton.jit(do_not_specialize=["rows"])  # a new batch size must not compile a new kernel
@@ -172,40 +172,51 @@ def _precision(dtype: torch.dtype) -> str:
 _BATCHED_L_FROM = 16
 
 
-def _block_diag(x2d, w, out, config, *, x_group=None, x_elem=1, out_group=None, out_elem=1):
-    """out[:, g*out_group + c*out_elem] = sum_p x2d[:, g*x_group + p*x_elem] w[g, c, p] for w (G, C, P)
-    of any strides (a transposed view is read in place); by default both sides contiguous per block
-    (x_group = P, out_group = C)."""
+def _block_diag_args(x2d, w, out, config, *, x_group=None, x_elem=1, out_group=None, out_elem=1):
+    """:func:`_block_diag`'s launch but for its tensors (x2d, w, out): ``(kernel, grid, values after
+    them, keyword arguments)``."""
     g, c, p = w.shape
     rows, bm = x2d.shape[0], config["block_m"]
     if x2d.stride(1) != 1 or out.stride(1) != 1:
         raise ValueError(f"the Monarch matmul kernels take rows of unit stride, got {x2d.stride()}, {out.stride()}")
     bc, bp = _pow2(c), _pow2(p, hi=64)
-    launch(_block_product, (cdiv(rows, bm), g, cdiv(c, bc)),
-        x2d, w, out, rows, x2d.stride(0), out.stride(0), c, p,
-        p if x_group is None else x_group, x_elem, c if out_group is None else out_group, out_elem, *w.stride(),
-        BM=bm, BC=bc, BP=bp, DOT_PRECISION=_precision(x2d.dtype), num_warps=config["num_warps"],
-    )  # fmt: skip
+    x_group, out_group = p if x_group is None else x_group, c if out_group is None else out_group
+    rest = (rows, x2d.stride(0), out.stride(0), c, p, x_group, x_elem, out_group, out_elem, *w.stride())
+    meta = dict(BM=bm, BC=bc, BP=bp, DOT_PRECISION=_precision(x2d.dtype), num_warps=config["num_warps"])
+    return _block_product, (cdiv(rows, bm), g, cdiv(c, bc)), rest, meta
+
+
+def _block_diag(x2d, w, out, config, **groups):
+    """out[:, g*out_group + c*out_elem] = sum_p x2d[:, g*x_group + p*x_elem] w[g, c, p] for w (G, C, P)
+    of any strides (a transposed view is read in place); by default both sides contiguous per block
+    (x_group = P, out_group = C)."""
+    kernel, grid, rest, meta = _block_diag_args(x2d, w, out, config, **groups)
+    launch(kernel, grid, x2d, w, out, *rest, **meta)
     return out
 
 
-def _reordered(y, w, out, config):
-    """out[:, c*L + l] = sum_r y[:, r*L + l] w[l, c, r] for w (L, C, R) of any strides: the Monarch
-    second product (and, with w2 transposed as a view, the first step of its backward)."""
+def _reordered_args(y, w, out, config):
+    """:func:`_reordered`'s launch but for its tensors (y, w, out), as :func:`_block_diag_args`."""
     l, c, r = w.shape
     rows = y.shape[0]
     if y.stride(1) != 1 or out.stride(1) != 1:
         raise ValueError(f"the Monarch matmul kernels take rows of unit stride, got {y.stride()}, {out.stride()}")
     if l < _BATCHED_L_FROM:
-        return _block_diag(y, w, out, config, x_group=1, x_elem=l, out_group=1, out_elem=l)
+        return _block_diag_args(y, w, out, config, x_group=1, x_elem=l, out_group=1, out_elem=l)
     # [BL, BR, BS] weight and [BL, BM, BR] input blocks: 32-wide keeps both within shared memory
     # (64-wide bf16 needed 320 KB on an H100), one stage since the r loop is short
     bl, bm2, bs, br = 16, 16, _pow2(c, hi=32), _pow2(r, hi=32)
-    launch(_reordered_block_matmul, (cdiv(rows, bm2), cdiv(l, bl), cdiv(c, bs)),
-        y, w, out, rows, y.stride(0), out.stride(0), l, c, r, *w.stride(),
-        BL=bl, BM=bm2, BS=bs, BR=br, DOT_PRECISION=_precision(y.dtype), num_warps=config["num_warps"],
-        num_stages=1,
-    )  # fmt: skip
+    rest = (rows, y.stride(0), out.stride(0), l, c, r, *w.stride())
+    meta = dict(BL=bl, BM=bm2, BS=bs, BR=br, DOT_PRECISION=_precision(y.dtype), num_warps=config["num_warps"],
+                num_stages=1)  # fmt: skip
+    return _reordered_block_matmul, (cdiv(rows, bm2), cdiv(l, bl), cdiv(c, bs)), rest, meta
+
+
+def _reordered(y, w, out, config):
+    """out[:, c*L + l] = sum_r y[:, r*L + l] w[l, c, r] for w (L, C, R) of any strides: the Monarch
+    second product (and, with w2 transposed as a view, the first step of its backward)."""
+    kernel, grid, rest, meta = _reordered_args(y, w, out, config)
+    launch(kernel, grid, y, w, out, *rest, **meta)
     return out
 
 
@@ -267,13 +278,36 @@ def _rows_like(x2d: torch.Tensor, width: int) -> torch.Tensor:
     return torch.empty(x2d.shape[0], width, dtype=x2d.dtype, device=x2d.device)
 
 
+# the forward's two launches per problem (monarch_matmul_fwd's key) -> (y1 width, out width, Prepared x 2)
+_prepared: dict = {}
+_MAX_PREPARED = 1024
+
+
 @guarded(_block_product, _reordered_block_matmul)
 def monarch_matmul_fwd(x2d: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, config: dict) -> torch.Tensor:
-    """``x2d [rows, k*p]``, ``w1 [k, q, p]``, ``w2 [l, s, r]`` -> ``[rows, s*l]`` (docs/math.md)."""
+    """``x2d [rows, k*p]``, ``w1 [k, q, p]``, ``w2 [l, s, r]`` -> ``[rows, s*l]`` (docs/math.md).
+
+    The two launches are built once per problem (shapes, strides, dtype, device, config) and kept
+    (:class:`_launch.Prepared`); a call allocates y1 and out and launches."""
+    key = (x2d.shape, x2d.stride(), w1.shape, w1.stride(), w2.shape, w2.stride(), x2d.dtype, x2d.device,
+           tuple(config.items()))  # fmt: skip
+    plan = _prepared.get(key)
     k, q, _ = w1.shape
     l, s, _ = w2.shape
-    y1 = _block_diag(x2d, w1, _rows_like(x2d, k * q), config)  # natural (k q) = (r l) order
-    return _reordered(y1, w2, _rows_like(x2d, s * l), config)
+    rows, dtype, device = x2d.shape[0], x2d.dtype, x2d.device
+    y1 = torch.empty(rows, k * q, dtype=dtype, device=device)  # natural (k q) = (r l) order
+    out = torch.empty(rows, s * l, dtype=dtype, device=device)
+    if plan is None:
+        kernel, grid, rest, meta = _block_diag_args(x2d, w1, y1, config)
+        first = Prepared(kernel, grid, rest, meta)
+        kernel, grid, rest, meta = _reordered_args(y1, w2, out, config)
+        plan = (first, Prepared(kernel, grid, rest, meta))
+        if len(_prepared) >= _MAX_PREPARED:
+            _prepared.clear()
+        _prepared[key] = plan
+    plan[0](x2d, w1, y1)
+    plan[1](y1, w2, out)
+    return out
 
 
 @guarded(_block_product, _reordered_block_matmul, _row_sum_partials, _sum_chunks)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
-import os
 
 import torch
 
 from ..arch import Arch
 from ..problem import AttentionProblem
+from ..registry import env_get
 from . import cuda
 
 HEAD_DIMS = (64, 128)
@@ -51,7 +51,13 @@ def _fused_bwd_rows(problem: AttentionProblem) -> int | None:
 
 
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    return env_get("TRITON_INTERPRET") == "1"
+
+
+@functools.cache
+def _kernels(name: str):
+    """The module ``triton_kernels.<name>``, imported on first use (an import statement costs ~1 us a call)."""
+    return importlib.import_module(f"..triton_kernels.{name}", __package__)
 
 
 @functools.cache
@@ -209,8 +215,7 @@ class TritonAttention(_Triton):
         return None
 
     def launch(self, config, q, k, v, *, sm_scale, causal_block_tiles, num_iters):
-        from ..triton_kernels import monarch_attention as kernels
-
+        kernels = _kernels("monarch_attention")
         return kernels.monarch_attention_fwd(
             q, k, v, sm_scale=sm_scale, causal_block_tiles=causal_block_tiles, num_iters=num_iters, config=config,
             stage_r=_stage_r_launcher(config, kernels),
@@ -241,9 +246,7 @@ class TritonHadamard(_Triton):
         return {"tile": [2048, 4096, 8192, 16384, 32768]}
 
     def launch(self, config, x2d, out2d, *, m, n2, scale, transpose, fp32_intermediate=False):
-        from ..triton_kernels.hadamard import hadamard_rows
-
-        return hadamard_rows(x2d, out2d, m, n2, scale, transpose, config, fp32_intermediate)
+        return _kernels("hadamard").hadamard_rows(x2d, out2d, m, n2, scale, transpose, config, fp32_intermediate)
 
 
 class TritonMonarchMatmul(_Triton):
@@ -273,9 +276,7 @@ class TritonMonarchMatmul(_Triton):
         return {"block_m": [16, 32, 64, 128], "num_warps": list(_WARPS)}
 
     def launch(self, config, x2d, w1, w2):
-        from ..triton_kernels.monarch_matmul import monarch_matmul_fwd
-
-        return monarch_matmul_fwd(x2d, w1, w2, config)
+        return _kernels("monarch_matmul").monarch_matmul_fwd(x2d, w1, w2, config)
 
     def launch_backward(self, config, dout2d, x2d, w1, w2):
         from ..triton_kernels.monarch_matmul import monarch_matmul_bwd
