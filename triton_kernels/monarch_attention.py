@@ -128,15 +128,11 @@ class _OnePass:
         self.scratch = (bsz, nh, n_a, n_f, b2, b1, d)  # _Scratch's shapes
         self.c_l = self.scratch[:-1]
         self.z, self.lse = (bsz, n_a, b1, b2, nh, d), (bsz, n_a, b1, b2, nh)
+        # the Triton stage R prepared; another launcher called with _stage_r's arguments after the scratch
+        self.triton_r = None
         if stage_r is _stage_r:
-            prepared = Prepared(_stage_r_fwd, *_stage_r_args(q, k, v, sm_scale, common, config, True, True, False))
-            # first pass: aR is q, cR and lse_R unused (cL)
-            self.stage_r = lambda q, k, v, a_l, y, c_l: prepared(q, k, v, q, c_l, a_l, y, c_l, c_l)
-        else:
-            rest = (None, None, sm_scale, common, config)
-            self.stage_r = lambda q, k, v, a_l, y, c_l: stage_r(
-                q, k, v, types.SimpleNamespace(a_l=a_l, y=y, c_l=c_l, lse_r=c_l), *rest
-            )
+            self.triton_r = Prepared(_stage_r_fwd, *_stage_r_args(q, k, v, sm_scale, common, config, True, True, False))
+        self.stage_r, self.stage_r_rest = stage_r, (None, None, sm_scale, common, config)
         self.stage_l = Prepared(_stage_l_fwd, *_stage_l_args(q, sm_scale, common, config, True))
 
     def __call__(self, q, k, v):
@@ -150,7 +146,10 @@ class _OnePass:
         c_l = torch.empty(*self.c_l, dtype=torch.float32, device=device)
         z = torch.empty(*self.z, dtype=dtype, device=device)
         lse = torch.empty(*self.lse, dtype=torch.float32, device=device)
-        self.stage_r(q, k, v, a_l, y, c_l)
+        if self.triton_r is not None:
+            self.triton_r(q, k, v, q, c_l, a_l, y, c_l, c_l)  # first pass: aR is q, cR and lse_R unused (cL)
+        else:
+            self.stage_r(q, k, v, types.SimpleNamespace(a_l=a_l, y=y, c_l=c_l, lse_r=c_l), *self.stage_r_rest)
         self.stage_l(q, a_l, y, c_l, z, lse)
         return z, lse
 

@@ -214,7 +214,8 @@ def stage_r_wgmma(q, k, v, sc, a_r, c_r, sm_scale, common, config, write_y=True,
     aL, Y (when ``write_y``), cL and lse_R (when ``write_lse``) of every key row into the scratch ``sc``."""
     module, _ = extension()
     nh, n_a, n_f, b1, b2, causal_block_tiles = common
-    q, k, v = _aligned_rows(q), _aligned_rows(k), _aligned_rows(v)
+    if (q.data_ptr() | k.data_ptr() | v.data_ptr()) % 16 or not _row_strides(q, k, v):
+        q, k, v = _aligned_rows(q), _aligned_rows(k), _aligned_rows(v)
     with torch.cuda.device(q.device):  # the launcher uses the current device
         module.monarch_stage_r(
             q.data_ptr(), k.data_ptr(), v.data_ptr(),
@@ -233,8 +234,20 @@ def _aligned_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.data_ptr() % 16 == 0 else x.clone()
 
 
+def _row_strides(*tensors: torch.Tensor) -> bool:
+    """Every tensor's last dim contiguous and its other strides whole 16-byte rows (8 elements)."""
+    for x in tensors:  # loops, not generators: this runs on every eager call
+        strides = x.stride()
+        if strides[-1] != 1:
+            return False
+        for s in strides[:-1]:
+            if s % 8:
+                return False
+    return True
+
+
 def _aligned_rows(x: torch.Tensor) -> torch.Tensor:
     """Contiguous last dim, 16-byte aligned base and strides (the kernel's 16-byte copies)."""
-    if x.stride(-1) == 1 and x.data_ptr() % 16 == 0 and all(s % 8 == 0 for s in x.stride()[:-1]):
+    if x.data_ptr() % 16 == 0 and _row_strides(x):
         return x
     return x.contiguous() if x.data_ptr() % 16 == 0 else x.clone(memory_format=torch.contiguous_format)
