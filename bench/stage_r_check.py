@@ -25,7 +25,8 @@ from .common import graph_ms, header
 # name, b1, b2, query tiles, key tiles, causal block tiles, heads, d (bf16, batch 1)
 CHECKS = [("30x52", 30, 52, 3, 4, 0, 2, 128), ("block-causal", 30, 52, 6, 6, 3, 2, 128),
           ("45x80", 45, 80, 2, 3, 0, 2, 128), ("15x26 d64", 15, 26, 5, 4, 0, 3, 64),
-          ("b2=96", 8, 96, 2, 2, 0, 1, 128), ("b2=7", 9, 7, 4, 3, 0, 2, 64), ("b2=1", 4, 1, 3, 3, 0, 1, 128)]  # fmt: skip
+          ("b2=96", 8, 96, 2, 2, 0, 1, 128), ("b2=7", 9, 7, 4, 3, 0, 2, 64),
+          ("b2=1", 4, 1, 3, 3, 0, 1, 128)]  # fmt: skip
 TIMED = [("30x52", 30, 52, 21, 21, 0, 12, 128), ("block-causal", 30, 52, 21, 21, 3, 12, 128),
          ("720p", 45, 80, 21, 21, 0, 12, 128), ("15x26", 15, 26, 84, 84, 0, 12, 128),
          ("AR 3 vs 21", 30, 52, 3, 21, 0, 12, 128), ("90x52", 90, 52, 7, 7, 0, 12, 128)]  # fmt: skip
@@ -75,44 +76,42 @@ def _compare(name, q, k, v, cbt, config):
     return out
 
 
-def _timed(name, q, k, v, cbt, config, with_backward: bool):
+def _timed_launcher(row, label, stage_r, q, k, v, cbt, config, dz):
+    """Times of one stage-R launcher: stage R alone, the forward (one and two passes) and, with ``dz``,
+    the backward (of the Triton forward's z and lse, the same for both launchers); -> the gradients."""
     n_f = k.shape[1]
     bsz, n_a, b1, b2, nh, d = q.shape
     common = (nh, n_a, n_f, b1, b2, cbt)
     scale = d**-0.5
     sc = kernels._Scratch(q, n_f)
+    fwd = dict(sm_scale=scale, causal_block_tiles=cbt, config=config, stage_r=stage_r)
+    row[f"stage_r_{label}_ms"] = graph_ms(lambda: stage_r(q, k, v, sc, None, None, scale, common, config))
+    row[f"forward_{label}_ms"] = graph_ms(lambda: kernels.monarch_attention_fwd(q, k, v, num_iters=1, **fwd))
+    if n_a == n_f:
+        row[f"forward_iters2_{label}_ms"] = graph_ms(lambda: kernels.monarch_attention_fwd(q, k, v, num_iters=2, **fwd))
+    if dz is None:
+        return None
+    z, lse = kernels.monarch_attention_fwd(q, k, v, sm_scale=scale, causal_block_tiles=cbt, num_iters=1, config=config)
+    dlse = torch.zeros_like(lse)
+
+    def bwd():
+        return kernels.monarch_attention_bwd(dz, dlse, q, k, v, z, lse, num_iters=1, **fwd)
+
+    row[f"backward_{label}_ms"] = graph_ms(bwd)
+    return bwd()
+
+
+def _timed(name, q, k, v, cbt, config, with_backward: bool):
     row = {"case": name}
-    dz = torch.randn(q.shape, device=q.device, generator=torch.Generator(device="cuda").manual_seed(1)).to(q.dtype)
-    for label, stage_r in (("triton", kernels._stage_r), ("wgmma", cuda.stage_r_wgmma)):
-        row[f"stage_r_{label}_ms"] = graph_ms(lambda: stage_r(q, k, v, sc, None, None, scale, common, config))
-        fwd = lambda: kernels.monarch_attention_fwd(  # noqa: E731
-            q, k, v, sm_scale=scale, causal_block_tiles=cbt, num_iters=1, config=config, stage_r=stage_r
-        )
-        row[f"forward_{label}_ms"] = graph_ms(fwd)
-        if n_a == n_f:
-            fwd2 = lambda: kernels.monarch_attention_fwd(  # noqa: E731
-                q, k, v, sm_scale=scale, causal_block_tiles=cbt, num_iters=2, config=config, stage_r=stage_r
-            )
-            row[f"forward_iters2_{label}_ms"] = graph_ms(fwd2)
-        if with_backward:
-            z, lse = kernels.monarch_attention_fwd(
-                q, k, v, sm_scale=scale, causal_block_tiles=cbt, num_iters=1, config=config
-            )  # the same z, lse and dz for both backwards
-            dlse = torch.zeros_like(lse)
-            bwd = lambda: kernels.monarch_attention_bwd(  # noqa: E731
-                dz, dlse, q, k, v, z, lse, sm_scale=scale, causal_block_tiles=cbt, num_iters=1, config=config,
-                stage_r=stage_r,
-            )
-            row[f"backward_{label}_ms"] = graph_ms(bwd)
-            grads = bwd()
-            row[f"_grads_{label}"] = grads
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    dz = torch.randn(q.shape, device=q.device, generator=gen).to(q.dtype) if with_backward else None
+    grads_t = _timed_launcher(row, "triton", kernels._stage_r, q, k, v, cbt, config, dz)
+    grads_c = _timed_launcher(row, "wgmma", cuda.stage_r_wgmma, q, k, v, cbt, config, dz)
     if with_backward:
-        gt, gc = row.pop("_grads_triton"), row.pop("_grads_wgmma")
-        row["backward_rel"] = [_rel(c, t) for c, t in zip(gc, gt)]
-    z_t, _ = kernels.monarch_attention_fwd(q, k, v, sm_scale=scale, causal_block_tiles=cbt, num_iters=1, config=config)
-    z_c, _ = kernels.monarch_attention_fwd(
-        q, k, v, sm_scale=scale, causal_block_tiles=cbt, num_iters=1, config=config, stage_r=cuda.stage_r_wgmma
-    )
+        row["backward_rel"] = [_rel(c, t) for c, t in zip(grads_c, grads_t, strict=True)]
+    fwd = dict(sm_scale=q.shape[5] ** -0.5, causal_block_tiles=cbt, num_iters=1, config=config)
+    z_t, _ = kernels.monarch_attention_fwd(q, k, v, **fwd)
+    z_c, _ = kernels.monarch_attention_fwd(q, k, v, **fwd, stage_r=cuda.stage_r_wgmma)
     row["forward_rel"] = _rel(z_c, z_t)
     return row
 
@@ -128,8 +127,18 @@ def main(argv=None) -> int:
 
     def config_for(b1, b2, n_a, n_f, cbt, heads, d):
         p = AttentionProblem(
-            batch=1, heads=heads, q_tiles=n_a, kv_tiles=n_f, b1=b1, b2=b2, head_dim=d, dtype=torch.bfloat16,
-            causal_block_tiles=cbt, num_iters=1, sm_scale=d**-0.5, backward=False,
+            batch=1,
+            heads=heads,
+            q_tiles=n_a,
+            kv_tiles=n_f,
+            b1=b1,
+            b2=b2,
+            head_dim=d,
+            dtype=torch.bfloat16,
+            causal_block_tiles=cbt,
+            num_iters=1,
+            sm_scale=d**-0.5,
+            backward=False,
         )
         return registry.select("attention", p, arch_of("cuda"), "triton").config
 
@@ -147,7 +156,8 @@ def main(argv=None) -> int:
     if not args.quick:
         for name, b1, b2, n_a, n_f, cbt, heads, d in TIMED:
             q, k, v = _inputs(b1, b2, n_a, n_f, heads, d, torch.bfloat16)
-            row = _timed(name, q, k, v, cbt, config_for(b1, b2, n_a, n_f, cbt, heads, d), name in ("30x52", "720p", "AR 3 vs 21"))
+            config = config_for(b1, b2, n_a, n_f, cbt, heads, d)
+            row = _timed(name, q, k, v, cbt, config, name in ("30x52", "720p", "AR 3 vs 21"))
             print(json.dumps(row), flush=True)
             result["timed"].append(row)
     if args.json:

@@ -87,7 +87,8 @@ def test_cuda_portable_path_matches_reference(name, dtype, poison_empty, monkeyp
 @pytest.mark.parametrize("name", list(ALL_CASES))
 def test_stage_r_on_wgmma_matches_reference(name, dtype, poison_empty, monkeypatch):
     """Stage R on warpgroup MMA (the triton backend's config ``stage_r='wgmma'``, not the default for
-    num_iters > 1 with b2 <= 64) forced wherever it runs: forward, and gradients (its backward recomputes stage R with it)."""
+    num_iters > 1 with b2 <= 64) forced wherever it runs: forward, and gradients (its backward
+    recomputes stage R with it)."""
     from monarchrt_ops.backends import triton as triton_backend
 
     default = triton_backend.TritonAttention.default_config

@@ -337,7 +337,9 @@ def test_matmul_launcher_rejects_bad_arguments_before_touching_the_device(change
         ({"b2": 80}, Arch("sm100", (10, 0), "NVIDIA B200", 148, 232448), False, False),  # no wgmma on sm_100
     ],
 )
-def test_stage_r_choice_exists_only_where_the_wgmma_kernel_runs(monkeypatch, change, arch, wgmma_allowed, wgmma_default):
+def test_stage_r_choice_exists_only_where_the_wgmma_kernel_runs(
+    monkeypatch, change, arch, wgmma_allowed, wgmma_default
+):
     """The triton backend's ``stage_r`` config: 'wgmma' is in the search space (so the tuner and the
     tables may pick it) only where cuda.stage_r_reason allows it, and the default where it was measured
     faster (one pass, or b2 > 64)."""

@@ -1,7 +1,8 @@
 """Launchers of the Monarch attention Triton kernels: tensors in, tensors out, config given.
 
 Knows nothing of torch ops or the registry. Config keys (validity: backends/triton.py):
-``stage_r`` (read by the backend, which passes the stage-R launcher it names), ``fwd_block_m, fwd_block_l, fwd_warps`` (the forward stage-R kernel, also the backward's recompute),
+``stage_r`` (read by the backend, which passes the stage-R launcher it names), ``fwd_block_m,
+fwd_block_l, fwd_warps`` (the forward stage-R kernel, also the backward's recompute),
 ``fwd_block_k`` (key rows per step of the forward stage-L kernel and per program of the aR
 update), ``block_k`` (per step of the fused stage-L backward; b1 > FUSED_BWD_MAX_B1: per program of
 the unfused daL/dY kernel), ``bwd_block_k`` (per step of the backward's delta kernel, num_iters > 1,
@@ -198,7 +199,7 @@ def monarch_attention_fwd(
 def monarch_attention_bwd(
     dz, dlse, q, k, v, z, lse, *, sm_scale: float, causal_block_tiles: int, num_iters: int, config: dict,
     stage_r=_stage_r,
-):
+):  # fmt: skip
     """Gradients of Monarch attention (docs/math.md, Backward) -> ``(dq, dk, dv)``.
 
     num_iters > 1: the forward passes are recomputed up to the last one, keeping each pass's aR, cR
