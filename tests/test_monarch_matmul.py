@@ -272,9 +272,10 @@ def test_backward_kernels_launch_seven_kernels_and_repeat_bit_for_bit(name, monk
 
 
 def test_backward_kernels_are_chosen_where_the_h200_table_measured_them_faster(monkeypatch):
-    """Triton's backward is measured-only: automatically taken at the shape tuned_configs/h200.json
-    measured it faster (64 blocks of 64, 16K rows), the closed form elsewhere; the forward always Triton
-    (or the measured cuda kernels, here absent)."""
+    """Triton's backward is measured-only: automatically taken at the shapes tuned_configs/h200.json
+    measured it faster (64 and 32 blocks of 64 and 32, 16K rows), the closed form where it measured it
+    slower (16 blocks of 256) and where nothing was measured; the forward always Triton (or the measured
+    cuda kernels, here absent)."""
     pytest.importorskip("triton")
     from monarchrt_ops import registry
     from monarchrt_ops.arch import Arch
@@ -289,7 +290,8 @@ def test_backward_kernels_are_chosen_where_the_h200_table_measured_them_faster(m
         return sel.backend.name, dict(sel.rejected).get("triton", "")
 
     assert chosen(16384, (64, 64, 64), True) == ("triton", "")
-    name, why = chosen(16384, (32, 32, 32), True)
+    assert chosen(16384, (32, 32, 32), True) == ("triton", "")
+    name, why = chosen(16384, (16, 256, 256), True)
     assert name == "reference" and "with the closed form" in why and "(h200.json)" in why
     assert chosen(16384, (8, 8, 8), True)[0] == "reference"  # never measured: the closed form
     assert chosen(16384, (32, 32, 32), False) == ("triton", "")

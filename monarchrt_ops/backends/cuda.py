@@ -188,7 +188,10 @@ class CudaAttention(NoConfig):
 
 
 def stage_r_reason(problem: AttentionProblem, arch: Arch) -> str | None:
-    """Why the warpgroup-MMA stage R (csrc/attention/stage_r.cuh) cannot run ``problem`` (None: it can)."""
+    """Why the warpgroup-MMA stage R (csrc/attention/stage_r.cuh) cannot run ``problem`` (None: it can);
+    ``arch`` None (a config asked for without a device) never runs it."""
+    if arch is None:
+        return "no device given"
     reason = arch_reason(arch, "warpgroup MMA")
     if reason is not None:
         return reason
