@@ -333,6 +333,17 @@ def cpu_header() -> dict:
             "python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__}  # fmt: skip
 
 
+def _print_profile(row: dict) -> None:
+    for line in row.get("profile", []):
+        print("    " + line)
+
+
+def _write_json(path, result: dict) -> None:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1) + "\n")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", type=Path, default=None)
@@ -345,11 +356,8 @@ def main(argv=None) -> int:
         print(json.dumps(result["header"]))
         for row in result["rows"]:
             print(f"{row['case']:42} {row['us']:7.1f} us  {row['python_calls']:5.0f} Python calls per call")
-            for line in row.get("profile", []):
-                print("    " + line)
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(result, indent=1) + "\n")
+            _print_profile(row)
+        _write_json(args.json, result)
         return 0
     if not torch.cuda.is_available():
         print("host_overhead: error: no CUDA device; this measures a GPU's host overhead", file=sys.stderr)
@@ -367,11 +375,8 @@ def main(argv=None) -> int:
                 extra += f"  op {row['op_eager_ms']:.4f}"
             print(f"{row['case']:42} eager {row['eager_ms']:.4f} graph {row['graph_ms']:.4f} host "
                   f"{row['host_overhead_ms']:.4f} ms ({row['host_us']:.1f} us python){extra}", flush=True)  # fmt: skip
-            for line in row.get("profile", []):
-                print("    " + line)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+            _print_profile(row)
+    _write_json(args.json, result)
     return 0
 
 

@@ -38,6 +38,7 @@
 
 #include "../kernel_limits.h"
 #include "../warp_atoms.cuh"
+#include "dims.h"
 #include "gmma.cuh"  // stage R on warpgroup MMA where the target has it (sm_90a), else mma.sync
 
 namespace monarchrt::attention {
@@ -84,15 +85,12 @@ template <typename T> __device__ __forceinline__ const T* row_chunk(const T* buf
   return row_chunk(const_cast<T*>(buf), row, col);
 }
 
-struct FwdParams {
+struct FwdParams : AttnDims {
   const void* q;
   const void* k;
   const void* v;
   void* z;      // [B, A, b1, b2, nh, d] contiguous
   float* lse;   // [B, A, b1, b2, nh] contiguous, natural log
-  int64_t sq[5], sk[5], sv[5];  // element strides of [B, tile, row, column, head]; d contiguous
-  int nh, n_q_tiles, n_kv_tiles, b1, b2, causal_block_tiles;
-  float scale_log2;  // sm_scale * log2(e)
 };
 
 // --- synchronisation: cluster barrier, producer named barrier, mbarriers with cluster-scope release/acquire
@@ -332,8 +330,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
         float sum[2] = {0.f, 0.f}, sum_px[2] = {0.f, 0.f};  // sum p and sum p x, x relative to the maximum
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-          mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+          mx[r] = quad_max(mx[r]);
           mx[r] *= p.scale_log2;
         }
 #pragma unroll
@@ -350,10 +347,8 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
         float inv_l[2], cl[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 1);
-          sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 2);
-          sum_px[r] += __shfl_xor_sync(0xffffffffu, sum_px[r], 1);
-          sum_px[r] += __shfl_xor_sync(0xffffffffu, sum_px[r], 2);
+          sum[r] = quad_sum(sum[r]);
+          sum_px[r] = quad_sum(sum_px[r]);
           inv_l[r] = 1.f / sum[r];
           cl[r] = sum_px[r] * inv_l[r] - log2f(sum[r]);  // cL * log2(e) = sum_l R log2 R
         }
@@ -514,8 +509,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
             float mx = fmaxf(x[2 * r], x[2 * r + 1]);
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            mx = quad_max(mx);
             const float m_new = fmaxf(m_row[mt][r], mx);  // finite: key row kk = 0 is valid in every sub-step
             const float alpha = fast_exp2(m_row[mt][r] - m_new);  // 0 on the first sub-step (-inf)
             pr[2 * r] = fast_exp2(x[2 * r] - m_new);
@@ -559,8 +553,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           float l = l_row[mt][r];
-          l += __shfl_xor_sync(0xffffffffu, l, 1);
-          l += __shfl_xor_sync(0xffffffffu, l, 2);
+          l = quad_sum(l);
           const int i = 16 * mt + g + 8 * r;
           if (i >= b1) continue;
           const int64_t tok = ((int64_t(bb) * p.n_q_tiles + a) * b1 + i) * b2 + j;

@@ -28,11 +28,12 @@
 
 #include "../kernel_limits.h"
 #include "../warp_atoms.cuh"
+#include "dims.h"
 #include "gmma.cuh"
 
 namespace monarchrt::attention {
 
-struct StageRParams {
+struct StageRParams : AttnDims {
   const void* q;      // [B, A, b1, b2, nh, d], strides sq; d contiguous
   const void* k;      // [B, F, b1, b2, nh, d], strides sk
   const void* v;      // like k, strides sv
@@ -42,9 +43,6 @@ struct StageRParams {
   void* y;            // like a_l; null: not written (a pass that only feeds the aR update)
   float* c_l;         // [B, nh, A, F, b2, b1]
   float* lse_r;       // like c_l; null: not written
-  int64_t sq[5], sk[5], sv[5];  // element strides of [B, tile, row, column, head]
-  int nh, n_q_tiles, n_kv_tiles, b1, b2, causal_block_tiles;
-  float scale_log2;  // sm_scale * log2(e)
 };
 
 constexpr int kStageRThreads = 128;  // one warpgroup
@@ -240,8 +238,7 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_kernel(const StageR
     float sum[2] = {0.f, 0.f}, sum_px[2] = {0.f, 0.f};  // sum p and sum p x, x relative to the maximum
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      mx[r] = quad_max(mx[r]);
       mx[r] *= row_scale[r];
     }
 #pragma unroll
@@ -261,10 +258,8 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_kernel(const StageR
     float inv_l[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 1);
-      sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 2);
-      sum_px[r] += __shfl_xor_sync(0xffffffffu, sum_px[r], 1);
-      sum_px[r] += __shfl_xor_sync(0xffffffffu, sum_px[r], 2);
+      sum[r] = quad_sum(sum[r]);
+      sum_px[r] = quad_sum(sum_px[r]);
       inv_l[r] = 1.f / sum[r];
     }
     // R = P / sum P as the A operand of R K and R V, one k16 step (16 columns l) per entry

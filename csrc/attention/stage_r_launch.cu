@@ -76,11 +76,8 @@ void monarch_stage_r(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t a_r, uintp
   const std::string reason =
       monarch_stage_r_reason(batch, nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, causal_block_tiles, dtype);
   if (!reason.empty()) fail(reason);
-  if (q_strides.size() != 5 || k_strides.size() != 5 || v_strides.size() != 5)
-    fail("strides are of [batch, tile, row, column, head]: 5 each");
-  for (const auto* s : {&q_strides, &k_strides, &v_strides})
-    for (int64_t x : *s)
-      if (x % limits::kAttnStrideMultiple) fail("strides must be multiples of 8 elements (16-byte rows)");
+  const std::string strides = attention::stride_reason(q_strides, k_strides, v_strides);
+  if (!strides.empty()) fail(strides);
   if ((q | k | v | a_r | a_l | y) % limits::kAlignBytes) fail("q, k, v, aR, aL and Y must be 16-byte aligned");
   if (!c_l || !a_l || (a_r && !c_r)) fail("aL and cL are required, and cR with aR");
   if (batch == 0 || nh == 0 || n_q_tiles == 0) return;
@@ -94,18 +91,9 @@ void monarch_stage_r(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t a_r, uintp
   p.y = reinterpret_cast<void*>(y);
   p.c_l = reinterpret_cast<float*>(c_l);
   p.lse_r = reinterpret_cast<float*>(lse_r);
-  for (int i = 0; i < 5; ++i) {
-    p.sq[i] = q_strides[i];
-    p.sk[i] = k_strides[i];
-    p.sv[i] = v_strides[i];
-  }
-  p.nh = int(nh);
-  p.n_q_tiles = int(n_q_tiles);
-  p.n_kv_tiles = int(n_kv_tiles);
-  p.b1 = int(b1);
-  p.b2 = int(b2);
-  p.causal_block_tiles = int(causal_block_tiles);
-  p.scale_log2 = sm_scale * 1.4426950408889634f;
+  static_cast<attention::AttnDims&>(p) =
+      attention::make_dims(q_strides, k_strides, v_strides, nh, n_q_tiles, n_kv_tiles, b1, b2, causal_block_tiles,
+                           sm_scale);
   int device = 0, sms = 0;
   check(cudaGetDevice(&device), "cudaGetDevice");
   check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "SM count");
