@@ -1,11 +1,14 @@
-"""Stage R on warpgroup MMA against the Triton stage R: same outputs, and the time of each.
+"""Stage R and its key-row backward on warpgroup MMA against the Triton kernels: same outputs, and the
+time of each.
 
 python -m monarchrt_ops.bench.stage_r_check [--json PATH] [--quick]
 
-docs/attention-kernels.md, decomposition (f). Both launchers fill a scratch from the same inputs;
-aL and Y must agree to the rounding of their dtype and cL / lse_R to fp32 rounding, on the first
-pass and on a later pass (num_iters > 1: aR and cR from the update). Then CUDA-graph medians of stage
-R alone and of the whole forward (and forward + backward) with each stage R, in the same process.
+docs/attention-kernels.md, decompositions (f) and (g). Both stage-R launchers fill a scratch from the
+same inputs; aL and Y must agree to the rounding of their dtype and cL / lse_R to fp32 rounding, on
+the first pass and on a later pass (num_iters > 1: aR and cR from the update). Both key-row backward
+launchers form dK and dV from the same stage-L gradients (random, with the real lse_R), on the first
+pass (dK and dV written) and a later one (dK read-added, no dV). Then CUDA-graph medians of each
+kernel alone and of the whole forward (and backward) with each, in the same process.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from pathlib import Path
 
 import torch
 
+from monarchrt_ops.arch import arch_of
 from monarchrt_ops.backends import cuda
+from monarchrt_ops.problem import AttentionProblem
 from monarchrt_ops.triton_kernels import monarch_attention as kernels
 
 from .common import graph_ms, header
@@ -76,6 +81,81 @@ def _compare(name, q, k, v, cbt, config):
     return out
 
 
+def _grads(sc, seed=2):
+    """Random stage-L gradients (daL, dY, dcL, D_R) in the scratch's layouts."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    da_l, dy = (torch.randn(sc.a_l.shape, device="cuda", generator=g).to(sc.a_l.dtype) for _ in range(2))
+    dc_l, delta_r = (torch.randn(sc.c_l.shape, device="cuda", generator=g) for _ in range(2))
+    return da_l, dy, dc_l, delta_r
+
+
+def _compare_dkdv(name, q, k, v, cbt, config):
+    """Max relative differences of the two key-row backward launchers' dK and dV, first and later pass."""
+    n_f = k.shape[1]
+    bsz, n_a, b1, b2, nh, d = q.shape
+    common = (nh, n_a, n_f, b1, b2, cbt)
+    scale = d**-0.5
+    out = {"case": name}
+    a_r = c_r = None
+    for pass_name in ("first", "later"):
+        sc = kernels._Scratch(q, n_f, with_lse_r=True)
+        kernels._stage_r(q, k, v, sc, a_r, c_r, scale, common, config, write_lse=True)
+        grads = _grads(sc)
+        first = a_r is None
+        # a later pass read-adds dK (to a random start) and forms no dV
+        start = torch.randn(k.shape[:4] + (nh, d), device="cuda")
+        results = []
+        for launcher in (kernels._stage_r_dkdv, cuda.stage_r_dkdv_wgmma):
+            dk = torch.zeros_like(start) if first else start.clone()
+            dv = torch.zeros_like(start) if first else None
+            launcher(q, k, v, sc, a_r, c_r, grads, dk, dv, scale, common, config, accumulate=not first)
+            results.append((dk, dv))
+        torch.cuda.synchronize()
+        (dk_t, dv_t), (dk_c, dv_c) = results
+        out[f"{pass_name}_dk_rel"] = _rel(dk_c, dk_t)
+        out[f"{pass_name}_dk_finite"] = bool(torch.isfinite(dk_c).all())
+        if first:
+            out[f"{pass_name}_dv_rel"] = _rel(dv_c, dv_t)
+            out[f"{pass_name}_dv_finite"] = bool(torch.isfinite(dv_c).all())
+        z = torch.empty(bsz, n_a, b1, b2, nh, d, dtype=q.dtype, device=q.device)
+        lse = torch.empty(bsz, n_a, b1, b2, nh, dtype=torch.float32, device=q.device)
+        kernels._stage_l(q, sc, z, lse, scale, common, config, write_z=False)
+        a_r, c_r = kernels._update(q, sc, lse, scale, common, config)
+    return out
+
+
+def _timed_dkdv(row, q, k, v, cbt, config, dz):
+    """The key-row backward alone with each launcher and, with ``dz``, the whole backward with the wgmma
+    stage R and each key-row backward; -> the latter's gradients (Triton's, wgmma's)."""
+    n_f = k.shape[1]
+    bsz, n_a, b1, b2, nh, d = q.shape
+    common = (nh, n_a, n_f, b1, b2, cbt)
+    scale = d**-0.5
+    sc = kernels._Scratch(q, n_f, with_lse_r=True)
+    cuda.stage_r_wgmma(q, k, v, sc, None, None, scale, common, config, write_lse=True)
+    grads = _grads(sc)
+    dk, dv = (torch.empty(k.shape[:4] + (nh, d), device="cuda") for _ in range(2))
+    out = []
+    z, lse = kernels.monarch_attention_fwd(q, k, v, sm_scale=scale, causal_block_tiles=cbt, num_iters=1, config=config)
+    dlse = torch.zeros_like(lse)
+    for label, launcher in (("triton", kernels._stage_r_dkdv), ("wgmma", cuda.stage_r_dkdv_wgmma)):
+        row[f"dkdv_{label}_ms"] = graph_ms(
+            lambda launcher=launcher: launcher(
+                q, k, v, sc, None, None, grads, dk, dv, scale, common, config, accumulate=False
+            )
+        )
+        if dz is None:
+            continue
+        bwd = dict(sm_scale=scale, causal_block_tiles=cbt, num_iters=1, config=config,
+                   stage_r=cuda.stage_r_wgmma, stage_r_dkdv=launcher)  # fmt: skip
+        row[f"backward_wgmma_dkdv_{label}_ms"] = graph_ms(
+            lambda bwd=bwd: kernels.monarch_attention_bwd(dz, dlse, q, k, v, z, lse, **bwd)
+        )
+        out.append(kernels.monarch_attention_bwd(dz, dlse, q, k, v, z, lse, **bwd))
+    if out:
+        row["backward_dkdv_rel"] = [_rel(c, t) for c, t in zip(out[1], out[0], strict=True)]
+
+
 def _timed_launcher(row, label, stage_r, q, k, v, cbt, config, dz):
     """Times of one stage-R launcher: stage R alone, the forward (one and two passes) and, with ``dz``,
     the backward (of the Triton forward's z and lse, the same for both launchers); -> the gradients."""
@@ -113,7 +193,16 @@ def _timed(name, q, k, v, cbt, config, with_backward: bool):
     z_t, _ = kernels.monarch_attention_fwd(q, k, v, **fwd)
     z_c, _ = kernels.monarch_attention_fwd(q, k, v, **fwd, stage_r=cuda.stage_r_wgmma)
     row["forward_rel"] = _rel(z_c, z_t)
+    if cuda.stage_r_dkdv_reason(_problem_of(q, k, cbt), arch_of("cuda")) is None:
+        _timed_dkdv(row, q, k, v, cbt, config, dz)
     return row
+
+
+def _problem_of(q, k, cbt):
+    bsz, n_a, b1, b2, nh, d = q.shape
+    return AttentionProblem(batch=bsz, heads=nh, q_tiles=n_a, kv_tiles=k.shape[1], b1=b1, b2=b2, head_dim=d,
+                            dtype=q.dtype, causal_block_tiles=cbt, num_iters=1, sm_scale=d**-0.5,
+                            backward=True)  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -122,8 +211,6 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="checks only, no timing")
     args = ap.parse_args(argv)
     from monarchrt_ops import registry
-    from monarchrt_ops.arch import arch_of
-    from monarchrt_ops.problem import AttentionProblem
 
     def config_for(b1, b2, n_a, n_f, cbt, heads, d):
         p = AttentionProblem(
@@ -146,7 +233,10 @@ def main(argv=None) -> int:
     worst = 0.0
     for name, b1, b2, n_a, n_f, cbt, heads, d in CHECKS:
         q, k, v = _inputs(b1, b2, n_a, n_f, heads, d, torch.bfloat16)
-        row = _compare(name, q, k, v, cbt, config_for(b1, b2, n_a, n_f, cbt, heads, d))
+        config = config_for(b1, b2, n_a, n_f, cbt, heads, d)
+        row = _compare(name, q, k, v, cbt, config)
+        if cuda.stage_r_dkdv_reason(_problem_of(q, k, cbt), arch_of("cuda")) is None:
+            row.update(_compare_dkdv(name, q, k, v, cbt, config))
         print(json.dumps(row), flush=True)
         result["checks"].append(row)
         worst = max(worst, *(x for key, x in row.items() if key.endswith("_rel")))

@@ -30,6 +30,9 @@ constexpr int kAttnMaxIters = 1;  // one pass (MonarchRT); num_iters > 1 runs el
 constexpr int kStageRHeadDims[] = {64, 128};
 constexpr int kStageRMaxB2 = 96;  // columns per tile: the products' N and K are b2 rounded up to 16
 constexpr int64_t kStageRMaxQueryRows = int64_t(1) << 24;  // query tiles * b2: split in fp32 exactly below this
+// Its key-row backward (csrc/attention/stage_r_bwd.cuh): dK^T and dV^T in registers, kL fp32 each a thread.
+// Otherwise the forward's limits.
+constexpr int kStageRBwdMaxB2 = 64;
 
 // Hadamard transform (csrc/hadamard): n = m * 2^k.
 constexpr int kHadamardOrders[] = {1, 12, 20, 28};  // m (n = 40 * 2^k is 20 * 2^(k+1))

@@ -179,6 +179,42 @@ def test_gradients_match_reference_unfused_stage_l(name, dtype, poison_empty, mo
 
 
 @GPU_TIER
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", GRADIENT_CASES)
+@pytest.mark.parametrize("dkdv", ["wgmma", "triton"])
+def test_gradients_with_each_stage_r_dkdv(dkdv, name, dtype, poison_empty, monkeypatch):
+    """Stage R's key-row backward (dK, dV) on warpgroup MMA (csrc/attention/stage_r_bwd.cuh, the default
+    where cuda.stage_r_dkdv_reason allows it) and on Triton, each forced, its launches counted: one per
+    pass."""
+    from monarchrt_ops.backends import triton as triton_backend
+    from monarchrt_ops.triton_kernels import monarch_attention as kernels
+
+    default = triton_backend.TritonAttention.default_config
+    owner, attr = (cuda, "stage_r_dkdv_wgmma") if dkdv == "wgmma" else (kernels, "_stage_r_dkdv")
+    launcher, calls = getattr(owner, attr), []
+
+    def forced(self, problem, arch):
+        config = default(self, problem, arch)
+        if dkdv == "wgmma" and cuda.stage_r_dkdv_reason(problem, arch) is not None:
+            pytest.skip(f"stage R's key-row backward on wgmma does not run {name} here")
+        return {**config, "stage_r_dkdv": dkdv}
+
+    def counted(*args, **kw):
+        calls.append(1)
+        return launcher(*args, **kw)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(triton_backend.TritonAttention, "default_config", forced)
+        patched.setattr(owner, attr, counted)
+        registry.invalidate()  # selections made with the unpatched default
+        try:
+            test_gradients_match_reference("triton", name, dtype, poison_empty)
+        finally:
+            registry.invalidate()
+    assert len(calls) == CASES[name][6].get("num_iters", 1)
+
+
+@GPU_TIER
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_kv_cache_slice_and_gradients_at_30x52(backend, poison_empty):
     """A cache slice of a longer buffer (strided rows) at 30x52, d=128, bf16, and the gradients of out."""

@@ -324,6 +324,30 @@ def test_matmul_launcher_rejects_bad_arguments_before_touching_the_device(change
         module.monarch_matmul(**{**args, **change})
 
 
+@pytest.mark.skipif(cuda.extension()[0] is None, reason="the extension is not built on this machine")
+@pytest.mark.parametrize(
+    "change, msg",
+    [
+        ({"b2": 65}, "takes b2 <= 64"),
+        ({"head_dim": 96}, "head_dim=96"),
+        ({"dv": 0}, "dY with dV"),
+        ({"a_r": 64}, "cR with aR"),
+        ({"da_l": 8}, "16-byte aligned"),
+        ({"dtype": 2}, "dtype code 2"),
+    ],
+    ids=["b2", "head_dim", "dy-without-dv", "ar-without-cr", "misaligned", "dtype"],
+)
+def test_stage_r_dkdv_launcher_rejects_bad_arguments_before_touching_the_device(change, msg):
+    module, _ = cuda.extension()
+    strides = [21 * 30 * 52 * 2 * 128, 30 * 52 * 2 * 128, 52 * 2 * 128, 2 * 128, 128]
+    args = dict(q=16, k=16, v=16, a_r=0, c_r=0, lse_r=16, da_l=16, dy=16, dc_l=16, delta_r=16, dk=16, dv=16,
+                q_strides=strides, k_strides=strides, v_strides=strides, batch=1, nh=2, n_q_tiles=21,
+                n_kv_tiles=21, b1=30, b2=52, head_dim=128, causal_block_tiles=0, sm_scale=0.1, accumulate=False,
+                dtype=1, stream=0)  # fmt: skip
+    with pytest.raises(ValueError, match=msg):
+        module.monarch_stage_r_bwd_kv(**{**args, **change})
+
+
 @pytest.mark.parametrize(
     ("change", "arch", "wgmma_allowed", "wgmma_default"),
     [
@@ -359,3 +383,35 @@ def test_stage_r_choice_exists_only_where_the_wgmma_kernel_runs(
     assert backend.is_valid(default, problem, arch) is None
     forced = {**default, "stage_r": "wgmma"}
     assert (backend.is_valid(forced, problem, arch) is None) == wgmma_allowed
+
+
+@pytest.mark.parametrize(
+    ("change", "arch", "wgmma"),
+    [
+        ({}, H100, True),  # 30x52
+        ({"num_iters": 2, "causal_block_tiles": 3}, H100, True),
+        ({"b2": 26, "b1": 15, "head_dim": 64}, H100, True),
+        ({"b2": 80, "b1": 45}, H100, False),  # 720p: over kernel_limits.h's kStageRBwdMaxB2
+        ({"dtype": torch.float32}, H100, False),
+        ({}, Arch("sm120", (12, 0), "NVIDIA RTX 5090", 170, 101376), False),  # no wgmma on sm_120
+    ],
+)
+def test_stage_r_dkdv_choice_exists_only_where_the_wgmma_kernel_runs(monkeypatch, change, arch, wgmma):
+    """The triton backend's ``stage_r_dkdv`` config (stage R's key-row backward): 'wgmma' is the default
+    and in the search space exactly where cuda.stage_r_dkdv_reason allows it."""
+    from monarchrt_ops.backends.triton import TritonAttention
+
+    class Limited(FakeExtension):
+        @staticmethod
+        def monarch_stage_r_bwd_kv_reason(batch, nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, cbt, dtype):
+            return "b2 > 64" if b2 > 64 else ""
+
+    monkeypatch.setattr(cuda, "extension", lambda: (Limited, None))
+    problem = _attention_problem(**change)
+    backend = TritonAttention()
+    assert ("wgmma" in backend.search_space(problem, arch)["stage_r_dkdv"]) == wgmma
+    default = backend.default_config(problem, arch)
+    assert default["stage_r_dkdv"] == ("wgmma" if wgmma else "triton")
+    assert backend.is_valid(default, problem, arch) is None
+    forced = {**default, "stage_r_dkdv": "wgmma"}
+    assert (backend.is_valid(forced, problem, arch) is None) == wgmma

@@ -200,14 +200,16 @@ def monarch_attention_fwd(
 )  # fmt: skip
 def monarch_attention_bwd(
     dz, dlse, q, k, v, z, lse, *, sm_scale: float, causal_block_tiles: int, num_iters: int, config: dict,
-    stage_r=_stage_r,
+    stage_r=_stage_r, stage_r_dkdv=None,
 ):  # fmt: skip
     """Gradients of Monarch attention (docs/math.md, Backward) -> ``(dq, dk, dv)``.
 
     num_iters > 1: the forward passes are recomputed up to the last one, keeping each pass's aR, cR
     and stage-L normaliser; then the passes are differentiated last to first, each recomputing its
-    stage R. dQ, dK, dV accumulate in fp32 and are returned in q's dtype.
+    stage R. dQ, dK, dV accumulate in fp32 and are returned in q's dtype. ``stage_r`` and
+    ``stage_r_dkdv`` (None: :func:`_stage_r_dkdv`) launch stage R and its key-row backward.
     """
+    stage_r_dkdv = _stage_r_dkdv if stage_r_dkdv is None else stage_r_dkdv
     q, k, v, dz = (_last_dim_contiguous(x) for x in (q, k, v, dz))
     bsz, n_a, b1, b2, nh, d = q.shape
     n_f = k.shape[1]
@@ -273,12 +275,28 @@ def monarch_attention_bwd(
                 *l_args, dq, sm_scale, *strides_l, *common, UPDATE=not last, ACCUMULATE=not last,
                 **{**l_meta, "BLOCK_K": config["bwd_block_k"]},
             )  # fmt: skip
+        grads = (da_l, dy, dc_l, delta_r)
+        stage_r_dkdv(q, k, v, sc, a_rs[it], c_rs[it], grads, dk, dv if last else None, sm_scale, common, config,
+                     accumulate=not last)  # fmt: skip
         r_args = (q, k, v, q if first else a_rs[it], sc.c_l if first else c_rs[it], sc.lse_r, da_l, dy, dc_l, delta_r)
         flags = dict(FIRST=first, HAS_Y=last, **r_meta)
-        launch(_stage_r_bwd_kv, (n_f * b1, cdiv(b2, config["block_l"]), bsz * nh),
-            *r_args, dk, dv, sm_scale, *q.stride()[:5], *strides_kv, *common, ACCUMULATE=not last, **flags,
-        )  # fmt: skip
         launch(_stage_r_bwd_q, (n_a * b1, cdiv(b2, config["block_j"]), bsz * nh),
             *r_args, dq, d_ar, d_cr, sm_scale, *q.stride()[:5], *strides_kv, *common, **flags,
         )  # fmt: skip
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+def _stage_r_dkdv(q, k, v, sc, a_r, c_r, grads, dk, dv, sm_scale, common, config, *, accumulate):
+    """Stage R's key-row backward on the Triton kernel: dK (read-added when ``accumulate``) and, where
+    ``dv`` is given (the last pass, the one with Y), dV of every key row, fp32, from the stage-L
+    backward's ``grads`` = (daL, dY, dcL, D_R), ``sc.lse_r`` and the pass's query (``a_r``, ``c_r``:
+    None on the first pass)."""
+    nh, n_a, n_f, b1, b2, causal_block_tiles = common
+    first = a_r is None
+    r_args = (q, k, v, q if first else a_r, sc.c_l if first else c_r, sc.lse_r, *grads)
+    launch(_stage_r_bwd_kv, (n_f * b1, cdiv(b2, config["block_l"]), q.shape[0] * nh),
+        *r_args, dk, dk if dv is None else dv, sm_scale, *q.stride()[:5], *k.stride()[:5], *v.stride()[:5], *common,
+        FIRST=first, HAS_Y=dv is not None, ACCUMULATE=accumulate, HEAD_DIM=q.shape[5],
+        DOT_PRECISION=_dot_precision(q.dtype), BLOCK_J=config["block_j"], BLOCK_L=config["block_l"],
+        num_warps=config["r_warps"], num_stages=config["num_stages"],
+    )  # fmt: skip

@@ -1,4 +1,5 @@
-// Host launcher of stage R on warpgroup MMA (stage_r.cuh): pointers, sizes, strides and a stream.
+// Host launchers of stage R on warpgroup MMA, forward (stage_r.cuh) and key-row backward (stage_r_bwd.cuh):
+// pointers, sizes, strides and a stream.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -7,7 +8,7 @@
 #include <type_traits>
 
 #include "../launch.h"
-#include "stage_r.cuh"
+#include "stage_r_bwd.cuh"
 
 namespace monarchrt {
 
@@ -15,16 +16,15 @@ namespace {
 // Fewer CTAs than this many per SM split each key row's query rows over grid y.
 constexpr int kMinCtasPerSm = 8;
 
-template <typename T, int kD, int kL>
-void launch(const attention::StageRParams& p, dim3 grid, cudaStream_t stream) {
-  using Smem = attention::StageRSmem<kD, kL>;
-  static_assert(2 * Smem::kBytes <= 227 * 1024, "two CTAs per SM");
-  auto kernel = attention::stage_r_kernel<T, kD, kL>;
+// One launch of `kernel` (two CTAs per SM of kBytes each) on `grid`.
+template <int kBytes, class Kernel, class Params>
+void launch(Kernel kernel, const Params& p, dim3 grid, cudaStream_t stream, const char* name) {
+  static_assert(2 * kBytes <= 227 * 1024, "two CTAs per SM");
   static const cudaError_t attr =  // once per instantiation and process
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Smem::kBytes);
-  check(attr, "stage_r_kernel shared memory attribute");
-  kernel<<<grid, attention::kStageRThreads, Smem::kBytes, stream>>>(p);
-  check(cudaGetLastError(), "stage_r_kernel launch");
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
+  check(attr, (std::string(name) + " shared memory attribute").c_str());
+  kernel<<<grid, attention::kStageRThreads, kBytes, stream>>>(p);
+  check(cudaGetLastError(), (std::string(name) + " launch").c_str());
 }
 
 // f(head_dim, kL) with both as compile-time constants: kL is b2 rounded up to 16.
@@ -104,10 +104,77 @@ void monarch_stage_r(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t a_r, uintp
   const dim3 grid{unsigned(key_rows), unsigned(split), unsigned(batch_heads)};
   auto s = reinterpret_cast<cudaStream_t>(stream);
   with_tile(b2, head_dim, [&](auto d, auto l) {
+    constexpr int kD = decltype(d)::value, kL = decltype(l)::value;
+    constexpr int kBytes = attention::StageRSmem<kD, kL>::kBytes;
     if (dtype == kBFloat16)
-      launch<__nv_bfloat16, decltype(d)::value, decltype(l)::value>(p, grid, s);
+      launch<kBytes>(attention::stage_r_kernel<__nv_bfloat16, kD, kL>, p, grid, s, "stage_r_kernel");
     else
-      launch<__half, decltype(d)::value, decltype(l)::value>(p, grid, s);
+      launch<kBytes>(attention::stage_r_kernel<__half, kD, kL>, p, grid, s, "stage_r_kernel");
+  });
+}
+
+std::string monarch_stage_r_bwd_kv_reason(int64_t batch, int64_t nh, int64_t n_q_tiles, int64_t n_kv_tiles,
+                                          int64_t b1, int64_t b2, int64_t head_dim, int64_t causal_block_tiles,
+                                          int dtype) {
+  if (b2 > limits::kStageRBwdMaxB2)
+    return "tile " + std::to_string(b1) + "x" + std::to_string(b2) + " (stage R's backward on wgmma takes b2 <= " +
+           std::to_string(limits::kStageRBwdMaxB2) + ")";
+  return monarch_stage_r_reason(batch, nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, causal_block_tiles, dtype);
+}
+
+int monarch_stage_r_bwd_kv_smem_bytes(int64_t b2, int64_t head_dim) {
+  if (b2 > limits::kStageRBwdMaxB2) return 0;
+  return with_tile(b2, head_dim, [](auto d, auto l) {
+    constexpr int kL = std::min(decltype(l)::value, limits::kStageRBwdMaxB2);  // (b2 is within it)
+    return attention::StageRBwdSmem<decltype(d)::value, kL>::kBytes;
+  });
+}
+
+void monarch_stage_r_bwd_kv(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t a_r, uintptr_t c_r, uintptr_t lse_r,
+                            uintptr_t da_l, uintptr_t dy, uintptr_t dc_l, uintptr_t delta_r, uintptr_t dk,
+                            uintptr_t dv, const std::vector<int64_t>& q_strides,
+                            const std::vector<int64_t>& k_strides, const std::vector<int64_t>& v_strides,
+                            int64_t batch, int64_t nh, int64_t n_q_tiles, int64_t n_kv_tiles, int64_t b1, int64_t b2,
+                            int64_t head_dim, int64_t causal_block_tiles, float sm_scale, bool accumulate, int dtype,
+                            uintptr_t stream) {
+  auto fail = [](const std::string& what) { throw std::invalid_argument("monarch_stage_r_bwd_kv: " + what); };
+  const std::string reason =
+      monarch_stage_r_bwd_kv_reason(batch, nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, causal_block_tiles, dtype);
+  if (!reason.empty()) fail(reason);
+  const std::string strides = attention::stride_reason(q_strides, k_strides, v_strides);
+  if (!strides.empty()) fail(strides);
+  if ((q | k | v | a_r | da_l | dy) % limits::kAlignBytes)
+    fail("q, k, v, aR, daL and dY must be 16-byte aligned");
+  if (!lse_r || !da_l || !dc_l || !delta_r || !dk || (a_r && !c_r) || (!dy != !dv))
+    fail("lse_R, daL, dcL, D_R and dK are required, cR with aR, and dY with dV");
+  if (batch == 0 || nh == 0 || n_q_tiles == 0) return;
+  attention::StageRBwdParams p{};
+  p.q = reinterpret_cast<const void*>(q);
+  p.k = reinterpret_cast<const void*>(k);
+  p.v = reinterpret_cast<const void*>(v);
+  p.a_r = reinterpret_cast<const void*>(a_r);
+  p.c_r = reinterpret_cast<const float*>(c_r);
+  p.lse_r = reinterpret_cast<const float*>(lse_r);
+  p.da_l = reinterpret_cast<const void*>(da_l);
+  p.dy = reinterpret_cast<const void*>(dy);
+  p.dc_l = reinterpret_cast<const float*>(dc_l);
+  p.delta_r = reinterpret_cast<const float*>(delta_r);
+  p.dk = reinterpret_cast<float*>(dk);
+  p.dv = reinterpret_cast<float*>(dv);
+  p.accumulate = accumulate ? 1 : 0;
+  static_cast<attention::AttnDims&>(p) =
+      attention::make_dims(q_strides, k_strides, v_strides, nh, n_q_tiles, n_kv_tiles, b1, b2, causal_block_tiles,
+                           sm_scale);
+  // one CTA per key row: its dK and dV sum over every query row, so no split of them (deterministic)
+  const dim3 grid{unsigned(n_kv_tiles * b1), 1u, unsigned(batch * nh)};
+  auto s = reinterpret_cast<cudaStream_t>(stream);
+  with_tile(b2, head_dim, [&](auto d, auto l) {
+    constexpr int kD = decltype(d)::value, kL = std::min(decltype(l)::value, limits::kStageRBwdMaxB2);
+    constexpr int kBytes = attention::StageRBwdSmem<kD, kL>::kBytes;
+    if (dtype == kBFloat16)
+      launch<kBytes>(attention::stage_r_bwd_kv_kernel<__nv_bfloat16, kD, kL>, p, grid, s, "stage_r_bwd_kv_kernel");
+    else
+      launch<kBytes>(attention::stage_r_bwd_kv_kernel<__half, kD, kL>, p, grid, s, "stage_r_bwd_kv_kernel");
   });
 }
 

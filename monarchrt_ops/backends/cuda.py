@@ -190,6 +190,18 @@ class CudaAttention(NoConfig):
 def stage_r_reason(problem: AttentionProblem, arch: Arch) -> str | None:
     """Why the warpgroup-MMA stage R (csrc/attention/stage_r.cuh) cannot run ``problem`` (None: it can);
     ``arch`` None (a config asked for without a device) never runs it."""
+    return _wgmma_reason(problem, arch, "stage R", "monarch_stage_r")
+
+
+def stage_r_dkdv_reason(problem: AttentionProblem, arch: Arch) -> str | None:
+    """Why the warpgroup-MMA key-row backward of stage R (csrc/attention/stage_r_bwd.cuh) cannot run
+    ``problem`` (None: it can)."""
+    return _wgmma_reason(problem, arch, "stage R's key-row backward", "monarch_stage_r_bwd_kv")
+
+
+def _wgmma_reason(problem: AttentionProblem, arch: Arch, what: str, launcher: str) -> str | None:
+    """Why the extension's warpgroup-MMA kernel ``launcher`` (its ``_reason`` and ``_smem_bytes``
+    functions answer for it) cannot run ``problem``."""
     if arch is None:
         return "no device given"
     reason = arch_reason(arch, "warpgroup MMA")
@@ -201,14 +213,14 @@ def stage_r_reason(problem: AttentionProblem, arch: Arch) -> str | None:
         return f"dtype {problem.dtype} is not fp16/bf16"
     module, _ = extension()
     p = problem
-    reason = module.monarch_stage_r_reason(
+    reason = getattr(module, launcher + "_reason")(
         p.batch, p.heads, p.q_tiles, p.kv_tiles, p.b1, p.b2, p.head_dim, p.causal_block_tiles, _DTYPE_CODES[p.dtype]
     )
     if reason:
         return reason
-    smem = module.monarch_stage_r_smem_bytes(p.b2, p.head_dim)
+    smem = getattr(module, launcher + "_smem_bytes")(p.b2, p.head_dim)
     if arch.smem_per_block and smem > arch.smem_per_block:
-        return f"stage R needs {smem} B of shared memory per block; the device has {arch.smem_per_block}"
+        return f"{what} needs {smem} B of shared memory per block; the device has {arch.smem_per_block}"
     return None
 
 
@@ -228,6 +240,26 @@ def stage_r_wgmma(q, k, v, sc, a_r, c_r, sm_scale, common, config, write_y=True,
             list(q.stride()[:5]), list(k.stride()[:5]), list(v.stride()[:5]),
             q.shape[0], nh, n_a, n_f, b1, b2, q.shape[5], causal_block_tiles, sm_scale, _DTYPE_CODES[q.dtype],
             torch.cuda.current_stream(q.device).cuda_stream,
+        )  # fmt: skip
+
+
+def stage_r_dkdv_wgmma(q, k, v, sc, a_r, c_r, grads, dk, dv, sm_scale, common, config, *, accumulate):
+    """``triton_kernels.monarch_attention._stage_r_dkdv``'s arguments and effect, on the warpgroup-MMA
+    kernel: dK (read-added when ``accumulate``) and, where ``dv`` is given, dV of every key row."""
+    module, _ = extension()
+    nh, n_a, n_f, b1, b2, causal_block_tiles = common
+    da_l, dy, dc_l, delta_r = grads
+    if (q.data_ptr() | k.data_ptr() | v.data_ptr()) % 16 or not _row_strides(q, k, v):
+        q, k, v = _aligned_rows(q), _aligned_rows(k), _aligned_rows(v)
+    with torch.cuda.device(q.device):  # the launcher uses the current device
+        module.monarch_stage_r_bwd_kv(
+            q.data_ptr(), k.data_ptr(), v.data_ptr(),
+            0 if a_r is None else a_r.data_ptr(), 0 if c_r is None else c_r.data_ptr(),
+            sc.lse_r.data_ptr(), da_l.data_ptr(), 0 if dv is None else dy.data_ptr(), dc_l.data_ptr(),
+            delta_r.data_ptr(), dk.data_ptr(), 0 if dv is None else dv.data_ptr(),
+            list(q.stride()[:5]), list(k.stride()[:5]), list(v.stride()[:5]),
+            q.shape[0], nh, n_a, n_f, b1, b2, q.shape[5], causal_block_tiles, sm_scale, accumulate,
+            _DTYPE_CODES[q.dtype], torch.cuda.current_stream(q.device).cuda_stream,
         )  # fmt: skip
 
 

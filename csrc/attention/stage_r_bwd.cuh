@@ -1,0 +1,287 @@
+// Stage R's key-row backward on warpgroup MMA (docs/attention-kernels.md, decomposition (g); the math in
+// docs/math.md, Backward, and the Triton kernel it replaces, _stage_r_bwd_kv in
+// triton_kernels/monarch_attention_bwd.py): for one key row (b, h, f, k), over every query row (a, j) of
+// every query tile that sees key tile f,
+//
+//     dS_R = R (daL K^T + dY V^T + dcL (1 + ln R) - D_R),
+//     dK[f, k] (+)= sum_{a, j} (s t) dS_R^T Q' + R^T daL,   dV[f, k] = sum_{a, j} R^T dY
+//
+// with R recomputed from the query Q' (Q[a, k, j] on the first pass, aR[a, f, k, j] with temperature t on
+// later ones) and lse_R. daL, dY, dcL and D_R come from the stage-L backward.
+//
+// One CTA of one warpgroup per key row (grid x), two CTAs per SM, walking (f)'s 64-row blocks of query
+// rows across query tiles (stage_r.cuh). Per block, with the block's Q', daL and dY in shared memory:
+//   1. S = Q' K^T and dR = daL K^T + dY V^T: wgmma SS m64n{kL}k16 (K = head_dim), a row per quad;
+//   2. R and dS (scaled by the row's s t) in registers, stored as 16-bit [j][l] buffers (stmatrix);
+//   3. dK^T += Q'^T dS + daL^T R and dV^T += dY^T R: wgmma SS with both operands MN-major (M = head_dim in
+//      parts of 64, N = kL, K = the block's 64 rows), fp32 accumulators held across every block.
+// dK and dV are stored once at the end (dK read-added on earlier passes: `accumulate`). Taking them
+// transposed pads only the key columns to 16 (kL) and puts head_dim on M. Columns l >= b2 need no mask:
+// K and V rows l >= b2 are zero, so those columns stay finite, and they only reach dK^T's and dV^T's
+// column l, which is not stored. Query rows past the last tile are zero in shared memory, R = dS = 0.
+// Limits (kernel_limits.h, checked by the launcher): head_dim 64 or 128, b2 <= 64, sm_90a.
+#pragma once
+
+#include "stage_r.cuh"
+
+namespace monarchrt::attention {
+
+struct StageRBwdParams : AttnDims {
+  const void* q;         // [B, A, b1, b2, nh, d], strides sq; d contiguous
+  const void* k;         // [B, F, b1, b2, nh, d], strides sk
+  const void* v;         // like k, strides sv
+  const void* a_r;       // later passes: aR [B, nh, A, F, b1, b2, d] contiguous; null on the first pass
+  const float* c_r;      // later passes: cR [B, nh, A, F, b1, b2]
+  const float* lse_r;    // [B, nh, A, F, b2, b1]
+  const void* da_l;      // [B, nh, A, F, b2, b1, d] contiguous
+  const void* dy;        // like da_l; null on a pass that forms no Y (then no dV)
+  const float* dc_l;     // like lse_r
+  const float* delta_r;  // like lse_r
+  float* dk;             // [B, F, b1, b2, nh, d] contiguous fp32
+  float* dv;             // like dk; null with dy
+  int accumulate;        // dK read-added (an earlier pass; the last pass, differentiated first, writes)
+};
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+// Shared memory of one CTA (byte offsets from a 1 KB aligned base): K and V rows, the block's Q', daL and
+// dY, and R and dS as [j][l] buffers of 64 columns (kL <= 64: one 128-byte row). Swizzled row buffers.
+template <int kD, int kL> struct StageRBwdSmem {
+  static constexpr int kKV = kL * kD * 2;
+  static constexpr int kBlock = kStageRBlockM * kD * 2;
+  static constexpr int kProb = kStageRBlockM * 64 * 2;
+  static constexpr int kOffK = 0;
+  static constexpr int kOffV = kOffK + kKV;
+  static constexpr int kOffQ = kOffV + kKV;
+  static constexpr int kOffDaL = kOffQ + kBlock;
+  static constexpr int kOffDy = kOffDaL + kBlock;
+  static constexpr int kOffR = kOffDy + kBlock;
+  static constexpr int kOffDs = kOffR + kProb;
+  static constexpr int kBytes = kOffDs + kProb + 1024;  // + alignment of the base to 1 KB
+  static_assert(kL <= 64, "R and dS rows are one 128-byte row");
+  static_assert(kKV % 1024 == 0 && kBlock % 1024 == 0, "swizzled buffers on 1 KB boundaries");
+};
+
+#ifdef MONARCHRT_WGMMA
+// m64nNk16, fp32 accumulators, both operands MN-major in shared memory: the products whose K is the
+// block's rows j (A = Q'^T, daL^T or dY^T; B = dS or R), N = kL in 16..64.
+template <typename T, int N> struct SSmn;
+#define MONARCHRT_GMMA_SS_MN(N)                                                                        \
+  template <> struct SSmn<__nv_bfloat16, N> {                                                          \
+    using op = gmma::atoms::MMA_64x##N##x16_F32BF16BF16_SS<gmma::atoms::Major::MN, gmma::atoms::Major::MN>; \
+  };                                                                                                   \
+  template <> struct SSmn<__half, N> {                                                                 \
+    using op = gmma::atoms::MMA_64x##N##x16_F32F16F16_SS<gmma::atoms::Major::MN, gmma::atoms::Major::MN>;   \
+  };
+MONARCHRT_GMMA_SS_MN(16)
+MONARCHRT_GMMA_SS_MN(32)
+MONARCHRT_GMMA_SS_MN(48)
+MONARCHRT_GMMA_SS_MN(64)
+#undef MONARCHRT_GMMA_SS_MN
+#endif
+
+template <typename T, int kD, int kL>
+__global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_kv_kernel(const StageRBwdParams p) {
+#ifdef MONARCHRT_WGMMA
+  using Smem = StageRBwdSmem<kD, kL>;
+  constexpr int kDh = kD / 64;  // 64-feature parts of dK^T and dV^T: M of one wgmma each
+  constexpr int kAcc = kL / 2;  // fp32 registers of one m64n{kL} accumulator
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* const smem = smem_raw + ((1024 - smem_addr(smem_raw) % 1024) % 1024);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tig = lane & 3;
+  const int b1 = p.b1, b2 = p.b2, n_f = p.n_kv_tiles;
+  const int f = blockIdx.x / b1, krow = blockIdx.x % b1;
+  const int bh = blockIdx.z, bb = bh / p.nh, h = bh % p.nh;
+  const int a_first = p.causal_block_tiles > 0 ? (f / p.causal_block_tiles) * p.causal_block_tiles : 0;
+  const int row_end = p.n_q_tiles * b2;
+  const float inv_b2 = 1.f / float(b2);
+  const bool first = p.a_r == nullptr, has_y = p.dy != nullptr;
+  const int64_t afk0 = int64_t(bh) * p.n_q_tiles * n_f + f;  // scratch index (b, h, a, f) = afk0 + a * F
+  const T* const q_row = static_cast<const T*>(p.q) + bb * p.sq[0] + krow * p.sq[2] + h * p.sq[4];
+  const T* const a_r = static_cast<const T*>(p.a_r);
+  const T* const da_l = static_cast<const T*>(p.da_l);
+  const T* const dy = static_cast<const T*>(p.dy);
+  {
+    const T* k_row = static_cast<const T*>(p.k) + bb * p.sk[0] + f * p.sk[1] + krow * p.sk[2] + h * p.sk[4];
+    const T* v_row = static_cast<const T*>(p.v) + bb * p.sv[0] + f * p.sv[1] + krow * p.sv[2] + h * p.sv[4];
+    load_rows_zero_rest<T, kD, kL>(smem + Smem::kOffK, b2, [&](int l) { return k_row + l * p.sk[3]; });
+    load_rows_zero_rest<T, kD, kL>(smem + Smem::kOffV, b2, [&](int l) { return v_row + l * p.sv[3]; });
+  }
+  // per-thread row offsets inside a block, split once (as stage_r.cuh): the rows this thread copies and
+  // the two rows of its accumulator fragments (16 warp + g, + 8)
+  constexpr int kChunks = kD / 8, kLdStep = kStageRThreads / kChunks;
+  const int ch = threadIdx.x % kChunks, ld_row = threadIdx.x / kChunks;
+  const RowCursor ld0 = split_row(ld_row, b2, inv_b2), ld_step = split_row(kLdStep, b2, inv_b2);
+  const RowCursor frag0 = split_row(16 * warp + g, b2, inv_b2), eight = split_row(8, b2, inv_b2);
+  const RowCursor block_step = split_row(kStageRBlockM, b2, inv_b2);
+  const uint32_t ld_dst = gmma::swizzled<kStageRBlockM>(ld_row, ch * 8);  // + i * kLdStep * 128
+  static_assert(kLdStep % 8 == 0, "the copied rows keep their swizzle phase");
+  auto query = [&](RowCursor c) {
+    return first ? q_row + c.a * p.sq[1] + c.j * p.sq[3]
+                 : a_r + (((afk0 + int64_t(c.a) * n_f) * b1 + krow) * b2 + c.j) * kD;
+  };
+  // scratch row (b, h, a, f, j, k) of query row (a, j)
+  const int64_t out0 = afk0 * b2 * b1 + krow, out_per_a = int64_t(n_f) * b2 * b1;
+  auto scratch_row = [&](RowCursor c) { return out0 + c.a * out_per_a + c.j * b1; };
+  // the block's Q', daL and dY rows; rows past the last query tile zero (they meet R = dS = 0, and
+  // 0 * garbage may be NaN)
+  auto load_block = [&](RowCursor blk) {
+    RowCursor c = add_rows(blk, ld0, b2);
+#pragma unroll
+    for (int i = 0; i < kStageRBlockM / kLdStep; ++i, c = add_rows(c, ld_step, b2)) {
+      const uint32_t off = ld_dst + i * kLdStep * 128;
+      if (c.a < p.n_q_tiles) {
+        const int64_t row = scratch_row(c) * kD + ch * 8;
+        cp16(smem + Smem::kOffQ + off, query(c) + ch * 8);
+        cp16(smem + Smem::kOffDaL + off, da_l + row);
+        if (has_y) cp16(smem + Smem::kOffDy + off, dy + row);
+      } else {
+        *reinterpret_cast<uint4*>(smem + Smem::kOffQ + off) = make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4*>(smem + Smem::kOffDaL + off) = make_uint4(0, 0, 0, 0);
+        if (has_y) *reinterpret_cast<uint4*>(smem + Smem::kOffDy + off) = make_uint4(0, 0, 0, 0);
+      }
+    }
+  };
+  // a [j][l] probability buffer from an accumulator: element 4n + e is row 16 warp + g + 8 (e / 2), column
+  // 8n + 2 tig + e % 2 (stage_r.cuh's staging store, for the warp's 16 rows of a 64-row buffer)
+  auto store_probs = [&](const float* acc, unsigned char* buf) {
+#pragma unroll
+    for (int qq = 0; qq < kL / 16; ++qq) {
+      const int mi = lane >> 3, row = 16 * warp + (mi & 1) * 8 + (lane & 7), n = 2 * qq + (mi >> 1);
+      const float* c = acc + 8 * qq;
+      stsm_x4(buf + row * 128 + ((n ^ (row & 7)) << 4), pack2<T>(c[0], c[1]), pack2<T>(c[2], c[3]),
+              pack2<T>(c[4], c[5]), pack2<T>(c[6], c[7]));
+    }
+  };
+
+  float dk[kDh][kAcc], dv[kDh][kAcc];
+#pragma unroll
+  for (int dh = 0; dh < kDh; ++dh)
+#pragma unroll
+    for (int i = 0; i < kAcc; ++i) dk[dh][i] = dv[dh][i] = 0.f;
+  const uint64_t k_desc = gmma::desc(smem_addr(smem + Smem::kOffK), 1);
+  const uint64_t v_desc = gmma::desc(smem_addr(smem + Smem::kOffV), 1);
+  RowCursor blk = split_row(a_first * b2, b2, inv_b2);
+  for (int row0 = a_first * b2; row0 < row_end; row0 += kStageRBlockM, blk = add_rows(blk, block_step, b2)) {
+    load_block(blk);
+    cute::cp_async_fence();
+    // while the copies run: the statistics of this thread's two rows, with the log2-domain scale s t log2(e)
+    float scale[2], lse2[2], dcl[2], delta[2];
+    bool valid[2];
+    {
+      RowCursor c = add_rows(blk, frag0, b2);
+#pragma unroll
+      for (int r = 0; r < 2; ++r, c = add_rows(c, eight, b2)) {
+        valid[r] = c.a < p.n_q_tiles;
+        scale[r] = p.scale_log2;
+        lse2[r] = dcl[r] = delta[r] = 0.f;
+        if (valid[r]) {
+          const int64_t row = scratch_row(c);
+          lse2[r] = p.lse_r[row] * kLog2e;
+          dcl[r] = p.dc_l[row];
+          delta[r] = p.delta_r[row];
+          if (!first) {
+            const float cr = p.c_r[((afk0 + int64_t(c.a) * n_f) * b1 + krow) * b2 + c.j];
+            scale[r] *= fminf(1.f / (cr + kStageRTemperatureEps), kStageRTemperatureMax);
+          }
+        }
+      }
+    }
+    cute::cp_async_wait<0>();
+    gmma::fence_to_async_proxy();
+    __syncthreads();  // the block's rows are in shared memory
+
+    // --- 1. S = Q' K^T and dR = daL K^T + dY V^T for the block's 64 rows
+    float s[kAcc], dr[kAcc];
+    {
+      const uint64_t q_desc = gmma::desc(smem_addr(smem + Smem::kOffQ), 1);
+      const uint64_t dal_desc = gmma::desc(smem_addr(smem + Smem::kOffDaL), 1);
+      const uint64_t dy_desc = gmma::desc(smem_addr(smem + Smem::kOffDy), 1);
+      auto logits = [&](uint64_t a, uint64_t b, float* d, bool acc) {
+#pragma unroll
+        for (int kk = 0; kk < kD / 16; ++kk)
+          gmma::mma_ss<typename gmma::SS<T, kL>::op>(
+              gmma::advance(a, (kk >> 2) * kStageRBlockM * 128 + (kk & 3) * 32),
+              gmma::advance(b, (kk >> 2) * kL * 128 + (kk & 3) * 32), d, acc || kk > 0,
+              std::make_index_sequence<kAcc>{});
+      };
+      gmma::fence_operands<kAcc>(s);
+      gmma::fence_operands<kAcc>(dr);
+      cute::warpgroup_arrive();
+      logits(q_desc, k_desc, s, false);
+      logits(dal_desc, k_desc, dr, false);
+      if (has_y) logits(dy_desc, v_desc, dr, true);
+      cute::warpgroup_commit_batch();
+      cute::warpgroup_wait<0>();
+      gmma::fence_operands<kAcc>(s);
+      gmma::fence_operands<kAcc>(dr);
+    }
+
+    // --- 2. R = exp2(x), x = s t log2(e) S - lse_R log2(e) (ln R = x ln 2), and dS times the row's s t
+#pragma unroll
+    for (int i = 0; i < kAcc; ++i) {
+      const int r = (i & 3) >> 1;
+      const float x = fmaf(s[i], scale[r], -lse2[r]);
+      const float pr = valid[r] ? fast_exp2(x) : 0.f;
+      dr[i] = pr * (dr[i] + fmaf(dcl[r], fmaf(x, kLn2, 1.f), -delta[r])) * (scale[r] * kLn2);
+      s[i] = pr;
+    }
+    store_probs(s, smem + Smem::kOffR);
+    store_probs(dr, smem + Smem::kOffDs);
+    gmma::fence_to_async_proxy();
+    __syncthreads();  // every warp's rows of R and dS are in
+
+    // --- 3. dK^T += Q'^T dS + daL^T R, dV^T += dY^T R: K = the block's rows, 16 a step
+    {
+      const uint64_t q_desc = gmma::desc(smem_addr(smem + Smem::kOffQ), 0);
+      const uint64_t dal_desc = gmma::desc(smem_addr(smem + Smem::kOffDaL), 0);
+      const uint64_t dy_desc = gmma::desc(smem_addr(smem + Smem::kOffDy), 0);
+      const uint64_t r_desc = gmma::desc(smem_addr(smem + Smem::kOffR), 0);
+      const uint64_t ds_desc = gmma::desc(smem_addr(smem + Smem::kOffDs), 0);
+      auto grads = [&](uint64_t a, uint64_t b, float* d, int dh) {
+#pragma unroll
+        for (int ks = 0; ks < kStageRBlockM / 16; ++ks)
+          gmma::mma_ss<typename SSmn<T, kL>::op>(gmma::advance(a, dh * kStageRBlockM * 128 + ks * 2048),
+                                                 gmma::advance(b, ks * 2048), d, true,
+                                                 std::make_index_sequence<kAcc>{});
+      };
+#pragma unroll
+      for (int dh = 0; dh < kDh; ++dh) {
+        gmma::fence_operands<kAcc>(dk[dh]);
+        gmma::fence_operands<kAcc>(dv[dh]);
+      }
+      cute::warpgroup_arrive();
+#pragma unroll
+      for (int dh = 0; dh < kDh; ++dh) {
+        grads(q_desc, ds_desc, dk[dh], dh);
+        grads(dal_desc, r_desc, dk[dh], dh);
+        if (has_y) grads(dy_desc, r_desc, dv[dh], dh);
+      }
+      cute::warpgroup_commit_batch();
+      cute::warpgroup_wait<0>();
+#pragma unroll
+      for (int dh = 0; dh < kDh; ++dh) {
+        gmma::fence_operands<kAcc>(dk[dh]);
+        gmma::fence_operands<kAcc>(dv[dh]);
+      }
+    }
+    __syncthreads();  // every warpgroup read of this block's buffers is done: the next block may overwrite them
+  }
+
+  // dK^T and dV^T: element 4n + e of part dh is feature 64 dh + 16 warp + g + 8 (e / 2), column
+  // l = 8n + 2 tig + e % 2; stored at [b, f, k, l, h, feature] for l < b2
+  const int64_t kv_row0 = ((int64_t(bb) * n_f + f) * b1 + krow) * b2;
+#pragma unroll
+  for (int dh = 0; dh < kDh; ++dh)
+#pragma unroll
+    for (int i = 0; i < kAcc; ++i) {
+      const int l = 8 * (i >> 2) + 2 * tig + (i & 1);
+      if (l >= b2) continue;
+      const int64_t at = ((kv_row0 + l) * p.nh + h) * kD + 64 * dh + 16 * warp + g + 8 * ((i & 3) >> 1);
+      p.dk[at] = p.accumulate ? p.dk[at] + dk[dh][i] : dk[dh][i];
+      if (has_y) p.dv[at] = dv[dh][i];
+    }
+#endif
+}
+
+}  // namespace monarchrt::attention
