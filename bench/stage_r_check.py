@@ -89,8 +89,9 @@ def _grads(sc, seed=2):
     return da_l, dy, dc_l, delta_r
 
 
-def _compare_dkdv(name, q, k, v, cbt, config):
-    """Max relative differences of the two key-row backward launchers' dK and dV, first and later pass."""
+def _compare_bwd(name, q, k, v, cbt, config):
+    """Max relative differences of the two backward launchers' dK and dV (first and later pass) and dQ
+    (first pass)."""
     n_f = k.shape[1]
     bsz, n_a, b1, b2, nh, d = q.shape
     common = (nh, n_a, n_f, b1, b2, cbt)
@@ -112,6 +113,14 @@ def _compare_dkdv(name, q, k, v, cbt, config):
             results.append((dk, dv))
         torch.cuda.synchronize()
         (dk_t, dv_t), (dk_c, dv_c) = results
+        if first:  # dQ's kernel on wgmma serves the first pass: dq_out = dq + its part, in the dtype
+            dq = torch.randn(q.shape, device="cuda")
+            dq_outs = [torch.empty_like(q) for _ in range(2)]
+            for launcher, dq_out in zip((kernels._stage_r_dq, cuda.stage_r_dq_wgmma), dq_outs, strict=True):
+                launcher(q, k, v, sc, None, None, grads, dq, dq_out, None, None, scale, common, config, has_y=True)
+            torch.cuda.synchronize()
+            out["first_dq_rel"] = _rel(dq_outs[1] - dq, dq_outs[0] - dq)
+            out["first_dq_finite"] = bool(torch.isfinite(dq_outs[1]).all())
         out[f"{pass_name}_dk_rel"] = _rel(dk_c, dk_t)
         out[f"{pass_name}_dk_finite"] = bool(torch.isfinite(dk_c).all())
         if first:
@@ -124,9 +133,9 @@ def _compare_dkdv(name, q, k, v, cbt, config):
     return out
 
 
-def _timed_dkdv(row, q, k, v, cbt, config, dz):
-    """The key-row backward alone with each launcher and, with ``dz``, the whole backward with the wgmma
-    stage R and each key-row backward; -> the latter's gradients (Triton's, wgmma's)."""
+def _timed_bwd(row, q, k, v, cbt, config, dz):
+    """Stage R's dQ and dK/dV kernels alone with each launcher and, with ``dz``, the whole backward with
+    the wgmma stage R and each pair of them (Triton's, wgmma's)."""
     n_f = k.shape[1]
     bsz, n_a, b1, b2, nh, d = q.shape
     common = (nh, n_a, n_f, b1, b2, cbt)
@@ -135,10 +144,21 @@ def _timed_dkdv(row, q, k, v, cbt, config, dz):
     cuda.stage_r_wgmma(q, k, v, sc, None, None, scale, common, config, write_lse=True)
     grads = _grads(sc)
     dk, dv = (torch.empty(k.shape[:4] + (nh, d), device="cuda") for _ in range(2))
+    dq, dq_out = torch.zeros(q.shape, device="cuda"), torch.empty_like(q)
+    for label, launcher in (("triton", kernels._stage_r_dq), ("wgmma", cuda.stage_r_dq_wgmma)):
+        row[f"dq_{label}_ms"] = graph_ms(
+            lambda launcher=launcher: launcher(
+                q, k, v, sc, None, None, grads, dq, dq_out, None, None, scale, common, config, has_y=True
+            )
+        )
     out = []
     z, lse = kernels.monarch_attention_fwd(q, k, v, sm_scale=scale, causal_block_tiles=cbt, num_iters=1, config=config)
     dlse = torch.zeros_like(lse)
     for label, launcher in (("triton", kernels._stage_r_dkdv), ("wgmma", cuda.stage_r_dkdv_wgmma)):
+        launchers = {
+            "stage_r_dkdv": launcher,
+            "stage_r_dq": kernels._stage_r_dq if label == "triton" else cuda.stage_r_dq_wgmma,
+        }
         row[f"dkdv_{label}_ms"] = graph_ms(
             lambda launcher=launcher: launcher(
                 q, k, v, sc, None, None, grads, dk, dv, scale, common, config, accumulate=False
@@ -147,13 +167,13 @@ def _timed_dkdv(row, q, k, v, cbt, config, dz):
         if dz is None:
             continue
         bwd = dict(sm_scale=scale, causal_block_tiles=cbt, num_iters=1, config=config,
-                   stage_r=cuda.stage_r_wgmma, stage_r_dkdv=launcher)  # fmt: skip
-        row[f"backward_wgmma_dkdv_{label}_ms"] = graph_ms(
+                   stage_r=cuda.stage_r_wgmma, **launchers)  # fmt: skip
+        row[f"backward_wgmma_stage_r_bwd_{label}_ms"] = graph_ms(
             lambda bwd=bwd: kernels.monarch_attention_bwd(dz, dlse, q, k, v, z, lse, **bwd)
         )
         out.append(kernels.monarch_attention_bwd(dz, dlse, q, k, v, z, lse, **bwd))
     if out:
-        row["backward_dkdv_rel"] = [_rel(c, t) for c, t in zip(out[1], out[0], strict=True)]
+        row["backward_stage_r_bwd_rel"] = [_rel(c, t) for c, t in zip(out[1], out[0], strict=True)]
 
 
 def _timed_launcher(row, label, stage_r, q, k, v, cbt, config, dz):
@@ -193,8 +213,8 @@ def _timed(name, q, k, v, cbt, config, with_backward: bool):
     z_t, _ = kernels.monarch_attention_fwd(q, k, v, **fwd)
     z_c, _ = kernels.monarch_attention_fwd(q, k, v, **fwd, stage_r=cuda.stage_r_wgmma)
     row["forward_rel"] = _rel(z_c, z_t)
-    if cuda.stage_r_dkdv_reason(_problem_of(q, k, cbt), arch_of("cuda")) is None:
-        _timed_dkdv(row, q, k, v, cbt, config, dz)
+    if cuda.stage_r_bwd_reason(_problem_of(q, k, cbt), arch_of("cuda")) is None:
+        _timed_bwd(row, q, k, v, cbt, config, dz)
     return row
 
 
@@ -235,8 +255,8 @@ def main(argv=None) -> int:
         q, k, v = _inputs(b1, b2, n_a, n_f, heads, d, torch.bfloat16)
         config = config_for(b1, b2, n_a, n_f, cbt, heads, d)
         row = _compare(name, q, k, v, cbt, config)
-        if cuda.stage_r_dkdv_reason(_problem_of(q, k, cbt), arch_of("cuda")) is None:
-            row.update(_compare_dkdv(name, q, k, v, cbt, config))
+        if cuda.stage_r_bwd_reason(_problem_of(q, k, cbt), arch_of("cuda")) is None:
+            row.update(_compare_bwd(name, q, k, v, cbt, config))
         print(json.dumps(row), flush=True)
         result["checks"].append(row)
         worst = max(worst, *(x for key, x in row.items() if key.endswith("_rel")))

@@ -70,7 +70,7 @@ static py::dict limits_dict() {
   out["attention_stage_r"] = stage_r;
   py::dict stage_r_bwd;
   stage_r_bwd["max_b2"] = kStageRBwdMaxB2;
-  out["attention_stage_r_bwd_kv"] = stage_r_bwd;  // otherwise attention_stage_r's limits
+  out["attention_stage_r_bwd"] = stage_r_bwd;  // otherwise attention_stage_r's limits
   out["hadamard"] = hadamard;
   out["monarch_matmul"] = matmul;
   return out;
@@ -111,12 +111,19 @@ PYBIND11_MODULE(_C, m) {
         py::arg("accumulate"), py::arg("dtype"), py::arg("stream"),
         "Stage R's key-row backward on warpgroup MMA (sm_90a): dK (read-added when accumulate) and dV of every key "
         "row; dy = dv = 0 on a pass with no Y");
-  m.def("monarch_stage_r_bwd_kv_smem_bytes", &monarchrt::monarch_stage_r_bwd_kv_smem_bytes, py::arg("b2"),
-        py::arg("head_dim"), "shared memory per CTA of monarch_stage_r_bwd_kv (0 over its b2 limit)");
-  m.def("monarch_stage_r_bwd_kv_reason", &monarchrt::monarch_stage_r_bwd_kv_reason, py::arg("batch"),
+  m.def("monarch_stage_r_bwd_q", &monarchrt::monarch_stage_r_bwd_q, py::arg("q"), py::arg("k"), py::arg("v"),
+        py::arg("lse_r"), py::arg("da_l"), py::arg("dy"), py::arg("dc_l"), py::arg("delta_r"), py::arg("dq"),
+        py::arg("dq_out"), py::arg("q_strides"), py::arg("k_strides"), py::arg("v_strides"), py::arg("batch"),
+        py::arg("nh"), py::arg("n_q_tiles"), py::arg("n_kv_tiles"), py::arg("b1"), py::arg("b2"), py::arg("head_dim"),
+        py::arg("causal_block_tiles"), py::arg("sm_scale"), py::arg("dtype"), py::arg("stream"),
+        "Stage R's query-row backward on warpgroup MMA (sm_90a), first pass: dq_out = dq + s sum dS_R K in the dtype; "
+        "dy = 0 on a pass with no Y");
+  m.def("monarch_stage_r_bwd_smem_bytes", &monarchrt::monarch_stage_r_bwd_smem_bytes, py::arg("b2"),
+        py::arg("head_dim"), "shared memory per CTA of the larger of monarch_stage_r_bwd_kv and _q (0 over their b2 limit)");
+  m.def("monarch_stage_r_bwd_reason", &monarchrt::monarch_stage_r_bwd_reason, py::arg("batch"),
         py::arg("nh"), py::arg("n_q_tiles"), py::arg("n_kv_tiles"), py::arg("b1"), py::arg("b2"),
         py::arg("head_dim"), py::arg("causal_block_tiles"), py::arg("dtype"),
-        "why monarch_stage_r_bwd_kv() cannot run this problem ('' when it can)");
+        "why monarch_stage_r_bwd_kv() and _q() cannot run this problem ('' when they can)");
   m.def("monarch_matmul", &monarchrt::monarch_matmul, py::arg("x"), py::arg("w1"), py::arg("w2"),
         py::arg("workspace"), py::arg("out"), py::arg("rows"), py::arg("k"), py::arg("q"), py::arg("p"), py::arg("l"),
         py::arg("s"), py::arg("r"), py::arg("dtype"), py::arg("stream"),

@@ -65,9 +65,18 @@ void monarch_stage_r_bwd_kv(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t a_r
                             int64_t batch, int64_t nh, int64_t n_q_tiles, int64_t n_kv_tiles, int64_t b1, int64_t b2,
                             int64_t head_dim, int64_t causal_block_tiles, float sm_scale, bool accumulate, int dtype,
                             uintptr_t stream);
-int monarch_stage_r_bwd_kv_smem_bytes(int64_t b2, int64_t head_dim);
-// Why monarch_stage_r_bwd_kv() cannot run this problem ("" when it can), pointers, strides and the device aside.
-std::string monarch_stage_r_bwd_kv_reason(int64_t batch, int64_t nh, int64_t n_q_tiles, int64_t n_kv_tiles,
+// Its query-row backward (the first pass): dq_out = dq + dQ's stage-R part, in the dtype, [B, A, b1, b2, nh, d].
+void monarch_stage_r_bwd_q(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t lse_r, uintptr_t da_l, uintptr_t dy,
+                           uintptr_t dc_l, uintptr_t delta_r, uintptr_t dq, uintptr_t dq_out,
+                           const std::vector<int64_t>& q_strides, const std::vector<int64_t>& k_strides,
+                           const std::vector<int64_t>& v_strides, int64_t batch, int64_t nh, int64_t n_q_tiles,
+                           int64_t n_kv_tiles, int64_t b1, int64_t b2, int64_t head_dim, int64_t causal_block_tiles,
+                           float sm_scale, int dtype, uintptr_t stream);
+// Shared memory per CTA of the larger of the two (0 over their b2 limit).
+int monarch_stage_r_bwd_smem_bytes(int64_t b2, int64_t head_dim);
+// Why monarch_stage_r_bwd_kv() and _q() cannot run this problem ("" when they can), pointers, strides and the
+// device aside.
+std::string monarch_stage_r_bwd_reason(int64_t batch, int64_t nh, int64_t n_q_tiles, int64_t n_kv_tiles,
                                           int64_t b1, int64_t b2, int64_t head_dim, int64_t causal_block_tiles,
                                           int dtype);
 

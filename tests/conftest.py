@@ -170,11 +170,11 @@ class FakeExtension:
         return 113 * 1024
 
     @staticmethod
-    def monarch_stage_r_bwd_kv_reason(batch, nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, cbt, dtype):
+    def monarch_stage_r_bwd_reason(batch, nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, cbt, dtype):
         return ""
 
     @staticmethod
-    def monarch_stage_r_bwd_kv_smem_bytes(b2, head_dim):
+    def monarch_stage_r_bwd_smem_bytes(b2, head_dim):
         return 97 * 1024
 
 

@@ -181,37 +181,45 @@ def test_gradients_match_reference_unfused_stage_l(name, dtype, poison_empty, mo
 @GPU_TIER
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("name", GRADIENT_CASES)
-@pytest.mark.parametrize("dkdv", ["wgmma", "triton"])
-def test_gradients_with_each_stage_r_dkdv(dkdv, name, dtype, poison_empty, monkeypatch):
-    """Stage R's key-row backward (dK, dV) on warpgroup MMA (csrc/attention/stage_r_bwd.cuh, the default
-    where cuda.stage_r_dkdv_reason allows it) and on Triton, each forced, its launches counted: one per
-    pass."""
+@pytest.mark.parametrize("stage_r_bwd", ["wgmma", "triton"])
+def test_gradients_with_each_stage_r_bwd(stage_r_bwd, name, dtype, poison_empty, monkeypatch):
+    """Stage R's backward (its dK/dV and dQ kernels: configs ``stage_r_bwd``, ``stage_r_dq``) on warpgroup
+    MMA (csrc/attention/stage_r_bwd.cuh, where cuda.stage_r_bwd_reason allows it) and on Triton, each
+    forced, the launches counted: one of each per pass."""
     from monarchrt_ops.backends import triton as triton_backend
     from monarchrt_ops.triton_kernels import monarch_attention as kernels
 
     default = triton_backend.TritonAttention.default_config
-    owner, attr = (cuda, "stage_r_dkdv_wgmma") if dkdv == "wgmma" else (kernels, "_stage_r_dkdv")
-    launcher, calls = getattr(owner, attr), []
+    owner = cuda if stage_r_bwd == "wgmma" else kernels
+    names = ("stage_r_dkdv_wgmma", "stage_r_dq_wgmma") if stage_r_bwd == "wgmma" else ("_stage_r_dkdv", "_stage_r_dq")
+    calls = {attr: 0 for attr in names}
 
     def forced(self, problem, arch):
         config = default(self, problem, arch)
-        if dkdv == "wgmma" and cuda.stage_r_dkdv_reason(problem, arch) is not None:
-            pytest.skip(f"stage R's key-row backward on wgmma does not run {name} here")
-        return {**config, "stage_r_dkdv": dkdv}
+        if stage_r_bwd == "wgmma" and cuda.stage_r_bwd_reason(problem, arch) is not None:
+            pytest.skip(f"stage R's backward on wgmma does not run {name} here")
+        return {**config, "stage_r_bwd": stage_r_bwd, "stage_r_dq": stage_r_bwd}
 
-    def counted(*args, **kw):
-        calls.append(1)
-        return launcher(*args, **kw)
+    def counted(attr):
+        launcher = getattr(owner, attr)
+
+        def call(*args, **kw):
+            calls[attr] += 1
+            return launcher(*args, **kw)
+
+        return call
 
     with monkeypatch.context() as patched:
         patched.setattr(triton_backend.TritonAttention, "default_config", forced)
-        patched.setattr(owner, attr, counted)
+        for attr in names:
+            patched.setattr(owner, attr, counted(attr))
         registry.invalidate()  # selections made with the unpatched default
         try:
             test_gradients_match_reference("triton", name, dtype, poison_empty)
         finally:
             registry.invalidate()
-    assert len(calls) == CASES[name][6].get("num_iters", 1)
+    passes = CASES[name][6].get("num_iters", 1)
+    assert calls == {attr: passes for attr in names}
 
 
 @GPU_TIER

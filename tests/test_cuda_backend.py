@@ -337,7 +337,7 @@ def test_matmul_launcher_rejects_bad_arguments_before_touching_the_device(change
     ],
     ids=["b2", "head_dim", "dy-without-dv", "ar-without-cr", "misaligned", "dtype"],
 )
-def test_stage_r_dkdv_launcher_rejects_bad_arguments_before_touching_the_device(change, msg):
+def test_stage_r_bwd_launchers_reject_bad_arguments_before_touching_the_device(change, msg):
     module, _ = cuda.extension()
     strides = [21 * 30 * 52 * 2 * 128, 30 * 52 * 2 * 128, 52 * 2 * 128, 2 * 128, 128]
     args = dict(q=16, k=16, v=16, a_r=0, c_r=0, lse_r=16, da_l=16, dy=16, dc_l=16, delta_r=16, dk=16, dv=16,
@@ -346,6 +346,13 @@ def test_stage_r_dkdv_launcher_rejects_bad_arguments_before_touching_the_device(
                 dtype=1, stream=0)  # fmt: skip
     with pytest.raises(ValueError, match=msg):
         module.monarch_stage_r_bwd_kv(**{**args, **change})
+    if "dv" in change or "a_r" in change:  # arguments of the key-row kernel only
+        return
+    q_args = {key: val for key, val in args.items() if key not in ("a_r", "c_r", "dk", "dv", "accumulate")}
+    with pytest.raises(ValueError, match=msg):
+        module.monarch_stage_r_bwd_q(**{**q_args, "dq": 16, "dq_out": 16, **change})
+    with pytest.raises(ValueError, match="dQ and its output"):
+        module.monarch_stage_r_bwd_q(**{**q_args, "dq": 16, "dq_out": 0})
 
 
 @pytest.mark.parametrize(
@@ -396,22 +403,24 @@ def test_stage_r_choice_exists_only_where_the_wgmma_kernel_runs(
         ({}, Arch("sm120", (12, 0), "NVIDIA RTX 5090", 170, 101376), False),  # no wgmma on sm_120
     ],
 )
-def test_stage_r_dkdv_choice_exists_only_where_the_wgmma_kernel_runs(monkeypatch, change, arch, wgmma):
-    """The triton backend's ``stage_r_dkdv`` config (stage R's key-row backward): 'wgmma' is the default
-    and in the search space exactly where cuda.stage_r_dkdv_reason allows it."""
+def test_stage_r_bwd_choice_exists_only_where_the_wgmma_kernels_run(monkeypatch, change, arch, wgmma):
+    """The triton backend's ``stage_r_bwd`` and ``stage_r_dq`` configs (stage R's backward kernels): 'wgmma'
+    is in the search space exactly where cuda.stage_r_bwd_reason allows it, and the default for dK/dV."""
     from monarchrt_ops.backends.triton import TritonAttention
 
     class Limited(FakeExtension):
         @staticmethod
-        def monarch_stage_r_bwd_kv_reason(batch, nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, cbt, dtype):
+        def monarch_stage_r_bwd_reason(batch, nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, cbt, dtype):
             return "b2 > 64" if b2 > 64 else ""
 
     monkeypatch.setattr(cuda, "extension", lambda: (Limited, None))
     problem = _attention_problem(**change)
     backend = TritonAttention()
-    assert ("wgmma" in backend.search_space(problem, arch)["stage_r_dkdv"]) == wgmma
+    assert ("wgmma" in backend.search_space(problem, arch)["stage_r_bwd"]) == wgmma
     default = backend.default_config(problem, arch)
-    assert default["stage_r_dkdv"] == ("wgmma" if wgmma else "triton")
+    assert default["stage_r_bwd"] == ("wgmma" if wgmma else "triton")
     assert backend.is_valid(default, problem, arch) is None
-    forced = {**default, "stage_r_dkdv": "wgmma"}
+    assert default["stage_r_dq"] == "triton"  # not measured faster yet
+    forced = {**default, "stage_r_bwd": "wgmma"}
     assert (backend.is_valid(forced, problem, arch) is None) == wgmma
+    assert (backend.is_valid({**default, "stage_r_dq": "wgmma"}, problem, arch) is None) == wgmma

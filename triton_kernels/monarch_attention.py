@@ -200,16 +200,17 @@ def monarch_attention_fwd(
 )  # fmt: skip
 def monarch_attention_bwd(
     dz, dlse, q, k, v, z, lse, *, sm_scale: float, causal_block_tiles: int, num_iters: int, config: dict,
-    stage_r=_stage_r, stage_r_dkdv=None,
+    stage_r=_stage_r, stage_r_dkdv=None, stage_r_dq=None,
 ):  # fmt: skip
     """Gradients of Monarch attention (docs/math.md, Backward) -> ``(dq, dk, dv)``.
 
     num_iters > 1: the forward passes are recomputed up to the last one, keeping each pass's aR, cR
     and stage-L normaliser; then the passes are differentiated last to first, each recomputing its
-    stage R. dQ, dK, dV accumulate in fp32 and are returned in q's dtype. ``stage_r`` and
-    ``stage_r_dkdv`` (None: :func:`_stage_r_dkdv`) launch stage R and its key-row backward.
+    stage R. dQ, dK, dV accumulate in fp32 and are returned in q's dtype. ``stage_r``, ``stage_r_dkdv``
+    and ``stage_r_dq`` (None: :func:`_stage_r_dkdv`, :func:`_stage_r_dq`) launch stage R and its backward.
     """
     stage_r_dkdv = _stage_r_dkdv if stage_r_dkdv is None else stage_r_dkdv
+    stage_r_dq = _stage_r_dq if stage_r_dq is None else stage_r_dq
     q, k, v, dz = (_last_dim_contiguous(x) for x in (q, k, v, dz))
     bsz, n_a, b1, b2, nh, d = q.shape
     n_f = k.shape[1]
@@ -232,22 +233,20 @@ def monarch_attention_bwd(
     # the next pass's daR and dcR, in the Y and cL layouts, read by an earlier pass's stage L
     d_ar = torch.empty_like(sc.a_l) if num_iters > 1 else da_l
     d_cr = torch.empty_like(sc.c_l) if num_iters > 1 else dc_l
-    # written first by the last pass's stage-L kernel (_stage_l_bwd or _stage_l_bwd_q) and
-    # _stage_r_bwd_kv, read-added after
+    # written first by the last pass's stage-L kernel (_stage_l_bwd or _stage_l_bwd_q) and key-row
+    # stage-R kernel, read-added after; dQ's last writer (the first pass's query-row stage-R kernel)
+    # stores it in q's dtype
     dq = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    dq_out = dq if q.dtype == torch.float32 else torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape[:4] + (nh, d), dtype=torch.float32, device=q.device)
     dv = torch.empty_like(dk)
-    strides_kv = (*k.stride()[:5], *v.stride()[:5])
     l_meta = dict(HEAD_DIM=d, DOT_PRECISION=_dot_precision(q.dtype),
                   BLOCK_I=config["block_i"], BLOCK_K=config["block_k"],
                   num_warps=config["l_warps"], num_stages=config["num_stages"])  # fmt: skip
-    r_meta = dict(HEAD_DIM=d, DOT_PRECISION=_dot_precision(q.dtype),
-                  BLOCK_J=config["block_j"], BLOCK_L=config["block_l"],
-                  num_warps=config["r_warps"], num_stages=config["num_stages"])  # fmt: skip
     grid_l_q = (n_a * b2, cdiv(b1, config["block_i"]), bsz * nh)
     fused_rows = fused_bwd_rows(b1, q.element_size())  # None: over the fused kernel's limit, two kernels
     for it in reversed(range(num_iters)):
-        last, first = it == num_iters - 1, it == 0
+        last = it == num_iters - 1
         stage_r(q, k, v, sc, a_rs[it], c_rs[it], sm_scale, common, config, write_y=last, write_lse=True)
         if last:
             # D_L = <Z, dZ> - dlse: the stage-L softmax "delta", with the lse output's own gradient folded in
@@ -278,12 +277,27 @@ def monarch_attention_bwd(
         grads = (da_l, dy, dc_l, delta_r)
         stage_r_dkdv(q, k, v, sc, a_rs[it], c_rs[it], grads, dk, dv if last else None, sm_scale, common, config,
                      accumulate=not last)  # fmt: skip
-        r_args = (q, k, v, q if first else a_rs[it], sc.c_l if first else c_rs[it], sc.lse_r, da_l, dy, dc_l, delta_r)
-        flags = dict(FIRST=first, HAS_Y=last, **r_meta)
-        launch(_stage_r_bwd_q, (n_a * b1, cdiv(b2, config["block_j"]), bsz * nh),
-            *r_args, dq, d_ar, d_cr, sm_scale, *q.stride()[:5], *strides_kv, *common, **flags,
-        )  # fmt: skip
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+        stage_r_dq(q, k, v, sc, a_rs[it], c_rs[it], grads, dq, dq_out, d_ar, d_cr, sm_scale, common, config,
+                   has_y=last)  # fmt: skip
+    return dq_out, dk.to(k.dtype), dv.to(v.dtype)
+
+
+def _stage_r_dq(q, k, v, sc, a_r, c_r, grads, dq, dq_out, d_ar, d_cr, sm_scale, common, config, *, has_y):
+    """Stage R's query-row backward on the Triton kernel: on the first pass (``a_r`` None) dQ's last part,
+    ``dq_out`` = dq + it in q's dtype (``dq_out`` may be ``dq``); on a later pass daR and dcR of the
+    previous one into ``d_ar``, ``d_cr``. ``grads``: the stage-L backward's (daL, dY, dcL, D_R); dY is
+    read where ``has_y`` (the last pass)."""
+    nh, n_a, n_f, b1, b2, causal_block_tiles = common
+    first = a_r is None
+    r_args = (q, k, v, q if first else a_r, sc.c_l if first else c_r, sc.lse_r, *grads)
+    launch(_stage_r_bwd_q, (n_a * b1, cdiv(b2, config["block_j"]), q.shape[0] * nh),
+        *r_args, dq, d_ar, d_cr, sm_scale, *q.stride()[:5], *k.stride()[:5], *v.stride()[:5], *common,
+        FIRST=first, HAS_Y=has_y, HEAD_DIM=q.shape[5], DOT_PRECISION=_dot_precision(q.dtype),
+        BLOCK_J=config["block_j"], BLOCK_L=config["block_l"], num_warps=config["r_warps"],
+        num_stages=config["num_stages"],
+    )  # fmt: skip
+    if first and dq_out is not dq:
+        dq_out.copy_(dq)
 
 
 def _stage_r_dkdv(q, k, v, sc, a_r, c_r, grads, dk, dv, sm_scale, common, config, *, accumulate):

@@ -1,7 +1,10 @@
-// Stage R's key-row backward on warpgroup MMA (docs/attention-kernels.md, decomposition (g); the math in
-// docs/math.md, Backward, and the Triton kernel it replaces, _stage_r_bwd_kv in
-// triton_kernels/monarch_attention_bwd.py): for one key row (b, h, f, k), over every query row (a, j) of
-// every query tile that sees key tile f,
+// Stage R's backward on warpgroup MMA (docs/attention-kernels.md, decomposition (g); the math in docs/math.md,
+// Backward, and the Triton kernels these replace, _stage_r_bwd_kv and _stage_r_bwd_q in
+// triton_kernels/monarch_attention_bwd.py). Two kernels, as the Triton ones: the key-row kernel owns dK and
+// dV, the query-row kernel dQ, so each sums its own gradient with no reduction across CTAs (deterministic).
+//
+// Key-row kernel: for one key row (b, h, f, k), over every query row (a, j) of every query tile that sees
+// key tile f,
 //
 //     dS_R = R (daL K^T + dY V^T + dcL (1 + ln R) - D_R),
 //     dK[f, k] (+)= sum_{a, j} (s t) dS_R^T Q' + R^T daL,   dV[f, k] = sum_{a, j} R^T dY
@@ -15,18 +18,30 @@
 //   2. R and dS (scaled by the row's s t) in registers, stored as 16-bit [j][l] buffers (stmatrix);
 //   3. dK^T += Q'^T dS + daL^T R and dV^T += dY^T R: wgmma SS with both operands MN-major (M = head_dim in
 //      parts of 64, N = kL, K = the block's 64 rows), fp32 accumulators held across every block.
+// One buffer per operand (two CTAs per SM); the next block's daL and dY are prefetched into L2.
 // dK and dV are stored once at the end (dK read-added on earlier passes: `accumulate`). Taking them
 // transposed pads only the key columns to 16 (kL) and puts head_dim on M. Columns l >= b2 need no mask:
 // K and V rows l >= b2 are zero, so those columns stay finite, and they only reach dK^T's and dV^T's
 // column l, which is not stored. Query rows past the last tile are zero in shared memory, R = dS = 0.
-// Limits (kernel_limits.h, checked by the launcher): head_dim 64 or 128, b2 <= 64, sm_90a.
+//
+// Query-row kernel (the first pass only: later passes' daR and dcR stay with the Triton kernel): for one
+// query row (b, h, a, k), its b2 columns j as the 64 rows of one block, over every key tile f it sees,
+//
+//     dQ[a, k, j] (+)= s sum_f sum_l dS_R K[f, k, l]
+//
+// per key tile: K, V, daL and dY of (a, f, k) into shared memory (the next tile's prefetched into L2), S
+// and dR as in the key-row kernel (SS), dS as 16-bit A fragments in registers (as stage_r.cuh's R), and
+// dQ += dS K (wgmma RS m64n64k16, K = kL), accumulated in fp32 over the key tiles; the first pass is
+// dQ's last writer, so it stores dQ (read-added to the fp32 partial of the other kernels) in the dtype.
+// Limits (kernel_limits.h, checked by the launchers): head_dim 64 or 128, b2 <= 64, sm_90a.
 #pragma once
 
 #include "stage_r.cuh"
 
 namespace monarchrt::attention {
 
-struct StageRBwdParams : AttnDims {
+// What both kernels read: the pass's query, K and V, and the stage-L backward's gradients.
+struct StageRGradInputs : AttnDims {
   const void* q;         // [B, A, b1, b2, nh, d], strides sq; d contiguous
   const void* k;         // [B, F, b1, b2, nh, d], strides sk
   const void* v;         // like k, strides sv
@@ -37,9 +52,15 @@ struct StageRBwdParams : AttnDims {
   const void* dy;        // like da_l; null on a pass that forms no Y (then no dV)
   const float* dc_l;     // like lse_r
   const float* delta_r;  // like lse_r
-  float* dk;             // [B, F, b1, b2, nh, d] contiguous fp32
-  float* dv;             // like dk; null with dy
-  int accumulate;        // dK read-added (an earlier pass; the last pass, differentiated first, writes)
+};
+struct StageRBwdParams : StageRGradInputs {
+  float* dk;       // [B, F, b1, b2, nh, d] contiguous fp32
+  float* dv;       // like dk; null with dy
+  int accumulate;  // dK read-added (an earlier pass; the last pass, differentiated first, writes)
+};
+struct StageRBwdQParams : StageRGradInputs {  // the first pass: a_r and c_r null
+  const float* dq;  // [B, A, b1, b2, nh, d] contiguous fp32: the other kernels' partial sums
+  void* dq_out;     // like dq, in the inputs' dtype: dq + this kernel's sum
 };
 
 constexpr float kLog2e = 1.4426950408889634f;
@@ -142,6 +163,19 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_kv_kernel(const
       }
     }
   };
+  // the next block's daL and dY rows into L2 while this block computes (a hint: one 128-byte line per
+  // thread of chunk 0 or 8 and row), so that block's copies wait on L2 rather than on HBM
+  auto prefetch_block = [&](RowCursor blk) {
+    if (ch & 7) return;
+    RowCursor c = add_rows(blk, ld0, b2);
+#pragma unroll
+    for (int i = 0; i < kStageRBlockM / kLdStep; ++i, c = add_rows(c, ld_step, b2)) {
+      if (c.a >= p.n_q_tiles) break;
+      const int64_t row = scratch_row(c) * kD + ch * 8;
+      prefetch_l2(da_l + row);
+      if (has_y) prefetch_l2(dy + row);
+    }
+  };
   // a [j][l] probability buffer from an accumulator: element 4n + e is row 16 warp + g + 8 (e / 2), column
   // 8n + 2 tig + e % 2 (stage_r.cuh's staging store, for the warp's 16 rows of a 64-row buffer)
   auto store_probs = [&](const float* acc, unsigned char* buf) {
@@ -165,6 +199,7 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_kv_kernel(const
   for (int row0 = a_first * b2; row0 < row_end; row0 += kStageRBlockM, blk = add_rows(blk, block_step, b2)) {
     load_block(blk);
     cute::cp_async_fence();
+    if (row0 + kStageRBlockM < row_end) prefetch_block(add_rows(blk, block_step, b2));
     // while the copies run: the statistics of this thread's two rows, with the log2-domain scale s t log2(e)
     float scale[2], lse2[2], dcl[2], delta[2];
     bool valid[2];
@@ -281,6 +316,182 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_kv_kernel(const
       p.dk[at] = p.accumulate ? p.dk[at] + dk[dh][i] : dk[dh][i];
       if (has_y) p.dv[at] = dv[dh][i];
     }
+#endif
+}
+
+// Shared memory of the query-row kernel: the query rows (once), K and V of a key tile, and its daL and dY
+// rows (64 rows: the columns j).
+template <int kD, int kL> struct StageRBwdQSmem {
+  static constexpr int kKV = kL * kD * 2;
+  static constexpr int kBlock = kStageRBlockM * kD * 2;
+  static constexpr int kOffQ = 0;
+  static constexpr int kOffK = kOffQ + kBlock;
+  static constexpr int kOffV = kOffK + kKV;
+  static constexpr int kOffDaL = kOffV + kKV;
+  static constexpr int kOffDy = kOffDaL + kBlock;
+  static constexpr int kBytes = kOffDy + kBlock + 1024;  // + alignment of the base to 1 KB
+  static_assert(kL <= kStageRBlockM, "b2 columns are the rows of one block");
+  static_assert(kKV % 1024 == 0 && kBlock % 1024 == 0, "swizzled buffers on 1 KB boundaries");
+};
+
+template <typename T, int kD, int kL>
+__global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_q_kernel(const StageRBwdQParams p) {
+#ifdef MONARCHRT_WGMMA
+  using Smem = StageRBwdQSmem<kD, kL>;
+  constexpr int kDh = kD / 64;  // 64-feature parts of dQ: one m64n64 product each
+  constexpr int kAcc = kL / 2;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* const smem = smem_raw + ((1024 - smem_addr(smem_raw) % 1024) % 1024);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tig = lane & 3;
+  const int b1 = p.b1, b2 = p.b2, n_f = p.n_kv_tiles;
+  const int a = blockIdx.x / b1, krow = blockIdx.x % b1;
+  const int bh = blockIdx.z, bb = bh / p.nh, h = bh % p.nh;
+  // key tiles query tile a sees: all, or up to the end of a's causal block
+  const int f_end = p.causal_block_tiles > 0
+                        ? min(n_f, (a / p.causal_block_tiles + 1) * p.causal_block_tiles)
+                        : n_f;
+  const bool has_y = p.dy != nullptr;
+  const T* const k_row = static_cast<const T*>(p.k) + bb * p.sk[0] + krow * p.sk[2] + h * p.sk[4];  // + f sk[1]
+  const T* const v_row = static_cast<const T*>(p.v) + bb * p.sv[0] + krow * p.sv[2] + h * p.sv[4];
+  const T* const da_l = static_cast<const T*>(p.da_l);
+  const T* const dy = static_cast<const T*>(p.dy);
+  // scratch row (b, h, a, f, j, k) = row0(f) + j * b1
+  const int64_t af0 = (int64_t(bh) * p.n_q_tiles + a) * n_f;
+  auto scratch_row0 = [&](int f) { return (af0 + f) * b2 * b1 + krow; };
+  {
+    const T* q_row = static_cast<const T*>(p.q) + bb * p.sq[0] + a * p.sq[1] + krow * p.sq[2] + h * p.sq[4];
+    load_rows_zero_rest<T, kD, kStageRBlockM>(smem + Smem::kOffQ, b2, [&](int j) { return q_row + j * p.sq[3]; });
+  }
+  auto load_tile = [&](int f) {
+    const int64_t row0 = scratch_row0(f);
+    load_rows_zero_rest<T, kD, kL>(smem + Smem::kOffK, b2, [&](int l) { return k_row + f * p.sk[1] + l * p.sk[3]; });
+    load_rows_zero_rest<T, kD, kL>(smem + Smem::kOffV, b2, [&](int l) { return v_row + f * p.sv[1] + l * p.sv[3]; });
+    load_rows_zero_rest<T, kD, kStageRBlockM>(smem + Smem::kOffDaL, b2,
+                                              [&](int j) { return da_l + (row0 + int64_t(j) * b1) * kD; });
+    if (has_y)
+      load_rows_zero_rest<T, kD, kStageRBlockM>(smem + Smem::kOffDy, b2,
+                                                [&](int j) { return dy + (row0 + int64_t(j) * b1) * kD; });
+  };
+  // the next key tile's daL and dY rows into L2 (one 128-byte line per thread and row)
+  auto prefetch_tile = [&](int f) {
+    const int64_t row0 = scratch_row0(f);
+    constexpr int kLines = kD * 2 / 128;
+    for (int i = threadIdx.x; i < b2 * kLines; i += kStageRThreads) {
+      const int64_t at = (row0 + int64_t(i / kLines) * b1) * kD + (i % kLines) * 64;
+      prefetch_l2(da_l + at);
+      if (has_y) prefetch_l2(dy + at);
+    }
+  };
+  // this thread's two rows j of every accumulator (16 warp + g, + 8)
+  const int rows[2] = {16 * warp + g, 16 * warp + g + 8};
+
+  float dq[kDh][32];
+#pragma unroll
+  for (int dh = 0; dh < kDh; ++dh)
+#pragma unroll
+    for (int i = 0; i < 32; ++i) dq[dh][i] = 0.f;
+  const uint64_t q_desc = gmma::desc(smem_addr(smem + Smem::kOffQ), 1);
+  const uint64_t k_desc = gmma::desc(smem_addr(smem + Smem::kOffK), 1);
+  const uint64_t v_desc = gmma::desc(smem_addr(smem + Smem::kOffV), 1);
+  const uint64_t dal_desc = gmma::desc(smem_addr(smem + Smem::kOffDaL), 1);
+  const uint64_t dy_desc = gmma::desc(smem_addr(smem + Smem::kOffDy), 1);
+  const uint64_t k_mn = gmma::desc(smem_addr(smem + Smem::kOffK), 0);
+  for (int f = 0; f < f_end; ++f) {
+    load_tile(f);
+    cute::cp_async_fence();
+    if (f + 1 < f_end) prefetch_tile(f + 1);
+    float lse2[2], dcl[2], delta[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      lse2[r] = dcl[r] = delta[r] = 0.f;
+      if (rows[r] < b2) {
+        const int64_t row = scratch_row0(f) + int64_t(rows[r]) * b1;
+        lse2[r] = p.lse_r[row] * kLog2e;
+        dcl[r] = p.dc_l[row];
+        delta[r] = p.delta_r[row];
+      }
+    }
+    cute::cp_async_wait<0>();
+    gmma::fence_to_async_proxy();
+    __syncthreads();  // the tile's rows are in shared memory
+
+    // --- S = Q K^T and dR = daL K^T + dY V^T for the b2 columns j (rows of the block)
+    float s[kAcc], dr[kAcc];
+    {
+      auto logits = [&](uint64_t a_desc, uint64_t b_desc, float* d, bool acc) {
+#pragma unroll
+        for (int kk = 0; kk < kD / 16; ++kk)
+          gmma::mma_ss<typename gmma::SS<T, kL>::op>(
+              gmma::advance(a_desc, (kk >> 2) * kStageRBlockM * 128 + (kk & 3) * 32),
+              gmma::advance(b_desc, (kk >> 2) * kL * 128 + (kk & 3) * 32), d, acc || kk > 0,
+              std::make_index_sequence<kAcc>{});
+      };
+      gmma::fence_operands<kAcc>(s);
+      gmma::fence_operands<kAcc>(dr);
+      cute::warpgroup_arrive();
+      logits(q_desc, k_desc, s, false);
+      logits(dal_desc, k_desc, dr, false);
+      if (has_y) logits(dy_desc, v_desc, dr, true);
+      cute::warpgroup_commit_batch();
+      cute::warpgroup_wait<0>();
+      gmma::fence_operands<kAcc>(s);
+      gmma::fence_operands<kAcc>(dr);
+    }
+    // --- dS = R (dR + dcL (1 + ln R) - D_R), R = exp2(s log2(e) S - lse_R log2(e)), as A fragments (K = l)
+    uint32_t ds[kL / 16][4];
+#pragma unroll
+    for (int n = 0; n < kL / 8; ++n) {
+      float v4[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e >> 1, i = 4 * n + e;
+        const float x = fmaf(s[i], p.scale_log2, -lse2[r]);
+        const float pr = rows[r] < b2 ? fast_exp2(x) : 0.f;
+        v4[e] = pr * (dr[i] + fmaf(dcl[r], fmaf(x, kLn2, 1.f), -delta[r]));
+      }
+      ds[n >> 1][(n & 1) * 2] = pack2<T>(v4[0], v4[1]);
+      ds[n >> 1][(n & 1) * 2 + 1] = pack2<T>(v4[2], v4[3]);
+    }
+    // --- dQ += dS K: K = the key columns l, one product per 64 features
+#pragma unroll
+    for (int dh = 0; dh < kDh; ++dh) gmma::fence_operands<32>(dq[dh]);
+    cute::warpgroup_arrive();
+#pragma unroll
+    for (int dh = 0; dh < kDh; ++dh)
+#pragma unroll
+      for (int ks = 0; ks < kL / 16; ++ks)
+        gmma::mma_rs<typename gmma::RS64<T>::op>(ds[ks], gmma::advance(k_mn, dh * kL * 128 + ks * 2048), dq[dh],
+                                                 true, std::make_index_sequence<32>{});
+    cute::warpgroup_commit_batch();
+    cute::warpgroup_wait<0>();
+#pragma unroll
+    for (int dh = 0; dh < kDh; ++dh) gmma::fence_operands<32>(dq[dh]);
+#pragma unroll
+    for (int ks = 0; ks < kL / 16; ++ks)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) cute::warpgroup_fence_operand(ds[ks][i]);
+    __syncthreads();  // every read of this tile's buffers is done: the next tile may overwrite them
+  }
+
+  // dQ: element 4n + e of part dh is row j = 16 warp + g + 8 (e / 2), feature 64 dh + 8n + 2 tig + e % 2;
+  // token (b, a, k, j), head h
+  const float sm_scale = p.scale_log2 * kLn2;
+  const int64_t tok0 = ((int64_t(bb) * p.n_q_tiles + a) * b1 + krow) * b2;
+  T* const out = static_cast<T*>(p.dq_out);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (rows[r] >= b2) continue;
+    const int64_t base = ((tok0 + rows[r]) * p.nh + h) * kD + 2 * tig;
+#pragma unroll
+    for (int dh = 0; dh < kDh; ++dh)
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        const int64_t at = base + 64 * dh + 8 * n;
+        const float2 part = *reinterpret_cast<const float2*>(p.dq + at);
+        *reinterpret_cast<uint32_t*>(out + at) = pack2<T>(fmaf(dq[dh][4 * n + 2 * r], sm_scale, part.x),
+                                                         fmaf(dq[dh][4 * n + 2 * r + 1], sm_scale, part.y));
+      }
+  }
 #endif
 }
 

@@ -113,22 +113,58 @@ void monarch_stage_r(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t a_r, uintp
   });
 }
 
-std::string monarch_stage_r_bwd_kv_reason(int64_t batch, int64_t nh, int64_t n_q_tiles, int64_t n_kv_tiles,
-                                          int64_t b1, int64_t b2, int64_t head_dim, int64_t causal_block_tiles,
-                                          int dtype) {
+std::string monarch_stage_r_bwd_reason(int64_t batch, int64_t nh, int64_t n_q_tiles, int64_t n_kv_tiles, int64_t b1,
+                                       int64_t b2, int64_t head_dim, int64_t causal_block_tiles, int dtype) {
   if (b2 > limits::kStageRBwdMaxB2)
     return "tile " + std::to_string(b1) + "x" + std::to_string(b2) + " (stage R's backward on wgmma takes b2 <= " +
            std::to_string(limits::kStageRBwdMaxB2) + ")";
+  if (n_q_tiles * b1 > limits::kMaxGridX)
+    return "grid too large (stage R's backward on wgmma takes up to " + std::to_string(limits::kMaxGridX) +
+           " query rows)";
   return monarch_stage_r_reason(batch, nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, causal_block_tiles, dtype);
 }
 
-int monarch_stage_r_bwd_kv_smem_bytes(int64_t b2, int64_t head_dim) {
+int monarch_stage_r_bwd_smem_bytes(int64_t b2, int64_t head_dim) {
   if (b2 > limits::kStageRBwdMaxB2) return 0;
   return with_tile(b2, head_dim, [](auto d, auto l) {
-    constexpr int kL = std::min(decltype(l)::value, limits::kStageRBwdMaxB2);  // (b2 is within it)
-    return attention::StageRBwdSmem<decltype(d)::value, kL>::kBytes;
+    constexpr int kD = decltype(d)::value, kL = std::min(decltype(l)::value, limits::kStageRBwdMaxB2);
+    return std::max(attention::StageRBwdSmem<kD, kL>::kBytes, attention::StageRBwdQSmem<kD, kL>::kBytes);
   });
 }
+
+namespace {
+// The inputs both backward launchers take, checked and filled once.
+attention::StageRGradInputs grad_inputs(const char* name, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t a_r,
+                                        uintptr_t c_r, uintptr_t lse_r, uintptr_t da_l, uintptr_t dy, uintptr_t dc_l,
+                                        uintptr_t delta_r, const std::vector<int64_t>& q_strides,
+                                        const std::vector<int64_t>& k_strides,
+                                        const std::vector<int64_t>& v_strides, int64_t batch, int64_t nh,
+                                        int64_t n_q_tiles, int64_t n_kv_tiles, int64_t b1, int64_t b2,
+                                        int64_t head_dim, int64_t causal_block_tiles, float sm_scale, int dtype) {
+  auto fail = [&](const std::string& what) { throw std::invalid_argument(std::string(name) + ": " + what); };
+  const std::string reason =
+      monarch_stage_r_bwd_reason(batch, nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, causal_block_tiles, dtype);
+  if (!reason.empty()) fail(reason);
+  const std::string strides = attention::stride_reason(q_strides, k_strides, v_strides);
+  if (!strides.empty()) fail(strides);
+  if ((q | k | v | a_r | da_l | dy) % limits::kAlignBytes) fail("q, k, v, aR, daL and dY must be 16-byte aligned");
+  if (!lse_r || !da_l || !dc_l || !delta_r || (a_r && !c_r)) fail("lse_R, daL, dcL and D_R are required, cR with aR");
+  attention::StageRGradInputs in{};
+  in.q = reinterpret_cast<const void*>(q);
+  in.k = reinterpret_cast<const void*>(k);
+  in.v = reinterpret_cast<const void*>(v);
+  in.a_r = reinterpret_cast<const void*>(a_r);
+  in.c_r = reinterpret_cast<const float*>(c_r);
+  in.lse_r = reinterpret_cast<const float*>(lse_r);
+  in.da_l = reinterpret_cast<const void*>(da_l);
+  in.dy = reinterpret_cast<const void*>(dy);
+  in.dc_l = reinterpret_cast<const float*>(dc_l);
+  in.delta_r = reinterpret_cast<const float*>(delta_r);
+  static_cast<attention::AttnDims&>(in) = attention::make_dims(q_strides, k_strides, v_strides, nh, n_q_tiles,
+                                                               n_kv_tiles, b1, b2, causal_block_tiles, sm_scale);
+  return in;
+}
+}  // namespace
 
 void monarch_stage_r_bwd_kv(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t a_r, uintptr_t c_r, uintptr_t lse_r,
                             uintptr_t da_l, uintptr_t dy, uintptr_t dc_l, uintptr_t delta_r, uintptr_t dk,
@@ -137,34 +173,16 @@ void monarch_stage_r_bwd_kv(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t a_r
                             int64_t batch, int64_t nh, int64_t n_q_tiles, int64_t n_kv_tiles, int64_t b1, int64_t b2,
                             int64_t head_dim, int64_t causal_block_tiles, float sm_scale, bool accumulate, int dtype,
                             uintptr_t stream) {
-  auto fail = [](const std::string& what) { throw std::invalid_argument("monarch_stage_r_bwd_kv: " + what); };
-  const std::string reason =
-      monarch_stage_r_bwd_kv_reason(batch, nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, causal_block_tiles, dtype);
-  if (!reason.empty()) fail(reason);
-  const std::string strides = attention::stride_reason(q_strides, k_strides, v_strides);
-  if (!strides.empty()) fail(strides);
-  if ((q | k | v | a_r | da_l | dy) % limits::kAlignBytes)
-    fail("q, k, v, aR, daL and dY must be 16-byte aligned");
-  if (!lse_r || !da_l || !dc_l || !delta_r || !dk || (a_r && !c_r) || (!dy != !dv))
-    fail("lse_R, daL, dcL, D_R and dK are required, cR with aR, and dY with dV");
-  if (batch == 0 || nh == 0 || n_q_tiles == 0) return;
+  constexpr const char* kName = "monarch_stage_r_bwd_kv";
   attention::StageRBwdParams p{};
-  p.q = reinterpret_cast<const void*>(q);
-  p.k = reinterpret_cast<const void*>(k);
-  p.v = reinterpret_cast<const void*>(v);
-  p.a_r = reinterpret_cast<const void*>(a_r);
-  p.c_r = reinterpret_cast<const float*>(c_r);
-  p.lse_r = reinterpret_cast<const float*>(lse_r);
-  p.da_l = reinterpret_cast<const void*>(da_l);
-  p.dy = reinterpret_cast<const void*>(dy);
-  p.dc_l = reinterpret_cast<const float*>(dc_l);
-  p.delta_r = reinterpret_cast<const float*>(delta_r);
+  static_cast<attention::StageRGradInputs&>(p) =
+      grad_inputs(kName, q, k, v, a_r, c_r, lse_r, da_l, dy, dc_l, delta_r, q_strides, k_strides, v_strides, batch,
+                  nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, causal_block_tiles, sm_scale, dtype);
+  if (!dk || (!dy != !dv)) throw std::invalid_argument(std::string(kName) + ": dK is required, and dY with dV");
+  if (batch == 0 || nh == 0 || n_q_tiles == 0) return;
   p.dk = reinterpret_cast<float*>(dk);
   p.dv = reinterpret_cast<float*>(dv);
   p.accumulate = accumulate ? 1 : 0;
-  static_cast<attention::AttnDims&>(p) =
-      attention::make_dims(q_strides, k_strides, v_strides, nh, n_q_tiles, n_kv_tiles, b1, b2, causal_block_tiles,
-                           sm_scale);
   // one CTA per key row: its dK and dV sum over every query row, so no split of them (deterministic)
   const dim3 grid{unsigned(n_kv_tiles * b1), 1u, unsigned(batch * nh)};
   auto s = reinterpret_cast<cudaStream_t>(stream);
@@ -175,6 +193,35 @@ void monarch_stage_r_bwd_kv(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t a_r
       launch<kBytes>(attention::stage_r_bwd_kv_kernel<__nv_bfloat16, kD, kL>, p, grid, s, "stage_r_bwd_kv_kernel");
     else
       launch<kBytes>(attention::stage_r_bwd_kv_kernel<__half, kD, kL>, p, grid, s, "stage_r_bwd_kv_kernel");
+  });
+}
+
+void monarch_stage_r_bwd_q(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t lse_r, uintptr_t da_l, uintptr_t dy,
+                           uintptr_t dc_l, uintptr_t delta_r, uintptr_t dq, uintptr_t dq_out,
+                           const std::vector<int64_t>& q_strides, const std::vector<int64_t>& k_strides,
+                           const std::vector<int64_t>& v_strides, int64_t batch, int64_t nh, int64_t n_q_tiles,
+                           int64_t n_kv_tiles, int64_t b1, int64_t b2, int64_t head_dim, int64_t causal_block_tiles,
+                           float sm_scale, int dtype, uintptr_t stream) {
+  constexpr const char* kName = "monarch_stage_r_bwd_q";
+  attention::StageRBwdQParams p{};
+  static_cast<attention::StageRGradInputs&>(p) =
+      grad_inputs(kName, q, k, v, 0, 0, lse_r, da_l, dy, dc_l, delta_r, q_strides, k_strides, v_strides, batch, nh,
+                  n_q_tiles, n_kv_tiles, b1, b2, head_dim, causal_block_tiles, sm_scale, dtype);
+  if (!dq || !dq_out || (dq | dq_out) % 8)
+    throw std::invalid_argument(std::string(kName) + ": dQ and its output are required, 8-byte aligned");
+  if (batch == 0 || nh == 0 || n_q_tiles == 0) return;
+  p.dq = reinterpret_cast<const float*>(dq);
+  p.dq_out = reinterpret_cast<void*>(dq_out);
+  // one CTA per query row (a, k): its dQ sums over every key tile, so no split of it (deterministic)
+  const dim3 grid{unsigned(n_q_tiles * b1), 1u, unsigned(batch * nh)};
+  auto s = reinterpret_cast<cudaStream_t>(stream);
+  with_tile(b2, head_dim, [&](auto d, auto l) {
+    constexpr int kD = decltype(d)::value, kL = std::min(decltype(l)::value, limits::kStageRBwdMaxB2);
+    constexpr int kBytes = attention::StageRBwdQSmem<kD, kL>::kBytes;
+    if (dtype == kBFloat16)
+      launch<kBytes>(attention::stage_r_bwd_q_kernel<__nv_bfloat16, kD, kL>, p, grid, s, "stage_r_bwd_q_kernel");
+    else
+      launch<kBytes>(attention::stage_r_bwd_q_kernel<__half, kD, kL>, p, grid, s, "stage_r_bwd_q_kernel");
   });
 }
 

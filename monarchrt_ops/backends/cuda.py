@@ -193,10 +193,10 @@ def stage_r_reason(problem: AttentionProblem, arch: Arch) -> str | None:
     return _wgmma_reason(problem, arch, "stage R", "monarch_stage_r")
 
 
-def stage_r_dkdv_reason(problem: AttentionProblem, arch: Arch) -> str | None:
-    """Why the warpgroup-MMA key-row backward of stage R (csrc/attention/stage_r_bwd.cuh) cannot run
-    ``problem`` (None: it can)."""
-    return _wgmma_reason(problem, arch, "stage R's key-row backward", "monarch_stage_r_bwd_kv")
+def stage_r_bwd_reason(problem: AttentionProblem, arch: Arch) -> str | None:
+    """Why the warpgroup-MMA backward of stage R (csrc/attention/stage_r_bwd.cuh: its key-row and
+    query-row kernels) cannot run ``problem`` (None: it can)."""
+    return _wgmma_reason(problem, arch, "stage R's backward", "monarch_stage_r_bwd")
 
 
 def _wgmma_reason(problem: AttentionProblem, arch: Arch, what: str, launcher: str) -> str | None:
@@ -260,6 +260,30 @@ def stage_r_dkdv_wgmma(q, k, v, sc, a_r, c_r, grads, dk, dv, sm_scale, common, c
             list(q.stride()[:5]), list(k.stride()[:5]), list(v.stride()[:5]),
             q.shape[0], nh, n_a, n_f, b1, b2, q.shape[5], causal_block_tiles, sm_scale, accumulate,
             _DTYPE_CODES[q.dtype], torch.cuda.current_stream(q.device).cuda_stream,
+        )  # fmt: skip
+
+
+def stage_r_dq_wgmma(q, k, v, sc, a_r, c_r, grads, dq, dq_out, d_ar, d_cr, sm_scale, common, config, *, has_y):
+    """``triton_kernels.monarch_attention._stage_r_dq``'s arguments and effect: on the first pass (``a_r``
+    None) the warpgroup-MMA kernel stores ``dq_out`` = dq + stage R's part of dQ; a later pass's daR and
+    dcR run the Triton kernel."""
+    if a_r is not None:
+        from ..triton_kernels import monarch_attention as kernels
+
+        return kernels._stage_r_dq(q, k, v, sc, a_r, c_r, grads, dq, dq_out, d_ar, d_cr, sm_scale, common, config,
+                                   has_y=has_y)  # fmt: skip
+    module, _ = extension()
+    nh, n_a, n_f, b1, b2, causal_block_tiles = common
+    da_l, dy, dc_l, delta_r = grads
+    if (q.data_ptr() | k.data_ptr() | v.data_ptr()) % 16 or not _row_strides(q, k, v):
+        q, k, v = _aligned_rows(q), _aligned_rows(k), _aligned_rows(v)
+    with torch.cuda.device(q.device):  # the launcher uses the current device
+        module.monarch_stage_r_bwd_q(
+            q.data_ptr(), k.data_ptr(), v.data_ptr(), sc.lse_r.data_ptr(), da_l.data_ptr(),
+            dy.data_ptr() if has_y else 0, dc_l.data_ptr(), delta_r.data_ptr(), dq.data_ptr(), dq_out.data_ptr(),
+            list(q.stride()[:5]), list(k.stride()[:5]), list(v.stride()[:5]),
+            q.shape[0], nh, n_a, n_f, b1, b2, q.shape[5], causal_block_tiles, sm_scale, _DTYPE_CODES[q.dtype],
+            torch.cuda.current_stream(q.device).cuda_stream,
         )  # fmt: skip
 
 

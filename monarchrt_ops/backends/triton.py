@@ -4,8 +4,8 @@ Triton is imported lazily, on the first launch, so importing monarchrt_ops never
 Attention's stage R is one config choice (``stage_r``): the Triton kernel, or on sm_90a the compiled
 extension's warpgroup-MMA kernel (csrc/attention/stage_r.cuh, docs/attention-kernels.md (f)), which
 writes the same scratch for the same Triton stage L; the choice exists only where that kernel runs.
-So is the backward's key-row stage-R kernel (``stage_r_dkdv``: dK and dV, csrc/attention/stage_r_bwd.cuh,
-docs/attention-kernels.md (g)).
+So are stage R's backward kernels (csrc/attention/stage_r_bwd.cuh, docs/attention-kernels.md (g)): the
+key-row one, dK and dV (``stage_r_bwd``), and the query-row one, dQ (``stage_r_dq``).
 """
 
 from __future__ import annotations
@@ -127,8 +127,9 @@ class TritonAttention(_Triton):
         # 6.49, 3 vs 21 frames 0.35 / 0.39) and in the backward, but num_iters = 2 slower at 30x52 (8.18
         # against 7.82 ms), block-causal and 15x26, faster at 720p (24.5 / 30.3)
         wgmma = (problem.num_iters == 1 or problem.b2 > 64) and cuda.stage_r_reason(problem, arch) is None
-        # stage R's key-row backward on warpgroup MMA wherever it runs (docs/attention-kernels.md (g))
-        wgmma_dkdv = cuda.stage_r_dkdv_reason(problem, arch) is None
+        # stage R's key-row backward (dK, dV) on warpgroup MMA wherever it runs: measured faster than
+        # Triton's at every shape it takes (docs/attention-kernels.md (g)); its dQ kernel not yet
+        wgmma_bwd = cuda.stage_r_bwd_reason(problem, arch) is None
         l_warps = 4
         fused_rows = _fused_bwd_rows(problem)
         if wide == 16:
@@ -141,7 +142,8 @@ class TritonAttention(_Triton):
             block_k = max(fits, default=16)
         return {
             "stage_r": "wgmma" if wgmma else "triton",
-            "stage_r_dkdv": "wgmma" if wgmma_dkdv else "triton",
+            "stage_r_bwd": "wgmma" if wgmma_bwd else "triton",
+            "stage_r_dq": "triton",
             "fwd_block_m": wide,
             "fwd_block_l": row_block,
             "fwd_warps": 4,
@@ -161,7 +163,8 @@ class TritonAttention(_Triton):
         # (bench/NOTES.md) found nothing better outside these values.
         return {
             "stage_r": ["triton", "wgmma"] if cuda.stage_r_reason(problem, arch) is None else ["triton"],
-            "stage_r_dkdv": ["triton", "wgmma"] if cuda.stage_r_dkdv_reason(problem, arch) is None else ["triton"],
+            "stage_r_bwd": ["triton", "wgmma"] if cuda.stage_r_bwd_reason(problem, arch) is None else ["triton"],
+            "stage_r_dq": ["triton", "wgmma"] if cuda.stage_r_bwd_reason(problem, arch) is None else ["triton"],
             "fwd_block_m": [16, 32, 64, 128],
             "fwd_block_l": [16, 32, 64, 128],
             "fwd_warps": [4, 8],
@@ -234,13 +237,22 @@ class TritonAttention(_Triton):
             dz, dlse, q, k, v, z, lse,
             sm_scale=sm_scale, causal_block_tiles=causal_block_tiles, num_iters=num_iters, config=config,
             stage_r=_stage_r_launcher(config, kernels),
-            stage_r_dkdv=cuda.stage_r_dkdv_wgmma if config["stage_r_dkdv"] == "wgmma" else kernels._stage_r_dkdv,
+            **_stage_r_bwd_launchers(config, kernels),
         )  # fmt: skip
 
 
 def _stage_r_launcher(config: dict, kernels):
     """The stage-R launcher a config names: the Triton kernel's, or the warpgroup-MMA kernel's."""
     return cuda.stage_r_wgmma if config["stage_r"] == "wgmma" else kernels._stage_r
+
+
+def _stage_r_bwd_launchers(config: dict, kernels) -> dict:
+    """The launchers of stage R's backward (dK and dV; dQ) a config names: Triton's, or warpgroup MMA's."""
+    wgmma_dkdv, wgmma_dq = config["stage_r_bwd"] == "wgmma", config["stage_r_dq"] == "wgmma"
+    return {
+        "stage_r_dkdv": cuda.stage_r_dkdv_wgmma if wgmma_dkdv else kernels._stage_r_dkdv,
+        "stage_r_dq": cuda.stage_r_dq_wgmma if wgmma_dq else kernels._stage_r_dq,
+    }
 
 
 class TritonHadamard(_Triton):
