@@ -18,7 +18,8 @@
 //   2. R and dS (scaled by the row's s t) in registers, stored as 16-bit [j][l] buffers (stmatrix);
 //   3. dK^T += Q'^T dS + daL^T R and dV^T += dY^T R: wgmma SS with both operands MN-major (M = head_dim in
 //      parts of 64, N = kL, K = the block's 64 rows), fp32 accumulators held across every block.
-// One buffer per operand (two CTAs per SM); the next block's daL and dY are prefetched into L2.
+// One buffer per operand, two CTAs per SM (an L2 prefetch of the next block's daL and dY was measured
+// slower: docs/attention-kernels.md (g)).
 // dK and dV are stored once at the end (dK read-added on earlier passes: `accumulate`). Taking them
 // transposed pads only the key columns to 16 (kL) and puts head_dim on M. Columns l >= b2 need no mask:
 // K and V rows l >= b2 are zero, so those columns stay finite, and they only reach dK^T's and dV^T's
@@ -163,19 +164,6 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_kv_kernel(const
       }
     }
   };
-  // the next block's daL and dY rows into L2 while this block computes (a hint: one 128-byte line per
-  // thread of chunk 0 or 8 and row), so that block's copies wait on L2 rather than on HBM
-  auto prefetch_block = [&](RowCursor blk) {
-    if (ch & 7) return;
-    RowCursor c = add_rows(blk, ld0, b2);
-#pragma unroll
-    for (int i = 0; i < kStageRBlockM / kLdStep; ++i, c = add_rows(c, ld_step, b2)) {
-      if (c.a >= p.n_q_tiles) break;
-      const int64_t row = scratch_row(c) * kD + ch * 8;
-      prefetch_l2(da_l + row);
-      if (has_y) prefetch_l2(dy + row);
-    }
-  };
   // a [j][l] probability buffer from an accumulator: element 4n + e is row 16 warp + g + 8 (e / 2), column
   // 8n + 2 tig + e % 2 (stage_r.cuh's staging store, for the warp's 16 rows of a 64-row buffer)
   auto store_probs = [&](const float* acc, unsigned char* buf) {
@@ -199,7 +187,6 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_kv_kernel(const
   for (int row0 = a_first * b2; row0 < row_end; row0 += kStageRBlockM, blk = add_rows(blk, block_step, b2)) {
     load_block(blk);
     cute::cp_async_fence();
-    if (row0 + kStageRBlockM < row_end) prefetch_block(add_rows(blk, block_step, b2));
     // while the copies run: the statistics of this thread's two rows, with the log2-domain scale s t log2(e)
     float scale[2], lse2[2], dcl[2], delta[2];
     bool valid[2];
