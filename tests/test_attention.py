@@ -178,6 +178,32 @@ def test_gradients_match_reference_unfused_stage_l(name, dtype, poison_empty, mo
     test_gradients_match_reference("triton", name, dtype, poison_empty)
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+def test_backward_takes_strided_out_dout_and_dlse(fused, poison_empty, monkeypatch):
+    """The stage-L backward kernels form D_L = <Z, dZ> - dlse from out and dout as given (any strides,
+    last dim contiguous) and from dlse (an expanded gradient has stride 0): the gradients equal those of
+    the same values contiguous, in both stage-L forms (unfused: as the test above, by a limit of 0)."""
+    from monarchrt_ops.triton_kernels import limits
+
+    if not fused:
+        monkeypatch.setattr(limits, "FUSED_BWD_MAX_B1", {})
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 2, 6, 10, 2, 64, generator=g).to(DEVICE) for _ in range(3))  # tile order, 2 frames
+    with skip_unless_supported("triton"):
+        out, lse = m.ops.attention(q, k, v, 0.125, 0, 1, "triton")
+    dout = torch.randn(out.shape, generator=g).to(DEVICE)
+    dlse = torch.randn(*lse.shape[:-1], 1, generator=g).to(DEVICE).expand(lse.shape)  # one value per token
+
+    # the same values in two other layouts (so Z's strides cannot pass for dZ's): rows i and columns j
+    # swapped in memory; head_dim padded to twice its length
+    out_t = out.transpose(2, 3).contiguous().transpose(2, 3)
+    dout_p = torch.zeros(*dout.shape[:-1], 128, device=DEVICE)[..., :64].copy_(dout)
+    got = m.ops.attention_backward(dout_p, dlse, q, k, v, out_t, lse, 0.125, 0, 1, "triton")
+    want = m.ops.attention_backward(dout, dlse.contiguous(), q, k, v, out, lse, 0.125, 0, 1, "triton")
+    for what, a, b in zip("qkv", got, want, strict=True):
+        assert torch.equal(a, b), f"d{what}"
+
+
 @GPU_TIER
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("name", GRADIENT_CASES)

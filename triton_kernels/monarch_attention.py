@@ -206,12 +206,14 @@ def monarch_attention_bwd(
 
     num_iters > 1: the forward passes are recomputed up to the last one, keeping each pass's aR, cR
     and stage-L normaliser; then the passes are differentiated last to first, each recomputing its
-    stage R. dQ, dK, dV accumulate in fp32 and are returned in q's dtype. ``stage_r``, ``stage_r_dkdv``
-    and ``stage_r_dq`` (None: :func:`_stage_r_dkdv`, :func:`_stage_r_dq`) launch stage R and its backward.
+    stage R. dQ, dK, dV accumulate in fp32 and are returned in q's dtype: dQ stored so by its last
+    writer, dK and dV converted after (their kernels store fp32). ``stage_r``, ``stage_r_dkdv`` and
+    ``stage_r_dq`` (None: :func:`_stage_r_dkdv`, :func:`_stage_r_dq`) launch stage R and its backward.
     """
     stage_r_dkdv = _stage_r_dkdv if stage_r_dkdv is None else stage_r_dkdv
     stage_r_dq = _stage_r_dq if stage_r_dq is None else stage_r_dq
-    q, k, v, dz = (_last_dim_contiguous(x) for x in (q, k, v, dz))
+    q, k, v, dz, z = (_last_dim_contiguous(x) for x in (q, k, v, dz, z))
+    dlse = dlse.contiguous()  # read per token as lse_L is; a copy only for a strided (e.g. expanded) gradient
     bsz, n_a, b1, b2, nh, d = q.shape
     n_f = k.shape[1]
     common = (nh, n_a, n_f, b1, b2, causal_block_tiles)
@@ -249,9 +251,11 @@ def monarch_attention_bwd(
         last = it == num_iters - 1
         stage_r(q, k, v, sc, a_rs[it], c_rs[it], sm_scale, common, config, write_y=last, write_lse=True)
         if last:
-            # D_L = <Z, dZ> - dlse: the stage-L softmax "delta", with the lse output's own gradient folded in
-            delta_l = ((z.float() * dz.float()).sum(-1) - dlse.float()).contiguous()  # [B, A, b1, b2, nh]
+            # D_L = <Z, dZ> - dlse is formed by the stage-L kernel that loads dZ first (_output_delta):
+            # kept in registers by the fused kernel (DELTA_L unused), stored by _stage_l_bwd_q for _stage_l_bwd_kv
+            delta_l = lses[it] if fused_rows is not None else torch.empty_like(lses[it])
             l_args = (q, dz, lses[it], delta_l, sc.a_l, sc.y, sc.c_l, d_cr)
+            out_args, strides_out = (z, dlse), z.stride()[:5]
         else:
             # this pass fed the next one's aR and cR: dL = <Q, daR> + dcR, and D_L with dQ += sum L daR
             delta_l = torch.empty_like(lses[it])
@@ -260,19 +264,20 @@ def monarch_attention_bwd(
                 **{**l_meta, "BLOCK_K": config["bwd_block_k"]},
             )  # fmt: skip
             l_args = (q, q, lses[it], delta_l, sc.a_l, d_ar, sc.c_l, d_cr)
+            out_args, strides_out = (q, lses[it]), q.stride()[:5]  # Z and dlse: unused (UPDATE)
         strides_l = (*q.stride()[:5], *l_args[1].stride()[:5])  # q, and dz (last pass) or q
         if fused_rows is not None:  # daL, dY, dcL, D_R and dQ in one kernel, every row i per program
             launch(_stage_l_bwd, (n_a * b2, 1, bsz * nh),
-                *l_args, da_l, dy, dc_l, delta_r, dq, sm_scale, *strides_l, *common,
+                *l_args, *out_args, da_l, dy, dc_l, delta_r, dq, sm_scale, *strides_l, *strides_out, *common,
                 UPDATE=not last, ACCUMULATE=not last, **{**l_meta, "BLOCK_I": fused_rows},
             )  # fmt: skip
-        else:
+        else:  # the dQ kernel first: on the last pass it stores the D_L the daL/dY kernel reads
+            launch(_stage_l_bwd_q, grid_l_q,
+                *l_args, *out_args, dq, sm_scale, *strides_l, *strides_out, *common,
+                UPDATE=not last, ACCUMULATE=not last, **{**l_meta, "BLOCK_K": config["bwd_block_k"]},
+            )  # fmt: skip
             launch(_stage_l_bwd_kv, (n_a * b2, cdiv(n_f * b1, config["block_k"]), bsz * nh),
                 *l_args, da_l, dy, dc_l, delta_r, sm_scale, *strides_l, *common, UPDATE=not last, **l_meta,
-            )  # fmt: skip
-            launch(_stage_l_bwd_q, grid_l_q,
-                *l_args, dq, sm_scale, *strides_l, *common, UPDATE=not last, ACCUMULATE=not last,
-                **{**l_meta, "BLOCK_K": config["bwd_block_k"]},
             )  # fmt: skip
         grads = (da_l, dy, dc_l, delta_r)
         stage_r_dkdv(q, k, v, sc, a_rs[it], c_rs[it], grads, dk, dv if last else None, sm_scale, common, config,
@@ -291,13 +296,11 @@ def _stage_r_dq(q, k, v, sc, a_r, c_r, grads, dq, dq_out, d_ar, d_cr, sm_scale, 
     first = a_r is None
     r_args = (q, k, v, q if first else a_r, sc.c_l if first else c_r, sc.lse_r, *grads)
     launch(_stage_r_bwd_q, (n_a * b1, cdiv(b2, config["block_j"]), q.shape[0] * nh),
-        *r_args, dq, d_ar, d_cr, sm_scale, *q.stride()[:5], *k.stride()[:5], *v.stride()[:5], *common,
+        *r_args, dq, dq_out, d_ar, d_cr, sm_scale, *q.stride()[:5], *k.stride()[:5], *v.stride()[:5], *common,
         FIRST=first, HAS_Y=has_y, HEAD_DIM=q.shape[5], DOT_PRECISION=_dot_precision(q.dtype),
         BLOCK_J=config["block_j"], BLOCK_L=config["block_l"], num_warps=config["r_warps"],
         num_stages=config["num_stages"],
     )  # fmt: skip
-    if first and dq_out is not dq:
-        dq_out.copy_(dq)
 
 
 def _stage_r_dkdv(q, k, v, sc, a_r, c_r, grads, dk, dv, sm_scale, common, config, *, accumulate):

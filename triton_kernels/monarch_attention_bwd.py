@@ -2,7 +2,8 @@
 
 Stored quantities are unscaled (see monarch_attention_fwd.py): aL = sum_l R K, S_R = tau <aR, K>
 (tau = s on the first pass, aR the query of row k; later tau = s t with the temperature t from cR),
-S_L = s <Q, aL> - cL. The last pass, with D_L = <Z, dZ> - dlse:
+S_L = s <Q, aL> - cL. The last pass, with D_L = <Z, dZ> - dlse (_output_delta, in the stage-L kernel
+that needs it first):
 
   dS_L = L (<dZ, Y> - D_L);  dY = sum_i L dZ;  dcL = -sum_i dS_L;  daL = s sum_i dS_L Q
   dQ  += s sum_{f,k} dS_L aL
@@ -22,10 +23,11 @@ triton_kernels/limits.py); above that limit two kernels share it: _stage_l_bwd_k
 per block of key rows) and _stage_l_bwd_q (dQ per block of rows i).
 
 Each kernel owns its outputs (no atomics): the last pass, differentiated first, writes dQ (stage
-L), dK and dV; every later launch read-adds (ACCUMULATE), one after the other. Scratch layouts are
+L), dK and dV; every later launch read-adds (ACCUMULATE), one after the other. The first pass's
+_stage_r_bwd_q, the last to touch dQ, stores it in q's dtype (DQ_OUT). Scratch layouts are
 those of the forward: aL, Y, daL, dY, daR ``[B, nh, A, F, b2(j), b1(k), d]``; cL, dcL, dcR, D_R,
-lse_R ``[B, nh, A, F, b2, b1]``; aR ``[B, nh, A, F, b1, b2, d]``; lse_L and D_L ``[B, A, b1, b2,
-nh]``; dQ ``[B, A, b1, b2, nh, d]``, dK and dV ``[B, F, b1, b2, nh, d]`` fp32.
+lse_R ``[B, nh, A, F, b2, b1]``; aR ``[B, nh, A, F, b1, b2, d]``; lse_L, dlse and D_L ``[B, A, b1,
+b2, nh]``; dQ ``[B, A, b1, b2, nh, d]``, dK and dV ``[B, F, b1, b2, nh, d]`` fp32 (DQ_OUT: dQ in q's dtype).
 """
 
 from __future__ import annotations
@@ -45,12 +47,24 @@ from .monarch_attention_fwd import (
 )
 
 
+@triton.jit
+def _output_delta(Z, sob, sot, sor, soc, soh, DLSE, dz, bb, a, j, h, offs_i, mask_i, tok, nh,
+                  HEAD_DIM: tl.constexpr):  # fmt: skip
+    """The last pass's D_L = <Z, dZ> - dlse of rows i of column j of query tile a (docs/math.md,
+    Backward: the lse output's gradient folded in), the dot product in fp32, from the column's dZ
+    rows ``dz`` a stage-L kernel holds. Padded rows: 0."""
+    z = _rows(Z + bb * sob + a * sot + j * soc + h * soh, offs_i * sor, mask_i, HEAD_DIM)
+    d_lse = tl.load(DLSE + tok * nh + h, mask=mask_i, other=0.0)
+    return tl.sum(z.to(tl.float32) * dz.to(tl.float32), 1) - d_lse
+
+
 @triton.jit(do_not_specialize=RUNTIME_ARGS)
 def _stage_l_bwd(
-    Q, DZ, LSE, DELTA_L, AL, Y, CL, DCR, DAL, DY, DCL, DELTA_R, DQ,
+    Q, DZ, LSE, DELTA_L, AL, Y, CL, DCR, Z, DLSE, DAL, DY, DCL, DELTA_R, DQ,
     sm_scale,
     sqb, sqt, sqr, sqc, sqh,
     szb, szt, szr, szc, szh,
+    sob, sot, sor, soc, soh,
     nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
     UPDATE: tl.constexpr, ACCUMULATE: tl.constexpr, HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -59,16 +73,21 @@ def _stage_l_bwd(
     stage-L backward): every row i in one block (BLOCK_I >= b1), the visible key rows flat across key
     tiles, BLOCK_K at a time. Per key block: daL, dcL and D_R (and dY on the last pass) of those key
     rows, summed over i, stored; dQ (+)= s sum_{f,k} dS_L aL carried across the blocks.
-    UPDATE: an earlier pass, with Q in dZ's place, Y the next pass's daR and dcR added to dL; no dY.
+    UPDATE: an earlier pass, with Q in dZ's place, Y the next pass's daR and dcR added to dL, D_L
+    read from DELTA_L; no dY. Else D_L is formed here from Z, dZ and dlse (DELTA_L unused).
     ACCUMULATE: dQ read-added; the last pass, differentiated first, writes it."""
     a, j, bb, h, bha, offs_i, mask_i, q, tok = _query_column(
         Q, sqb, sqt, sqr, sqc, sqh, nh, num_q_tiles, b1, b2, BLOCK_I, HEAD_DIM
     )
     dtype = Q.dtype.element_ty
     offs_d = tl.arange(0, HEAD_DIM)
-    dz = q if UPDATE else _rows(DZ + bb * szb + a * szt + j * szc + h * szh, offs_i * szr, mask_i, HEAD_DIM)
     lse = tl.load(LSE + tok * nh + h, mask=mask_i, other=float("inf"))  # padded rows: L = 0, so dS_L = 0
-    d_l = tl.load(DELTA_L + tok * nh + h, mask=mask_i, other=0.0)
+    if UPDATE:
+        dz = q
+        d_l = tl.load(DELTA_L + tok * nh + h, mask=mask_i, other=0.0)
+    else:
+        dz = _rows(DZ + bb * szb + a * szt + j * szc + h * szh, offs_i * szr, mask_i, HEAD_DIM)
+        d_l = _output_delta(Z, sob, sot, sor, soc, soh, DLSE, dz, bb, a, j, h, offs_i, mask_i, tok, nh, HEAD_DIM)
     acc_dq = tl.zeros([BLOCK_I, HEAD_DIM], tl.float32)
     n_keys = _visible_kv_tiles(a, num_kv_tiles, causal_block_tiles) * b1
     for key0 in range(0, n_keys, BLOCK_K):
@@ -112,7 +131,8 @@ def _stage_l_bwd_kv(
 ):  # fmt: skip
     """b1 > FUSED_BWD_MAX_B1 only (else _stage_l_bwd). daL, dcL and D_R (and dY on the last pass) of
     column j of query tile a and a block of its visible key rows (flat across key tiles, as the
-    forward's stage L), summed over rows i. UPDATE: an earlier pass, with Y the next pass's daR and dcR added to dL."""
+    forward's stage L), summed over rows i, D_L read (the last pass's: from _stage_l_bwd_q, launched
+    first). UPDATE: an earlier pass, with Y the next pass's daR and dcR added to dL."""
     pid_aj = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_bh = tl.program_id(2)
@@ -197,25 +217,33 @@ def _stage_l_bwd_delta(
 
 @triton.jit(do_not_specialize=RUNTIME_ARGS)
 def _stage_l_bwd_q(
-    Q, DZ, LSE, DELTA_L, AL, Y, CL, DCR, DQ,
+    Q, DZ, LSE, DELTA_L, AL, Y, CL, DCR, Z, DLSE, DQ,
     sm_scale,
     sqb, sqt, sqr, sqc, sqh,
     szb, szt, szr, szc, szh,
+    sob, sot, sor, soc, soh,
     nh, num_q_tiles, num_kv_tiles, b1, b2, causal_block_tiles,
     UPDATE: tl.constexpr, ACCUMULATE: tl.constexpr, HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """b1 > FUSED_BWD_MAX_B1 only (else _stage_l_bwd). dQ (+)= s sum_{f,k} dS_L aL per (a, j) and a
-    block of rows i (UPDATE: as _stage_l_bwd_kv).
+    block of rows i (UPDATE: as _stage_l_bwd_kv, D_L read). The last pass: D_L formed from Z, dZ and
+    dlse and stored in DELTA_L for _stage_l_bwd_kv, launched after (each of its programs walks every
+    row i of a column, so forming D_L there would repeat it per block of key rows).
     ACCUMULATE: read-add; the last pass, differentiated first, writes dQ."""
     a, j, bb, h, bha, offs_i, mask_i, q, tok = _query_column(
         Q, sqb, sqt, sqr, sqc, sqh, nh, num_q_tiles, b1, b2, BLOCK_I, HEAD_DIM
     )
     dtype = Q.dtype.element_ty
     offs_d = tl.arange(0, HEAD_DIM)
-    dz = q if UPDATE else _rows(DZ + bb * szb + a * szt + j * szc + h * szh, offs_i * szr, mask_i, HEAD_DIM)
     lse = tl.load(LSE + tok * nh + h, mask=mask_i, other=float("inf"))
-    d_l = tl.load(DELTA_L + tok * nh + h, mask=mask_i, other=0.0)
+    if UPDATE:
+        dz = q
+        d_l = tl.load(DELTA_L + tok * nh + h, mask=mask_i, other=0.0)
+    else:
+        dz = _rows(DZ + bb * szb + a * szt + j * szc + h * szh, offs_i * szr, mask_i, HEAD_DIM)
+        d_l = _output_delta(Z, sob, sot, sor, soc, soh, DLSE, dz, bb, a, j, h, offs_i, mask_i, tok, nh, HEAD_DIM)
+        tl.store(DELTA_L + tok * nh + h, d_l, mask=mask_i)
     acc = tl.zeros([BLOCK_I, HEAD_DIM], tl.float32)
     # the visible key rows (f, k) as one flat sequence, as in the forward stage L
     n_keys = _visible_kv_tiles(a, num_kv_tiles, causal_block_tiles) * b1
@@ -328,7 +356,7 @@ def _stage_r_bwd_kv(
 
 @triton.jit(do_not_specialize=RUNTIME_ARGS)
 def _stage_r_bwd_q(
-    Q, K, V, AR, CR, LSE_R, DAL, DY, DCL, DELTA_R, DQ, DAR, DCR,
+    Q, K, V, AR, CR, LSE_R, DAL, DY, DCL, DELTA_R, DQ, DQ_OUT, DAR, DCR,
     sm_scale,
     sqb, sqt, sqr, sqc, sqh,
     skb, skt, skr, skc, skh,
@@ -338,7 +366,8 @@ def _stage_r_bwd_q(
     HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
     """Stage R's query gradient per (a, k) and a block of columns j: on the first pass dQ[a, k, j]
-    (read-added, summed over key tiles f); on a later pass daR and dcR of every (a, f, k, j)."""
+    (summed over key tiles f, added to DQ's fp32 partial and stored in DQ_OUT's dtype: this is dQ's
+    last writer; DQ_OUT may be DQ); on a later pass daR and dcR of every (a, f, k, j)."""
     pid_ak = tl.program_id(0)
     pid_j = tl.program_id(1)
     pid_bh = tl.program_id(2)
@@ -390,5 +419,6 @@ def _stage_r_bwd_q(
             tl.store(DCR + rows, d_cr, mask=mask_j)
     if FIRST:
         tok = ((bb * num_q_tiles + a) * b1 + k_row) * b2 + offs_j
-        p_dq = DQ + (tok[:, None] * nh + h) * HEAD_DIM + offs_d[None, :]
-        tl.store(p_dq, tl.load(p_dq, mask=mask_j[:, None], other=0.0) + acc_dq * sm_scale, mask=mask_j[:, None])
+        out = (tok[:, None] * nh + h) * HEAD_DIM + offs_d[None, :]
+        d_q = tl.load(DQ + out, mask=mask_j[:, None], other=0.0) + acc_dq * sm_scale
+        tl.store(DQ_OUT + out, d_q.to(DQ_OUT.dtype.element_ty), mask=mask_j[:, None])
