@@ -16,14 +16,16 @@ namespace {
 // Fewer CTAs than this many per SM split each key row's query rows over grid y.
 constexpr int kMinCtasPerSm = 8;
 
-// One launch of `kernel` (two CTAs per SM of kBytes each) on `grid`.
-template <int kBytes, class Kernel, class Params>
-void launch(Kernel kernel, const Params& p, dim3 grid, cudaStream_t stream, const char* name) {
+// One launch of kKernel (two CTAs per SM of kBytes each) on `grid`. The kernel is a template argument so
+// that each kernel has its own once-per-process attribute call (a function pointer argument would share
+// one between kernels of the same type: the first one launched would be the only one allowed kBytes).
+template <auto kKernel, int kBytes, class Params>
+void launch(const Params& p, dim3 grid, cudaStream_t stream, const char* name) {
   static_assert(2 * kBytes <= 227 * 1024, "two CTAs per SM");
-  static const cudaError_t attr =  // once per instantiation and process
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
+  static const cudaError_t attr =  // once per kernel and process
+      cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
   check(attr, (std::string(name) + " shared memory attribute").c_str());
-  kernel<<<grid, attention::kStageRThreads, kBytes, stream>>>(p);
+  kKernel<<<grid, attention::kStageRThreads, kBytes, stream>>>(p);
   check(cudaGetLastError(), (std::string(name) + " launch").c_str());
 }
 
@@ -107,9 +109,9 @@ void monarch_stage_r(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t a_r, uintp
     constexpr int kD = decltype(d)::value, kL = decltype(l)::value;
     constexpr int kBytes = attention::StageRSmem<kD, kL>::kBytes;
     if (dtype == kBFloat16)
-      launch<kBytes>(attention::stage_r_kernel<__nv_bfloat16, kD, kL>, p, grid, s, "stage_r_kernel");
+      launch<attention::stage_r_kernel<__nv_bfloat16, kD, kL>, kBytes>(p, grid, s, "stage_r_kernel");
     else
-      launch<kBytes>(attention::stage_r_kernel<__half, kD, kL>, p, grid, s, "stage_r_kernel");
+      launch<attention::stage_r_kernel<__half, kD, kL>, kBytes>(p, grid, s, "stage_r_kernel");
   });
 }
 
@@ -190,9 +192,9 @@ void monarch_stage_r_bwd_kv(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t a_r
     constexpr int kD = decltype(d)::value, kL = std::min(decltype(l)::value, limits::kStageRBwdMaxB2);
     constexpr int kBytes = attention::StageRBwdSmem<kD, kL>::kBytes;
     if (dtype == kBFloat16)
-      launch<kBytes>(attention::stage_r_bwd_kv_kernel<__nv_bfloat16, kD, kL>, p, grid, s, "stage_r_bwd_kv_kernel");
+      launch<attention::stage_r_bwd_kv_kernel<__nv_bfloat16, kD, kL>, kBytes>(p, grid, s, "stage_r_bwd_kv_kernel");
     else
-      launch<kBytes>(attention::stage_r_bwd_kv_kernel<__half, kD, kL>, p, grid, s, "stage_r_bwd_kv_kernel");
+      launch<attention::stage_r_bwd_kv_kernel<__half, kD, kL>, kBytes>(p, grid, s, "stage_r_bwd_kv_kernel");
   });
 }
 
@@ -219,9 +221,9 @@ void monarch_stage_r_bwd_q(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t lse_
     constexpr int kD = decltype(d)::value, kL = std::min(decltype(l)::value, limits::kStageRBwdMaxB2);
     constexpr int kBytes = attention::StageRBwdQSmem<kD, kL>::kBytes;
     if (dtype == kBFloat16)
-      launch<kBytes>(attention::stage_r_bwd_q_kernel<__nv_bfloat16, kD, kL>, p, grid, s, "stage_r_bwd_q_kernel");
+      launch<attention::stage_r_bwd_q_kernel<__nv_bfloat16, kD, kL>, kBytes>(p, grid, s, "stage_r_bwd_q_kernel");
     else
-      launch<kBytes>(attention::stage_r_bwd_q_kernel<__half, kD, kL>, p, grid, s, "stage_r_bwd_q_kernel");
+      launch<attention::stage_r_bwd_q_kernel<__half, kD, kL>, kBytes>(p, grid, s, "stage_r_bwd_q_kernel");
   });
 }
 
