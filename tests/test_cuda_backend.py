@@ -425,3 +425,17 @@ def test_stage_r_bwd_choice_exists_only_where_the_wgmma_kernels_run(monkeypatch,
     forced = {**default, "stage_r_bwd": "wgmma"}
     assert (backend.is_valid(forced, problem, arch) is None) == wgmma
     assert (backend.is_valid({**default, "stage_r_dq": "wgmma"}, problem, arch) is None) == wgmma
+
+
+def test_wide_forward_stage_r_blocks_are_invalid_where_their_shared_memory_does_not_fit(monkeypatch):
+    """A 16-bit forward stage R with an l block of 128 at d = 128 needs 100-128 KB of shared memory
+    (compiled for sm_120): invalid on an RTX 5090's 99 KB, valid on an H100/H200."""
+    from monarchrt_ops.backends.triton import TritonAttention
+
+    monkeypatch.setattr(cuda, "extension", lambda: (FakeExtension, None))
+    rtx5090 = Arch("sm120", (12, 0), "NVIDIA RTX 5090", 170, 101376)
+    backend, problem = TritonAttention(), _attention_problem()
+    for arch, valid in ((H100, True), (rtx5090, False)):
+        config = {**backend.default_config(problem, arch), "fwd_block_l": 128}
+        assert (backend.is_valid(config, problem, arch) is None) == valid
+    assert backend.is_valid(backend.default_config(problem, rtx5090), problem, rtx5090) is None

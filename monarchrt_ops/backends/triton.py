@@ -214,10 +214,15 @@ class TritonAttention(_Triton):
         stage_l = config["block_i"] * (d + max(config["fwd_block_k"], 3 * config["bwd_block_k"])) * 4
         if stage_l > _MAX_ACC_BYTES:
             return f"stage-L accumulator and key blocks {stage_l} B exceed {_MAX_ACC_BYTES} B"
+        # Shared memory measured by compiling every kernel (tests/test_triton_compile.py, d=128): 16-bit
+        # inputs stay under 100 KB across this space except the forward stage R with an l block of 128,
+        # 100-128 KB whatever fwd_block_m and num_stages (sm_120 compile, session 12)
+        wide_l = config["fwd_block_l"] > 64 and problem.head_dim > 64
+        if wide_l and problem.dtype != torch.float32 and 0 < arch.smem_per_block < 128 * 1024:
+            return f"forward stage-R l block {config['fwd_block_l']} exceeds {arch.smem_per_block} B of shared memory"
         if arch.smem_per_block and problem.dtype == torch.float32:
-            # Shared memory measured by compiling every kernel (tests/test_triton_compile.py, d=128):
-            # 16-bit inputs stay under 100 KB across this space; fp32 reaches 330 KB at 64-wide blocks,
-            # 131 KB at 32 (two stages), 99 KB at 16 with block_i, block_k <= 32 and <= 2 stages.
+            # fp32 reaches 330 KB at 64-wide blocks, 131 KB at 32 (two stages), 99 KB at 16 with block_i,
+            # block_k <= 32 and <= 2 stages.
             widest = 32 if arch.smem_per_block >= 160 * 1024 else 16
             if max(config["block_j"], config["block_l"], config["fwd_block_m"], config["fwd_block_l"]) > widest:
                 return f"fp32 stage-R blocks over {widest} exceed {arch.smem_per_block} B of shared memory"
