@@ -221,6 +221,14 @@ class TritonAttention(_Triton):
             stage_r=_stage_r_launcher(config, kernels),
         )  # fmt: skip
 
+    def prepare(self, config, q, k, v, *, sm_scale, causal_block_tiles, num_iters, z_shape):
+        """The eager fast path's forward of this problem and layout, or None (``prepare_fwd``)."""
+        kernels = _kernels("monarch_attention")
+        return kernels.prepare_fwd(
+            q, k, v, sm_scale=sm_scale, causal_block_tiles=causal_block_tiles, num_iters=num_iters, config=config,
+            z_shape=z_shape, stage_r=_stage_r_launcher(config, kernels),
+        )  # fmt: skip
+
     def launch_backward(self, config, dz, dlse, q, k, v, z, lse, *, sm_scale, causal_block_tiles, num_iters):
         from ..triton_kernels import monarch_attention as kernels
 
