@@ -173,16 +173,21 @@ def _kv_cache_write_fake(k_cache, v_cache, new_k, new_v, start):
     check_kv_cache_write(k_cache, v_cache, new_k, new_v, start, compare_storages=False)
 
 
+def _hadamard_selection(x, m, fp32_intermediate, backend):
+    """The cached Selection of a Hadamard transform of 2-D rows ``x [rows, n]``, n = m * n2."""
+    rows, n = x.shape
+
+    def problem():
+        return HadamardProblem(rows, n, m, x.dtype, fp32_intermediate), arch_of(x.device)
+
+    return cached_select("hadamard", (rows, n, x.dtype, x.device, fp32_intermediate), problem, backend)
+
+
 def _hadamard_rows(x, out, scale, transpose, fp32_intermediate, backend):
     """Run the chosen backend on 2-D row views ``x, out [rows, n]`` (out may be x)."""
     if x.numel():
-        rows, n = x.shape
-        m, n2 = factor(n)
-
-        def problem():
-            return HadamardProblem(rows, n, m, x.dtype, fp32_intermediate), arch_of(x.device)
-
-        sel = cached_select("hadamard", (rows, n, x.dtype, x.device, fp32_intermediate), problem, backend)
+        m, n2 = factor(x.shape[1])
+        sel = _hadamard_selection(x, m, fp32_intermediate, backend)
         sel.backend.launch(sel.config, x, out, m=m, n2=n2, scale=scale, transpose=transpose,
                            fp32_intermediate=fp32_intermediate)  # fmt: skip
     return out
@@ -413,6 +418,33 @@ def prepare_attention(q, k, v, sm_scale, causal_block_tiles, num_iters, backend,
         return state, None
     run = prepare(sel.config, q, k, v, sm_scale=sm_scale, causal_block_tiles=causal_block_tiles,
                   num_iters=num_iters, z_shape=z_shape)  # fmt: skip
+    return state, run
+
+
+def prepare_hadamard(x, scale, transpose, fp32_intermediate, backend):
+    """:func:`prepare_attention` for a checked Hadamard call on ``x (..., n)`` whose rows are contiguous
+    (a 2-D view of the same memory): ``(state, run)``, ``run(x) -> y`` a new contiguous tensor of x's
+    shape, or None where the backend prepares nothing (or x is empty, or its rows need a copy)."""
+    state = _registry_state()
+    n = x.shape[-1]
+    x2 = x.reshape(-1, n)
+    if not x.numel() or x2.data_ptr() != x.data_ptr() or not x2.is_contiguous():
+        return state, None
+    m, n2 = factor(n)
+    sel = _hadamard_selection(x2, m, fp32_intermediate, backend)
+    prepare = getattr(sel.backend, "prepare", None)
+    # x2 stands for the output too: a new contiguous y has its layout
+    launch = None if prepare is None else prepare(sel.config, x2, x2, m=m, n2=n2, scale=scale, transpose=transpose,
+                                                  fp32_intermediate=fp32_intermediate)  # fmt: skip
+    if launch is None:
+        return state, None
+    shape, dtype, device = tuple(x.shape), x.dtype, x.device
+
+    def run(x):
+        y = torch.empty(*shape, dtype=dtype, device=device)
+        launch(x, y)
+        return y
+
     return state, run
 
 

@@ -1,8 +1,8 @@
 """Run by tests/test_fast_path.py in a process of its own (the Triton kernels compiled for a GPU, not
 interpreted; the GPU stubbed as bench/host_overhead.py --cpu-host-path stubs it): the public functions'
-eager fast path (the attention forward prepared per argument key, ``ops.prepare_attention``) launches
-exactly what the op launches on the same tensors, allocates only its output, and gives way to the op's
-path where it cannot run. Prints one line per case; any mismatch raises."""
+eager fast path (the launches prepared per argument key, ``ops.prepare_<op>``) launches exactly what the
+op launches on the same tensors, allocates only its output, and gives way to the op's path where it
+cannot run. Prints one line per case; any mismatch raises."""
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -15,7 +15,8 @@ from monarchrt_ops.bench import host_overhead
 records: list = []
 counts = {"op": 0, "empty": 0}
 # the op's work (what the dispatcher and ops.call_<op> run) and the allocations, counted during a call
-_COUNTED = {(ops, "_attention_run"): "op", (torch, "empty"): "empty", (torch, "empty_like"): "empty"}
+_COUNTED = {(ops, "_attention_run"): "op", (ops, "_hadamard_run"): "op", (torch, "empty"): "empty",
+            (torch, "empty_like"): "empty"}  # fmt: skip
 _REAL = {where: getattr(*where) for where in _COUNTED}
 
 
@@ -141,6 +142,18 @@ def cases(stage_r: str, mk) -> None:
           {"q": qm, "k": k1, "v": v1}, prepared=stage_r == "triton")  # fmt: skip
 
 
+def small_op_cases(mk) -> None:
+    """Hadamard (one launch; the op allocates its output), on contiguous and on strided rows (the op
+    copies those: no fast path)."""
+    x = mk(4, 4, 256)
+    check("hadamard 16 x 256", lambda: m.hadamard(x, backend="triton"),
+          lambda: ops.hadamard(x, 256**-0.5, False, False, "triton"), {"x": x}, launched=1, op_allocates=1)  # fmt: skip
+    xs = mk(16, 512)[:, :256]
+    check("hadamard of strided rows", lambda: m.hadamard(xs, backend="triton"),
+          lambda: ops.hadamard(xs, 256**-0.5, False, False, "triton"), {"x": xs}, launched=1, op_allocates=1,
+          prepared=False)  # fmt: skip
+
+
 def main() -> None:
     gen = torch.Generator().manual_seed(0)
 
@@ -157,6 +170,7 @@ def main() -> None:
                     **default(self, p, a), "stage_r": r}  # fmt: skip
                 registry.invalidate()
                 cases(stage_r, mk)
+            small_op_cases(mk)
     finally:
         triton_backend.TritonAttention.default_config = default
         registry.invalidate()

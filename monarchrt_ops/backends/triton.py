@@ -256,6 +256,10 @@ class TritonHadamard(_Triton):
     def launch(self, config, x2d, out2d, *, m, n2, scale, transpose, fp32_intermediate=False):
         return _kernels("hadamard").hadamard_rows(x2d, out2d, m, n2, scale, transpose, config, fp32_intermediate)
 
+    def prepare(self, config, x2d, out2d, *, m, n2, scale, transpose, fp32_intermediate=False):
+        """The eager fast path's launch ``(x2d, out2d)`` of this problem and layout, or None (``prepare_rows``)."""
+        return _kernels("hadamard").prepare_rows(x2d, out2d, m, n2, scale, transpose, config, fp32_intermediate)
+
 
 class TritonMonarchMatmul(_Triton):
     @staticmethod
