@@ -448,6 +448,20 @@ def prepare_hadamard(x, scale, transpose, fp32_intermediate, backend):
     return state, run
 
 
+def prepare_monarch_matmul(x, w1, w2, backend):
+    """:func:`prepare_attention` for a checked Monarch matmul call whose x rows are contiguous (a 2-D view
+    of the same memory): ``(state, run)``, ``run(x, w1, w2) -> out`` a new contiguous ``(..., s*l)``, or
+    None where the backend prepares nothing (or x's rows need a copy)."""
+    state = _registry_state()
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.data_ptr() != x.data_ptr() or not x2.is_contiguous():
+        return state, None
+    sel = _monarch_matmul_selection(x2, w1, w2, backend, backward=False)
+    prepare = getattr(sel.backend, "prepare", None)
+    out_shape = (*x.shape[:-1], w2.shape[0] * w2.shape[1])
+    return state, None if prepare is None else prepare(sel.config, x2, w1, w2, out_shape=out_shape)
+
+
 def call_attention(q, k, v, sm_scale, causal_block_tiles, num_iters, backend):
     """What the public functions call on validated tile-order tensors: :data:`attention`'s result.
     The ``call_<op>`` functions skip the op's own checks too (``_<op>_run``): the caller has checked."""

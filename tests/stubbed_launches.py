@@ -15,8 +15,8 @@ from monarchrt_ops.bench import host_overhead
 records: list = []
 counts = {"op": 0, "empty": 0}
 # the op's work (what the dispatcher and ops.call_<op> run) and the allocations, counted during a call
-_COUNTED = {(ops, "_attention_run"): "op", (ops, "_hadamard_run"): "op", (torch, "empty"): "empty",
-            (torch, "empty_like"): "empty"}  # fmt: skip
+_COUNTED = {(ops, "_attention_run"): "op", (ops, "_hadamard_run"): "op", (ops, "_monarch_matmul_run"): "op",
+            (torch, "empty"): "empty", (torch, "empty_like"): "empty"}  # fmt: skip
 _REAL = {where: getattr(*where) for where in _COUNTED}
 
 
@@ -143,14 +143,20 @@ def cases(stage_r: str, mk) -> None:
 
 
 def small_op_cases(mk) -> None:
-    """Hadamard (one launch; the op allocates its output), on contiguous and on strided rows (the op
-    copies those: no fast path)."""
+    """Hadamard (one launch; the op allocates its output) and the Monarch matmul forward (two; the op
+    allocates its output, y1 kept), on contiguous and on strided rows (the op copies those: no fast path)."""
     x = mk(4, 4, 256)
     check("hadamard 16 x 256", lambda: m.hadamard(x, backend="triton"),
           lambda: ops.hadamard(x, 256**-0.5, False, False, "triton"), {"x": x}, launched=1, op_allocates=1)  # fmt: skip
     xs = mk(16, 512)[:, :256]
     check("hadamard of strided rows", lambda: m.hadamard(xs, backend="triton"),
           lambda: ops.hadamard(xs, 256**-0.5, False, False, "triton"), {"x": xs}, launched=1, op_allocates=1,
+          prepared=False)  # fmt: skip
+    w1, w2 = mk(16, 16, 16), mk(16, 16, 16)
+    check("monarch_matmul 16 x 256", lambda: m.monarch_matmul(x, w1, w2, backend="triton"),
+          lambda: ops.monarch_matmul(x, w1, w2, "triton"), {"x": x, "w1": w1, "w2": w2}, op_allocates=1)  # fmt: skip
+    check("monarch_matmul of strided rows", lambda: m.monarch_matmul(xs, w1, w2, backend="triton"),
+          lambda: ops.monarch_matmul(xs, w1, w2, "triton"), {"x": xs, "w1": w1, "w2": w2}, op_allocates=1,
           prepared=False)  # fmt: skip
 
 

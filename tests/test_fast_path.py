@@ -206,14 +206,15 @@ def test_repeated_eager_calls_stay_few_python_calls(tmp_path):
 def test_prepared_calls_launch_what_the_op_launches(tmp_path):
     """The public functions' eager fast path (the launches prepared per argument key) hands the kernels
     exactly what the op's path hands them on the same tensors: attention with both stage-R launchers, the
-    KV cache, hadamard; it allocates only its output, and gives way to the op where a launch cannot take
-    the tensors (tests/stubbed_launches.py, in a process of its own: the kernels compiled, the GPU stubbed)."""
+    KV cache, hadamard, monarch_matmul; it allocates only its output, and gives way to the op where a
+    launch cannot take the tensors (tests/stubbed_launches.py, in a process of its own: the kernels
+    compiled, the GPU stubbed)."""
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     script = os.path.join(os.path.dirname(__file__), "stubbed_launches.py")
     done = subprocess.run([sys.executable, script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
-    assert done.stdout.count("launches") == 10, done.stdout
+    assert done.stdout.count("launches") == 12, done.stdout
 
 
 def test_kv_cache_calls_cache_their_checks_and_still_reject_bad_ones(op_calls):

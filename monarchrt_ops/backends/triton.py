@@ -290,6 +290,10 @@ class TritonMonarchMatmul(_Triton):
     def launch(self, config, x2d, w1, w2):
         return _kernels("monarch_matmul").monarch_matmul_fwd(x2d, w1, w2, config)
 
+    def prepare(self, config, x2d, w1, w2, *, out_shape):
+        """The eager fast path's forward of this problem and layout, or None (``prepare_fwd``)."""
+        return _kernels("monarch_matmul").prepare_fwd(x2d, w1, w2, config, out_shape)
+
     def launch_backward(self, config, dout2d, x2d, w1, w2):
         from ..triton_kernels.monarch_matmul import monarch_matmul_bwd
 
