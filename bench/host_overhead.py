@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import functools
 import io
 import json
 import os
@@ -199,27 +200,28 @@ class _NoLaunch:
 
 
 class _NoDriver:
-    """Triton's active driver as ``_launch.launch`` asks it: device 0, stream 0."""
+    """Triton's active driver as ``_launch.launch`` asks it: the current device that of the CPU tensors
+    (``get_device()`` -1, as a GPU's is the inputs' device in the common case), stream 0."""
 
     def get_current_device(self):
-        return 0
+        return -1
 
     def get_current_stream(self, device):
         return 0
 
 
 class _ExtensionNoLaunch:
-    """The built extension with its launches doing nothing; reasons and limits are the real ones."""
+    """The built extension with its launches doing nothing; reasons and limits are the real ones. The
+    launch is a C function as the extension's is (``str.format`` of an empty string takes any arguments
+    and reads none), so it adds no Python call."""
+
+    monarch_stage_r = "".format
 
     def __init__(self, real):
         self._real = real
 
     def __getattr__(self, name):
         return getattr(self._real, name)
-
-    @staticmethod
-    def monarch_stage_r(*args):
-        pass
 
 
 @contextlib.contextmanager
@@ -228,14 +230,16 @@ def stubbed_gpu():
     launch through ``_launch.launch`` (its first call per specialisation, Triton's ``kernel[grid]``,
     yields :class:`_NoLaunch`; later ones run the cache's hit path into ``_NoLaunch.run``).
     The extension's stage-R launch (``stage_r='wgmma'``, the H200's default) goes through its Python
-    launcher into a no-op, ``torch.cuda.device`` and the stream query included.
+    launcher into a no-op, ``torch.cuda.device`` and the stream query included (``extension()`` stays a
+    cached function, a C call on a hit as on the GPU); Triton's driver answers device -1 (the CPU
+    tensors' ``get_device()``), stream 0, and the capture query no capture.
     Needs the Triton kernels compiled for a GPU: TRITON_INTERPRET is unset before they are imported."""
     os.environ.pop("TRITON_INTERPRET", None)
     from triton.runtime.driver import driver
     from triton.runtime.jit import JITFunction
 
     from monarchrt_ops.arch import Arch
-    from monarchrt_ops.triton_kernels import hadamard, monarch_attention
+    from monarchrt_ops.triton_kernels import _launch, hadamard, monarch_attention
 
     if type(monarch_attention._stage_r_fwd) is not JITFunction or type(hadamard._hadamard_kernel) is not JITFunction:
         raise RuntimeError(
@@ -245,12 +249,14 @@ def stubbed_gpu():
 
     arch = Arch(*CPU_STAND_IN)
     built, _ = cuda_backend.extension()  # the stage-R kernel's launcher as the H200 runs it (no launch)
-    extension = (lambda: (_ExtensionNoLaunch(built), None)) if built is not None else cuda_backend.extension
+    stand_in = (_ExtensionNoLaunch(built), None)
+    extension = functools.cache(lambda: stand_in) if built is not None else cuda_backend.extension
     with (
         mock.patch.object(ops, "arch_of", lambda device: arch),
         mock.patch.object(cuda_backend, "extension", extension),
         mock.patch.object(torch.cuda, "device", lambda device: contextlib.nullcontext()),
         mock.patch.object(torch.cuda, "current_stream", lambda device=None: types.SimpleNamespace(cuda_stream=0)),
+        mock.patch.object(_launch, "_capturing", [bool]),  # no capture: bool() is False, a C call as torch's
         mock.patch.object(driver, "_active", _NoDriver()),
         mock.patch.object(JITFunction, "__getitem__", lambda kernel, grid: lambda *args, **kwargs: _NoLaunch()),
     ):
@@ -297,17 +303,22 @@ def cpu_cases() -> dict:
         return torch.randn(*shape, dtype=torch.bfloat16, generator=gen)
 
     q, k, v = mk(1, hw, heads, d), mk(1, hw, heads, d), mk(1, hw, heads, d)
-    q3, kv = mk(1, 3 * hw, heads, d), mk(1, 21 * hw, heads, d)
+    q3, k3, v3 = mk(1, 3 * hw, heads, d), mk(1, 3 * hw, heads, d), mk(1, 3 * hw, heads, d)
+    kv = mk(1, 21 * hw, heads, d)
     k_cache, v_cache = mk(1, 21 * hw, heads, d), mk(1, 21 * hw, heads, d)
     m.write_kv_cache(k_cache, v_cache, kv, kv.clone(), 0, frame)
+    cache = m.MonarchKVCache(1, heads, d, frame, max_frames=21, dtype=torch.bfloat16)
+    cache.append(kv, kv.clone())
     x, w1, w2 = mk(16, 256), mk(16, 16, 16) / 4, mk(16, 16, 16) / 4
     qt, kt, vt = (m.to_tiles(t, m.make_tiling(frame)) for t in (q, k, v))
     return {
         "attention 1 vs 1 frames": lambda: m.monarch_attention(q, k, v, frame, backend="triton"),
+        "attention 3 vs 3 frames": lambda: m.monarch_attention(q3, k3, v3, frame, backend="triton"),
         "attention op 1 vs 1 frames (torch.ops)": lambda: ops.attention(qt, kt, vt, d**-0.5, 0, 1, "triton"),
         "kv-cache attention 3 vs 21 frames": lambda: m.monarch_attention_kv_cache(
             q3, k_cache, v_cache, 21, frame, backend="triton"
         ),
+        "MonarchKVCache.attend 3 vs 21 frames": lambda: cache.attend(q3, backend="triton"),
         "hadamard 16 x 256": lambda: m.hadamard(x, backend="triton"),
         "monarch_matmul 16 x 256 (16, 16, 16)": lambda: m.monarch_matmul(x, w1, w2, backend="triton"),
     }

@@ -13,6 +13,7 @@ from . import ops
 from .amp import autocast_dtype_of, autocast_inputs
 from .layout import Tiling, causal_block_tiles, from_tiles, tile_shape, to_tile_sequence, to_tiles
 from .limits import MAX_HEAD_DIM, MAX_NUM_ITERS, SM_SCALE_RANGE, check_cache_buffers
+from .registry import _state as _registry_state
 from .registry import backend_names
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -151,10 +152,10 @@ def monarch_attention(
         >>> monarch_attention(q, k, v, (6, 10)).shape
         torch.Size([1, 120, 2, 16])
     """
-    out, _, _ = _attention_call(
-        q, k, v, frame_shape, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, backend
-    )
-    return out
+    return _attention_call(
+        q, k, v, frame_shape, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, backend,
+        out_only=True,
+    )[0]  # fmt: skip
 
 
 @ops.traceable_errors
@@ -181,53 +182,80 @@ def monarch_attention_with_lse(
 
 
 def _attention_call(
-    q, k, v, frame_shape, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, backend
+    q, k, v, frame_shape, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, backend, out_only=False
 ):
     """Validate a natural-order call and run it -> ``(out, lse in tile order, tiling)``.
 
-    The outcome of the checks is cached per argument key (shapes, dtypes, devices, the Python
-    arguments and their exact types), so a repeated call costs a dict lookup, not the checks."""
-    q, k, v = autocast_inputs(q, k, v)  # under autocast: the dtype the op runs in (amp.py)
+    The outcome of the checks is cached per argument key (shapes, strides, dtypes, devices, the Python
+    arguments and their exact types), so a repeated call costs a dict lookup, not the checks.
+    ``out_only``: the caller returns ``out`` alone, so an eager call may take the key's prepared forward
+    (:func:`_prepare`; lse and tiling are then None)."""
     args = (frame_shape, f_tied, h_reduce, w_reduce, sm_scale, causal_block_frames, num_iters, backend)
-    tiling, scale, cbt, num_iters, backend, shapes = _checked("call", _validate_call, q, k, v, *args)
+    key = None if torch.compiler.is_compiling() else _call_key(q, k, v, *args)
+    call = _VALIDATED["call"].get(key) if key is not None else None
+    if out_only and call is not None and ops.ready(call, q, k, v):  # the eager fast path: the prepared forward
+        out = call.run(q, k, v)
+        if out is not None:  # (None: these tensors' addresses refuse it, prepare_fwd)
+            return out[0], None, None
+    q, k, v = autocast_inputs(q, k, v)  # under autocast: the dtype the op runs in (amp.py)
+    checked = _validate_call(q, k, v, *args) if call is None else call.checked
+    if call is None and key is not None:
+        call = _remember("call", key, checked)
+    tiling, scale, cbt, num_iters, backend, shapes = checked
     if shapes is None:  # tile order is a copy
         qt, kt, vt = to_tiles(q, tiling), to_tiles(k, tiling), to_tiles(v, tiling)
     else:  # the identity tiling: to_tiles of the checked tensors is one reshape each
         # (shapes as separate ints: ~0.4 us less a reshape than a tuple, the argument parser's)
         qt, kt, vt = q.reshape(*shapes[0]), k.reshape(*shapes[1]), v.reshape(*shapes[1])
+        if out_only and call is not None:
+            out = _prepare(call, (q, k, v), (qt, kt, vt), scale, cbt, num_iters, backend)
+            if out is not None:
+                return out, None, None
     out, lse = _attention_tiles(qt, kt, vt, tiling, scale, cbt, num_iters, backend, shapes is not None)
     return out, lse, tiling
 
 
-# per public function: the checked values of each argument key (see _checked)
-_VALIDATED: dict[str, dict[tuple, tuple]] = {"call": {}, "kv": {}}
+# per public function: the entry of each argument key (see _call_key, _remember): the validate function's
+# tuple, and the eager fast path's prepared forward (ops.CallEntry, ops.prepare_attention)
+_VALIDATED: dict[str, dict[tuple, ops.CallEntry]] = {"call": {}, "kv": {}}
 _EXACT = (int, float, str, type(None))
 _EXACT_TYPES = frozenset(_EXACT)
 _MAX_CACHED_CALLS = 4096  # many distinct shapes: start over rather than grow
 
 
-def _checked(which: str, validate, q, k, v, *args, cacheable: bool = True):
-    """``validate(q, k, v, *args)``, remembered in ``_VALIDATED[which]`` per :func:`_call_key`
-    (``cacheable`` false, or no key: run every time). While torch.compile traces, the cache is not
-    touched at all: Dynamo guards on the size of a dict the trace reads, so every eager call that
-    added an entry would recompile the graph (torch 2.11 did so at every new KV length)."""
-    if not cacheable or torch.compiler.is_compiling():
-        return validate(q, k, v, *args)
+def _remember(which: str, key: tuple, checked: tuple) -> ops.CallEntry:
+    """The entry of a call whose checks passed, kept in ``_VALIDATED[which]`` under ``key``. Callers have
+    a key only when torch.compile is not tracing (nothing here runs under it: Dynamo guards on the
+    size of a dict the trace reads, so every eager call that added an entry would recompile the graph;
+    torch 2.11 did so at every new KV length)."""
+    call = ops.CallEntry(checked)
     cache = _VALIDATED[which]
-    key = _call_key(q, k, v, *args)
-    call = cache.get(key) if key is not None else None
-    if call is None:
-        call = validate(q, k, v, *args)
-        if key is not None:
-            if len(cache) >= _MAX_CACHED_CALLS:
-                cache.clear()
-            cache[key] = call
+    if len(cache) >= _MAX_CACHED_CALLS:
+        cache.clear()
+    cache[key] = call
     return call
+
+
+def _prepare(call: ops.CallEntry, tensors: tuple, tiles: tuple, scale, cbt, num_iters, backend):
+    """Ask once per registry state for the prepared forward of an eager call on ``tiles``, the tile-order
+    views of ``tensors`` (natural order with the identity tiling, or a KV cache from its first row: the
+    same data pointers), and run it on ``tensors``: its output, or None (not eager, ``tiles`` not views
+    of ``tensors``' memory, nothing prepared, or these tensors' addresses refuse it)."""
+    state = _registry_state()
+    if call.state == state or not ops.eager(*tiles):
+        return None
+    if any(t.data_ptr() != x.data_ptr() for t, x in zip(tiles, tensors, strict=True)):  # (a reshape that copied)
+        call.state, call.run = state, None
+        return None
+    call.state, call.run = ops.prepare_attention(*tiles, scale, cbt, num_iters, backend, tensors[0].shape)
+    out = call.run(*tensors) if ops.ready(call, *tensors) else None
+    return None if out is None else out[0]
 
 
 def _call_key(q, k, v, frame_shape, *scalars) -> tuple | None:
     """The key of a call whose checks may be cached, or None (checked every time): tensors of type
-    torch.Tensor, a tuple frame shape and scalars of builtin types.
+    torch.Tensor, a tuple frame shape and scalars of builtin types. Strides are in it for the prepared
+    forward (:func:`_prepare`), which reads the tensors' layout from the key.
     The key holds the scalars' types: True == 1.0 == 1 with one hash, but only 1 passes the checks."""
     if type(frame_shape) is not tuple or torch._C._is_any_autocast_enabled():
         return None  # (under autocast the dtype checks depend on the region: checked every time)
@@ -237,7 +265,8 @@ def _call_key(q, k, v, frame_shape, *scalars) -> tuple | None:
         return None
     if type(v) is not torch.Tensor:
         return None
-    return (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, values, types)
+    return (q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(), q.dtype, k.dtype, v.dtype,
+            q.device, k.device, v.device, values, types)  # fmt: skip
 
 
 def _validate_call(
@@ -451,12 +480,21 @@ def monarch_attention_kv_cache(
         >>> monarch_attention_kv_cache(torch.randn(1, 60, 2, 16), kc, vc, 1, (6, 10)).shape
         torch.Size([1, 60, 2, 16])
     """
-    q = autocast_inputs(q)
     args = (frame_shape, f_tied, h_reduce, w_reduce, kv_frames, sm_scale, num_iters, backend)
-    cacheable = new_k is None and new_v is None  # the training call checks new_k/new_v every time anyway
-    tiling, scale, num_iters, backend, tokens, shapes = _checked(
-        "kv", _validate_kv_call, q, k_cache, v_cache, *args, cacheable=cacheable
-    )
+    # the training call (new_k/new_v) checks them every time anyway: not cached
+    key = None
+    if new_k is None and new_v is None and not torch.compiler.is_compiling():
+        key = _call_key(q, k_cache, v_cache, *args)
+    call = _VALIDATED["kv"].get(key) if key is not None else None
+    if call is not None and ops.ready(call, q, k_cache, v_cache):  # the eager fast path: the prepared forward
+        out = call.run(q, k_cache, v_cache)  # the buffers themselves: the slice read is their first rows
+        if out is not None:
+            return out[0]
+    q = autocast_inputs(q)
+    checked = _validate_kv_call(q, k_cache, v_cache, *args) if call is None else call.checked
+    if call is None and key is not None:
+        call = _remember("kv", key, checked)
+    tiling, scale, num_iters, backend, tokens, shapes = checked
     # under autocast only the visible slice is cast (amp.py), never the whole cache
     k_slice, v_slice = autocast_inputs(k_cache[:, :tokens], v_cache[:, :tokens])
     if (new_k is None) != (new_v is None):
@@ -479,6 +517,10 @@ def monarch_attention_kv_cache(
     q_shape, kv_shape = shapes
     kt, vt = k_slice.reshape(*kv_shape), v_slice.reshape(*kv_shape)
     qt = to_tiles(q, tiling) if q_shape is None else q.reshape(*q_shape)
+    if call is not None and q_shape is not None:
+        out = _prepare(call, (q, k_cache, v_cache), (qt, kt, vt), scale, 0, num_iters, backend)
+        if out is not None:
+            return out
     out, _ = _attention_tiles(qt, kt, vt, tiling, scale, 0, num_iters, backend, q_shape is not None)
     return out
 

@@ -13,6 +13,8 @@ from . import ops
 from .fp8 import check_out_dtype, quantize_rows
 from .hadamard_matrices import MAX_POW2, MAX_SPECIAL_POW2, padded_size, supported_size  # noqa: F401  (public names)
 from .limits import HADAMARD_DTYPES, check_hadamard_input, check_hadamard_scale  # noqa: F401  (HADAMARD_DTYPES: a public name)
+from .registry import _generation as registry_generation
+from .registry import _state as registry_state
 from .registry import backend_names
 
 
@@ -40,6 +42,28 @@ def _check(x, scale, backend, pad=False) -> tuple[float, str]:
     if backend is not None and backend not in backend_names("hadamard"):
         raise ValueError(f"backend={backend!r} is not one of {backend_names('hadamard')} (or None for automatic)")
     return float(scale), backend or ""
+
+
+# per argument key (_call_key) of the plain call (no pad, no FP8 output): its checked scale and backend,
+# and the eager fast path's prepared launch (ops.CallEntry)
+_CALLS: dict[tuple, ops.CallEntry] = {}
+_MAX_CALLS = 4096
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+_SCALE_TYPES = (float, int, type(None))
+
+
+def _call_key(x, scale, fp32_intermediate, backend) -> tuple | None:
+    """The key of a plain call whose checks may be cached, or None: x a plain tensor (its exact type in
+    the key), scale a builtin float, int or None and fp32_intermediate a bool (their types in the key:
+    1 == 1.0 == True), backend a str or None; the registry's generation for the backends' names. The
+    checks read nothing else; the strides are in it for the prepared launch, which reads x's layout
+    from the key."""
+    if type(x) not in _PLAIN or type(scale) not in _SCALE_TYPES or type(fp32_intermediate) is not bool:
+        return None
+    if backend is not None and type(backend) is not str:
+        return None
+    return (type(x), x.shape, x.stride(), x.dtype, x.device, scale, type(scale), fp32_intermediate, backend,
+            registry_generation[0])  # fmt: skip
 
 
 @ops.traceable_errors
@@ -91,9 +115,26 @@ def hadamard(
         >>> hadamard(torch.randn(4, 100), pad=True).shape
         torch.Size([4, 100])
     """
-    scale, backend = _check(x, scale, backend, pad)
-    check_out_dtype("hadamard", out_dtype, out_scale)
+    key = None
+    if pad is False and out_dtype is None and out_scale is None and not torch.compiler.is_compiling():
+        key = _call_key(x, scale, fp32_intermediate, backend)
+    call = _CALLS.get(key) if key is not None else None
+    if call is not None and ops.ready(call, x):  # the eager fast path: the launch prepared for this key
+        return call.run(x)
+    if call is None:
+        scale, backend = _check(x, scale, backend, pad)
+        check_out_dtype("hadamard", out_dtype, out_scale)
+        if key is not None:
+            if len(_CALLS) >= _MAX_CALLS:
+                _CALLS.clear()
+            call = _CALLS[key] = ops.CallEntry((scale, backend))
+    else:
+        scale, backend = call.checked
     fp32_intermediate = bool(fp32_intermediate)
+    if call is not None and call.state != registry_state() and ops.eager(x):  # asked once per registry state
+        call.state, call.run = ops.prepare_hadamard(x, scale, False, fp32_intermediate, backend)
+        if call.run is not None:
+            return call.run(x)
     if out_dtype is not None:
         if x.requires_grad and torch.is_grad_enabled():
             raise ValueError(

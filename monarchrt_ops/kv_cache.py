@@ -41,6 +41,8 @@ from .layout import Tiling, from_tile_sequence
 from .limits import MAX_TENSOR_ELEMENTS
 from .ops import traceable_errors
 
+_kv_attention = monarch_attention_kv_cache.__wrapped__  # (see MonarchKVCache.attend)
+
 
 class MonarchKVCache:
     """K/V buffers for autoregressive Monarch attention, with their tiling and fill state.
@@ -137,6 +139,7 @@ class MonarchKVCache:
         self._filled = 0  # frames in the buffers
         self._frames_seen = 0  # frames ever appended (global index of the next chunk)
         self._last: tuple[int, int, torch.Tensor, torch.Tensor] | None = None  # (global start, frames, k, v)
+        self._queries: set = set()  # query keys that passed attend's checks (see attend)
 
     @property
     def num_frames(self) -> int:
@@ -284,14 +287,26 @@ class MonarchKVCache:
         """
         if self._filled == 0:
             raise ValueError("the cache is empty: write keys/values before attending")
-        self._frames_of("q", q, autocast=True)
+        # the query's checks read only its exact type, shape, dtype and device against the cache's fixed
+        # attributes: remembered per that key, not under autocast (the dtype compared is the region's) nor
+        # while torch.compile traces (Dynamo would guard on the set)
+        key = None
+        if not torch.compiler.is_compiling() and not torch._C._is_any_autocast_enabled():
+            key = (type(q), q.shape, q.dtype, q.device) if isinstance(q, torch.Tensor) else None
+        if key is None or key not in self._queries:
+            self._frames_of("q", q, autocast=True)
+            if key is not None:
+                if len(self._queries) >= 64:  # (query shapes: a handful in practice)
+                    self._queries.clear()
+                self._queries.add(key)
         new_k = new_v = None
         if self._last is not None:
             _, _, lk, lv = self._last
             if lk.requires_grad or lv.requires_grad:
                 new_k, new_v = lk, lv
         t = self.tiling
-        return monarch_attention_kv_cache(
+        # the function without its traceable_errors wrapper: this method's own handles its errors
+        return _kv_attention(
             q, self.k_buffer, self.v_buffer, self._filled, self.frame_shape,
             new_k=new_k, new_v=new_v, f_tied=t.f_tied, h_reduce=t.h_reduce, w_reduce=t.w_reduce,
             sm_scale=sm_scale, num_iters=num_iters, backend=backend,

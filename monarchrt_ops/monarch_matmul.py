@@ -13,32 +13,46 @@ from .attention import _check_int
 from .limits import MAX_TENSOR_ELEMENTS, check_monarch_matmul
 from .registry import backend_names
 
-# _check's outcome per argument key: its checks read only the key's values (the tensors' exact types,
-# shapes, dtypes and devices, the backend name, the registry's generation for the backends' names)
-_CHECKED: dict[tuple, str] = {}
+# per argument key (_call_key): the checked backend name and the eager fast path's prepared forward
+# (ops.CallEntry); the checks read only the key's values (the tensors' exact types, shapes, dtypes and
+# devices, the backend name, the registry's generation for the backends' names)
+_CHECKED: dict[tuple, ops.CallEntry] = {}
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 _MAX_CHECKED = 4096
 
 
-def _check(x, w1, w2, backend) -> str:
-    """Every check of a call -> the backend name ('' automatic); remembered per argument key, except
-    while torch.compile traces (Dynamo would guard on the dict)."""
-    key = None
+def _call_key(x, w1, w2, backend) -> tuple | None:
+    """The key of a call whose checks may be cached, or None (checked every time): plain tensors and a
+    str or None backend, not while torch.compile traces (Dynamo would guard on the dict). The strides
+    are in it for the prepared forward, which reads the tensors' layout from the key."""
     if (
         type(x) in _PLAIN and type(w1) in _PLAIN and type(w2) in _PLAIN and type(backend) in (str, type(None))
         and not torch.compiler.is_compiling()
     ):  # fmt: skip
-        key = (type(x), type(w1), type(w2), x.shape, w1.shape, w2.shape, x.dtype, w1.dtype, w2.dtype,
-               x.device, w1.device, w2.device, backend, registry._generation[0])  # fmt: skip
-        hit = _CHECKED.get(key)
-        if hit is not None:
-            return hit
-    result = _run_checks(x, w1, w2, backend)
+        return (type(x), type(w1), type(w2), x.shape, w1.shape, w2.shape, x.stride(), w1.stride(), w2.stride(),
+                x.dtype, w1.dtype, w2.dtype, x.device, w1.device, w2.device, backend,
+                registry._generation[0])  # fmt: skip
+    return None
+
+
+def _remember(key: tuple, backend: str) -> ops.CallEntry:
+    if len(_CHECKED) >= _MAX_CHECKED:
+        _CHECKED.clear()
+    call = _CHECKED[key] = ops.CallEntry(backend)
+    return call
+
+
+def _check(x, w1, w2, backend) -> str:
+    """Every check of a call -> the backend name ('' automatic); remembered per argument key (a failing
+    call is never remembered)."""
+    key = _call_key(x, w1, w2, backend)
+    call = _CHECKED.get(key) if key is not None else None
+    if call is not None:
+        return call.checked
+    checked = _run_checks(x, w1, w2, backend)
     if key is not None:
-        if len(_CHECKED) >= _MAX_CHECKED:
-            _CHECKED.clear()
-        _CHECKED[key] = result
-    return result
+        _remember(key, checked)
+    return checked
 
 
 def _run_checks(x, w1, w2, backend) -> str:
@@ -65,7 +79,21 @@ def monarch_matmul(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, *, backe
         torch.Size([8, 16])
     """
     x, w1, w2 = autocast_inputs(x, w1, w2)  # under autocast: the dtype the op runs in (amp.py)
-    return ops.call_monarch_matmul(x, w1, w2, _check(x, w1, w2, backend))
+    key = _call_key(x, w1, w2, backend)
+    call = _CHECKED.get(key) if key is not None else None
+    if call is not None and ops.ready(call, x, w1, w2):  # the eager fast path: the forward prepared for this key
+        return call.run(x, w1, w2)
+    if call is None:
+        backend = _run_checks(x, w1, w2, backend)
+        if key is None:
+            return ops.call_monarch_matmul(x, w1, w2, backend)
+        call = _remember(key, backend)
+    backend = call.checked
+    if call.state != registry._state() and ops.eager(x, w1, w2):  # asked once per registry state
+        call.state, call.run = ops.prepare_monarch_matmul(x, w1, w2, backend)
+        if call.run is not None:
+            return call.run(x, w1, w2)
+    return ops.call_monarch_matmul(x, w1, w2, backend)
 
 
 # MonarchLinear's two ways of computing one linear map (docs/design.md, "MonarchLinear: structured or dense")

@@ -58,6 +58,7 @@ from .limits import (
 )
 from .problem import AttentionProblem, HadamardProblem, MonarchMatmulProblem
 from .reference import compute_dtype, monarch_attention_tiles
+from .registry import _state as _registry_state
 from .registry import cached_select
 from .structured_reference import reference_monarch_matmul_backward
 
@@ -76,14 +77,19 @@ def _attention_impl(q, k, v, sm_scale, causal_block_tiles, num_iters, backend):
     return _attention_run(q, k, v, sm_scale, causal_block_tiles, num_iters, backend)
 
 
-def _attention_run(q, k, v, sm_scale, causal_block_tiles, num_iters, backend):
-    """The op's work on checked tile-order tensors: the cached selection, then the backend."""
+def _attention_selection(q, k, sm_scale, causal_block_tiles, num_iters, backend):
+    """The cached Selection of a forward on checked tile-order tensors."""
     key = (q.shape, k.shape, q.dtype, q.device, sm_scale, causal_block_tiles, num_iters)
 
     def problem():
         return AttentionProblem.from_tiles(q, k, causal_block_tiles, num_iters, sm_scale=sm_scale), arch_of(q.device)
 
-    sel = cached_select("attention", key, problem, backend)
+    return cached_select("attention", key, problem, backend)
+
+
+def _attention_run(q, k, v, sm_scale, causal_block_tiles, num_iters, backend):
+    """The op's work on checked tile-order tensors: the cached selection, then the backend."""
+    sel = _attention_selection(q, k, sm_scale, causal_block_tiles, num_iters, backend)
     z, lse = sel.backend.launch(
         sel.config, q, k, v, sm_scale=sm_scale, causal_block_tiles=causal_block_tiles, num_iters=num_iters
     )
@@ -167,16 +173,21 @@ def _kv_cache_write_fake(k_cache, v_cache, new_k, new_v, start):
     check_kv_cache_write(k_cache, v_cache, new_k, new_v, start, compare_storages=False)
 
 
+def _hadamard_selection(x, m, fp32_intermediate, backend):
+    """The cached Selection of a Hadamard transform of 2-D rows ``x [rows, n]``, n = m * n2."""
+    rows, n = x.shape
+
+    def problem():
+        return HadamardProblem(rows, n, m, x.dtype, fp32_intermediate), arch_of(x.device)
+
+    return cached_select("hadamard", (rows, n, x.dtype, x.device, fp32_intermediate), problem, backend)
+
+
 def _hadamard_rows(x, out, scale, transpose, fp32_intermediate, backend):
     """Run the chosen backend on 2-D row views ``x, out [rows, n]`` (out may be x)."""
     if x.numel():
-        rows, n = x.shape
-        m, n2 = factor(n)
-
-        def problem():
-            return HadamardProblem(rows, n, m, x.dtype, fp32_intermediate), arch_of(x.device)
-
-        sel = cached_select("hadamard", (rows, n, x.dtype, x.device, fp32_intermediate), problem, backend)
+        m, n2 = factor(x.shape[1])
+        sel = _hadamard_selection(x, m, fp32_intermediate, backend)
         sel.backend.launch(sel.config, x, out, m=m, n2=n2, scale=scale, transpose=transpose,
                            fp32_intermediate=fp32_intermediate)  # fmt: skip
     return out
@@ -352,6 +363,103 @@ def eager(*tensors: torch.Tensor) -> bool:
         if type(t) not in _PLAIN_TENSORS or (grad and t.requires_grad) or not (t.is_cuda or t.is_cpu):
             return False
     return True
+
+
+class CallEntry:
+    """A public function's entry per argument key (its exact types, shapes, strides, dtypes, devices and
+    Python arguments): ``checked``, the outcome of its checks; ``run``, its eager fast path's call prepared
+    by a ``prepare_<op>`` below under the registry state ``state`` (None: not asked yet, asked under
+    another state, or nothing prepared). The public functions keep these only while torch.compile is not
+    tracing (Dynamo would guard on the dict)."""
+
+    __slots__ = ("checked", "state", "run")
+
+    def __init__(self, checked):
+        self.checked, self.state, self.run = checked, None, None
+
+
+def ready(entry: CallEntry, *tensors: torch.Tensor) -> bool:
+    """Whether an eager call may take ``entry.run`` now: prepared, the registry state it was prepared
+    under still holds (so does its Selection, config and kernels), and :func:`eager_checked`."""
+    return entry.run is not None and entry.state == _registry_state() and eager_checked(*tensors)
+
+
+def eager_checked(*tensors: torch.Tensor) -> bool:
+    """:func:`eager` for a caller that has checked ``torch.compiler.is_compiling()`` and whose key holds
+    the tensors' exact type (``torch.Tensor``) and devices: the modes, transforms, autocast and autograd."""
+    C = torch._C
+    if (
+        C._len_torch_dispatch_stack()
+        or C._is_torch_function_mode_enabled()
+        or C._are_functorch_transforms_active()
+        or C._is_any_autocast_enabled()
+    ):
+        return False
+    if C.is_grad_enabled():
+        for t in tensors:
+            if t.requires_grad:
+                return False
+    return True
+
+
+def prepare_attention(q, k, v, sm_scale, causal_block_tiles, num_iters, backend, z_shape):
+    """The public functions' eager fast path, asked once per argument key and registry state:
+    ``(state, run)`` for validated tile-order q, k, v (an eager call: :func:`eager`), where ``run(q, k, v)
+    -> (z, lse) | None`` is the selected backend's forward prepared for this problem and layout
+    (``backend.prepare``: tensors with the data pointers of tile-order tensors laid out as these, ``z``
+    of ``z_shape``, ``lse`` scratch the caller discards; None: that call cannot take it), or None where
+    the backend prepares nothing. ``state`` is the registry's (``registry._state``, read before the
+    selection): ``run`` stands while it does, since the Selection does. Results equal the op's: the
+    same selection, config and kernels."""
+    state = _registry_state()
+    sel = _attention_selection(q, k, sm_scale, causal_block_tiles, num_iters, backend)
+    prepare = getattr(sel.backend, "prepare", None)
+    if prepare is None:
+        return state, None
+    run = prepare(sel.config, q, k, v, sm_scale=sm_scale, causal_block_tiles=causal_block_tiles,
+                  num_iters=num_iters, z_shape=z_shape)  # fmt: skip
+    return state, run
+
+
+def prepare_hadamard(x, scale, transpose, fp32_intermediate, backend):
+    """:func:`prepare_attention` for a checked Hadamard call on ``x (..., n)`` whose rows are contiguous
+    (a 2-D view of the same memory): ``(state, run)``, ``run(x) -> y`` a new contiguous tensor of x's
+    shape, or None where the backend prepares nothing (or x is empty, or its rows need a copy)."""
+    state = _registry_state()
+    n = x.shape[-1]
+    x2 = x.reshape(-1, n)
+    if not x.numel() or x2.data_ptr() != x.data_ptr() or not x2.is_contiguous():
+        return state, None
+    m, n2 = factor(n)
+    sel = _hadamard_selection(x2, m, fp32_intermediate, backend)
+    prepare = getattr(sel.backend, "prepare", None)
+    # x2 stands for the output too: a new contiguous y has its layout
+    launch = None if prepare is None else prepare(sel.config, x2, x2, m=m, n2=n2, scale=scale, transpose=transpose,
+                                                  fp32_intermediate=fp32_intermediate)  # fmt: skip
+    if launch is None:
+        return state, None
+    shape, dtype, device = tuple(x.shape), x.dtype, x.device
+
+    def run(x):
+        y = torch.empty(*shape, dtype=dtype, device=device)
+        launch(x, y)
+        return y
+
+    return state, run
+
+
+def prepare_monarch_matmul(x, w1, w2, backend):
+    """:func:`prepare_attention` for a checked Monarch matmul call whose x rows are contiguous (a 2-D view
+    of the same memory): ``(state, run)``, ``run(x, w1, w2) -> out`` a new contiguous ``(..., s*l)``, or
+    None where the backend prepares nothing (or x's rows need a copy)."""
+    state = _registry_state()
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.data_ptr() != x.data_ptr() or not x2.is_contiguous():
+        return state, None
+    sel = _monarch_matmul_selection(x2, w1, w2, backend, backward=False)
+    prepare = getattr(sel.backend, "prepare", None)
+    out_shape = (*x.shape[:-1], w2.shape[0] * w2.shape[1])
+    return state, None if prepare is None else prepare(sel.config, x2, w1, w2, out_shape=out_shape)
 
 
 def call_attention(q, k, v, sm_scale, causal_block_tiles, num_iters, backend):

@@ -120,7 +120,12 @@ def state_of(q, k, v, frame_shape, sm_scale=None, causal_block_frames=None, num_
 
 @pytest.fixture
 def poison_empty(monkeypatch):
-    """Fill every float torch.empty / empty_like with NaN, so an unwritten output cannot pass."""
+    """Fill every float torch.empty / empty_like with NaN, so an unwritten output cannot pass; no scratch
+    is kept between calls meanwhile (each is new and poisoned: triton_kernels/_launch.py, take_scratch)."""
+    from monarchrt_ops.triton_kernels import _launch
+
+    monkeypatch.setenv("MONARCHRT_SCRATCH_MB", "0")
+    _launch.release_scratch()
     orig_empty, orig_like = torch.empty, torch.empty_like
 
     def poisoned(out):

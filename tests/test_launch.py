@@ -39,13 +39,20 @@ def test_the_cache_is_taken_under_tritons_default_knobs(monkeypatch):
 
     monkeypatch.delenv("MONARCHRT_TRITON_FAST_LAUNCH", raising=False)
     monkeypatch.setattr(knobs.runtime, "debug", False)
-    assert _launch._no_hooks(None) and _launch._no_hooks(knobs.HookChain())
+    kernel = JITFunction(_axpb.fn)
+    assert _launch._enabled(kernel, knobs)  # Triton's defaults: empty chains
     chain = knobs.HookChain()
     chain.add(print)
-    assert not _launch._no_hooks(chain) and not _launch._no_hooks(print)
-    assert _launch._enabled(JITFunction(_axpb.fn), knobs)
+    for name in ("launch_enter_hook", "launch_exit_hook"):
+        with monkeypatch.context() as patched:
+            patched.setattr(knobs.runtime, name, None)
+            assert _launch._enabled(kernel, knobs)
+            for hook in (chain, print):
+                patched.setattr(knobs.runtime, name, hook)
+                assert not _launch._enabled(kernel, knobs)
+    assert _launch._enabled(kernel, knobs)
     monkeypatch.setenv("MONARCHRT_TRITON_FAST_LAUNCH", "0")
-    assert not _launch._enabled(JITFunction(_axpb.fn), knobs)
+    assert not _launch._enabled(kernel, knobs)
 
 
 def test_launch_falls_back_for_anything_but_a_jit_function():
@@ -215,3 +222,47 @@ def test_attention_forward_and_backward_are_the_same_through_the_cache(monkeypat
     for again in results[1:]:
         for a, b in zip(results[0], again, strict=True):
             assert torch.equal(a, b)
+
+
+def test_scratch_is_kept_per_stream_outside_captures_and_within_its_budget(monkeypatch):
+    """``take_scratch``/``keep_scratch``: the same buffers again on the same device and stream once given
+    back; other ones on another stream, while a set is checked out (another thread), during a CUDA graph
+    capture (never kept), over MONARCHRT_SCRATCH_MB, and after ``release_scratch``."""
+    monkeypatch.delenv("MONARCHRT_SCRATCH_MB", raising=False)
+    _launch.release_scratch()
+    made = []
+
+    def make():
+        made.append((torch.empty(1024), torch.empty(16)))  # 4160 bytes
+        return made[-1]
+
+    what = ("test", 1024)
+    a, ticket = _launch.take_scratch(what, 0, 7, make)
+    _launch.keep_scratch(ticket, a)
+    b, ticket = _launch.take_scratch(what, 0, 7, make)
+    assert b is a and len(made) == 1
+    c, ticket_c = _launch.take_scratch(what, 0, 7, make)  # a is checked out: a set of its own
+    assert c is not a
+    _launch.keep_scratch(ticket, b)
+    _launch.keep_scratch(ticket_c, c)  # a came back first: c is dropped, and uncounted
+    assert _launch._scratch_held[0] == 4160
+    assert _launch.take_scratch(what, 0, 8, make)[0] is not a  # another stream
+    assert _launch.take_scratch(what, 1, 7, make)[0] is not a  # another device
+    _launch.release_scratch()
+    d, ticket = _launch.take_scratch(what, 0, 7, make)
+    assert d is not a and ticket is not None
+    _launch.keep_scratch(ticket, d)
+    monkeypatch.setattr(_launch, "_capturing", [lambda: True])
+    e, ticket = _launch.take_scratch(what, 0, 7, make)
+    assert e is not d and ticket is None  # a capture: new buffers from the graph's pool, never kept
+    monkeypatch.undo()
+    monkeypatch.setenv("MONARCHRT_SCRATCH_MB", "0.005")  # 5242 bytes: one set of 4160, not two
+    _launch.keep_scratch(ticket, e)
+    assert _launch.take_scratch(what, 0, 7, make)[0] is d
+    f, ticket = _launch.take_scratch(("other",), 0, 7, make)
+    assert ticket is None
+    monkeypatch.setenv("MONARCHRT_SCRATCH_MB", "lots")
+    with pytest.raises(ValueError, match="MONARCHRT_SCRATCH_MB='lots'"):
+        _launch.take_scratch(("other",), 0, 7, make)
+    _launch.release_scratch()
+    assert not _launch._scratch and _launch._scratch_held[0] == 0

@@ -96,23 +96,36 @@ def _key(kernel, device, instrumentation, args, kwargs) -> tuple:
     return tuple(key)
 
 
-def _no_hooks(hook) -> bool:
-    """Whether a launch hook knob holds nothing to call: None, or (Triton 3.6) an empty ``HookChain``."""
-    return hook is None or getattr(hook, "calls", None) == []
-
-
 def _enabled(kernel, knobs) -> bool:
     """Whether a launch may take the cache: checked on every launch (the knobs and the environment
-    can change at any time); ~0.3 us."""
+    can change at any time); ~0.3 us. A launch hook knob holds nothing to call when it is None or
+    (Triton 3.6) an empty ``HookChain`` (tested inline: a function per hook was two Python calls a launch)."""
     runtime = knobs.runtime
+    enter, exit_ = runtime.launch_enter_hook, runtime.launch_exit_hook
     return (
         type(kernel) is (_triton or _imports())[2]
         and not kernel.pre_run_hooks
         and not runtime.debug
-        and _no_hooks(runtime.launch_enter_hook)
-        and _no_hooks(runtime.launch_exit_hook)
+        and (enter is None or getattr(enter, "calls", None) == [])
+        and (exit_ is None or getattr(exit_, "calls", None) == [])
         and env_get("MONARCHRT_TRITON_FAST_LAUNCH") != "0"
     )
+
+
+def current() -> tuple:
+    """``(device, stream)``: Triton's active driver's current device and its current stream, where
+    :func:`launch` and :class:`Prepared` launch (for a launcher with several launches per call, to ask
+    once). Triton's CUDA driver asks ``torch.cuda.current_device``, whose Python (``_lazy_init`` and
+    ``is_initialized``: three calls) ends in ``torch._C._cuda_getDevice``, which initialises CUDA lazily
+    itself: asked directly where the driver's function is that one. ``(None, None)`` where Triton has no
+    active driver (no GPU: the interpreter, a compile-only run): no launch takes the fast path there."""
+    try:
+        active = (_triton or _imports())[1].active
+    except RuntimeError:  # Triton's "0 active drivers"; a launch that needs one raises it again
+        return None, None
+    get_device = active.get_current_device
+    device = torch._C._cuda_getDevice() if get_device is torch.cuda.current_device else get_device()
+    return device, active.get_current_stream(device)
 
 
 def _tail(kernel, positional: int) -> tuple:
@@ -171,14 +184,22 @@ class Prepared:
     def __init__(self, kernel, grid: tuple, rest: tuple, kwargs: dict):
         self.kernel, self.grid, self.rest, self.kwargs = kernel, tuple(grid), tuple(rest), dict(kwargs)
         self._grid3 = (*self.grid, 1, 1)[:3]
-        self._hits: dict = {}  # (device, instrumentation, residues, *dtypes) -> (compiled, arguments after the tensors)
+        # (device, instrumentation, residues, *dtypes) -> (compiled, its launcher, function, packed metadata,
+        # arguments after the tensors); the launcher and function read once the first launch loaded them
+        # (``CompiledKernel.run`` is a property: a Python call a launch)
+        self._hits: dict = {}
 
     def __call__(self, *tensors):
-        knobs, driver, _ = _triton or _imports()
+        device, stream = current()
+        return self.on(device, stream, *tensors)
+
+    def on(self, device, stream, *tensors):
+        """The launch on ``device`` and ``stream``, Triton's current ones (:func:`current`), asked once
+        by a caller with several launches."""
+        knobs = (_triton or _imports())[0]
         kernel = self.kernel
         if not _enabled(kernel, knobs):
             return kernel[self.grid](*tensors, *self.rest, **self.kwargs)
-        device = driver.active.get_current_device()
         # every address 16-byte aligned (their OR is), the common case: one value; else each one's residue
         aligned = not reduce(operator.or_, map(_data_ptr, tensors)) & 15
         residues = None if aligned else tuple(map(_residue16, map(_data_ptr, tensors)))
@@ -191,10 +212,83 @@ class Prepared:
             after = (*self.rest, *(tail({**defaults, **self.kwargs}) if tail is not None else ()))
             if len(self._hits) >= 64:  # (devices x dtypes x alignments: a handful in practice)
                 self._hits.clear()
-            self._hits[key] = (compiled, after)
+            self._hits[key] = (compiled, compiled.run, compiled.function, compiled.packed_metadata, after)
             return compiled
-        compiled, after = hit
+        compiled, run, function, packed_metadata, after = hit
         g = self._grid3
-        compiled.run(g[0], g[1], g[2], driver.active.get_current_stream(device), compiled.function,
-                     compiled.packed_metadata, None, None, None, *tensors, *after)  # fmt: skip
+        run(g[0], g[1], g[2], stream, function, packed_metadata, None, None, None, *tensors, *after)
         return compiled
+
+
+# --- scratch kept between calls --------------------------------------------------------------------
+# Internal buffers that a launcher's kernels overwrite wherever they are read on every call, and that
+# it never returns (the attention forward's stage-R intermediates; its lse where the caller discards
+# it; the Monarch matmul's y1), kept between calls instead of allocated on each one. The rule that
+# makes reuse safe without a synchronisation: a set of buffers is used only on the stream it was
+# first used on (the key: what the buffers are, Triton's current device and stream), so the stream
+# orders every use after the previous one, as the caching allocator orders a freed block's next use;
+# it is checked out for the length of a call (another thread on the same stream meanwhile gets buffers
+# of its own); never during a CUDA graph capture (allocated as before, from the graph's pool: kept
+# buffers would live outside it and a replay could run on another stream); and the process keeps at
+# most MONARCHRT_SCRATCH_MB (default 64) MiB of it over every problem and stream, 0 keeping none
+# (read when buffers are allocated). torch.cuda.empty_cache() does not free it: release_scratch() does.
+_scratch: dict = {}  # (what, device, stream) -> the buffers
+_scratch_held = [0, 0]  # [bytes kept (or checked out to be kept), generation: release_scratch() bumps it]
+SCRATCH_MB_DEFAULT = 64
+
+
+_capturing: list = []  # [whether the current stream is capturing a CUDA graph: torch's C query], on first use
+
+
+def _capture_query() -> list:
+    """torch's query (a torch built without CUDA has only a stand-in that raises: it never captures)."""
+    _capturing[:] = [torch._C._cuda_isCurrentStreamCapturing if torch._C._has_cuda else bool]  # bool() is False
+    return _capturing
+
+
+def _nbytes(buffers) -> int:
+    return sum(t.numel() * t.element_size() for t in buffers)
+
+
+def _scratch_budget() -> int:
+    value = env_get("MONARCHRT_SCRATCH_MB")
+    if value is None or not value.strip():
+        return SCRATCH_MB_DEFAULT << 20
+    try:
+        mb = float(value)
+    except ValueError:
+        mb = -1.0
+    if not mb >= 0:
+        raise ValueError(f"MONARCHRT_SCRATCH_MB={value!r}: use a number of MiB >= 0 (0 keeps no scratch)")
+    return int(mb * (1 << 20))
+
+
+def take_scratch(what, device, stream, make) -> tuple:
+    """``(buffers, ticket)``: the kept buffers ``what`` (a hashable statement of their shapes, dtypes and
+    device) for ``stream`` of ``device``, or ``make()``'s new ones, kept where the budget allows. Give
+    them back with :func:`keep_scratch` after the call's last launch; ``ticket`` None: not kept."""
+    if (_capturing or _capture_query())[0]():
+        return make(), None
+    key = (what, device, stream)
+    buffers = _scratch.pop(key, None)
+    if buffers is None:
+        buffers = make()
+        nbytes = _nbytes(buffers)
+        if _scratch_held[0] + nbytes > _scratch_budget():
+            return buffers, None
+        _scratch_held[0] += nbytes
+    return buffers, (key, _scratch_held[1])
+
+
+def keep_scratch(ticket, buffers) -> None:
+    """Give back what :func:`take_scratch` lent, for the next call on the same stream."""
+    if ticket is not None and ticket[1] == _scratch_held[1]:
+        if _scratch.setdefault(ticket[0], buffers) is not buffers:  # another thread's set came first
+            _scratch_held[0] -= _nbytes(buffers)
+
+
+def release_scratch() -> None:
+    """Drop every kept buffer (the caching allocator frees them once no call holds them)."""
+    _scratch.clear()
+    _scratch_held[0] = 0
+    _scratch_held[1] += 1

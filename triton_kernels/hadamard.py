@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from ..hadamard_matrices import SPECIAL_ORDERS, padded_matrix
-from ._interpreter import guarded
+from ._interpreter import guarded, interpreting
 from ._launch import Prepared, cdiv, launch
 
 # A 128x128 factor measured 77 % of clone at n = 128 and 42 % at n = 2048 = 128 x 16 on an H100,
@@ -134,15 +134,8 @@ _prepared: dict = {}
 _MAX_PREPARED = 1024
 
 
-@guarded(_hadamard_kernel)
-def hadamard_rows(x, y, m: int, n2: int, scale: float, transpose: bool, config: dict, fp32_intermediate=False):
-    """y = x @ (H_m (x) H_n2)^T * scale (H_m^T with transpose) for 2-D ``x [rows, m*n2]``; y may be x.
-
-    ``fp32_intermediate``: half inputs are not rounded between factors (nor between the two passes).
-    A one-pass call's launch is built once per problem (shapes, strides, dtype, device, parameters,
-    config) and kept (:class:`_launch.Prepared`).
-    """
-    fp32_intermediate = fp32_intermediate or x.dtype == torch.float32
+def _one_pass(x, y, m: int, n2: int, scale: float, transpose: bool, config: dict, fp32_intermediate: bool):
+    """The one-pass launch of this problem (kept in ``_prepared``), or False where it takes two passes."""
     # the kernel's id too (the plan keeps it alive): a stand-in for it, a test's recorder, is a new problem
     key = (x.shape, x.stride(), y.stride(), x.dtype, x.device, m, n2, scale, type(scale), transpose,
            tuple(config.items()), fp32_intermediate, id(_hadamard_kernel))  # fmt: skip
@@ -157,6 +150,29 @@ def hadamard_rows(x, y, m: int, n2: int, scale: float, transpose: bool, config: 
         if len(_prepared) >= _MAX_PREPARED:
             _prepared.clear()
         _prepared[key] = prepared
+    return prepared
+
+
+@guarded(_hadamard_kernel)
+def prepare_rows(x, y, m: int, n2: int, scale: float, transpose: bool, config: dict, fp32_intermediate=False):
+    """The eager fast path's launch of :func:`hadamard_rows` for 2-D x and y laid out as these (the
+    tensors passed to it may be any with the same data pointers and dtypes: only those are read), or
+    None (two passes, or the interpreter, whose launches take its lock)."""
+    if interpreting():
+        return None
+    return _one_pass(x, y, m, n2, scale, transpose, config, fp32_intermediate or x.dtype == torch.float32) or None
+
+
+@guarded(_hadamard_kernel)
+def hadamard_rows(x, y, m: int, n2: int, scale: float, transpose: bool, config: dict, fp32_intermediate=False):
+    """y = x @ (H_m (x) H_n2)^T * scale (H_m^T with transpose) for 2-D ``x [rows, m*n2]``; y may be x.
+
+    ``fp32_intermediate``: half inputs are not rounded between factors (nor between the two passes).
+    A one-pass call's launch is built once per problem (shapes, strides, dtype, device, parameters,
+    config) and kept (:class:`_launch.Prepared`).
+    """
+    fp32_intermediate = fp32_intermediate or x.dtype == torch.float32
+    prepared = _one_pass(x, y, m, n2, scale, transpose, config, fp32_intermediate)
     if prepared:
         prepared(x, y)
         return y

@@ -18,8 +18,8 @@ import types
 
 import torch
 
-from ._interpreter import guarded
-from ._launch import Prepared, cdiv, launch
+from ._interpreter import guarded, interpreting
+from ._launch import Prepared, cdiv, current, keep_scratch, launch, take_scratch
 from .limits import fused_bwd_rows
 from .monarch_attention_bwd import (
     _stage_l_bwd,
@@ -113,50 +113,101 @@ class _OnePass:
     """A one-pass forward, everything but its tensors built once per problem (shapes, strides, dtype,
     device, parameters, config, stage-R launcher: the key in :func:`monarch_attention_fwd`): the
     scratch's and outputs' shapes, whether q, k, v need a contiguous copy, and the two launches
-    (:class:`_launch.Prepared`, which checks per call what it does not key). Per call: the five
-    allocations, each a tensor of its own (the scratch is one allocation each too: on the CPU a view
-    costs what an allocation does; z and lse are returned, so never views of a shared buffer), and the
-    two launches. The same launches as :func:`_stage_r` and :func:`_stage_l` (their ``_args``); another
-    stage-R launcher (the cuda backend's) is called with ``_stage_r``'s arguments, the scratch as views."""
+    (:class:`_launch.Prepared`, which checks per call what it does not key; the warpgroup-MMA stage R
+    prepared by its launcher's ``prepare_first_pass``). The same launches as :func:`_stage_r` and
+    :func:`_stage_l` (their ``_args``); a stage-R launcher with nothing prepared is called with
+    ``_stage_r``'s arguments, the scratch as views.
 
-    def __init__(self, q, k, v, sm_scale, causal_block_tiles, config, stage_r):
+    Per call: Triton's current device and stream asked once for both launches; the scratch aL, Y, cL
+    taken from the buffers kept per stream (``_launch.take_scratch``: every element stage L reads,
+    stage R writes on every call, and it is never returned); z and lse allocated (they are returned).
+
+    ``runner``: the public functions' eager fast path (:func:`prepare_fwd`): q, k, v may be any tensors
+    with the data pointers of tile-order tensors of the prepared layout (the natural-order tensors of an
+    identity tiling, a KV cache whose first rows the slice is), since only their data pointers and
+    dtypes are read; z is allocated as ``z_shape`` (the natural order's, the same memory layout), lse
+    is scratch too (the caller discards it), and a call that the prepared launches cannot take (the
+    wgmma stage R on a misaligned base or another current device) returns None before any launch."""
+
+    def __init__(self, q, k, v, sm_scale, causal_block_tiles, config, stage_r, z_shape=None, runner=False):
         self.copy = tuple(x.stride(-1) != 1 for x in (q, k, v))
         q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
         bsz, n_a, b1, b2, nh, d = q.shape
         n_f = k.shape[1]
         common = (nh, n_a, n_f, b1, b2, causal_block_tiles)
-        self.dtype, self.device = q.dtype, q.device
+        self.dtype, self.device, self.runner = q.dtype, q.device, runner
         self.scratch = (bsz, nh, n_a, n_f, b2, b1, d)  # _Scratch's shapes
         self.c_l = self.scratch[:-1]
-        self.z, self.lse = (bsz, n_a, b1, b2, nh, d), (bsz, n_a, b1, b2, nh)
-        # the Triton stage R prepared; another launcher called with _stage_r's arguments after the scratch
-        self.triton_r = None
+        self.z = (bsz, n_a, b1, b2, nh, d) if z_shape is None else tuple(z_shape)
+        self.lse = (bsz, n_a, b1, b2, nh)
+        # what the kept scratch is (_launch.take_scratch's key with the device and stream)
+        self.what = ("attention", self.scratch, self.lse if runner else None, self.dtype, self.device)
+        # the Triton stage R prepared, or the launcher's own prepared first pass; else the launcher called
+        # with _stage_r's arguments after the scratch
+        self.triton_r = self.wgmma_r = None
         if stage_r is _stage_r:
             self.triton_r = Prepared(_stage_r_fwd, *_stage_r_args(q, k, v, sm_scale, common, config, True, True, False))
+        elif getattr(stage_r, "prepare_first_pass", None) is not None:
+            self.wgmma_r = stage_r.prepare_first_pass(q, k, v, sm_scale, common)
         self.stage_r, self.stage_r_rest = stage_r, (None, None, sm_scale, common, config)
         self.stage_l = Prepared(_stage_l_fwd, *_stage_l_args(q, sm_scale, common, config, True))
+
+    def _new_scratch(self) -> tuple:
+        # shapes as separate ints: ~0.4 us less a call than a tuple or torch.Size (the argument parser)
+        dtype, device = self.dtype, self.device
+        a_l = torch.empty(*self.scratch, dtype=dtype, device=device)
+        y = torch.empty(*self.scratch, dtype=dtype, device=device)
+        c_l = torch.empty(*self.c_l, dtype=torch.float32, device=device)
+        if self.runner:
+            return a_l, y, c_l, torch.empty(*self.lse, dtype=torch.float32, device=device)
+        return a_l, y, c_l
 
     def __call__(self, q, k, v):
         copy_q, copy_k, copy_v = self.copy
         if copy_q or copy_k or copy_v:
             q, k, v = (x.contiguous() if c else x for x, c in zip((q, k, v), self.copy, strict=True))
-        dtype, device = self.dtype, self.device
-        # shapes as separate ints: ~0.4 us less a call than a tuple or torch.Size (the argument parser)
-        a_l = torch.empty(*self.scratch, dtype=dtype, device=device)
-        y = torch.empty(*self.scratch, dtype=dtype, device=device)
-        c_l = torch.empty(*self.c_l, dtype=torch.float32, device=device)
-        z = torch.empty(*self.z, dtype=dtype, device=device)
-        lse = torch.empty(*self.lse, dtype=torch.float32, device=device)
-        if self.triton_r is not None:
-            self.triton_r(q, k, v, q, c_l, a_l, y, c_l, c_l)  # first pass: aR is q, cR and lse_R unused (cL)
+        device, stream = current()
+        wgmma_r = self.wgmma_r
+        if wgmma_r is not None and not wgmma_r.runs(device, q, k, v):
+            if self.runner:
+                return None
+            wgmma_r = None  # the launcher itself: it copies and switches the device
+        scratch, ticket = take_scratch(self.what, device, stream, self._new_scratch)
+        z = torch.empty(*self.z, dtype=self.dtype, device=self.device)
+        if self.runner:
+            a_l, y, c_l, lse = scratch
         else:
-            self.stage_r(q, k, v, types.SimpleNamespace(a_l=a_l, y=y, c_l=c_l, lse_r=c_l), *self.stage_r_rest)
-        self.stage_l(q, a_l, y, c_l, z, lse)
+            a_l, y, c_l = scratch
+            lse = torch.empty(*self.lse, dtype=torch.float32, device=self.device)
+        try:
+            if self.triton_r is not None:  # first pass: aR is q, cR and lse_R unused (cL)
+                self.triton_r.on(device, stream, q, k, v, q, c_l, a_l, y, c_l, c_l)
+            elif wgmma_r is not None:
+                wgmma_r(stream, q, k, v, a_l, y, c_l)
+            else:
+                self.stage_r(q, k, v, types.SimpleNamespace(a_l=a_l, y=y, c_l=c_l, lse_r=c_l), *self.stage_r_rest)
+            self.stage_l.on(device, stream, q, a_l, y, c_l, z, lse)
+        finally:
+            keep_scratch(ticket, scratch)
         return z, lse
 
 
 _plans: dict = {}  # monarch_attention_fwd's key -> _OnePass
 _MAX_PLANS = 1024  # distinct problems (batch sizes, KV lengths) before it starts over
+
+
+@guarded(_stage_r_fwd, _stage_l_fwd, _stage_l_update)
+def prepare_fwd(q, k, v, *, sm_scale: float, causal_block_tiles: int, num_iters: int, config: dict, z_shape,
+                stage_r=_stage_r):  # fmt: skip
+    """The eager fast path's forward of one problem and layout (:class:`_OnePass` with ``runner``): a
+    callable ``(q, k, v) -> (z, lse) | None`` for tensors with the data pointers of tile-order tensors laid
+    out as these, ``z`` of ``z_shape`` and ``lse`` scratch; or None where no launch is prepared (more than
+    one pass, the interpreter, a contiguous copy needed, a stage-R launcher with nothing prepared). The
+    caller keeps it as long as its selection stands (the config, and the environment that the guard reads)."""
+    if num_iters != 1 or interpreting() or any(x.stride(-1) != 1 for x in (q, k, v)):
+        return None
+    plan = _OnePass(q, k, v, sm_scale, causal_block_tiles, config, stage_r, z_shape=z_shape, runner=True)
+    return plan if plan.triton_r is not None or plan.wgmma_r is not None else None
 
 
 @guarded(_stage_r_fwd, _stage_l_fwd, _stage_l_update)

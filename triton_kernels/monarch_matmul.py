@@ -25,8 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._interpreter import guarded
-from ._launch import Prepared, cdiv, launch
+from ._interpreter import guarded, interpreting
+from ._launch import Prepared, cdiv, current, keep_scratch, launch, take_scratch
 
 
 @triton.jit(do_not_specialize=["rows"])  # a new batch size must not compile a new kernel
@@ -278,9 +278,52 @@ def _rows_like(x2d: torch.Tensor, width: int) -> torch.Tensor:
     return torch.empty(x2d.shape[0], width, dtype=x2d.dtype, device=x2d.device)
 
 
-# the forward's two launches per problem (monarch_matmul_fwd's key) -> (y1 width, out width, Prepared x 2)
+class _Forward:
+    """The forward's two launches of one problem (shapes, strides, dtype, device, config: the key in
+    :func:`monarch_matmul_fwd`), built once (:class:`_launch.Prepared`; the stride checks run here, and a
+    failing problem is never kept). Per call: Triton's current device and stream asked once for both
+    launches, y1 taken from the buffers kept per stream (``_launch.take_scratch``: the first kernel writes
+    every element the second reads, and y1 is never returned), ``out`` allocated (``out_shape``: the
+    caller's ``(..., s*l)`` where it wants that shape, the same memory layout as ``[rows, s*l]``). Any
+    tensors with the data pointers and dtypes of tensors laid out as the prepared ones may be passed."""
+
+    def __init__(self, x2d, w1, w2, config, out_shape=None):
+        k, q, _ = w1.shape
+        l, s, _ = w2.shape
+        rows, self.dtype, self.device = x2d.shape[0], x2d.dtype, x2d.device
+        self.y1 = (rows, k * q)  # natural (k q) = (r l) order
+        self.out = (rows, s * l) if out_shape is None else tuple(out_shape)
+        self.what = ("monarch_matmul y1", self.y1, self.dtype, self.device)
+        y1 = torch.empty(*self.y1, dtype=self.dtype, device=self.device)  # the layouts the launches are built for
+        out = torch.empty(rows, s * l, dtype=self.dtype, device=self.device)
+        self.first = Prepared(*_block_diag_args(x2d, w1, y1, config))
+        self.second = Prepared(*_reordered_args(y1, w2, out, config))
+
+    def _new_y1(self) -> tuple:
+        return (torch.empty(*self.y1, dtype=self.dtype, device=self.device),)
+
+    def __call__(self, x2d, w1, w2):
+        device, stream = current()
+        scratch, ticket = take_scratch(self.what, device, stream, self._new_y1)
+        (y1,) = scratch
+        out = torch.empty(*self.out, dtype=self.dtype, device=self.device)
+        try:
+            self.first.on(device, stream, x2d, w1, y1)
+            self.second.on(device, stream, y1, w2, out)
+        finally:
+            keep_scratch(ticket, scratch)
+        return out
+
+
+# the forward's launches per problem (monarch_matmul_fwd's key) -> _Forward
 _prepared: dict = {}
 _MAX_PREPARED = 1024
+
+
+def _forward_key(x2d, w1, w2, config) -> tuple:
+    # the kernels' ids too (the plan keeps them alive): a stand-in for one, a test's recorder, is a new problem
+    return (x2d.shape, x2d.stride(), w1.shape, w1.stride(), w2.shape, w2.stride(), x2d.dtype, x2d.device,
+            tuple(config.items()), id(_block_product), id(_reordered_block_matmul))  # fmt: skip
 
 
 @guarded(_block_product, _reordered_block_matmul)
@@ -288,27 +331,24 @@ def monarch_matmul_fwd(x2d: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, co
     """``x2d [rows, k*p]``, ``w1 [k, q, p]``, ``w2 [l, s, r]`` -> ``[rows, s*l]`` (docs/math.md).
 
     The two launches are built once per problem (shapes, strides, dtype, device, config) and kept
-    (:class:`_launch.Prepared`); a call allocates y1 and out and launches."""
-    # the kernels' ids too (the plan keeps them alive): a stand-in for one, a test's recorder, is a new problem
-    key = (x2d.shape, x2d.stride(), w1.shape, w1.stride(), w2.shape, w2.stride(), x2d.dtype, x2d.device,
-           tuple(config.items()), id(_block_product), id(_reordered_block_matmul))  # fmt: skip
+    (:class:`_Forward`); a call allocates out and launches."""
+    key = _forward_key(x2d, w1, w2, config)
     plan = _prepared.get(key)
-    k, q, _ = w1.shape
-    l, s, _ = w2.shape
-    rows, dtype, device = x2d.shape[0], x2d.dtype, x2d.device
-    y1 = torch.empty(rows, k * q, dtype=dtype, device=device)  # natural (k q) = (r l) order
-    out = torch.empty(rows, s * l, dtype=dtype, device=device)
     if plan is None:
-        kernel, grid, rest, meta = _block_diag_args(x2d, w1, y1, config)
-        first = Prepared(kernel, grid, rest, meta)
-        kernel, grid, rest, meta = _reordered_args(y1, w2, out, config)
-        plan = (first, Prepared(kernel, grid, rest, meta))
+        plan = _Forward(x2d, w1, w2, config)
         if len(_prepared) >= _MAX_PREPARED:
             _prepared.clear()
         _prepared[key] = plan
-    plan[0](x2d, w1, y1)
-    plan[1](y1, w2, out)
-    return out
+    return plan(x2d, w1, w2)
+
+
+@guarded(_block_product, _reordered_block_matmul)
+def prepare_fwd(x2d: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, config: dict, out_shape):
+    """The eager fast path's forward of this problem and layout: ``(x, w1, w2) -> out`` of ``out_shape``
+    for tensors with the data pointers and dtypes of tensors laid out as these (:class:`_Forward`), or
+    None under the interpreter (whose launches take its lock). The caller keeps it as long as its
+    selection stands."""
+    return None if interpreting() else _Forward(x2d, w1, w2, config, out_shape)
 
 
 @guarded(_block_product, _reordered_block_matmul, _row_sum_partials, _sum_chunks)

@@ -100,7 +100,36 @@ MONARCHRT_GMMA_SS_MN(32)
 MONARCHRT_GMMA_SS_MN(48)
 MONARCHRT_GMMA_SS_MN(64)
 #undef MONARCHRT_GMMA_SS_MN
+
+// Step 1 of both kernels: S = Q' K^T and dR = daL K^T (+ dY V^T) for one 64-row block, every operand
+// K-major in shared memory (K = head_dim; q, dal, dy: 64-row buffers, k, v: kL-row ones).
+template <typename T, int kD, int kL>
+__device__ __forceinline__ void block_logits(uint64_t q, uint64_t dal, uint64_t dy, uint64_t k, uint64_t v,
+                                             bool has_y, float (&s)[kL / 2], float (&dr)[kL / 2]) {
+  auto logits = [&](uint64_t a, uint64_t b, float* d, bool acc) {
+#pragma unroll
+    for (int kk = 0; kk < kD / 16; ++kk)
+      gmma::mma_ss<typename gmma::SS<T, kL>::op>(gmma::advance(a, (kk >> 2) * kStageRBlockM * 128 + (kk & 3) * 32),
+                                                 gmma::advance(b, (kk >> 2) * kL * 128 + (kk & 3) * 32), d,
+                                                 acc || kk > 0, std::make_index_sequence<kL / 2>{});
+  };
+  gmma::fence_operands<kL / 2>(s);
+  gmma::fence_operands<kL / 2>(dr);
+  cute::warpgroup_arrive();
+  logits(q, k, s, false);
+  logits(dal, k, dr, false);
+  if (has_y) logits(dy, v, dr, true);
+  cute::warpgroup_commit_batch();
+  cute::warpgroup_wait<0>();
+  gmma::fence_operands<kL / 2>(s);
+  gmma::fence_operands<kL / 2>(dr);
+}
 #endif
+
+// dS_R of one element: R (dR + dcL (1 + ln R) - D_R), with R = 2^x (ln R = x ln 2).
+__device__ __forceinline__ float grad_logit(float r, float x, float dr, float dcl, float delta) {
+  return r * (dr + fmaf(dcl, fmaf(x, kLn2, 1.f), -delta));
+}
 
 template <typename T, int kD, int kL>
 __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_kv_kernel(const StageRBwdParams p) {
@@ -215,29 +244,8 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_kv_kernel(const
 
     // --- 1. S = Q' K^T and dR = daL K^T + dY V^T for the block's 64 rows
     float s[kAcc], dr[kAcc];
-    {
-      const uint64_t q_desc = gmma::desc(smem_addr(smem + Smem::kOffQ), 1);
-      const uint64_t dal_desc = gmma::desc(smem_addr(smem + Smem::kOffDaL), 1);
-      const uint64_t dy_desc = gmma::desc(smem_addr(smem + Smem::kOffDy), 1);
-      auto logits = [&](uint64_t a, uint64_t b, float* d, bool acc) {
-#pragma unroll
-        for (int kk = 0; kk < kD / 16; ++kk)
-          gmma::mma_ss<typename gmma::SS<T, kL>::op>(
-              gmma::advance(a, (kk >> 2) * kStageRBlockM * 128 + (kk & 3) * 32),
-              gmma::advance(b, (kk >> 2) * kL * 128 + (kk & 3) * 32), d, acc || kk > 0,
-              std::make_index_sequence<kAcc>{});
-      };
-      gmma::fence_operands<kAcc>(s);
-      gmma::fence_operands<kAcc>(dr);
-      cute::warpgroup_arrive();
-      logits(q_desc, k_desc, s, false);
-      logits(dal_desc, k_desc, dr, false);
-      if (has_y) logits(dy_desc, v_desc, dr, true);
-      cute::warpgroup_commit_batch();
-      cute::warpgroup_wait<0>();
-      gmma::fence_operands<kAcc>(s);
-      gmma::fence_operands<kAcc>(dr);
-    }
+    block_logits<T, kD, kL>(gmma::desc(smem_addr(smem + Smem::kOffQ), 1), gmma::desc(smem_addr(smem + Smem::kOffDaL), 1),
+                            gmma::desc(smem_addr(smem + Smem::kOffDy), 1), k_desc, v_desc, has_y, s, dr);
 
     // --- 2. R = exp2(x), x = s t log2(e) S - lse_R log2(e) (ln R = x ln 2), and dS times the row's s t
 #pragma unroll
@@ -245,7 +253,7 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_kv_kernel(const
       const int r = (i & 3) >> 1;
       const float x = fmaf(s[i], scale[r], -lse2[r]);
       const float pr = valid[r] ? fast_exp2(x) : 0.f;
-      dr[i] = pr * (dr[i] + fmaf(dcl[r], fmaf(x, kLn2, 1.f), -delta[r])) * (scale[r] * kLn2);
+      dr[i] = grad_logit(pr, x, dr[i], dcl[r], delta[r]) * (scale[r] * kLn2);
       s[i] = pr;
     }
     store_probs(s, smem + Smem::kOffR);
@@ -404,26 +412,7 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_q_kernel(const 
 
     // --- S = Q K^T and dR = daL K^T + dY V^T for the b2 columns j (rows of the block)
     float s[kAcc], dr[kAcc];
-    {
-      auto logits = [&](uint64_t a_desc, uint64_t b_desc, float* d, bool acc) {
-#pragma unroll
-        for (int kk = 0; kk < kD / 16; ++kk)
-          gmma::mma_ss<typename gmma::SS<T, kL>::op>(
-              gmma::advance(a_desc, (kk >> 2) * kStageRBlockM * 128 + (kk & 3) * 32),
-              gmma::advance(b_desc, (kk >> 2) * kL * 128 + (kk & 3) * 32), d, acc || kk > 0,
-              std::make_index_sequence<kAcc>{});
-      };
-      gmma::fence_operands<kAcc>(s);
-      gmma::fence_operands<kAcc>(dr);
-      cute::warpgroup_arrive();
-      logits(q_desc, k_desc, s, false);
-      logits(dal_desc, k_desc, dr, false);
-      if (has_y) logits(dy_desc, v_desc, dr, true);
-      cute::warpgroup_commit_batch();
-      cute::warpgroup_wait<0>();
-      gmma::fence_operands<kAcc>(s);
-      gmma::fence_operands<kAcc>(dr);
-    }
+    block_logits<T, kD, kL>(q_desc, dal_desc, dy_desc, k_desc, v_desc, has_y, s, dr);
     // --- dS = R (dR + dcL (1 + ln R) - D_R), R = exp2(s log2(e) S - lse_R log2(e)), as A fragments (K = l)
     uint32_t ds[kL / 16][4];
 #pragma unroll
@@ -434,7 +423,7 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_q_kernel(const 
         const int r = e >> 1, i = 4 * n + e;
         const float x = fmaf(s[i], p.scale_log2, -lse2[r]);
         const float pr = rows[r] < b2 ? fast_exp2(x) : 0.f;
-        v4[e] = pr * (dr[i] + fmaf(dcl[r], fmaf(x, kLn2, 1.f), -delta[r]));
+        v4[e] = grad_logit(pr, x, dr[i], dcl[r], delta[r]);
       }
       ds[n >> 1][(n & 1) * 2] = pack2<T>(v4[0], v4[1]);
       ds[n >> 1][(n & 1) * 2 + 1] = pack2<T>(v4[2], v4[3]);

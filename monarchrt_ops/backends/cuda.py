@@ -243,6 +243,42 @@ def stage_r_wgmma(q, k, v, sc, a_r, c_r, sm_scale, common, config, write_y=True,
         )  # fmt: skip
 
 
+class _FirstPassStageR:
+    """:func:`stage_r_wgmma`'s first pass (aR = q, Y written, no lse_R) of one problem and layout with its
+    sizes and strides built once (the one-pass forward's plan, triton_kernels/monarch_attention.py): a call
+    passes the data pointers and the stream. Where it does not run (:meth:`runs`), the caller takes
+    :func:`stage_r_wgmma`, which copies and switches the device."""
+
+    __slots__ = ("index", "strides", "sizes")
+
+    def __init__(self, q, k, v, sm_scale, common):
+        nh, n_a, n_f, b1, b2, causal_block_tiles = common
+        self.index = q.get_device()
+        self.strides = (list(q.stride()[:5]), list(k.stride()[:5]), list(v.stride()[:5]))
+        self.sizes = (q.shape[0], nh, n_a, n_f, b1, b2, q.shape[5], causal_block_tiles, sm_scale, _DTYPE_CODES[q.dtype])
+
+    def runs(self, device: int, q, k, v) -> bool:
+        """Whether a call on the current ``device`` takes it: q's device is the current one (the launcher
+        uses it) and every base is 16-byte aligned (the strides were checked when it was built)."""
+        return device == self.index and not (q.data_ptr() | k.data_ptr() | v.data_ptr()) & 15
+
+    def __call__(self, stream, q, k, v, a_l, y, c_l):
+        qs, ks, vs = self.strides
+        extension()[0].monarch_stage_r(
+            q.data_ptr(), k.data_ptr(), v.data_ptr(), 0, 0, a_l.data_ptr(), y.data_ptr(), c_l.data_ptr(), 0,
+            qs, ks, vs, *self.sizes, stream,
+        )  # fmt: skip
+
+
+def _prepare_first_pass(q, k, v, sm_scale, common) -> _FirstPassStageR | None:
+    """The first pass of :func:`stage_r_wgmma` prepared for tile-order q, k, v of fixed strides, or None
+    where their strides are not whole 16-byte rows (then every call copies: :func:`stage_r_wgmma`)."""
+    return _FirstPassStageR(q, k, v, sm_scale, common) if _row_strides(q, k, v) else None
+
+
+stage_r_wgmma.prepare_first_pass = _prepare_first_pass  # what the one-pass plan looks for on a stage-R launcher
+
+
 def stage_r_dkdv_wgmma(q, k, v, sc, a_r, c_r, grads, dk, dv, sm_scale, common, config, *, accumulate):
     """``triton_kernels.monarch_attention._stage_r_dkdv``'s arguments and effect, on the warpgroup-MMA
     kernel: dK (read-added when ``accumulate``) and, where ``dv`` is given, dV of every key row."""

@@ -238,6 +238,14 @@ class TritonAttention(_Triton):
             stage_r=_stage_r_launcher(config, kernels),
         )  # fmt: skip
 
+    def prepare(self, config, q, k, v, *, sm_scale, causal_block_tiles, num_iters, z_shape):
+        """The eager fast path's forward of this problem and layout, or None (``prepare_fwd``)."""
+        kernels = _kernels("monarch_attention")
+        return kernels.prepare_fwd(
+            q, k, v, sm_scale=sm_scale, causal_block_tiles=causal_block_tiles, num_iters=num_iters, config=config,
+            z_shape=z_shape, stage_r=_stage_r_launcher(config, kernels),
+        )  # fmt: skip
+
     def launch_backward(self, config, dz, dlse, q, k, v, z, lse, *, sm_scale, causal_block_tiles, num_iters):
         from ..triton_kernels import monarch_attention as kernels
 
@@ -275,6 +283,10 @@ class TritonHadamard(_Triton):
     def launch(self, config, x2d, out2d, *, m, n2, scale, transpose, fp32_intermediate=False):
         return _kernels("hadamard").hadamard_rows(x2d, out2d, m, n2, scale, transpose, config, fp32_intermediate)
 
+    def prepare(self, config, x2d, out2d, *, m, n2, scale, transpose, fp32_intermediate=False):
+        """The eager fast path's launch ``(x2d, out2d)`` of this problem and layout, or None (``prepare_rows``)."""
+        return _kernels("hadamard").prepare_rows(x2d, out2d, m, n2, scale, transpose, config, fp32_intermediate)
+
 
 class TritonMonarchMatmul(_Triton):
     @staticmethod
@@ -304,6 +316,10 @@ class TritonMonarchMatmul(_Triton):
 
     def launch(self, config, x2d, w1, w2):
         return _kernels("monarch_matmul").monarch_matmul_fwd(x2d, w1, w2, config)
+
+    def prepare(self, config, x2d, w1, w2, *, out_shape):
+        """The eager fast path's forward of this problem and layout, or None (``prepare_fwd``)."""
+        return _kernels("monarch_matmul").prepare_fwd(x2d, w1, w2, config, out_shape)
 
     def launch_backward(self, config, dout2d, x2d, w1, w2):
         from ..triton_kernels.monarch_matmul import monarch_matmul_bwd
