@@ -2,7 +2,8 @@
 # Per-instruction warp-stall samples (ncu source counters) of one launch of an attention kernel at the
 # Self-Forcing 21-frame shape (30x52, 12 heads, d = 128), bf16: KERNEL=cluster (default) the fused CUDA
 # forward, KERNEL=stage_r the warpgroup-MMA stage R (csrc/attention/stage_r.cuh), KERNEL=stage_r_triton
-# the Triton stage R. Run on the GPU machine after bench/device_run.sh has installed the package
+# the Triton stage R, KERNEL=stage_r_bwd_kv stage R's key-row backward on warpgroup MMA
+# (csrc/attention/stage_r_bwd.cuh; random stage-L gradients, the real lse_R). Run on the GPU machine after bench/device_run.sh has installed the package
 # (SKIP_BENCH=1 SKIP_TESTS=1 is enough). Writes $OUT/ncu-<kernel>-details.txt (sections),
 # $OUT/ncu-<kernel>-sass.csv.gz (every SASS line with its samples) and $OUT/ncu-<kernel>-sass-top.txt (the
 # instructions with the most samples, in address order, with neighbours).
@@ -15,7 +16,8 @@ case "$KERNEL" in
   cluster) REGEX=monarch_fwd_cluster SKIP=0 ;;  # one launch
   stage_r) REGEX=stage_r_kernel SKIP=1 ;;  # the second of two launches
   stage_r_triton) REGEX=_stage_r_fwd SKIP=1 ;;
-  *) echo "KERNEL must be cluster, stage_r or stage_r_triton" >&2; exit 2 ;;
+  stage_r_bwd_kv) REGEX=stage_r_bwd_kv_kernel SKIP=1 ;;
+  *) echo "KERNEL must be cluster, stage_r, stage_r_triton or stage_r_bwd_kv" >&2; exit 2 ;;
 esac
 cat > /tmp/one_launch.py <<PY
 import torch, monarchrt_ops as m
@@ -32,10 +34,17 @@ else:  # stage R alone, tile-order inputs, the Triton backend's default config
     from monarchrt_ops.problem import AttentionProblem
     p = AttentionProblem.from_tiles(q, k, 0, 1)
     config = TritonAttention().default_config(p, arch_of("cuda"))
-    launch = cuda.stage_r_wgmma if "$KERNEL" == "stage_r" else kernels._stage_r
-    sc = kernels._Scratch(q, $FRAMES)
-    for _ in range(2):  # the first compiles (Triton) and sets the shared-memory attribute
-        launch(q, k, v, sc, None, None, 128**-0.5, (12, $FRAMES, $FRAMES, 30, 52, 0), config)
+    launch = kernels._stage_r if "$KERNEL" == "stage_r_triton" else cuda.stage_r_wgmma
+    sc = kernels._Scratch(q, $FRAMES, with_lse_r=True)
+    common = (12, $FRAMES, $FRAMES, 30, 52, 0)
+    bwd = "$KERNEL" == "stage_r_bwd_kv"
+    for _ in range(1 if bwd else 2):  # the first compiles (Triton) and sets the shared-memory attribute
+        launch(q, k, v, sc, None, None, 128**-0.5, common, config, write_lse=bwd)
+    if bwd:  # the key-row backward of that stage R, twice (the second is profiled)
+        grads = (torch.randn_like(sc.a_l), torch.randn_like(sc.y), torch.randn_like(sc.c_l), torch.randn_like(sc.c_l))
+        dk, dv = (torch.empty(k.shape, device="cuda") for _ in range(2))
+        for _ in range(2):
+            cuda.stage_r_dkdv_wgmma(q, k, v, sc, None, None, grads, dk, dv, 128**-0.5, common, config, accumulate=False)
 torch.cuda.synchronize()
 PY
 ncu --section SourceCounters --section WarpStateStats --section LaunchStats --section Occupancy \
