@@ -439,3 +439,37 @@ def test_wide_forward_stage_r_blocks_are_invalid_where_their_shared_memory_does_
         config = {**backend.default_config(problem, arch), "fwd_block_l": 128}
         assert (backend.is_valid(config, problem, arch) is None) == valid
     assert backend.is_valid(backend.default_config(problem, rtx5090), problem, rtx5090) is None
+
+
+def test_wgmma_kernels_need_an_sm90a_build(monkeypatch):
+    """An sm_90 build without the 'a' features compiles the warpgroup-MMA kernels empty: they are never
+    chosen from it (their launches would succeed and write nothing)."""
+
+    class Plain90(FakeExtension):
+        @staticmethod
+        def compiled_archs():
+            return ["90", "100a"]
+
+    monkeypatch.setattr(cuda, "extension", lambda: (Plain90, None))
+    problem = _attention_problem()
+    assert "without sm_90a" in cuda.stage_r_reason(problem, H100)
+    assert "without sm_90a" in cuda.stage_r_bwd_reason(problem, H100)
+    monkeypatch.setattr(cuda, "extension", lambda: (FakeExtension, None))
+    assert cuda.stage_r_reason(problem, H100) is None and cuda.stage_r_bwd_reason(problem, H100) is None
+
+
+def test_aligned_rows_copies_a_size_one_dim_with_an_odd_stride():
+    """torch's contiguous() keeps a tensor whose only odd stride is a size-1 dim's; the kernels' launchers
+    check every stride, so the launch wrappers must copy it."""
+    x = torch.randn(2, 1, 3, 16).as_strided((2, 1, 3, 16), (48, 5, 16, 1))
+    assert x.is_contiguous() and not cuda._row_strides(x)
+    y = cuda._aligned_rows(x)
+    assert cuda._row_strides(y) and torch.equal(y, x)
+
+
+@pytest.mark.skipif(cuda.extension()[0] is None, reason="the extension is not built on this machine")
+def test_stage_r_bwd_reason_refuses_no_query_tiles():
+    """With no query tiles the wgmma backward would launch nothing and leave dK, dV unwritten."""
+    module, _ = cuda.extension()
+    assert "no query tiles" in module.monarch_stage_r_bwd_reason(1, 2, 0, 3, 30, 52, 128, 0, 1)
+    assert module.monarch_stage_r_bwd_reason(1, 2, 1, 3, 30, 52, 128, 0, 1) == ""

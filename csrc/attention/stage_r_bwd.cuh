@@ -21,9 +21,10 @@
 // One buffer per operand, two CTAs per SM (an L2 prefetch of the next block's daL and dY was measured
 // slower: docs/attention-kernels.md (g)).
 // dK and dV are stored once at the end (dK read-added on earlier passes: `accumulate`). Taking them
-// transposed pads only the key columns to 16 (kL) and puts head_dim on M. Columns l >= b2 need no mask:
-// K and V rows l >= b2 are zero, so those columns stay finite, and they only reach dK^T's and dV^T's
-// column l, which is not stored. Query rows past the last tile are zero in shared memory, R = dS = 0.
+// transposed pads only the key columns to 16 (kL) and puts head_dim on M. Columns l >= b2 need no mask
+// here: whatever they hold (even inf in a 16-bit R or dS) reaches only dK^T's and dV^T's column l, which
+// is not stored. Query rows past the last tile are zero in shared memory, R = dS = 0. (The query-row
+// kernel sums over l, so it masks those columns.)
 //
 // Query-row kernel (the first pass only: later passes' daR and dcR stay with the Triton kernel): for one
 // query row (b, h, a, k), its b2 columns j as the 64 rows of one block, over every key tile f it sees,
@@ -298,6 +299,7 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_kv_kernel(const
     __syncthreads();  // every warpgroup read of this block's buffers is done: the next block may overwrite them
   }
 
+  cute::cp_async_wait<0>();  // where no query tile sees f the loop never ran: K and V's copies end here
   // dK^T and dV^T: element 4n + e of part dh is feature 64 dh + 16 warp + g + 8 (e / 2), column
   // l = 8n + 2 tig + e % 2; stored at [b, f, k, l, h, feature] for l < b2
   const int64_t kv_row0 = ((int64_t(bb) * n_f + f) * b1 + krow) * b2;
@@ -421,8 +423,11 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_q_kernel(const 
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int r = e >> 1, i = 4 * n + e;
+        // columns l >= b2 (only in the last two 8-column chunks) meet zero K rows, but their dS may
+        // overflow the 16-bit A fragment (R = exp(-lse_R) with lse_R far below 0), and inf * 0 is NaN
+        const bool live = rows[r] < b2 && (n < kL / 8 - 2 || 8 * n + 2 * tig + (e & 1) < b2);
         const float x = fmaf(s[i], p.scale_log2, -lse2[r]);
-        const float pr = rows[r] < b2 ? fast_exp2(x) : 0.f;
+        const float pr = live ? fast_exp2(x) : 0.f;
         v4[e] = grad_logit(pr, x, dr[i], dcl[r], delta[r]);
       }
       ds[n >> 1][(n & 1) * 2] = pack2<T>(v4[0], v4[1]);

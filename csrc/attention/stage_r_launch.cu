@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -16,15 +17,22 @@ namespace {
 // Fewer CTAs than this many per SM split each key row's query rows over grid y.
 constexpr int kMinCtasPerSm = 8;
 
-// One launch of kKernel (two CTAs per SM of kBytes each) on `grid`. The kernel is a template argument so
-// that each kernel has its own once-per-process attribute call (a function pointer argument would share
-// one between kernels of the same type: the first one launched would be the only one allowed kBytes).
+// One launch of kKernel (two CTAs per SM of kBytes each) on `grid`. The shared-memory attribute is set
+// once per kernel and device (it belongs to the device's context): the kernel is a template argument so
+// that each has its own record (a function-pointer argument would share one between kernels of the same
+// type), and the record holds a bit per device.
 template <auto kKernel, int kBytes, class Params>
 void launch(const Params& p, dim3 grid, cudaStream_t stream, const char* name) {
   static_assert(2 * kBytes <= 227 * 1024, "two CTAs per SM");
-  static const cudaError_t attr =  // once per kernel and process
-      cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
-  check(attr, (std::string(name) + " shared memory attribute").c_str());
+  static std::atomic<uint64_t> devices_set{0};
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
+  if (!(devices_set.load(std::memory_order_relaxed) & bit)) {  // (devices past 64 set it every launch)
+    check(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes),
+          (std::string(name) + " shared memory attribute").c_str());
+    devices_set.fetch_or(bit, std::memory_order_relaxed);
+  }
   kKernel<<<grid, attention::kStageRThreads, kBytes, stream>>>(p);
   check(cudaGetLastError(), (std::string(name) + " launch").c_str());
 }
@@ -120,6 +128,7 @@ std::string monarch_stage_r_bwd_reason(int64_t batch, int64_t nh, int64_t n_q_ti
   if (b2 > limits::kStageRBwdMaxB2)
     return "tile " + std::to_string(b1) + "x" + std::to_string(b2) + " (stage R's backward on wgmma takes b2 <= " +
            std::to_string(limits::kStageRBwdMaxB2) + ")";
+  if (n_q_tiles < 1) return "no query tiles (stage R's backward on wgmma writes dK and dV only for some)";
   if (n_q_tiles * b1 > limits::kMaxGridX)
     return "grid too large (stage R's backward on wgmma takes up to " + std::to_string(limits::kMaxGridX) +
            " query rows)";

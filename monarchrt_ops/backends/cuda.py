@@ -209,9 +209,11 @@ def _wgmma_reason(problem: AttentionProblem, arch: Arch, what: str, launcher: st
         return reason
     if arch.capability != (9, 0):
         return f"warpgroup MMA is sm_90a's; the device is sm_{arch.capability[0]}{arch.capability[1]}"
+    module, _ = extension()
+    if "90a" not in module.compiled_archs():  # an sm_90 build without the 'a' features compiles them empty
+        return f"the extension was built for sm_{', sm_'.join(module.compiled_archs())}, without sm_90a"
     if problem.dtype not in _DTYPE_CODES:
         return f"dtype {problem.dtype} is not fp16/bf16"
-    module, _ = extension()
     p = problem
     reason = getattr(module, launcher + "_reason")(
         p.batch, p.heads, p.q_tiles, p.kv_tiles, p.b1, p.b2, p.head_dim, p.causal_block_tiles, _DTYPE_CODES[p.dtype]
@@ -342,7 +344,8 @@ def _row_strides(*tensors: torch.Tensor) -> bool:
 
 
 def _aligned_rows(x: torch.Tensor) -> torch.Tensor:
-    """Contiguous last dim, 16-byte aligned base and strides (the kernel's 16-byte copies)."""
+    """Contiguous last dim, 16-byte aligned base and strides (the kernel's 16-byte copies). A copy, never
+    ``x.contiguous()``: that returns ``x`` itself when only a size-1 dim's stride is off."""
     if x.data_ptr() % 16 == 0 and _row_strides(x):
         return x
-    return x.contiguous() if x.data_ptr() % 16 == 0 else x.clone(memory_format=torch.contiguous_format)
+    return x.clone(memory_format=torch.contiguous_format)
