@@ -356,6 +356,7 @@ def eager(*tensors: torch.Tensor) -> bool:
         or C._is_torch_function_mode_enabled()
         or C._are_functorch_transforms_active()
         or C._is_any_autocast_enabled()
+        or _tracing_or_forward_ad()
     ):
         return False
     grad = C.is_grad_enabled()
@@ -363,6 +364,12 @@ def eager(*tensors: torch.Tensor) -> bool:
         if type(t) not in _PLAIN_TENSORS or (grad and t.requires_grad) or not (t.is_cuda or t.is_cpu):
             return False
     return True
+
+
+def _tracing_or_forward_ad() -> bool:
+    """torch.jit.trace is recording (it must see the op, or its replay returns the traced call's empty
+    output) or a forward-mode AD level is open (dual tensors' tangents must go through the op's formula)."""
+    return torch._C._get_tracing_state() is not None or torch.autograd.forward_ad._current_level >= 0
 
 
 class CallEntry:
@@ -393,6 +400,7 @@ def eager_checked(*tensors: torch.Tensor) -> bool:
         or C._is_torch_function_mode_enabled()
         or C._are_functorch_transforms_active()
         or C._is_any_autocast_enabled()
+        or _tracing_or_forward_ad()
     ):
         return False
     if C.is_grad_enabled():

@@ -254,3 +254,22 @@ def test_monarch_matmul_cached_checks_still_reject_what_the_checks_reject():
     # a Parameter weight is its own key, checked once and cached
     w1_param = torch.nn.Parameter(w1, requires_grad=False)
     assert torch.equal(m.monarch_matmul(x, w1_param, w2), m.monarch_matmul(x, w1, w2))
+
+
+def test_eager_path_gives_way_to_jit_trace_and_forward_ad():
+    """torch.jit.trace must record the op (a skipped dispatcher leaves only the output's allocation in the
+    trace) and forward-mode AD must reach its formula: neither may take the eager fast path."""
+    from monarchrt_ops import ops
+
+    x = torch.randn(2, 2)
+    assert ops.eager(x) and ops.eager_checked(x)
+    with torch.autograd.forward_ad.dual_level():
+        assert not ops.eager(x) and not ops.eager_checked(x)
+    seen = []
+
+    def traced(t):
+        seen.append((ops.eager(t), ops.eager_checked(t)))
+        return t * 2
+
+    torch.jit.trace(traced, (x,), check_trace=False)  # (the check would re-run it untraced)
+    assert seen == [(False, False)]

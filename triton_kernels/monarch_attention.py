@@ -136,6 +136,7 @@ class _OnePass:
         n_f = k.shape[1]
         common = (nh, n_a, n_f, b1, b2, causal_block_tiles)
         self.dtype, self.device, self.runner = q.dtype, q.device, runner
+        self.index = q.device.index if q.is_cuda else None  # the CUDA device the launches must run on
         self.scratch = (bsz, nh, n_a, n_f, b2, b1, d)  # _Scratch's shapes
         self.c_l = self.scratch[:-1]
         self.z = (bsz, n_a, b1, b2, nh, d) if z_shape is None else tuple(z_shape)
@@ -167,13 +168,21 @@ class _OnePass:
         if copy_q or copy_k or copy_v:
             q, k, v = (x.contiguous() if c else x for x, c in zip((q, k, v), self.copy, strict=True))
         device, stream = current()
+        if self.index is not None and device is not None and device != self.index:  # launches use the current device
+            if self.runner:
+                return None
+            with torch.cuda.device(self.device):
+                return self(q, k, v)
         wgmma_r = self.wgmma_r
         if wgmma_r is not None and not wgmma_r.runs(device, q, k, v):
             if self.runner:
                 return None
-            wgmma_r = None  # the launcher itself: it copies and switches the device
-        scratch, ticket = take_scratch(self.what, device, stream, self._new_scratch)
+            wgmma_r = None  # the launcher itself: it copies
         z = torch.empty(*self.z, dtype=self.dtype, device=self.device)
+        # scratch is kept between calls only on the eager fast path: the op's path is also what compiled
+        # graphs run (CUDA-graph trees allocate their warm-up calls from a private pool that they reset)
+        scratch, ticket = take_scratch(self.what, device, stream, self._new_scratch) if self.runner else (
+            self._new_scratch(), None)  # fmt: skip
         if self.runner:
             a_l, y, c_l, lse = scratch
         else:

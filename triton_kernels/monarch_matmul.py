@@ -287,10 +287,14 @@ class _Forward:
     caller's ``(..., s*l)`` where it wants that shape, the same memory layout as ``[rows, s*l]``). Any
     tensors with the data pointers and dtypes of tensors laid out as the prepared ones may be passed."""
 
-    def __init__(self, x2d, w1, w2, config, out_shape=None):
+    def __init__(self, x2d, w1, w2, config, out_shape=None, keep=False):
         k, q, _ = w1.shape
         l, s, _ = w2.shape
         rows, self.dtype, self.device = x2d.shape[0], x2d.dtype, x2d.device
+        self.index = x2d.device.index if x2d.is_cuda else None  # the CUDA device the launches must run on
+        # y1 kept between calls only on the eager fast path (``keep``): the op's path is also what
+        # compiled graphs run (CUDA-graph trees allocate their warm-up calls from a pool they reset)
+        self.keep = keep
         self.y1 = (rows, k * q)  # natural (k q) = (r l) order
         self.out = (rows, s * l) if out_shape is None else tuple(out_shape)
         self.what = ("monarch_matmul y1", self.y1, self.dtype, self.device)
@@ -304,9 +308,15 @@ class _Forward:
 
     def __call__(self, x2d, w1, w2):
         device, stream = current()
-        scratch, ticket = take_scratch(self.what, device, stream, self._new_y1)
-        (y1,) = scratch
+        if self.index is not None and device is not None and device != self.index:  # launches use the current device
+            with torch.cuda.device(self.device):
+                return self(x2d, w1, w2)
         out = torch.empty(*self.out, dtype=self.dtype, device=self.device)
+        if self.keep:
+            scratch, ticket = take_scratch(self.what, device, stream, self._new_y1)
+        else:
+            scratch, ticket = self._new_y1(), None
+        (y1,) = scratch
         try:
             self.first.on(device, stream, x2d, w1, y1)
             self.second.on(device, stream, y1, w2, out)
@@ -348,7 +358,7 @@ def prepare_fwd(x2d: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, config: d
     for tensors with the data pointers and dtypes of tensors laid out as these (:class:`_Forward`), or
     None under the interpreter (whose launches take its lock). The caller keeps it as long as its
     selection stands."""
-    return None if interpreting() else _Forward(x2d, w1, w2, config, out_shape)
+    return None if interpreting() else _Forward(x2d, w1, w2, config, out_shape, keep=True)
 
 
 @guarded(_block_product, _reordered_block_matmul, _row_sum_partials, _sum_chunks)
