@@ -249,6 +249,40 @@ def test_gradients_with_each_stage_r_bwd(stage_r_bwd, name, dtype, poison_empty,
 
 
 @GPU_TIER
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_stage_r_dq_on_wgmma_with_far_negative_logits(dtype):
+    """Stage R's dQ kernel on wgmma where every logit of a key row is far below 0 (lse_R ~ -40): the
+    padded columns l >= b2 (b2 = 20, 16-column steps) hold R = exp(-lse_R), whose dS overflows fp16
+    unless masked, and inf times K's zero rows is NaN. Against the Triton kernel on the same inputs."""
+    from monarchrt_ops.arch import arch_of
+    from monarchrt_ops.problem import AttentionProblem
+    from monarchrt_ops.triton_kernels import monarch_attention as kernels
+
+    b1, b2, n_a, nh, d = 3, 20, 2, 2, 64
+    g = torch.Generator(device="cuda").manual_seed(7)
+    u = torch.randn(d, device="cuda", generator=g)
+    u = u / u.norm()
+    k = (u + 0.01 * torch.randn(1, n_a, b1, b2, nh, d, device="cuda", generator=g)).to(dtype)
+    q = (-40.0 * u + 0.01 * torch.randn(1, n_a, b1, b2, nh, d, device="cuda", generator=g)).to(dtype)
+    problem = AttentionProblem.from_tiles(q, k, 0, 1)
+    if cuda.stage_r_bwd_reason(problem, arch_of("cuda")) is not None:
+        pytest.skip("stage R's backward on wgmma does not run here")
+    config = registry.select("attention", problem, arch_of("cuda"), "triton").config
+    common, scale = (nh, n_a, n_a, b1, b2, 0), 1.0
+    sc = kernels._Scratch(q, n_a, with_lse_r=True)
+    kernels._stage_r(q, k, k, sc, None, None, scale, common, config, write_lse=True)
+    assert sc.lse_r.max() < -30  # every logit of every key row far below 0
+    grads = tuple(torch.randn(x.shape, device="cuda", generator=g).to(x.dtype) for x in (sc.a_l, sc.y, sc.c_l, sc.c_l))
+    dq = torch.zeros(q.shape, device="cuda")
+    outs = [torch.empty_like(q) for _ in range(2)]
+    for launcher, out in zip((kernels._stage_r_dq, cuda.stage_r_dq_wgmma), outs, strict=True):
+        launcher(q, k, k, sc, None, None, grads, dq, out, None, None, scale, common, config, has_y=True)
+    assert torch.isfinite(outs[1]).all()
+    err = (outs[1].float() - outs[0].float()).abs().max() / outs[0].float().abs().max()
+    assert err < 2e-2, err
+
+
+@GPU_TIER
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_kv_cache_slice_and_gradients_at_30x52(backend, poison_empty):
     """A cache slice of a longer buffer (strided rows) at 30x52, d=128, bf16, and the gradients of out."""
