@@ -118,7 +118,8 @@ class _OnePass:
     :func:`_stage_l` (their ``_args``); a stage-R launcher with nothing prepared is called with
     ``_stage_r``'s arguments, the scratch as views.
 
-    Per call: Triton's current device and stream asked once for both launches; the scratch aL, Y, cL
+    Per call: Triton's current device and stream asked once for both launches (another current device
+    than the tensors': the call runs under theirs); the scratch aL, Y, cL allocated, or with ``runner``
     taken from the buffers kept per stream (``_launch.take_scratch``: every element stage L reads,
     stage R writes on every call, and it is never returned); z and lse allocated (they are returned).
 

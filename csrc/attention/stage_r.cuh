@@ -33,12 +33,16 @@
 
 namespace monarchrt::attention {
 
-struct StageRParams : AttnDims {
+// What stage R's kernels (this one and its backward's, stage_r_bwd.cuh) read: the pass's query, K and V.
+struct StageRInputs : AttnDims {
   const void* q;      // [B, A, b1, b2, nh, d], strides sq; d contiguous
   const void* k;      // [B, F, b1, b2, nh, d], strides sk
   const void* v;      // like k, strides sv
   const void* a_r;    // later passes: aR [B, nh, A, F, b1, b2, d] contiguous; null on the first pass
   const float* c_r;   // later passes: cR [B, nh, A, F, b1, b2]
+};
+
+struct StageRParams : StageRInputs {
   void* a_l;          // [B, nh, A, F, b2, b1, d] contiguous
   void* y;            // like a_l; null: not written (a pass that only feeds the aR update)
   float* c_l;         // [B, nh, A, F, b2, b1]
@@ -109,6 +113,17 @@ __device__ __forceinline__ void load_rows_zero_rest(unsigned char* dst, int n_ro
   }
 }
 
+// Key row (b, f, k, h)'s K and V into two swizzled buffers of kL rows, rows l >= b2 zero (their
+// probabilities are 0, and 0 * garbage may be NaN).
+template <typename T, int kD, int kL>
+__device__ __forceinline__ void load_key_row(unsigned char* k_dst, unsigned char* v_dst, const StageRInputs& p,
+                                             int bb, int f, int krow, int h) {
+  const T* k_row = static_cast<const T*>(p.k) + bb * p.sk[0] + f * p.sk[1] + krow * p.sk[2] + h * p.sk[4];
+  const T* v_row = static_cast<const T*>(p.v) + bb * p.sv[0] + f * p.sv[1] + krow * p.sv[2] + h * p.sv[4];
+  load_rows_zero_rest<T, kD, kL>(k_dst, p.b2, [&](int l) { return k_row + l * p.sk[3]; });
+  load_rows_zero_rest<T, kD, kL>(v_dst, p.b2, [&](int l) { return v_row + l * p.sv[3]; });
+}
+
 template <typename T, int kD, int kL>
 __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_kernel(const StageRParams p) {
 #ifdef MONARCHRT_WGMMA
@@ -133,13 +148,7 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_kernel(const StageR
   const T* const q_row = q + bb * p.sq[0] + krow * p.sq[2] + h * p.sq[4];
   const T* const a_r = static_cast<const T*>(p.a_r);
 
-  // the key row's K and V, rows l >= b2 zero (their probabilities are 0, and 0 * garbage may be NaN)
-  {
-    const T* k_row = static_cast<const T*>(p.k) + bb * p.sk[0] + f * p.sk[1] + krow * p.sk[2] + h * p.sk[4];
-    const T* v_row = static_cast<const T*>(p.v) + bb * p.sv[0] + f * p.sv[1] + krow * p.sv[2] + h * p.sv[4];
-    load_rows_zero_rest<T, kD, kL>(smem + Smem::kOffK, b2, [&](int l) { return k_row + l * p.sk[3]; });
-    load_rows_zero_rest<T, kD, kL>(smem + Smem::kOffV, b2, [&](int l) { return v_row + l * p.sv[3]; });
-  }
+  load_key_row<T, kD, kL>(smem + Smem::kOffK, smem + Smem::kOffV, p, bb, f, krow, h);
   // per-thread row offsets inside a block, split once: the query rows this thread copies (chunk ch of
   // rows ld_row + i * kLdStep), the two rows of its softmax (16 warp + g, + 8) and the four it stores
   // (16 warp + lane / 8 + 4 i)

@@ -42,13 +42,8 @@
 
 namespace monarchrt::attention {
 
-// What both kernels read: the pass's query, K and V, and the stage-L backward's gradients.
-struct StageRGradInputs : AttnDims {
-  const void* q;         // [B, A, b1, b2, nh, d], strides sq; d contiguous
-  const void* k;         // [B, F, b1, b2, nh, d], strides sk
-  const void* v;         // like k, strides sv
-  const void* a_r;       // later passes: aR [B, nh, A, F, b1, b2, d] contiguous; null on the first pass
-  const float* c_r;      // later passes: cR [B, nh, A, F, b1, b2]
+// What both kernels read: the pass's query, K and V (StageRInputs), and the stage-L backward's gradients.
+struct StageRGradInputs : StageRInputs {
   const float* lse_r;    // [B, nh, A, F, b2, b1]
   const void* da_l;      // [B, nh, A, F, b2, b1, d] contiguous
   const void* dy;        // like da_l; null on a pass that forms no Y (then no dV)
@@ -153,12 +148,7 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_kv_kernel(const
   const T* const a_r = static_cast<const T*>(p.a_r);
   const T* const da_l = static_cast<const T*>(p.da_l);
   const T* const dy = static_cast<const T*>(p.dy);
-  {
-    const T* k_row = static_cast<const T*>(p.k) + bb * p.sk[0] + f * p.sk[1] + krow * p.sk[2] + h * p.sk[4];
-    const T* v_row = static_cast<const T*>(p.v) + bb * p.sv[0] + f * p.sv[1] + krow * p.sv[2] + h * p.sv[4];
-    load_rows_zero_rest<T, kD, kL>(smem + Smem::kOffK, b2, [&](int l) { return k_row + l * p.sk[3]; });
-    load_rows_zero_rest<T, kD, kL>(smem + Smem::kOffV, b2, [&](int l) { return v_row + l * p.sv[3]; });
-  }
+  load_key_row<T, kD, kL>(smem + Smem::kOffK, smem + Smem::kOffV, p, bb, f, krow, h);
   // per-thread row offsets inside a block, split once (as stage_r.cuh): the rows this thread copies and
   // the two rows of its accumulator fragments (16 warp + g, + 8)
   constexpr int kChunks = kD / 8, kLdStep = kStageRThreads / kChunks;
@@ -348,8 +338,6 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_q_kernel(const 
                         ? min(n_f, (a / p.causal_block_tiles + 1) * p.causal_block_tiles)
                         : n_f;
   const bool has_y = p.dy != nullptr;
-  const T* const k_row = static_cast<const T*>(p.k) + bb * p.sk[0] + krow * p.sk[2] + h * p.sk[4];  // + f sk[1]
-  const T* const v_row = static_cast<const T*>(p.v) + bb * p.sv[0] + krow * p.sv[2] + h * p.sv[4];
   const T* const da_l = static_cast<const T*>(p.da_l);
   const T* const dy = static_cast<const T*>(p.dy);
   // scratch row (b, h, a, f, j, k) = row0(f) + j * b1
@@ -361,8 +349,7 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_q_kernel(const 
   }
   auto load_tile = [&](int f) {
     const int64_t row0 = scratch_row0(f);
-    load_rows_zero_rest<T, kD, kL>(smem + Smem::kOffK, b2, [&](int l) { return k_row + f * p.sk[1] + l * p.sk[3]; });
-    load_rows_zero_rest<T, kD, kL>(smem + Smem::kOffV, b2, [&](int l) { return v_row + f * p.sv[1] + l * p.sv[3]; });
+    load_key_row<T, kD, kL>(smem + Smem::kOffK, smem + Smem::kOffV, p, bb, f, krow, h);
     load_rows_zero_rest<T, kD, kStageRBlockM>(smem + Smem::kOffDaL, b2,
                                               [&](int j) { return da_l + (row0 + int64_t(j) * b1) * kD; });
     if (has_y)

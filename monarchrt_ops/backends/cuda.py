@@ -231,8 +231,7 @@ def stage_r_wgmma(q, k, v, sc, a_r, c_r, sm_scale, common, config, write_y=True,
     aL, Y (when ``write_y``), cL and lse_R (when ``write_lse``) of every key row into the scratch ``sc``."""
     module, _ = extension()
     nh, n_a, n_f, b1, b2, causal_block_tiles = common
-    if (q.data_ptr() | k.data_ptr() | v.data_ptr()) % 16 or not _row_strides(q, k, v):
-        q, k, v = _aligned_rows(q), _aligned_rows(k), _aligned_rows(v)
+    q, k, v = _launchable(q, k, v)
     with torch.cuda.device(q.device):  # the launcher uses the current device
         module.monarch_stage_r(
             q.data_ptr(), k.data_ptr(), v.data_ptr(),
@@ -287,8 +286,7 @@ def stage_r_dkdv_wgmma(q, k, v, sc, a_r, c_r, grads, dk, dv, sm_scale, common, c
     module, _ = extension()
     nh, n_a, n_f, b1, b2, causal_block_tiles = common
     da_l, dy, dc_l, delta_r = grads
-    if (q.data_ptr() | k.data_ptr() | v.data_ptr()) % 16 or not _row_strides(q, k, v):
-        q, k, v = _aligned_rows(q), _aligned_rows(k), _aligned_rows(v)
+    q, k, v = _launchable(q, k, v)
     with torch.cuda.device(q.device):  # the launcher uses the current device
         module.monarch_stage_r_bwd_kv(
             q.data_ptr(), k.data_ptr(), v.data_ptr(),
@@ -313,8 +311,7 @@ def stage_r_dq_wgmma(q, k, v, sc, a_r, c_r, grads, dq, dq_out, d_ar, d_cr, sm_sc
     module, _ = extension()
     nh, n_a, n_f, b1, b2, causal_block_tiles = common
     da_l, dy, dc_l, delta_r = grads
-    if (q.data_ptr() | k.data_ptr() | v.data_ptr()) % 16 or not _row_strides(q, k, v):
-        q, k, v = _aligned_rows(q), _aligned_rows(k), _aligned_rows(v)
+    q, k, v = _launchable(q, k, v)
     with torch.cuda.device(q.device):  # the launcher uses the current device
         module.monarch_stage_r_bwd_q(
             q.data_ptr(), k.data_ptr(), v.data_ptr(), sc.lse_r.data_ptr(), da_l.data_ptr(),
@@ -341,6 +338,14 @@ def _row_strides(*tensors: torch.Tensor) -> bool:
             if s % 8:
                 return False
     return True
+
+
+def _launchable(q, k, v) -> tuple:
+    """q, k, v as the stage-R launchers take them (16-byte aligned bases and row strides): themselves,
+    or copies where one is not."""
+    if (q.data_ptr() | k.data_ptr() | v.data_ptr()) % 16 or not _row_strides(q, k, v):
+        return _aligned_rows(q), _aligned_rows(k), _aligned_rows(v)
+    return q, k, v
 
 
 def _aligned_rows(x: torch.Tensor) -> torch.Tensor:

@@ -164,10 +164,11 @@ class TritonAttention(_Triton):
     def search_space(self, problem: AttentionProblem, arch: Arch) -> dict[str, list]:
         # Blocks below 16 cannot feed tl.dot; 128-wide blocks of d=128 spill; the first H100 study
         # (bench/NOTES.md) found nothing better outside these values.
+        stage_r_bwd = ["triton", "wgmma"] if cuda.stage_r_bwd_reason(problem, arch) is None else ["triton"]
         return {
             "stage_r": ["triton", "wgmma"] if cuda.stage_r_reason(problem, arch) is None else ["triton"],
-            "stage_r_bwd": ["triton", "wgmma"] if cuda.stage_r_bwd_reason(problem, arch) is None else ["triton"],
-            "stage_r_dq": ["triton", "wgmma"] if cuda.stage_r_bwd_reason(problem, arch) is None else ["triton"],
+            "stage_r_bwd": stage_r_bwd,
+            "stage_r_dq": stage_r_bwd,
             "fwd_block_m": [16, 32, 64, 128],
             "fwd_block_l": [16, 32, 64, 128],
             "fwd_warps": [4, 8],
