@@ -90,6 +90,11 @@ __device__ __forceinline__ void cp16(void* smem, const void* gmem) {
   cute::SM80_CP_ASYNC_CACHEGLOBAL<cute::uint128_t>::copy(*reinterpret_cast<const cute::uint128_t*>(gmem),
                                                         *reinterpret_cast<cute::uint128_t*>(smem));
 }
+// cp.async of one 4-byte word (through L1: 4-byte copies cannot bypass it)
+__device__ __forceinline__ void cp4(void* smem, const void* gmem) {
+  cute::SM80_CP_ASYNC_CACHEALWAYS<uint32_t>::copy(*reinterpret_cast<const uint32_t*>(gmem),
+                                                 *reinterpret_cast<uint32_t*>(smem));
+}
 
 // ldmatrix addresses of one lane: rows r0 + (lane % 8) + 8 * ((lane / 8) % 2), columns c0 + 8 * (lane / 16)
 // give an A operand (16 x 16, row-major) or a transposed B pair; "n-major" B pairs swap the roles.

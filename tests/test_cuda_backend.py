@@ -398,6 +398,7 @@ def test_stage_r_choice_exists_only_where_the_wgmma_kernel_runs(
         ({}, H100, True),  # 30x52
         ({"num_iters": 2, "causal_block_tiles": 3}, H100, True),
         ({"b2": 26, "b1": 15, "head_dim": 64}, H100, True),
+        ({"b1": 90, "q_tiles": 7, "kv_tiles": 7}, H100, True),  # f_tied = 3: 7 key tiles
         ({"b2": 80, "b1": 45}, H100, False),  # 720p: over kernel_limits.h's kStageRBwdMaxB2
         ({"dtype": torch.float32}, H100, False),
         ({}, Arch("sm120", (12, 0), "NVIDIA RTX 5090", 170, 101376), False),  # no wgmma on sm_120
@@ -406,7 +407,7 @@ def test_stage_r_choice_exists_only_where_the_wgmma_kernel_runs(
 def test_stage_r_bwd_choice_exists_only_where_the_wgmma_kernels_run(monkeypatch, change, arch, wgmma):
     """The triton backend's ``stage_r_bwd`` and ``stage_r_dq`` configs (stage R's backward kernels): 'wgmma'
     is in the search space exactly where cuda.stage_r_bwd_reason allows it, the default for dK/dV, and for dQ
-    where b2 <= 32."""
+    where b2 <= 32 or with 21 key tiles or more (measured faster there)."""
     from monarchrt_ops.backends.triton import TritonAttention
 
     class Limited(FakeExtension):
@@ -421,7 +422,8 @@ def test_stage_r_bwd_choice_exists_only_where_the_wgmma_kernels_run(monkeypatch,
     default = backend.default_config(problem, arch)
     assert default["stage_r_bwd"] == ("wgmma" if wgmma else "triton")
     assert backend.is_valid(default, problem, arch) is None
-    assert default["stage_r_dq"] == ("wgmma" if wgmma and problem.b2 <= 32 else "triton")  # measured faster there
+    dq_wgmma = wgmma and (problem.b2 <= 32 or problem.kv_tiles >= 21)
+    assert default["stage_r_dq"] == ("wgmma" if dq_wgmma else "triton")
     forced = {**default, "stage_r_bwd": "wgmma"}
     assert (backend.is_valid(forced, problem, arch) is None) == wgmma
     assert (backend.is_valid({**default, "stage_r_dq": "wgmma"}, problem, arch) is None) == wgmma

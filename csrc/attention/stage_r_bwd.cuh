@@ -13,13 +13,14 @@
 // later ones) and lse_R. daL, dY, dcL and D_R come from the stage-L backward.
 //
 // One CTA of one warpgroup per key row (grid x), two CTAs per SM, walking (f)'s 64-row blocks of query
-// rows across query tiles (stage_r.cuh). Per block, with the block's Q', daL and dY in shared memory:
+// rows across query tiles (stage_r.cuh). Per block, with the block's Q', daL and dY rows and their row
+// statistics in shared memory (all copied with cp.async, so the block waits once):
 //   1. S = Q' K^T and dR = daL K^T + dY V^T: wgmma SS m64n{kL}k16 (K = head_dim), a row per quad;
 //   2. R and dS (scaled by the row's s t) in registers, stored as 16-bit [j][l] buffers (stmatrix);
 //   3. dK^T += Q'^T dS + daL^T R and dV^T += dY^T R: wgmma SS with both operands MN-major (M = head_dim in
 //      parts of 64, N = kL, K = the block's 64 rows), fp32 accumulators held across every block.
-// One buffer per operand, two CTAs per SM (an L2 prefetch of the next block's daL and dY was measured
-// slower: docs/attention-kernels.md (g)).
+// One buffer per operand, two CTAs per SM (an L2 prefetch of the next block's daL and dY, and a CTA of two
+// warpgroups over three stages, were measured slower: docs/attention-kernels.md (g), (g2)).
 // dK and dV are stored once at the end (dK read-added on earlier passes: `accumulate`). Taking them
 // transposed pads only the key columns to 16 (kL) and puts head_dim on M. Columns l >= b2 need no mask
 // here: whatever they hold (even inf in a 16-bit R or dS) reaches only dK^T's and dV^T's column l, which
@@ -31,10 +32,11 @@
 //
 //     dQ[a, k, j] (+)= s sum_f sum_l dS_R K[f, k, l]
 //
-// per key tile: K, V, daL and dY of (a, f, k) into shared memory (the next tile's prefetched into L2), S
-// and dR as in the key-row kernel (SS), dS as 16-bit A fragments in registers (as stage_r.cuh's R), and
-// dQ += dS K (wgmma RS m64n64k16, K = kL), accumulated in fp32 over the key tiles; the first pass is
-// dQ's last writer, so it stores dQ (read-added to the fp32 partial of the other kernels) in the dtype.
+// per key tile: K, V, daL, dY of (a, f, k) and the rows' statistics into shared memory (the next tile's
+// daL and dY prefetched into L2), S and dR as in the key-row kernel (SS), dS as 16-bit A fragments in
+// registers (as stage_r.cuh's R), and dQ += dS K (wgmma RS m64n64k16, K = kL), accumulated in fp32 over
+// the key tiles; the first pass is dQ's last writer, so it stores dQ (read-added to the fp32 partial of the
+// other kernels) in the dtype.
 // Limits (kernel_limits.h, checked by the launchers): head_dim 64 or 128, b2 <= 64, sm_90a.
 #pragma once
 
@@ -62,8 +64,10 @@ struct StageRBwdQParams : StageRGradInputs {  // the first pass: a_r and c_r nul
 
 constexpr float kLog2e = 1.4426950408889634f;
 
-// Shared memory of one CTA (byte offsets from a 1 KB aligned base): K and V rows, the block's Q', daL and
-// dY, and R and dS as [j][l] buffers of 64 columns (kL <= 64: one 128-byte row). Swizzled row buffers.
+// Shared memory of one key-row CTA (byte offsets from a 1 KB aligned base): K and V rows, the block's Q',
+// daL and dY rows and its four row statistics ([lse_R, dcL, D_R, cR][row], copied with the rows so that no
+// load of the loop waits on its own), and R and dS as [j][l] buffers of 64 columns (kL <= 64: one 128-byte
+// row). Swizzled row buffers.
 template <int kD, int kL> struct StageRBwdSmem {
   static constexpr int kKV = kL * kD * 2;
   static constexpr int kBlock = kStageRBlockM * kD * 2;
@@ -73,7 +77,8 @@ template <int kD, int kL> struct StageRBwdSmem {
   static constexpr int kOffQ = kOffV + kKV;
   static constexpr int kOffDaL = kOffQ + kBlock;
   static constexpr int kOffDy = kOffDaL + kBlock;
-  static constexpr int kOffR = kOffDy + kBlock;
+  static constexpr int kOffStats = kOffDy + kBlock;
+  static constexpr int kOffR = kOffStats + 4 * kStageRBlockM * 4;
   static constexpr int kOffDs = kOffR + kProb;
   static constexpr int kBytes = kOffDs + kProb + 1024;  // + alignment of the base to 1 KB
   static_assert(kL <= 64, "R and dS rows are one 128-byte row");
@@ -135,12 +140,11 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_kv_kernel(const
   constexpr int kAcc = kL / 2;  // fp32 registers of one m64n{kL} accumulator
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* const smem = smem_raw + ((1024 - smem_addr(smem_raw) % 1024) % 1024);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tig = lane & 3;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tig = lane & 3;
   const int b1 = p.b1, b2 = p.b2, n_f = p.n_kv_tiles;
   const int f = blockIdx.x / b1, krow = blockIdx.x % b1;
   const int bh = blockIdx.z, bb = bh / p.nh, h = bh % p.nh;
   const int a_first = p.causal_block_tiles > 0 ? (f / p.causal_block_tiles) * p.causal_block_tiles : 0;
-  const int row_end = p.n_q_tiles * b2;
   const float inv_b2 = 1.f / float(b2);
   const bool first = p.a_r == nullptr, has_y = p.dy != nullptr;
   const int64_t afk0 = int64_t(bh) * p.n_q_tiles * n_f + f;  // scratch index (b, h, a, f) = afk0 + a * F
@@ -148,12 +152,13 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_kv_kernel(const
   const T* const a_r = static_cast<const T*>(p.a_r);
   const T* const da_l = static_cast<const T*>(p.da_l);
   const T* const dy = static_cast<const T*>(p.dy);
-  load_key_row<T, kD, kL>(smem + Smem::kOffK, smem + Smem::kOffV, p, bb, f, krow, h);
-  // per-thread row offsets inside a block, split once (as stage_r.cuh): the rows this thread copies and
-  // the two rows of its accumulator fragments (16 warp + g, + 8)
+  // per-thread row offsets inside a block, split once (as stage_r.cuh): the rows this thread copies, the
+  // row whose statistic it copies (thread t: row t % 64, lse_R, dcL, D_R for t < 64, cR after) and the two
+  // rows of its accumulator fragments (16 warp + g, + 8)
   constexpr int kChunks = kD / 8, kLdStep = kStageRThreads / kChunks;
-  const int ch = threadIdx.x % kChunks, ld_row = threadIdx.x / kChunks;
+  const int ch = tid % kChunks, ld_row = tid / kChunks;
   const RowCursor ld0 = split_row(ld_row, b2, inv_b2), ld_step = split_row(kLdStep, b2, inv_b2);
+  const RowCursor stat0 = split_row(tid % kStageRBlockM, b2, inv_b2);
   const RowCursor frag0 = split_row(16 * warp + g, b2, inv_b2), eight = split_row(8, b2, inv_b2);
   const RowCursor block_step = split_row(kStageRBlockM, b2, inv_b2);
   const uint32_t ld_dst = gmma::swizzled<kStageRBlockM>(ld_row, ch * 8);  // + i * kLdStep * 128
@@ -165,8 +170,8 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_kv_kernel(const
   // scratch row (b, h, a, f, j, k) of query row (a, j)
   const int64_t out0 = afk0 * b2 * b1 + krow, out_per_a = int64_t(n_f) * b2 * b1;
   auto scratch_row = [&](RowCursor c) { return out0 + c.a * out_per_a + c.j * b1; };
-  // the block's Q', daL and dY rows; rows past the last query tile zero (they meet R = dS = 0, and
-  // 0 * garbage may be NaN)
+  // the block's Q', daL and dY rows and row statistics; rows past the last query tile zero (they meet
+  // R = dS = 0, and 0 * garbage may be NaN)
   auto load_block = [&](RowCursor blk) {
     RowCursor c = add_rows(blk, ld0, b2);
 #pragma unroll
@@ -182,6 +187,21 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_kv_kernel(const
         *reinterpret_cast<uint4*>(smem + Smem::kOffDaL + off) = make_uint4(0, 0, 0, 0);
         if (has_y) *reinterpret_cast<uint4*>(smem + Smem::kOffDy + off) = make_uint4(0, 0, 0, 0);
       }
+    }
+    const RowCursor c_stat = add_rows(blk, stat0, b2);
+    float* const stats = reinterpret_cast<float*>(smem + Smem::kOffStats) + tid % kStageRBlockM;
+    const bool valid = c_stat.a < p.n_q_tiles;
+    if (tid < kStageRBlockM) {
+      const int64_t row = scratch_row(c_stat);
+      if (valid) {
+        cp4(stats, p.lse_r + row);
+        cp4(stats + kStageRBlockM, p.dc_l + row);
+        cp4(stats + 2 * kStageRBlockM, p.delta_r + row);
+      } else {
+        stats[0] = stats[kStageRBlockM] = stats[2 * kStageRBlockM] = 0.f;
+      }
+    } else if (!first && valid) {
+      cp4(stats + 3 * kStageRBlockM, p.c_r + ((afk0 + int64_t(c_stat.a) * n_f) * b1 + krow) * b2 + c_stat.j);
     }
   };
   // a [j][l] probability buffer from an accumulator: element 4n + e is row 16 warp + g + 8 (e / 2), column
@@ -203,35 +223,33 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_kv_kernel(const
     for (int i = 0; i < kAcc; ++i) dk[dh][i] = dv[dh][i] = 0.f;
   const uint64_t k_desc = gmma::desc(smem_addr(smem + Smem::kOffK), 1);
   const uint64_t v_desc = gmma::desc(smem_addr(smem + Smem::kOffV), 1);
+  load_key_row<T, kD, kL>(smem + Smem::kOffK, smem + Smem::kOffV, p, bb, f, krow, h);
+  const int n_blocks = (p.n_q_tiles * b2 - a_first * b2 + kStageRBlockM - 1) / kStageRBlockM;
   RowCursor blk = split_row(a_first * b2, b2, inv_b2);
-  for (int row0 = a_first * b2; row0 < row_end; row0 += kStageRBlockM, blk = add_rows(blk, block_step, b2)) {
+  for (int n = 0; n < n_blocks; ++n, blk = add_rows(blk, block_step, b2)) {
     load_block(blk);
     cute::cp_async_fence();
-    // while the copies run: the statistics of this thread's two rows, with the log2-domain scale s t log2(e)
+    cute::cp_async_wait<0>();
+    gmma::fence_to_async_proxy();
+    __syncthreads();  // the block's rows and statistics are in shared memory
+    // the statistics of this thread's two rows, with the log2-domain scale s t log2(e)
     float scale[2], lse2[2], dcl[2], delta[2];
     bool valid[2];
     {
+      const float* stats = reinterpret_cast<const float*>(smem + Smem::kOffStats);
       RowCursor c = add_rows(blk, frag0, b2);
 #pragma unroll
       for (int r = 0; r < 2; ++r, c = add_rows(c, eight, b2)) {
+        const int row = 16 * warp + g + 8 * r;
         valid[r] = c.a < p.n_q_tiles;
+        lse2[r] = stats[row] * kLog2e;
+        dcl[r] = stats[kStageRBlockM + row];
+        delta[r] = stats[2 * kStageRBlockM + row];
         scale[r] = p.scale_log2;
-        lse2[r] = dcl[r] = delta[r] = 0.f;
-        if (valid[r]) {
-          const int64_t row = scratch_row(c);
-          lse2[r] = p.lse_r[row] * kLog2e;
-          dcl[r] = p.dc_l[row];
-          delta[r] = p.delta_r[row];
-          if (!first) {
-            const float cr = p.c_r[((afk0 + int64_t(c.a) * n_f) * b1 + krow) * b2 + c.j];
-            scale[r] *= fminf(1.f / (cr + kStageRTemperatureEps), kStageRTemperatureMax);
-          }
-        }
+        if (!first && valid[r])
+          scale[r] *= fminf(1.f / (stats[3 * kStageRBlockM + row] + kStageRTemperatureEps), kStageRTemperatureMax);
       }
     }
-    cute::cp_async_wait<0>();
-    gmma::fence_to_async_proxy();
-    __syncthreads();  // the block's rows are in shared memory
 
     // --- 1. S = Q' K^T and dR = daL K^T + dY V^T for the block's 64 rows
     float s[kAcc], dr[kAcc];
@@ -316,7 +334,8 @@ template <int kD, int kL> struct StageRBwdQSmem {
   static constexpr int kOffV = kOffK + kKV;
   static constexpr int kOffDaL = kOffV + kKV;
   static constexpr int kOffDy = kOffDaL + kBlock;
-  static constexpr int kBytes = kOffDy + kBlock + 1024;  // + alignment of the base to 1 KB
+  static constexpr int kOffStats = kOffDy + kBlock;  // [lse_R, dcL, D_R][row j], copied with the tile
+  static constexpr int kBytes = kOffStats + 3 * kStageRBlockM * 4 + 1024;  // + alignment of the base to 1 KB
   static_assert(kL <= kStageRBlockM, "b2 columns are the rows of one block");
   static_assert(kKV % 1024 == 0 && kBlock % 1024 == 0, "swizzled buffers on 1 KB boundaries");
 };
@@ -355,6 +374,13 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_q_kernel(const 
     if (has_y)
       load_rows_zero_rest<T, kD, kStageRBlockM>(smem + Smem::kOffDy, b2,
                                                 [&](int j) { return dy + (row0 + int64_t(j) * b1) * kD; });
+    if (threadIdx.x < b2) {  // row j's statistics (rows j >= b2 are never read)
+      const int64_t row = row0 + int64_t(threadIdx.x) * b1;
+      float* const stats = reinterpret_cast<float*>(smem + Smem::kOffStats) + threadIdx.x;
+      cp4(stats, p.lse_r + row);
+      cp4(stats + kStageRBlockM, p.dc_l + row);
+      cp4(stats + 2 * kStageRBlockM, p.delta_r + row);
+    }
   };
   // the next key tile's daL and dY rows into L2 (one 128-byte line per thread and row)
   auto prefetch_tile = [&](int f) {
@@ -384,20 +410,18 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_q_kernel(const 
     load_tile(f);
     cute::cp_async_fence();
     if (f + 1 < f_end) prefetch_tile(f + 1);
+    cute::cp_async_wait<0>();
+    gmma::fence_to_async_proxy();
+    __syncthreads();  // the tile's rows and statistics are in shared memory
     float lse2[2], dcl[2], delta[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      lse2[r] = dcl[r] = delta[r] = 0.f;
-      if (rows[r] < b2) {
-        const int64_t row = scratch_row0(f) + int64_t(rows[r]) * b1;
-        lse2[r] = p.lse_r[row] * kLog2e;
-        dcl[r] = p.dc_l[row];
-        delta[r] = p.delta_r[row];
-      }
+      const float* stats = reinterpret_cast<const float*>(smem + Smem::kOffStats) + rows[r];
+      const bool row_in = rows[r] < b2;
+      lse2[r] = row_in ? stats[0] * kLog2e : 0.f;
+      dcl[r] = row_in ? stats[kStageRBlockM] : 0.f;
+      delta[r] = row_in ? stats[2 * kStageRBlockM] : 0.f;
     }
-    cute::cp_async_wait<0>();
-    gmma::fence_to_async_proxy();
-    __syncthreads();  // the tile's rows are in shared memory
 
     // --- S = Q K^T and dR = daL K^T + dY V^T for the b2 columns j (rows of the block)
     float s[kAcc], dr[kAcc];

@@ -127,12 +127,14 @@ class TritonAttention(_Triton):
         # 6.49, 3 vs 21 frames 0.35 / 0.39) and in the backward, but num_iters = 2 slower at 30x52 (8.18
         # against 7.82 ms), block-causal and 15x26, faster at 720p (24.5 / 30.3)
         wgmma = (problem.num_iters == 1 or problem.b2 > 64) and cuda.stage_r_reason(problem, arch) is None
-        # stage R's backward on warpgroup MMA wherever it runs (docs/attention-kernels.md (g), H200 runs of
-        # bench/stage_r_check.py): the key-row kernel (dK, dV) measured faster than Triton's at 30x52 (2.99
-        # against 4.00 ms), block-causal, 3 vs 21 frames and 90x52, on a par at 15x26 (8.97 / 9.09); the
-        # dQ kernel faster only at 15x26 (10.85 / 12.98), slower at b2 = 52 (30x52 3.00 / 2.91, 3 vs 21
-        # frames 0.59 / 0.51, 90x52 1.46 / 1.18), so it is the default for b2 <= 32 only
+        # stage R's backward on warpgroup MMA (docs/attention-kernels.md (g), H200 runs of
+        # bench/stage_r_check.py, session 13, bench/results/h200-stage-r-bwd.json): the key-row kernel (dK,
+        # dV) faster than Triton's wherever it runs (30x52 2.62 against 4.00 ms, block-causal, 15x26, 3 vs
+        # 21 frames, 90x52); the dQ kernel faster with 21 or more key tiles (30x52 2.63 / 2.82, block-causal
+        # 1.64 / 1.75, 3 vs 21 frames 0.46 / 0.50) and at b2 <= 32 (15x26 10.0 / 13.0), slower with 7 key
+        # tiles at b2 = 52 (90x52 1.16 / 1.09); between 8 and 20 key tiles it is not measured
         wgmma_bwd = cuda.stage_r_bwd_reason(problem, arch) is None
+        wgmma_dq = wgmma_bwd and (problem.b2 <= 32 or problem.kv_tiles >= 21)
         l_warps = 4
         fused_rows = _fused_bwd_rows(problem)
         if wide == 16:
@@ -146,7 +148,7 @@ class TritonAttention(_Triton):
         return {
             "stage_r": "wgmma" if wgmma else "triton",
             "stage_r_bwd": "wgmma" if wgmma_bwd else "triton",
-            "stage_r_dq": "wgmma" if wgmma_bwd and problem.b2 <= 32 else "triton",
+            "stage_r_dq": "wgmma" if wgmma_dq else "triton",
             "fwd_block_m": wide,
             "fwd_block_l": row_block,
             "fwd_warps": 4,
