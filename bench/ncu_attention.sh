@@ -42,9 +42,10 @@ else:  # stage R alone, tile-order inputs, the Triton backend's default config
         launch(q, k, v, sc, None, None, 128**-0.5, common, config, write_lse=bwd)
     if bwd:  # the key-row backward of that stage R, twice (the second is profiled)
         grads = (torch.randn_like(sc.a_l), torch.randn_like(sc.y), torch.randn_like(sc.c_l), torch.randn_like(sc.c_l))
-        dk, dv = (torch.empty(k.shape, device="cuda") for _ in range(2))
+        dk, dv = (torch.empty_like(k) for _ in range(2))
         for _ in range(2):
-            cuda.stage_r_dkdv_wgmma(q, k, v, sc, None, None, grads, dk, dv, 128**-0.5, common, config, accumulate=False)
+            cuda.stage_r_dkdv_wgmma(q, k, v, sc, None, None, grads, None, dv, 128**-0.5, common, config,
+                                    accumulate=False, dk_out=dk)
 torch.cuda.synchronize()
 PY
 ncu --section SourceCounters --section WarpStateStats --section LaunchStats --section Occupancy \

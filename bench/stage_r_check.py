@@ -103,13 +103,15 @@ def _compare_bwd(name, q, k, v, cbt, config):
         kernels._stage_r(q, k, v, sc, a_r, c_r, scale, common, config, write_lse=True)
         grads = _grads(sc)
         first = a_r is None
-        # a later pass read-adds dK (to a random start) and forms no dV
+        # the first pass stores dK and dV in the dtype; a later pass adds dK to an fp32 partial (a random
+        # start) and forms no dV
         start = torch.randn(k.shape[:4] + (nh, d), device="cuda")
         results = []
         for launcher in (kernels._stage_r_dkdv, cuda.stage_r_dkdv_wgmma):
-            dk = torch.zeros_like(start) if first else start.clone()
-            dv = torch.zeros_like(start) if first else None
-            launcher(q, k, v, sc, a_r, c_r, grads, dk, dv, scale, common, config, accumulate=not first)
+            dk = torch.empty_like(start, dtype=q.dtype) if first else start.clone()
+            dv = torch.empty_like(start, dtype=q.dtype) if first else None
+            launcher(q, k, v, sc, a_r, c_r, grads, None if first else dk, dv, scale, common, config,
+                     accumulate=not first, dk_out=dk if first else None)  # fmt: skip
             results.append((dk, dv))
         torch.cuda.synchronize()
         (dk_t, dv_t), (dk_c, dv_c) = results
@@ -143,7 +145,7 @@ def _timed_bwd(row, q, k, v, cbt, config, dz):
     sc = kernels._Scratch(q, n_f, with_lse_r=True)
     cuda.stage_r_wgmma(q, k, v, sc, None, None, scale, common, config, write_lse=True)
     grads = _grads(sc)
-    dk, dv = (torch.empty(k.shape[:4] + (nh, d), device="cuda") for _ in range(2))
+    dk, dv = (torch.empty(k.shape[:4] + (nh, d), device="cuda", dtype=q.dtype) for _ in range(2))
     dq, dq_out = torch.zeros(q.shape, device="cuda"), torch.empty_like(q)
     for label, launcher in (("triton", kernels._stage_r_dq), ("wgmma", cuda.stage_r_dq_wgmma)):
         row[f"dq_{label}_ms"] = graph_ms(
@@ -161,7 +163,7 @@ def _timed_bwd(row, q, k, v, cbt, config, dz):
         }
         row[f"dkdv_{label}_ms"] = graph_ms(
             lambda launcher=launcher: launcher(
-                q, k, v, sc, None, None, grads, dk, dv, scale, common, config, accumulate=False
+                q, k, v, sc, None, None, grads, None, dv, scale, common, config, accumulate=False, dk_out=dk
             )
         )
         if dz is None:

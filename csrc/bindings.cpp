@@ -105,12 +105,13 @@ PYBIND11_MODULE(_C, m) {
         "why monarch_stage_r() cannot run this problem ('' when it can), pointers, strides and the device aside");
   m.def("monarch_stage_r_bwd_kv", &monarchrt::monarch_stage_r_bwd_kv, py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("a_r"), py::arg("c_r"), py::arg("lse_r"), py::arg("da_l"), py::arg("dy"), py::arg("dc_l"),
-        py::arg("delta_r"), py::arg("dk"), py::arg("dv"), py::arg("q_strides"), py::arg("k_strides"),
+        py::arg("delta_r"), py::arg("dk"), py::arg("dk_out"), py::arg("dv"), py::arg("q_strides"), py::arg("k_strides"),
         py::arg("v_strides"), py::arg("batch"), py::arg("nh"), py::arg("n_q_tiles"), py::arg("n_kv_tiles"),
         py::arg("b1"), py::arg("b2"), py::arg("head_dim"), py::arg("causal_block_tiles"), py::arg("sm_scale"),
         py::arg("accumulate"), py::arg("dtype"), py::arg("stream"),
-        "Stage R's key-row backward on warpgroup MMA (sm_90a): dK (read-added when accumulate) and dV of every key "
-        "row; dy = dv = 0 on a pass with no Y");
+        "Stage R's key-row backward on warpgroup MMA (sm_90a): dK (added to the fp32 partial dk when accumulate; "
+        "into dk_out in the dtype where given, else dk) and dV (in the dtype) of every key row; dy = dv = 0 on a "
+        "pass with no Y");
   m.def("monarch_stage_r_bwd_q", &monarchrt::monarch_stage_r_bwd_q, py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("lse_r"), py::arg("da_l"), py::arg("dy"), py::arg("dc_l"), py::arg("delta_r"), py::arg("dq"),
         py::arg("dq_out"), py::arg("q_strides"), py::arg("k_strides"), py::arg("v_strides"), py::arg("batch"),

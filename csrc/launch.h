@@ -54,13 +54,13 @@ int monarch_stage_r_smem_bytes(int64_t b2, int64_t head_dim);
 // Why monarch_stage_r() cannot run this problem ("" when it can), pointers, strides and the device aside.
 std::string monarch_stage_r_reason(int64_t batch, int64_t nh, int64_t n_q_tiles, int64_t n_kv_tiles, int64_t b1,
                                    int64_t b2, int64_t head_dim, int64_t causal_block_tiles, int dtype);
-// Stage R's key-row backward on warpgroup MMA (csrc/attention/stage_r_bwd.cuh, sm_90a): dK (read-added when
-// `accumulate`) and dV (skipped when dy and dv are 0) of every key row, fp32 [B, F, b1, b2, nh, d], from the
-// stage-L backward's daL, dY, dcL, D_R [B, nh, A, F, b2, b1(, d)] and the forward's lse_R; the query as for
-// monarch_stage_r.
+// Stage R's key-row backward on warpgroup MMA (csrc/attention/stage_r_bwd.cuh, sm_90a): dK (added to the fp32
+// partial dk when `accumulate`; stored to dk_out in the inputs' dtype where given, else to dk) and dV (in the
+// dtype; skipped when dy and dv are 0) of every key row, [B, F, b1, b2, nh, d], from the stage-L backward's
+// daL, dY, dcL, D_R [B, nh, A, F, b2, b1(, d)] and the forward's lse_R; the query as for monarch_stage_r.
 void monarch_stage_r_bwd_kv(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t a_r, uintptr_t c_r, uintptr_t lse_r,
                             uintptr_t da_l, uintptr_t dy, uintptr_t dc_l, uintptr_t delta_r, uintptr_t dk,
-                            uintptr_t dv, const std::vector<int64_t>& q_strides,
+                            uintptr_t dk_out, uintptr_t dv, const std::vector<int64_t>& q_strides,
                             const std::vector<int64_t>& k_strides, const std::vector<int64_t>& v_strides,
                             int64_t batch, int64_t nh, int64_t n_q_tiles, int64_t n_kv_tiles, int64_t b1, int64_t b2,
                             int64_t head_dim, int64_t causal_block_tiles, float sm_scale, bool accumulate, int dtype,

@@ -29,6 +29,12 @@ template <> struct Mma<__half> {
 template <typename T> __device__ __forceinline__ uint32_t pack(T lo, T hi) {
   return uint32_t(reinterpret_cast<uint16_t&>(lo)) | (uint32_t(reinterpret_cast<uint16_t&>(hi)) << 16);
 }
+// One float rounded to T (round to nearest).
+template <typename T> __device__ __forceinline__ T from_float(float x);
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
 // Two floats rounded to T (round to nearest), low half first.
 template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
 template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {

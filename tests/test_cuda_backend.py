@@ -331,24 +331,27 @@ def test_matmul_launcher_rejects_bad_arguments_before_touching_the_device(change
         ({"b2": 65}, "takes b2 <= 64"),
         ({"head_dim": 96}, "head_dim=96"),
         ({"dv": 0}, "dY with dV"),
+        ({"dk": 0, "dk_out": 0}, r"dK \(or its output\) is required"),
+        ({"dk": 0, "dk_out": 16, "accumulate": True}, "its fp32 partial to accumulate"),
         ({"a_r": 64}, "cR with aR"),
         ({"da_l": 8}, "16-byte aligned"),
         ({"dtype": 2}, "dtype code 2"),
     ],
-    ids=["b2", "head_dim", "dy-without-dv", "ar-without-cr", "misaligned", "dtype"],
+    ids=["b2", "head_dim", "dy-without-dv", "no-dk", "accumulate-without-dk", "ar-without-cr", "misaligned", "dtype"],
 )
 def test_stage_r_bwd_launchers_reject_bad_arguments_before_touching_the_device(change, msg):
     module, _ = cuda.extension()
     strides = [21 * 30 * 52 * 2 * 128, 30 * 52 * 2 * 128, 52 * 2 * 128, 2 * 128, 128]
-    args = dict(q=16, k=16, v=16, a_r=0, c_r=0, lse_r=16, da_l=16, dy=16, dc_l=16, delta_r=16, dk=16, dv=16,
+    args = dict(q=16, k=16, v=16, a_r=0, c_r=0, lse_r=16, da_l=16, dy=16, dc_l=16, delta_r=16, dk=16, dk_out=0, dv=16,
                 q_strides=strides, k_strides=strides, v_strides=strides, batch=1, nh=2, n_q_tiles=21,
                 n_kv_tiles=21, b1=30, b2=52, head_dim=128, causal_block_tiles=0, sm_scale=0.1, accumulate=False,
                 dtype=1, stream=0)  # fmt: skip
     with pytest.raises(ValueError, match=msg):
         module.monarch_stage_r_bwd_kv(**{**args, **change})
-    if "dv" in change or "a_r" in change:  # arguments of the key-row kernel only
+    if "dv" in change or "dk" in change or "a_r" in change:  # arguments of the key-row kernel only
         return
-    q_args = {key: val for key, val in args.items() if key not in ("a_r", "c_r", "dk", "dv", "accumulate")}
+    kv_only = ("a_r", "c_r", "dk", "dk_out", "dv", "accumulate")
+    q_args = {key: val for key, val in args.items() if key not in kv_only}
     with pytest.raises(ValueError, match=msg):
         module.monarch_stage_r_bwd_q(**{**q_args, "dq": 16, "dq_out": 16, **change})
     with pytest.raises(ValueError, match="dQ and its output"):

@@ -267,8 +267,8 @@ def monarch_attention_bwd(
 
     num_iters > 1: the forward passes are recomputed up to the last one, keeping each pass's aR, cR
     and stage-L normaliser; then the passes are differentiated last to first, each recomputing its
-    stage R. dQ, dK, dV accumulate in fp32 and are returned in q's dtype: dQ stored so by its last
-    writer, dK and dV converted after (their kernels store fp32). ``stage_r``, ``stage_r_dkdv`` and
+    stage R. dQ, dK, dV accumulate in fp32 and are returned in q's dtype, each stored so by its last
+    writer (dV's only writer is the last pass's key-row kernel). ``stage_r``, ``stage_r_dkdv`` and
     ``stage_r_dq`` (None: :func:`_stage_r_dkdv`, :func:`_stage_r_dq`) launch stage R and its backward.
     """
     stage_r_dkdv = _stage_r_dkdv if stage_r_dkdv is None else stage_r_dkdv
@@ -301,8 +301,10 @@ def monarch_attention_bwd(
     # stores it in q's dtype
     dq = torch.empty(q.shape, dtype=torch.float32, device=q.device)
     dq_out = dq if q.dtype == torch.float32 else torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    dk = torch.empty(k.shape[:4] + (nh, d), dtype=torch.float32, device=q.device)
-    dv = torch.empty_like(dk)
+    # dK's fp32 partial across passes (none with one pass), and dK, dV in k's dtype
+    dk_out = torch.empty(k.shape[:4] + (nh, d), dtype=k.dtype, device=q.device)
+    dv = torch.empty_like(dk_out)
+    dk = torch.empty(dk_out.shape, dtype=torch.float32, device=q.device) if num_iters > 1 else None
     l_meta = dict(HEAD_DIM=d, DOT_PRECISION=_dot_precision(q.dtype),
                   BLOCK_I=config["block_i"], BLOCK_K=config["block_k"],
                   num_warps=config["l_warps"], num_stages=config["num_stages"])  # fmt: skip
@@ -342,10 +344,10 @@ def monarch_attention_bwd(
             )  # fmt: skip
         grads = (da_l, dy, dc_l, delta_r)
         stage_r_dkdv(q, k, v, sc, a_rs[it], c_rs[it], grads, dk, dv if last else None, sm_scale, common, config,
-                     accumulate=not last)  # fmt: skip
+                     accumulate=not last, dk_out=dk_out if it == 0 else None)  # fmt: skip
         stage_r_dq(q, k, v, sc, a_rs[it], c_rs[it], grads, dq, dq_out, d_ar, d_cr, sm_scale, common, config,
                    has_y=last)  # fmt: skip
-    return dq_out, dk.to(k.dtype), dv.to(v.dtype)
+    return dq_out, dk_out, dv
 
 
 def _stage_r_dq(q, k, v, sc, a_r, c_r, grads, dq, dq_out, d_ar, d_cr, sm_scale, common, config, *, has_y):
@@ -364,16 +366,19 @@ def _stage_r_dq(q, k, v, sc, a_r, c_r, grads, dq, dq_out, d_ar, d_cr, sm_scale, 
     )  # fmt: skip
 
 
-def _stage_r_dkdv(q, k, v, sc, a_r, c_r, grads, dk, dv, sm_scale, common, config, *, accumulate):
-    """Stage R's key-row backward on the Triton kernel: dK (read-added when ``accumulate``) and, where
-    ``dv`` is given (the last pass, the one with Y), dV of every key row, fp32, from the stage-L
-    backward's ``grads`` = (daL, dY, dcL, D_R), ``sc.lse_r`` and the pass's query (``a_r``, ``c_r``:
-    None on the first pass)."""
+def _stage_r_dkdv(q, k, v, sc, a_r, c_r, grads, dk, dv, sm_scale, common, config, *, accumulate, dk_out=None):
+    """Stage R's key-row backward on the Triton kernel: dK (added to the fp32 partial ``dk`` when
+    ``accumulate``) into ``dk_out`` (dK's last write, in any dtype) or else ``dk``, and, where ``dv``
+    is given (the last pass, the one with Y), dV of every key row (stored in dv's dtype), from the
+    stage-L backward's ``grads`` = (daL, dY, dcL, D_R), ``sc.lse_r`` and the pass's query (``a_r``,
+    ``c_r``: None on the first pass)."""
     nh, n_a, n_f, b1, b2, causal_block_tiles = common
     first = a_r is None
     r_args = (q, k, v, q if first else a_r, sc.c_l if first else c_r, sc.lse_r, *grads)
+    out = dk if dk_out is None else dk_out
     launch(_stage_r_bwd_kv, (n_f * b1, cdiv(b2, config["block_l"]), q.shape[0] * nh),
-        *r_args, dk, dk if dv is None else dv, sm_scale, *q.stride()[:5], *k.stride()[:5], *v.stride()[:5], *common,
+        *r_args, out if dk is None else dk, out, out if dv is None else dv, sm_scale,
+        *q.stride()[:5], *k.stride()[:5], *v.stride()[:5], *common,
         FIRST=first, HAS_Y=dv is not None, ACCUMULATE=accumulate, HEAD_DIM=q.shape[5],
         DOT_PRECISION=_dot_precision(q.dtype), BLOCK_J=config["block_j"], BLOCK_L=config["block_l"],
         num_warps=config["r_warps"], num_stages=config["num_stages"],

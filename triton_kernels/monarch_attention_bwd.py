@@ -24,10 +24,11 @@ per block of key rows) and _stage_l_bwd_q (dQ per block of rows i).
 
 Each kernel owns its outputs (no atomics): the last pass, differentiated first, writes dQ (stage
 L), dK and dV; every later launch read-adds (ACCUMULATE), one after the other. The first pass's
-_stage_r_bwd_q, the last to touch dQ, stores it in q's dtype (DQ_OUT). Scratch layouts are
-those of the forward: aL, Y, daL, dY, daR ``[B, nh, A, F, b2(j), b1(k), d]``; cL, dcL, dcR, D_R,
-lse_R ``[B, nh, A, F, b2, b1]``; aR ``[B, nh, A, F, b1, b2, d]``; lse_L, dlse and D_L ``[B, A, b1,
-b2, nh]``; dQ ``[B, A, b1, b2, nh, d]``, dK and dV ``[B, F, b1, b2, nh, d]`` fp32 (DQ_OUT: dQ in q's dtype).
+_stage_r_bwd_q and _stage_r_bwd_kv, the last to touch dQ and dK, store them in the dtype (DQ_OUT,
+DK_OUT). Scratch layouts are those of the forward: aL, Y, daL, dY, daR ``[B, nh, A, F, b2(j), b1(k),
+d]``; cL, dcL, dcR, D_R, lse_R ``[B, nh, A, F, b2, b1]``; aR ``[B, nh, A, F, b1, b2, d]``; lse_L,
+dlse and D_L ``[B, A, b1, b2, nh]``; dQ ``[B, A, b1, b2, nh, d]``, dK and dV ``[B, F, b1, b2, nh, d]``
+fp32 partials, each stored in its dtype by its last writer (DQ_OUT, DK_OUT; dV has one writer).
 """
 
 from __future__ import annotations
@@ -292,7 +293,7 @@ def _stage_r_grad_logits(q, row_scale, k_blk, v_blk, lse_r, d_al, d_y, d_cl, del
 
 @triton.jit(do_not_specialize=RUNTIME_ARGS)
 def _stage_r_bwd_kv(
-    Q, K, V, AR, CR, LSE_R, DAL, DY, DCL, DELTA_R, DK, DV,
+    Q, K, V, AR, CR, LSE_R, DAL, DY, DCL, DELTA_R, DK, DK_OUT, DV,
     sm_scale,
     sqb, sqt, sqr, sqc, sqh,
     skb, skt, skr, skc, skh,
@@ -302,7 +303,8 @@ def _stage_r_bwd_kv(
     HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
     """dK (and dV on the last pass) of key row (f, k), columns l, summed over one pass's (a, j).
-    ACCUMULATE: dK read-added; the last pass, differentiated first, writes dK and dV."""
+    ACCUMULATE: added to DK's fp32 partial; the last pass, differentiated first, writes dK and dV.
+    dK goes to DK_OUT (DK, or dK's last write in k's dtype), dV to DV in its dtype."""
     pid_fk = tl.program_id(0)
     pid_l = tl.program_id(1)
     pid_bh = tl.program_id(2)
@@ -346,12 +348,12 @@ def _stage_r_bwd_kv(
         if HAS_Y:
             acc_dv += tl.dot(r_t, d_y, input_precision=DOT_PRECISION)
     out = (((bb * num_kv_tiles + f) * b1 + k_row) * b2 + offs_l) * nh + h
-    p_dk = DK + out[:, None] * HEAD_DIM + offs_d[None, :]
+    at = out[:, None] * HEAD_DIM + offs_d[None, :]
     if ACCUMULATE:
-        acc_dk += tl.load(p_dk, mask=mask_l[:, None], other=0.0)
-    tl.store(p_dk, acc_dk, mask=mask_l[:, None])
+        acc_dk += tl.load(DK + at, mask=mask_l[:, None], other=0.0)
+    tl.store(DK_OUT + at, acc_dk.to(DK_OUT.dtype.element_ty), mask=mask_l[:, None])
     if HAS_Y:  # only the last pass forms Y, so only it has a dV
-        tl.store(DV + out[:, None] * HEAD_DIM + offs_d[None, :], acc_dv, mask=mask_l[:, None])
+        tl.store(DV + at, acc_dv.to(DV.dtype.element_ty), mask=mask_l[:, None])
 
 
 @triton.jit(do_not_specialize=RUNTIME_ARGS)

@@ -21,7 +21,8 @@
 //      parts of 64, N = kL, K = the block's 64 rows), fp32 accumulators held across every block.
 // One buffer per operand, two CTAs per SM (an L2 prefetch of the next block's daL and dY, and a CTA of two
 // warpgroups over three stages, were measured slower: docs/attention-kernels.md (g), (g2)).
-// dK and dV are stored once at the end (dK read-added on earlier passes: `accumulate`). Taking them
+// dK and dV are stored once at the end (dK added to its fp32 partial on earlier passes: `accumulate`;
+// in the dtype on dK's last write, `dk_out`, and always for dV, whose only writer is the last pass). Taking them
 // transposed pads only the key columns to 16 (kL) and puts head_dim on M. Columns l >= b2 need no mask
 // here: whatever they hold (even inf in a 16-bit R or dS) reaches only dK^T's and dV^T's column l, which
 // is not stored. Query rows past the last tile are zero in shared memory, R = dS = 0. (The query-row
@@ -53,9 +54,11 @@ struct StageRGradInputs : StageRInputs {
   const float* delta_r;  // like lse_r
 };
 struct StageRBwdParams : StageRGradInputs {
-  float* dk;       // [B, F, b1, b2, nh, d] contiguous fp32
-  float* dv;       // like dk; null with dy
-  int accumulate;  // dK read-added (an earlier pass; the last pass, differentiated first, writes)
+  float* dk;       // [B, F, b1, b2, nh, d] contiguous fp32: dK's partial over passes (null with dk_out and
+                   // no accumulate)
+  void* dk_out;    // like dk in the inputs' dtype: dK's last write (null: written to dk)
+  void* dv;        // like dk_out; null with dy
+  int accumulate;  // dK adds dk's partial (an earlier pass; the last pass, differentiated first, writes)
 };
 struct StageRBwdQParams : StageRGradInputs {  // the first pass: a_r and c_r null
   const float* dq;  // [B, A, b1, b2, nh, d] contiguous fp32: the other kernels' partial sums
@@ -318,8 +321,12 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_kv_kernel(const
       const int l = 8 * (i >> 2) + 2 * tig + (i & 1);
       if (l >= b2) continue;
       const int64_t at = ((kv_row0 + l) * p.nh + h) * kD + 64 * dh + 16 * warp + g + 8 * ((i & 3) >> 1);
-      p.dk[at] = p.accumulate ? p.dk[at] + dk[dh][i] : dk[dh][i];
-      if (has_y) p.dv[at] = dv[dh][i];
+      const float dk_at = p.accumulate ? p.dk[at] + dk[dh][i] : dk[dh][i];
+      if (p.dk_out)
+        static_cast<T*>(p.dk_out)[at] = from_float<T>(dk_at);
+      else
+        p.dk[at] = dk_at;
+      if (has_y) static_cast<T*>(p.dv)[at] = from_float<T>(dv[dh][i]);
     }
 #endif
 }

@@ -179,7 +179,7 @@ attention::StageRGradInputs grad_inputs(const char* name, uintptr_t q, uintptr_t
 
 void monarch_stage_r_bwd_kv(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t a_r, uintptr_t c_r, uintptr_t lse_r,
                             uintptr_t da_l, uintptr_t dy, uintptr_t dc_l, uintptr_t delta_r, uintptr_t dk,
-                            uintptr_t dv, const std::vector<int64_t>& q_strides,
+                            uintptr_t dk_out, uintptr_t dv, const std::vector<int64_t>& q_strides,
                             const std::vector<int64_t>& k_strides, const std::vector<int64_t>& v_strides,
                             int64_t batch, int64_t nh, int64_t n_q_tiles, int64_t n_kv_tiles, int64_t b1, int64_t b2,
                             int64_t head_dim, int64_t causal_block_tiles, float sm_scale, bool accumulate, int dtype,
@@ -189,10 +189,13 @@ void monarch_stage_r_bwd_kv(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t a_r
   static_cast<attention::StageRGradInputs&>(p) =
       grad_inputs(kName, q, k, v, a_r, c_r, lse_r, da_l, dy, dc_l, delta_r, q_strides, k_strides, v_strides, batch,
                   nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, causal_block_tiles, sm_scale, dtype);
-  if (!dk || (!dy != !dv)) throw std::invalid_argument(std::string(kName) + ": dK is required, and dY with dV");
+  if ((!dk && !dk_out) || (accumulate && !dk) || (!dy != !dv))
+    throw std::invalid_argument(std::string(kName) +
+                                ": dK (or its output) is required, its fp32 partial to accumulate, and dY with dV");
   if (batch == 0 || nh == 0 || n_q_tiles == 0) return;
   p.dk = reinterpret_cast<float*>(dk);
-  p.dv = reinterpret_cast<float*>(dv);
+  p.dk_out = reinterpret_cast<void*>(dk_out);
+  p.dv = reinterpret_cast<void*>(dv);
   p.accumulate = accumulate ? 1 : 0;
   // one CTA per key row: its dK and dV sum over every query row, so no split of them (deterministic)
   const dim3 grid{unsigned(n_kv_tiles * b1), 1u, unsigned(batch * nh)};

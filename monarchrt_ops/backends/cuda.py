@@ -280,9 +280,14 @@ def _prepare_first_pass(q, k, v, sm_scale, common) -> _FirstPassStageR | None:
 stage_r_wgmma.prepare_first_pass = _prepare_first_pass  # what the one-pass plan looks for on a stage-R launcher
 
 
-def stage_r_dkdv_wgmma(q, k, v, sc, a_r, c_r, grads, dk, dv, sm_scale, common, config, *, accumulate):
+def stage_r_dkdv_wgmma(q, k, v, sc, a_r, c_r, grads, dk, dv, sm_scale, common, config, *, accumulate, dk_out=None):
     """``triton_kernels.monarch_attention._stage_r_dkdv``'s arguments and effect, on the warpgroup-MMA
-    kernel: dK (read-added when ``accumulate``) and, where ``dv`` is given, dV of every key row."""
+    kernel: dK (added to the fp32 partial ``dk`` when ``accumulate``) into ``dk_out`` or else ``dk``,
+    and, where ``dv`` is given, dV of every key row. ``dk_out`` and ``dv`` in q's dtype (the kernel
+    stores 16-bit outputs); ``dk`` fp32."""
+    for name, x, dtype in (("dk", dk, torch.float32), ("dk_out", dk_out, q.dtype), ("dv", dv, q.dtype)):
+        if x is not None and (x.dtype != dtype or not x.is_contiguous()):
+            raise ValueError(f"stage_r_dkdv_wgmma: {name} must be contiguous {dtype}, got {x.dtype}")
     module, _ = extension()
     nh, n_a, n_f, b1, b2, causal_block_tiles = common
     da_l, dy, dc_l, delta_r = grads
@@ -292,7 +297,8 @@ def stage_r_dkdv_wgmma(q, k, v, sc, a_r, c_r, grads, dk, dv, sm_scale, common, c
             q.data_ptr(), k.data_ptr(), v.data_ptr(),
             0 if a_r is None else a_r.data_ptr(), 0 if c_r is None else c_r.data_ptr(),
             sc.lse_r.data_ptr(), da_l.data_ptr(), 0 if dv is None else dy.data_ptr(), dc_l.data_ptr(),
-            delta_r.data_ptr(), dk.data_ptr(), 0 if dv is None else dv.data_ptr(),
+            delta_r.data_ptr(), 0 if dk is None else dk.data_ptr(), 0 if dk_out is None else dk_out.data_ptr(),
+            0 if dv is None else dv.data_ptr(),
             list(q.stride()[:5]), list(k.stride()[:5]), list(v.stride()[:5]),
             q.shape[0], nh, n_a, n_f, b1, b2, q.shape[5], causal_block_tiles, sm_scale, accumulate,
             _DTYPE_CODES[q.dtype], torch.cuda.current_stream(q.device).cuda_stream,
