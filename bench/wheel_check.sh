@@ -12,6 +12,7 @@ OUT=${OUT:-/tmp/monarchrt-out}
 mkdir -p "$OUT"
 LOG="$OUT/wheel-check.txt"
 SRC=$(pwd)
+rm -rf /tmp/dist /tmp/wheel /tmp/buildtools  # a warm machine's earlier wheel must not be the one tested
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/nvidia_cutlass-*.whl
 python3 -m pip install -q --no-index --no-deps --target /tmp/buildtools .whl/build-*.whl .whl/pyproject_hooks-*.whl \
   .whl/packaging-*.whl
@@ -33,7 +34,11 @@ rm -rf /tmp/wheel-tests && mkdir -p /tmp/wheel-tests && cp -r "$SRC/tests" /tmp/
 cd /tmp/wheel-tests || exit 1
 export PYTHONPATH=/tmp/wheel
 python3 -c "import monarchrt_ops, monarchrt_ops._C as C; print('installed at', monarchrt_ops.__file__); \
-print('extension archs', C.compiled_archs())" 2>&1 | tee -a "$LOG"
+print('extension archs', C.compiled_archs()); assert monarchrt_ops.__file__.startswith('/tmp/wheel/'); \
+assert {'90a', '100a', '120a'} <= set(C.compiled_archs())" 2>&1 | tee -a "$LOG" || exit 1
 python3 -m monarchrt_ops info 2>&1 | tail -2 | tee -a "$LOG"
-if [ $# -eq 0 ]; then set -- tests/test_cuda_backend.py tests/test_attention.py -k "gradient or far_negative"; fi
+# (-k also matches module names: every test of test_cuda_backend.py, the gradient tests of test_attention.py)
+if [ $# -eq 0 ]; then
+  set -- tests/test_cuda_backend.py tests/test_attention.py -k "test_cuda_backend or gradient or far_negative"
+fi
 timeout 400 python3 -m pytest -q -p no:cacheprovider "$@" 2>&1 | tail -4 | tee -a "$LOG"

@@ -333,11 +333,22 @@ def test_matmul_launcher_rejects_bad_arguments_before_touching_the_device(change
         ({"dv": 0}, "dY with dV"),
         ({"dk": 0, "dk_out": 0}, r"dK \(or its output\) is required"),
         ({"dk": 0, "dk_out": 16, "accumulate": True}, "its fp32 partial to accumulate"),
+        ({"dk_out": 16}, "not the output"),
         ({"a_r": 64}, "cR with aR"),
         ({"da_l": 8}, "16-byte aligned"),
         ({"dtype": 2}, "dtype code 2"),
     ],
-    ids=["b2", "head_dim", "dy-without-dv", "no-dk", "accumulate-without-dk", "ar-without-cr", "misaligned", "dtype"],
+    ids=[
+        "b2",
+        "head_dim",
+        "dy-without-dv",
+        "no-dk",
+        "accumulate-without-dk",
+        "dk-is-its-output",
+        "ar-without-cr",
+        "misaligned",
+        "dtype",
+    ],
 )
 def test_stage_r_bwd_launchers_reject_bad_arguments_before_touching_the_device(change, msg):
     module, _ = cuda.extension()
@@ -348,7 +359,7 @@ def test_stage_r_bwd_launchers_reject_bad_arguments_before_touching_the_device(c
                 dtype=1, stream=0)  # fmt: skip
     with pytest.raises(ValueError, match=msg):
         module.monarch_stage_r_bwd_kv(**{**args, **change})
-    if "dv" in change or "dk" in change or "a_r" in change:  # arguments of the key-row kernel only
+    if {"dv", "dk", "dk_out", "a_r"} & set(change):  # arguments of the key-row kernel only
         return
     kv_only = ("a_r", "c_r", "dk", "dk_out", "dv", "accumulate")
     q_args = {key: val for key, val in args.items() if key not in kv_only}

@@ -372,6 +372,8 @@ def _stage_r_dkdv(q, k, v, sc, a_r, c_r, grads, dk, dv, sm_scale, common, config
     is given (the last pass, the one with Y), dV of every key row (stored in dv's dtype), from the
     stage-L backward's ``grads`` = (daL, dY, dcL, D_R), ``sc.lse_r`` and the pass's query (``a_r``,
     ``c_r``: None on the first pass)."""
+    if accumulate and dk is None:
+        raise ValueError("_stage_r_dkdv: accumulate needs dK's fp32 partial dk")
     nh, n_a, n_f, b1, b2, causal_block_tiles = common
     first = a_r is None
     r_args = (q, k, v, q if first else a_r, sc.c_l if first else c_r, sc.lse_r, *grads)

@@ -189,9 +189,10 @@ void monarch_stage_r_bwd_kv(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t a_r
   static_cast<attention::StageRGradInputs&>(p) =
       grad_inputs(kName, q, k, v, a_r, c_r, lse_r, da_l, dy, dc_l, delta_r, q_strides, k_strides, v_strides, batch,
                   nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, causal_block_tiles, sm_scale, dtype);
-  if ((!dk && !dk_out) || (accumulate && !dk) || (!dy != !dv))
+  if ((!dk && !dk_out) || (accumulate && !dk) || (dk && dk == dk_out) || (!dy != !dv))
     throw std::invalid_argument(std::string(kName) +
-                                ": dK (or its output) is required, its fp32 partial to accumulate, and dY with dV");
+                                ": dK (or its output) is required, its fp32 partial to accumulate (not the output "
+                                "itself), and dY with dV");
   if (batch == 0 || nh == 0 || n_q_tiles == 0) return;
   p.dk = reinterpret_cast<float*>(dk);
   p.dk_out = reinterpret_cast<void*>(dk_out);
