@@ -49,14 +49,21 @@ from .monarch_attention_fwd import (
 
 
 @triton.jit
-def _output_delta(Z, sob, sot, sor, soc, soh, DLSE, dz, bb, a, j, h, offs_i, mask_i, tok, nh,
-                  HEAD_DIM: tl.constexpr):  # fmt: skip
-    """The last pass's D_L = <Z, dZ> - dlse of rows i of column j of query tile a (docs/math.md,
-    Backward: the lse output's gradient folded in), the dot product in fp32, from the column's dZ
-    rows ``dz`` a stage-L kernel holds. Padded rows: 0."""
-    z = _rows(Z + bb * sob + a * sot + j * soc + h * soh, offs_i * sor, mask_i, HEAD_DIM)
-    d_lse = tl.load(DLSE + tok * nh + h, mask=mask_i, other=0.0)
-    return tl.sum(z.to(tl.float32) * dz.to(tl.float32), 1) - d_lse
+def _output_delta(q, DZ, szb, szt, szr, szc, szh, Z, sob, sot, sor, soc, soh, DLSE, DELTA_L,
+                  bb, a, j, h, offs_i, mask_i, tok, nh, UPDATE: tl.constexpr, HEAD_DIM: tl.constexpr):  # fmt: skip
+    """The rows i of column j of query tile a that stand in dZ's place, and their D_L: on an earlier
+    pass (UPDATE) the query rows ``q`` and D_L read from DELTA_L; on the last pass dZ's rows and D_L =
+    <Z, dZ> - dlse (docs/math.md, Backward: the lse output's gradient folded in), the dot product in
+    fp32. Padded rows: 0."""
+    if UPDATE:
+        dz = q
+        d_l = tl.load(DELTA_L + tok * nh + h, mask=mask_i, other=0.0)
+    else:
+        dz = _rows(DZ + bb * szb + a * szt + j * szc + h * szh, offs_i * szr, mask_i, HEAD_DIM)
+        z = _rows(Z + bb * sob + a * sot + j * soc + h * soh, offs_i * sor, mask_i, HEAD_DIM)
+        d_lse = tl.load(DLSE + tok * nh + h, mask=mask_i, other=0.0)
+        d_l = tl.sum(z.to(tl.float32) * dz.to(tl.float32), 1) - d_lse
+    return dz, d_l
 
 
 @triton.jit(do_not_specialize=RUNTIME_ARGS)
@@ -83,12 +90,8 @@ def _stage_l_bwd(
     dtype = Q.dtype.element_ty
     offs_d = tl.arange(0, HEAD_DIM)
     lse = tl.load(LSE + tok * nh + h, mask=mask_i, other=float("inf"))  # padded rows: L = 0, so dS_L = 0
-    if UPDATE:
-        dz = q
-        d_l = tl.load(DELTA_L + tok * nh + h, mask=mask_i, other=0.0)
-    else:
-        dz = _rows(DZ + bb * szb + a * szt + j * szc + h * szh, offs_i * szr, mask_i, HEAD_DIM)
-        d_l = _output_delta(Z, sob, sot, sor, soc, soh, DLSE, dz, bb, a, j, h, offs_i, mask_i, tok, nh, HEAD_DIM)
+    dz, d_l = _output_delta(q, DZ, szb, szt, szr, szc, szh, Z, sob, sot, sor, soc, soh, DLSE, DELTA_L,
+                            bb, a, j, h, offs_i, mask_i, tok, nh, UPDATE, HEAD_DIM)  # fmt: skip
     acc_dq = tl.zeros([BLOCK_I, HEAD_DIM], tl.float32)
     n_keys = _visible_kv_tiles(a, num_kv_tiles, causal_block_tiles) * b1
     for key0 in range(0, n_keys, BLOCK_K):
@@ -238,12 +241,9 @@ def _stage_l_bwd_q(
     dtype = Q.dtype.element_ty
     offs_d = tl.arange(0, HEAD_DIM)
     lse = tl.load(LSE + tok * nh + h, mask=mask_i, other=float("inf"))
-    if UPDATE:
-        dz = q
-        d_l = tl.load(DELTA_L + tok * nh + h, mask=mask_i, other=0.0)
-    else:
-        dz = _rows(DZ + bb * szb + a * szt + j * szc + h * szh, offs_i * szr, mask_i, HEAD_DIM)
-        d_l = _output_delta(Z, sob, sot, sor, soc, soh, DLSE, dz, bb, a, j, h, offs_i, mask_i, tok, nh, HEAD_DIM)
+    dz, d_l = _output_delta(q, DZ, szb, szt, szr, szc, szh, Z, sob, sot, sor, soc, soh, DLSE, DELTA_L,
+                            bb, a, j, h, offs_i, mask_i, tok, nh, UPDATE, HEAD_DIM)  # fmt: skip
+    if not UPDATE:  # for _stage_l_bwd_kv, launched after
         tl.store(DELTA_L + tok * nh + h, d_l, mask=mask_i)
     acc = tl.zeros([BLOCK_I, HEAD_DIM], tl.float32)
     # the visible key rows (f, k) as one flat sequence, as in the forward stage L
