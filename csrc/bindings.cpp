@@ -71,6 +71,9 @@ static py::dict limits_dict() {
   py::dict stage_r_bwd;
   stage_r_bwd["max_b2"] = kStageRBwdMaxB2;
   out["attention_stage_r_bwd"] = stage_r_bwd;  // otherwise attention_stage_r's limits
+  py::dict stage_l_bwd;
+  stage_l_bwd["max_b1"] = kStageLBwdMaxB1;
+  out["attention_stage_l_bwd"] = stage_l_bwd;  // otherwise attention_stage_r's head dims, strides and dtypes
   out["hadamard"] = hadamard;
   out["monarch_matmul"] = matmul;
   return out;
@@ -125,6 +128,20 @@ PYBIND11_MODULE(_C, m) {
         py::arg("nh"), py::arg("n_q_tiles"), py::arg("n_kv_tiles"), py::arg("b1"), py::arg("b2"),
         py::arg("head_dim"), py::arg("causal_block_tiles"), py::arg("dtype"),
         "why monarch_stage_r_bwd_kv() and _q() cannot run this problem ('' when they can)");
+  m.def("monarch_stage_l_bwd", &monarchrt::monarch_stage_l_bwd, py::arg("q"), py::arg("dz"), py::arg("z"),
+        py::arg("lse"), py::arg("dlse"), py::arg("a_l"), py::arg("y"), py::arg("c_l"), py::arg("da_l"), py::arg("dy"),
+        py::arg("dc_l"), py::arg("delta_r"), py::arg("dq"), py::arg("q_strides"), py::arg("dz_strides"),
+        py::arg("z_strides"), py::arg("batch"), py::arg("nh"), py::arg("n_q_tiles"), py::arg("n_kv_tiles"),
+        py::arg("b1"), py::arg("b2"), py::arg("head_dim"), py::arg("causal_block_tiles"), py::arg("sm_scale"),
+        py::arg("dtype"), py::arg("stream"),
+        "Stage L's backward on warpgroup MMA (sm_90a), the last pass: daL, dY (in the dtype), dcL and D_R of every "
+        "key row into the scratch, and dQ's stage-L part written to the fp32 dq");
+  m.def("monarch_stage_l_bwd_smem_bytes", &monarchrt::monarch_stage_l_bwd_smem_bytes, py::arg("b1"),
+        py::arg("head_dim"), "shared memory per CTA of monarch_stage_l_bwd (0 over its b1 limit)");
+  m.def("monarch_stage_l_bwd_reason", &monarchrt::monarch_stage_l_bwd_reason, py::arg("batch"), py::arg("nh"),
+        py::arg("n_q_tiles"), py::arg("n_kv_tiles"), py::arg("b1"), py::arg("b2"), py::arg("head_dim"),
+        py::arg("causal_block_tiles"), py::arg("dtype"),
+        "why monarch_stage_l_bwd() cannot run this problem ('' when it can), pointers, strides and the device aside");
   m.def("monarch_matmul", &monarchrt::monarch_matmul, py::arg("x"), py::arg("w1"), py::arg("w2"),
         py::arg("workspace"), py::arg("out"), py::arg("rows"), py::arg("k"), py::arg("q"), py::arg("p"), py::arg("l"),
         py::arg("s"), py::arg("r"), py::arg("dtype"), py::arg("stream"),

@@ -33,6 +33,9 @@ constexpr int64_t kStageRMaxQueryRows = int64_t(1) << 24;  // query tiles * b2: 
 // Its key-row backward (csrc/attention/stage_r_bwd.cuh): dK^T and dV^T in registers, kL fp32 each a thread.
 // Otherwise the forward's limits.
 constexpr int kStageRBwdMaxB2 = 64;
+// Stage L's backward on warpgroup MMA (csrc/attention/stage_l_bwd.cuh), the last pass: a column's rows i
+// are N of its products (b1 padded to 16), dS^T one 128-byte row a key. Head dims as stage R's.
+constexpr int kStageLBwdMaxB1 = 64;
 
 // Hadamard transform (csrc/hadamard): n = m * 2^k.
 constexpr int kHadamardOrders[] = {1, 12, 20, 28};  // m (n = 40 * 2^k is 20 * 2^(k+1))

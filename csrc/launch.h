@@ -80,6 +80,21 @@ std::string monarch_stage_r_bwd_reason(int64_t batch, int64_t nh, int64_t n_q_ti
                                           int64_t b1, int64_t b2, int64_t head_dim, int64_t causal_block_tiles,
                                           int dtype);
 
+// Stage L's backward on warpgroup MMA, the last pass (csrc/attention/stage_l_bwd.cuh, sm_90a): per query column,
+// daL, dY (in the dtype), dcL and D_R [B, nh, A, F, b2, b1(, d)] of every key row it sees, and dQ's stage-L
+// part written to the fp32 dq [B, A, b1, b2, nh, d], from the forward's aL, Y, cL (the scratch), lse and the
+// output Z; dZ and Z with their own strides, lse and dlse [B, A, b1, b2, nh] contiguous fp32.
+void monarch_stage_l_bwd(uintptr_t q, uintptr_t dz, uintptr_t z, uintptr_t lse, uintptr_t dlse, uintptr_t a_l,
+                         uintptr_t y, uintptr_t c_l, uintptr_t da_l, uintptr_t dy, uintptr_t dc_l, uintptr_t delta_r,
+                         uintptr_t dq, const std::vector<int64_t>& q_strides, const std::vector<int64_t>& dz_strides,
+                         const std::vector<int64_t>& z_strides, int64_t batch, int64_t nh, int64_t n_q_tiles,
+                         int64_t n_kv_tiles, int64_t b1, int64_t b2, int64_t head_dim, int64_t causal_block_tiles,
+                         float sm_scale, int dtype, uintptr_t stream);
+int monarch_stage_l_bwd_smem_bytes(int64_t b1, int64_t head_dim);
+// Why monarch_stage_l_bwd() cannot run this problem ("" when it can), pointers, strides and the device aside.
+std::string monarch_stage_l_bwd_reason(int64_t batch, int64_t nh, int64_t n_q_tiles, int64_t n_kv_tiles, int64_t b1,
+                                       int64_t b2, int64_t head_dim, int64_t causal_block_tiles, int dtype);
+
 // Monarch matmul (csrc/monarch_matmul): x [rows, k*p], w1 [k, q, p], w2 [l, s, r] -> out [rows, s*l], all
 // contiguous; `workspace` holds monarch_matmul_workspace_elems(rows, k, q) elements of the dtype (y1).
 void monarch_matmul(uintptr_t x, uintptr_t w1, uintptr_t w2, uintptr_t workspace, uintptr_t out, int64_t rows,

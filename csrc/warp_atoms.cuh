@@ -46,6 +46,15 @@ template <> __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi
   return reinterpret_cast<uint32_t&>(v);
 }
 
+// The two T values of a packed word as floats, low half first.
+template <typename T> __device__ __forceinline__ float2 unpack2(uint32_t w);
+template <> __device__ __forceinline__ float2 unpack2<__nv_bfloat16>(uint32_t w) {
+  return __bfloat1622float2(reinterpret_cast<__nv_bfloat162&>(w));
+}
+template <> __device__ __forceinline__ float2 unpack2<__half>(uint32_t w) {
+  return __half22float2(reinterpret_cast<__half2&>(w));
+}
+
 template <typename T>
 __device__ __forceinline__ void mma16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   Mma<T>::k16::fma(c[0], c[1], c[2], c[3], a[0], a[1], a[2], a[3], b0, b1, c[0], c[1], c[2], c[3]);
@@ -56,6 +65,7 @@ __device__ __forceinline__ void mma8(float (&c)[4], uint32_t a0, uint32_t a1, ui
 }
 
 constexpr float kLn2 = 0.6931471805599453f;
+constexpr float kLog2e = 1.4426950408889634f;
 
 // 2^x on the MUFU unit, subnormal results flushed to 0 (exp2f adds range fix-ups around it: 3 more
 // instructions per element, measured as a third of the fused forward's softmax)
@@ -73,6 +83,12 @@ __device__ __forceinline__ float quad_max(float x) {
 __device__ __forceinline__ float quad_sum(float x) {
   x += __shfl_xor_sync(0xffffffffu, x, 1);
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+// Sum over the 32 lanes of a warp.
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+  for (int lanes = 16; lanes >= 4; lanes >>= 1) x += __shfl_xor_sync(0xffffffffu, x, lanes);
+  return quad_sum(x);
 }
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }

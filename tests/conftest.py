@@ -182,6 +182,14 @@ class FakeExtension:
     def monarch_stage_r_bwd_smem_bytes(b2, head_dim):
         return 97 * 1024
 
+    @staticmethod
+    def monarch_stage_l_bwd_reason(batch, nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, cbt, dtype):
+        return ""
+
+    @staticmethod
+    def monarch_stage_l_bwd_smem_bytes(b1, head_dim):
+        return 92 * 1024
+
 
 @pytest.fixture
 def table_dir(tmp_path, monkeypatch):

@@ -47,6 +47,8 @@ GPU_CASES = {
     "6x10-causal-3": (5, 5, (6, 10), 1, 3, 128, {"causal_block_frames": 3}),
     "tiled-f2-h2-w2-d128": (2, 2, (6, 10), 1, 3, 128, {"f_tied": 2, "h_reduce": 2, "w_reduce": 2}),
     "ar-2-vs-5": (2, 5, (30, 52), 1, 3, 128, {}),
+    "45x20": (2, 2, (45, 20), 1, 2, 128, {}),  # b1 = 45: the 720p frames' rows, padded to 48
+    "64x6-causal-1": (3, 3, (64, 6), 1, 2, 128, {"causal_block_frames": 1}),  # b1 = 64, the widest
 }
 ALL_CASES = {**CASES, **GPU_CASES}
 CASE_PARAMS = list(CASES) + [pytest.param(name, marks=GPU_TIER) for name in GPU_CASES]
@@ -153,7 +155,7 @@ GRADIENT_CASES = ["6x10", "7x11-batch2", "tiled-f2-h2-w2", "causal-1", "causal-3
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradients_match_reference(backend, name, dtype, poison_empty):
     """Gradients of out and of lse (the op's second output) against float64 autograd."""
-    fq, fk, shape, bsz, nh, d, kw = CASES[name]
+    fq, fk, shape, bsz, nh, d, kw = ALL_CASES[name]
     q, k, v = qkv(bsz, fq, fk, shape, nh, d, requires_grad=True)
     dout = torch.randn_like(q)
     dlse = torch.randn(q.shape[:-1], dtype=torch.float64)
@@ -178,53 +180,65 @@ def test_gradients_match_reference_unfused_stage_l(name, dtype, poison_empty, mo
     test_gradients_match_reference("triton", name, dtype, poison_empty)
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
-def test_backward_takes_strided_out_dout_and_dlse(fused, poison_empty, monkeypatch):
+@pytest.mark.parametrize("form", ["fused", "unfused", pytest.param("wgmma", marks=GPU_TIER)])
+def test_backward_takes_strided_out_dout_and_dlse(form, poison_empty, monkeypatch):
     """The stage-L backward kernels form D_L = <Z, dZ> - dlse from out and dout as given (any strides,
     last dim contiguous) and from dlse (an expanded gradient has stride 0): the gradients equal those of
-    the same values contiguous, in both stage-L forms (unfused: as the test above, by a limit of 0)."""
+    the same values contiguous, in every stage-L form (unfused: as the test above, by a limit of 0;
+    wgmma: the last pass's kernel on warpgroup MMA, config ``stage_l_bwd``, where it runs)."""
+    from monarchrt_ops.backends import triton as triton_backend
     from monarchrt_ops.triton_kernels import limits
 
-    if not fused:
+    if form == "unfused":
         monkeypatch.setattr(limits, "FUSED_BWD_MAX_B1", {})
+    launches = []
+    if form == "wgmma":
+        default, launcher = triton_backend.TritonAttention.default_config, cuda.stage_l_bwd_wgmma
+
+        def forced(self, problem, arch):
+            if cuda.stage_l_bwd_reason(problem, arch) is not None:
+                pytest.skip(f"stage L's backward on wgmma does not run here: {cuda.stage_l_bwd_reason(problem, arch)}")
+            return {**default(self, problem, arch), "stage_l_bwd": "wgmma"}
+
+        monkeypatch.setattr(triton_backend.TritonAttention, "default_config", forced)
+        monkeypatch.setattr(cuda, "stage_l_bwd_wgmma", lambda *a: launches.append(1) or launcher(*a))
+        registry.invalidate()
     g = torch.Generator().manual_seed(5)
-    q, k, v = (torch.randn(1, 2, 6, 10, 2, 64, generator=g).to(DEVICE) for _ in range(3))  # tile order, 2 frames
+    dtype = torch.bfloat16 if form == "wgmma" else torch.float32  # the wgmma kernel's are 16-bit
+    q, k, v = (torch.randn(1, 2, 6, 10, 2, 64, generator=g).to(DEVICE, dtype) for _ in range(3))  # tile order, 2 frames
     with skip_unless_supported("triton"):
         out, lse = m.ops.attention(q, k, v, 0.125, 0, 1, "triton")
-    dout = torch.randn(out.shape, generator=g).to(DEVICE)
+    dout = torch.randn(out.shape, generator=g).to(DEVICE, dtype)
     dlse = torch.randn(*lse.shape[:-1], 1, generator=g).to(DEVICE).expand(lse.shape)  # one value per token
 
     # the same values in two other layouts (so Z's strides cannot pass for dZ's): rows i and columns j
     # swapped in memory; head_dim padded to twice its length
     out_t = out.transpose(2, 3).contiguous().transpose(2, 3)
-    dout_p = torch.zeros(*dout.shape[:-1], 128, device=DEVICE)[..., :64].copy_(dout)
-    got = m.ops.attention_backward(dout_p, dlse, q, k, v, out_t, lse, 0.125, 0, 1, "triton")
-    want = m.ops.attention_backward(dout, dlse.contiguous(), q, k, v, out, lse, 0.125, 0, 1, "triton")
+    dout_p = torch.zeros(*dout.shape[:-1], 128, device=DEVICE, dtype=dtype)[..., :64].copy_(dout)
+    try:
+        got = m.ops.attention_backward(dout_p, dlse, q, k, v, out_t, lse, 0.125, 0, 1, "triton")
+        want = m.ops.attention_backward(dout, dlse.contiguous(), q, k, v, out, lse, 0.125, 0, 1, "triton")
+    finally:
+        registry.invalidate()  # selections made under this test's config
     for what, a, b in zip("qkv", got, want, strict=True):
         assert torch.equal(a, b), f"d{what}"
+    assert len(launches) == (2 if form == "wgmma" else 0)
 
 
-@GPU_TIER
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("name", GRADIENT_CASES)
-@pytest.mark.parametrize("stage_r_bwd", ["wgmma", "triton"])
-def test_gradients_with_each_stage_r_bwd(stage_r_bwd, name, dtype, poison_empty, monkeypatch):
-    """Stage R's backward (its dK/dV and dQ kernels: configs ``stage_r_bwd``, ``stage_r_dq``) on warpgroup
-    MMA (csrc/attention/stage_r_bwd.cuh, where cuda.stage_r_bwd_reason allows it) and on Triton, each
-    forced, the launches counted: one of each per pass."""
+def gradients_with_launchers(name, dtype, poison_empty, monkeypatch, choices, runs, owner, names):
+    """test_gradients_match_reference on the triton backend with its default config's ``choices``
+    forced (the case skipped where ``runs(problem, arch)`` gives a reason) and the launchers ``names``
+    of ``owner`` counted -> {name: calls}."""
     from monarchrt_ops.backends import triton as triton_backend
-    from monarchrt_ops.triton_kernels import monarch_attention as kernels
 
     default = triton_backend.TritonAttention.default_config
-    owner = cuda if stage_r_bwd == "wgmma" else kernels
-    names = ("stage_r_dkdv_wgmma", "stage_r_dq_wgmma") if stage_r_bwd == "wgmma" else ("_stage_r_dkdv", "_stage_r_dq")
     calls = {attr: 0 for attr in names}
 
     def forced(self, problem, arch):
-        config = default(self, problem, arch)
-        if stage_r_bwd == "wgmma" and cuda.stage_r_bwd_reason(problem, arch) is not None:
-            pytest.skip(f"stage R's backward on wgmma does not run {name} here")
-        return {**config, "stage_r_bwd": stage_r_bwd, "stage_r_dq": stage_r_bwd}
+        reason = runs(problem, arch)
+        if reason is not None:
+            pytest.skip(f"{choices} does not run {name} here: {reason}")
+        return {**default(self, problem, arch), **choices}
 
     def counted(attr):
         launcher = getattr(owner, attr)
@@ -244,8 +258,45 @@ def test_gradients_with_each_stage_r_bwd(stage_r_bwd, name, dtype, poison_empty,
             test_gradients_match_reference("triton", name, dtype, poison_empty)
         finally:
             registry.invalidate()
+    return calls
+
+
+@GPU_TIER
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", GRADIENT_CASES)
+@pytest.mark.parametrize("stage_r_bwd", ["wgmma", "triton"])
+def test_gradients_with_each_stage_r_bwd(stage_r_bwd, name, dtype, poison_empty, monkeypatch):
+    """Stage R's backward (its dK/dV and dQ kernels: configs ``stage_r_bwd``, ``stage_r_dq``) on warpgroup
+    MMA (csrc/attention/stage_r_bwd.cuh, where cuda.stage_r_bwd_reason allows it) and on Triton, each
+    forced, the launches counted: one of each per pass."""
+    from monarchrt_ops.triton_kernels import monarch_attention as kernels
+
+    wgmma = stage_r_bwd == "wgmma"
+    calls = gradients_with_launchers(
+        name, dtype, poison_empty, monkeypatch, {"stage_r_bwd": stage_r_bwd, "stage_r_dq": stage_r_bwd},
+        cuda.stage_r_bwd_reason if wgmma else lambda problem, arch: None, cuda if wgmma else kernels,
+        ("stage_r_dkdv_wgmma", "stage_r_dq_wgmma") if wgmma else ("_stage_r_dkdv", "_stage_r_dq"),
+    )  # fmt: skip
     passes = CASES[name][6].get("num_iters", 1)
-    assert calls == {attr: passes for attr in names}
+    assert calls == dict.fromkeys(calls, passes)
+
+
+# the interpreter's cases and, at d = 128, b1 = 30 (with a KV slice), 45 and 64 (block-causal)
+STAGE_L_BWD_CASES = GRADIENT_CASES + ["30x52-3-frames", "ar-2-vs-5", "17x8-causal-1", "45x20", "64x6-causal-1"]
+
+
+@GPU_TIER
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", STAGE_L_BWD_CASES)
+def test_gradients_with_stage_l_bwd_on_wgmma(name, dtype, poison_empty, monkeypatch):
+    """The last pass's stage-L backward on warpgroup MMA (config ``stage_l_bwd``, csrc/attention/stage_l_bwd.cuh)
+    forced where cuda.stage_l_bwd_reason allows it: one launch per backward, whatever num_iters (the earlier
+    passes stay on Triton)."""
+    calls = gradients_with_launchers(
+        name, dtype, poison_empty, monkeypatch, {"stage_l_bwd": "wgmma"}, cuda.stage_l_bwd_reason, cuda,
+        ("stage_l_bwd_wgmma",),
+    )  # fmt: skip
+    assert calls == {"stage_l_bwd_wgmma": 1}
 
 
 @GPU_TIER

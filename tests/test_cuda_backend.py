@@ -369,6 +369,82 @@ def test_stage_r_bwd_launchers_reject_bad_arguments_before_touching_the_device(c
         module.monarch_stage_r_bwd_q(**{**q_args, "dq": 16, "dq_out": 0})
 
 
+@pytest.mark.skipif(cuda.extension()[0] is None, reason="the extension is not built on this machine")
+@pytest.mark.parametrize(
+    "change, msg",
+    [
+        ({"b1": 65}, "takes b1 <= 64"),
+        ({"head_dim": 96}, "head_dim=96"),
+        ({"n_kv_tiles": 0}, "no key tiles"),
+        ({"dz_strides": [8, 8, 8, 8]}, "5 each"),
+        ({"z_strides": [8, 8, 8, 12, 8]}, "multiples of 8"),
+        ({"dz": 8}, "16-byte aligned"),
+        ({"dq": 0}, "dQ are required"),
+        ({"dlse": 4}, "8-byte aligned"),
+        ({"dtype": 2}, "dtype code 2"),
+    ],
+    ids=[
+        "b1",
+        "head_dim",
+        "no-key-tiles",
+        "stride-count",
+        "stride-multiple",
+        "misaligned",
+        "no-dq",
+        "dlse",
+        "dtype",
+    ],  # fmt: skip
+)
+def test_stage_l_bwd_launcher_rejects_bad_arguments_before_touching_the_device(change, msg):
+    module, _ = cuda.extension()
+    strides = [21 * 30 * 52 * 2 * 128, 30 * 52 * 2 * 128, 52 * 2 * 128, 2 * 128, 128]
+    args = dict(q=16, dz=16, z=16, lse=16, dlse=16, a_l=16, y=16, c_l=16, da_l=16, dy=16, dc_l=16, delta_r=16, dq=16,
+                q_strides=strides, dz_strides=strides, z_strides=strides, batch=1, nh=2, n_q_tiles=21, n_kv_tiles=21,
+                b1=30, b2=52, head_dim=128, causal_block_tiles=0, sm_scale=0.1, dtype=1, stream=0)  # fmt: skip
+    with pytest.raises(ValueError, match=msg):
+        module.monarch_stage_l_bwd(**{**args, **change})
+
+
+@pytest.mark.parametrize(
+    ("change", "arch", "wgmma"),
+    [
+        ({}, H100, True),  # 30x52
+        ({"b2": 80, "b1": 45}, H100, True),  # 720p
+        ({"b1": 64, "num_iters": 2, "causal_block_tiles": 3}, H100, True),
+        ({"b1": 90, "q_tiles": 7, "kv_tiles": 7}, H100, False),  # f_tied = 3: over kStageLBwdMaxB1
+        ({"dtype": torch.float32}, H100, False),
+        ({"b2": 80, "b1": 45}, Arch("sm100", (10, 0), "NVIDIA B200", 148, 232448), False),  # no wgmma on sm_100
+    ],
+)
+def test_stage_l_bwd_choice_exists_only_where_the_wgmma_kernel_runs(monkeypatch, change, arch, wgmma):
+    """The triton backend's ``stage_l_bwd`` config (the last pass's stage-L backward): 'wgmma' is in the
+    search space exactly where cuda.stage_l_bwd_reason allows it, and the shared memory it asks about
+    follows b1; the default stays Triton's."""
+    from monarchrt_ops.backends.triton import TritonAttention
+
+    widths = []
+
+    class Limited(FakeExtension):
+        @staticmethod
+        def monarch_stage_l_bwd_reason(batch, nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, cbt, dtype):
+            return "b1 > 64" if b1 > 64 else ""
+
+        @staticmethod
+        def monarch_stage_l_bwd_smem_bytes(b1, head_dim):
+            widths.append(b1)
+            return 92 * 1024
+
+    monkeypatch.setattr(cuda, "extension", lambda: (Limited, None))
+    problem = _attention_problem(**change)
+    backend = TritonAttention()
+    assert ("wgmma" in backend.search_space(problem, arch)["stage_l_bwd"]) == wgmma
+    assert set(widths) <= {problem.b1}
+    default = backend.default_config(problem, arch)
+    assert default["stage_l_bwd"] == "triton"
+    assert backend.is_valid(default, problem, arch) is None
+    assert (backend.is_valid({**default, "stage_l_bwd": "wgmma"}, problem, arch) is None) == wgmma
+
+
 @pytest.mark.parametrize(
     ("change", "arch", "wgmma_allowed", "wgmma_default"),
     [
@@ -470,8 +546,10 @@ def test_wgmma_kernels_need_an_sm90a_build(monkeypatch):
     problem = _attention_problem()
     assert "without sm_90a" in cuda.stage_r_reason(problem, H100)
     assert "without sm_90a" in cuda.stage_r_bwd_reason(problem, H100)
+    assert "without sm_90a" in cuda.stage_l_bwd_reason(problem, H100)
     monkeypatch.setattr(cuda, "extension", lambda: (FakeExtension, None))
     assert cuda.stage_r_reason(problem, H100) is None and cuda.stage_r_bwd_reason(problem, H100) is None
+    assert cuda.stage_l_bwd_reason(problem, H100) is None
 
 
 def test_aligned_rows_copies_a_size_one_dim_with_an_odd_stride():

@@ -261,7 +261,7 @@ def monarch_attention_fwd(
 )  # fmt: skip
 def monarch_attention_bwd(
     dz, dlse, q, k, v, z, lse, *, sm_scale: float, causal_block_tiles: int, num_iters: int, config: dict,
-    stage_r=_stage_r, stage_r_dkdv=None, stage_r_dq=None,
+    stage_r=_stage_r, stage_r_dkdv=None, stage_r_dq=None, stage_l_bwd=None,
 ):  # fmt: skip
     """Gradients of Monarch attention (docs/math.md, Backward) -> ``(dq, dk, dv)``.
 
@@ -269,7 +269,9 @@ def monarch_attention_bwd(
     and stage-L normaliser; then the passes are differentiated last to first, each recomputing its
     stage R. dQ, dK, dV accumulate in fp32 and are returned in q's dtype, each stored so by its last
     writer (dV's only writer is the last pass's key-row kernel). ``stage_r``, ``stage_r_dkdv`` and
-    ``stage_r_dq`` (None: :func:`_stage_r_dkdv`, :func:`_stage_r_dq`) launch stage R and its backward.
+    ``stage_r_dq`` (None: :func:`_stage_r_dkdv`, :func:`_stage_r_dq`) launch stage R and its backward;
+    ``stage_l_bwd`` (None: the Triton kernels) the last pass's stage-L backward, with the arguments and
+    effect of ``backends.cuda.stage_l_bwd_wgmma``.
     """
     stage_r_dkdv = _stage_r_dkdv if stage_r_dkdv is None else stage_r_dkdv
     stage_r_dq = _stage_r_dq if stage_r_dq is None else stage_r_dq
@@ -313,36 +315,39 @@ def monarch_attention_bwd(
     for it in reversed(range(num_iters)):
         last = it == num_iters - 1
         stage_r(q, k, v, sc, a_rs[it], c_rs[it], sm_scale, common, config, write_y=last, write_lse=True)
-        if last:
-            # D_L = <Z, dZ> - dlse is formed by the stage-L kernel that loads dZ first (_output_delta):
-            # kept in registers by the fused kernel (DELTA_L unused), stored by _stage_l_bwd_q for _stage_l_bwd_kv
-            delta_l = lses[it] if fused_rows is not None else torch.empty_like(lses[it])
-            l_args = (q, dz, lses[it], delta_l, sc.a_l, sc.y, sc.c_l, d_cr)
-            out_args, strides_out = (z, dlse), z.stride()[:5]
-        else:
-            # this pass fed the next one's aR and cR: dL = <Q, daR> + dcR, and D_L with dQ += sum L daR
-            delta_l = torch.empty_like(lses[it])
-            launch(_stage_l_bwd_delta, grid_l_q,
-                q, lses[it], sc.a_l, sc.c_l, d_ar, d_cr, delta_l, dq, sm_scale, *q.stride()[:5], *common,
-                **{**l_meta, "BLOCK_K": config["bwd_block_k"]},
-            )  # fmt: skip
-            l_args = (q, q, lses[it], delta_l, sc.a_l, d_ar, sc.c_l, d_cr)
-            out_args, strides_out = (q, lses[it]), q.stride()[:5]  # Z and dlse: unused (UPDATE)
-        strides_l = (*q.stride()[:5], *l_args[1].stride()[:5])  # q, and dz (last pass) or q
-        if fused_rows is not None:  # daL, dY, dcL, D_R and dQ in one kernel, every row i per program
-            launch(_stage_l_bwd, (n_a * b2, 1, bsz * nh),
-                *l_args, *out_args, da_l, dy, dc_l, delta_r, dq, sm_scale, *strides_l, *strides_out, *common,
-                UPDATE=not last, ACCUMULATE=not last, **{**l_meta, "BLOCK_I": fused_rows},
-            )  # fmt: skip
-        else:  # the dQ kernel first: on the last pass it stores the D_L the daL/dY kernel reads
-            launch(_stage_l_bwd_q, grid_l_q,
-                *l_args, *out_args, dq, sm_scale, *strides_l, *strides_out, *common,
-                UPDATE=not last, ACCUMULATE=not last, **{**l_meta, "BLOCK_K": config["bwd_block_k"]},
-            )  # fmt: skip
-            launch(_stage_l_bwd_kv, (n_a * b2, cdiv(n_f * b1, config["block_k"]), bsz * nh),
-                *l_args, da_l, dy, dc_l, delta_r, sm_scale, *strides_l, *common, UPDATE=not last, **l_meta,
-            )  # fmt: skip
         grads = (da_l, dy, dc_l, delta_r)
+        if last and stage_l_bwd is not None:  # D_L formed inside, as the fused Triton kernel does
+            stage_l_bwd(q, dz, z, lses[it], dlse, sc, grads, dq, sm_scale, common)
+        else:
+            if last:
+                # D_L = <Z, dZ> - dlse is formed by the stage-L kernel that loads dZ first (_output_delta):
+                # kept in registers by the fused kernel (DELTA_L unused), stored by _stage_l_bwd_q for _stage_l_bwd_kv
+                delta_l = lses[it] if fused_rows is not None else torch.empty_like(lses[it])
+                l_args = (q, dz, lses[it], delta_l, sc.a_l, sc.y, sc.c_l, d_cr)
+                out_args, strides_out = (z, dlse), z.stride()[:5]
+            else:
+                # this pass fed the next one's aR and cR: dL = <Q, daR> + dcR, and D_L with dQ += sum L daR
+                delta_l = torch.empty_like(lses[it])
+                launch(_stage_l_bwd_delta, grid_l_q,
+                    q, lses[it], sc.a_l, sc.c_l, d_ar, d_cr, delta_l, dq, sm_scale, *q.stride()[:5], *common,
+                    **{**l_meta, "BLOCK_K": config["bwd_block_k"]},
+                )  # fmt: skip
+                l_args = (q, q, lses[it], delta_l, sc.a_l, d_ar, sc.c_l, d_cr)
+                out_args, strides_out = (q, lses[it]), q.stride()[:5]  # Z and dlse: unused (UPDATE)
+            strides_l = (*q.stride()[:5], *l_args[1].stride()[:5])  # q, and dz (last pass) or q
+            if fused_rows is not None:  # daL, dY, dcL, D_R and dQ in one kernel, every row i per program
+                launch(_stage_l_bwd, (n_a * b2, 1, bsz * nh),
+                    *l_args, *out_args, da_l, dy, dc_l, delta_r, dq, sm_scale, *strides_l, *strides_out, *common,
+                    UPDATE=not last, ACCUMULATE=not last, **{**l_meta, "BLOCK_I": fused_rows},
+                )  # fmt: skip
+            else:  # the dQ kernel first: on the last pass it stores the D_L the daL/dY kernel reads
+                launch(_stage_l_bwd_q, grid_l_q,
+                    *l_args, *out_args, dq, sm_scale, *strides_l, *strides_out, *common,
+                    UPDATE=not last, ACCUMULATE=not last, **{**l_meta, "BLOCK_K": config["bwd_block_k"]},
+                )  # fmt: skip
+                launch(_stage_l_bwd_kv, (n_a * b2, cdiv(n_f * b1, config["block_k"]), bsz * nh),
+                    *l_args, da_l, dy, dc_l, delta_r, sm_scale, *strides_l, *common, UPDATE=not last, **l_meta,
+                )  # fmt: skip
         stage_r_dkdv(q, k, v, sc, a_rs[it], c_rs[it], grads, dk, dv if last else None, sm_scale, common, config,
                      accumulate=not last, dk_out=dk_out if it == 0 else None)  # fmt: skip
         stage_r_dq(q, k, v, sc, a_rs[it], c_rs[it], grads, dq, dq_out, d_ar, d_cr, sm_scale, common, config,

@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <utility>
 
+#include "../warp_atoms.cuh"
+
 // N = 48 and 80 are CuTe's extended shapes (mma_sm90_gmma_ext.hpp)
 #define CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED
 #include <cute/arch/mma_sm90_gmma.hpp>
@@ -90,6 +92,79 @@ template <int kN> __device__ __forceinline__ void fence_operands(float* d) {
 #pragma unroll
   for (int i = 0; i < kN; ++i) cute::warpgroup_fence_operand(d[i]);
 }
+
+// m64nNk16, fp32 accumulators, both operands MN-major in shared memory: the products whose K is a block's
+// 64 rows (A a row buffer read transposed, B a [row][column] buffer), N in 16..64.
+template <typename T, int N> struct SSmn;
+#define MONARCHRT_GMMA_SS_MN(N)                                                                        \
+  template <> struct SSmn<__nv_bfloat16, N> {                                                          \
+    using op = atoms::MMA_64x##N##x16_F32BF16BF16_SS<atoms::Major::MN, atoms::Major::MN>;              \
+  };                                                                                                   \
+  template <> struct SSmn<__half, N> {                                                                 \
+    using op = atoms::MMA_64x##N##x16_F32F16F16_SS<atoms::Major::MN, atoms::Major::MN>;                \
+  };
+MONARCHRT_GMMA_SS_MN(16)
+MONARCHRT_GMMA_SS_MN(32)
+MONARCHRT_GMMA_SS_MN(48)
+MONARCHRT_GMMA_SS_MN(64)
+#undef MONARCHRT_GMMA_SS_MN
+
+// d (+)= A B^T over K = kD features: A a swizzled row buffer of kRowsA rows (M = 64 of them from `a` on),
+// B one of kN rows (N = kN), both K-major.
+template <typename T, int kD, int kN, int kRowsA>
+__device__ __forceinline__ void mma_over_features(uint64_t a, uint64_t b, float* d, bool acc) {
+#pragma unroll
+  for (int kk = 0; kk < kD / 16; ++kk)
+    mma_ss<typename SS<T, kN>::op>(advance(a, (kk >> 2) * kRowsA * 128 + (kk & 3) * 32),
+                                   advance(b, (kk >> 2) * kN * 128 + (kk & 3) * 32), d, acc || kk > 0,
+                                   std::make_index_sequence<kN / 2>{});
+}
+// d += A^T B over K = 64 rows: A a 64-row buffer read MN-major, its features 64 dh.. 64 dh + 63 as M; B a
+// [row][column] buffer of 128-byte rows, its kN columns as N.
+template <typename T, int kN>
+__device__ __forceinline__ void mma_over_rows(uint64_t a, uint64_t b, float* d, int dh) {
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks)
+    mma_ss<typename SSmn<T, kN>::op>(advance(a, dh * 64 * 128 + ks * 2048), advance(b, ks * 2048), d, true,
+                                     std::make_index_sequence<kN / 2>{});
+}
+// d (+)= A B over K = kK: A 16-bit fragments in registers (one [4] per 16 of K, as an m64nKk16
+// accumulator packs: accumulator_fragments), B a swizzled row buffer of kRowsB rows read MN-major, its
+// features 64 dh.. 64 dh + 63 as N.
+template <typename T, int kK, int kRowsB>
+__device__ __forceinline__ void mma_from_registers(const uint32_t (&a)[kK / 16][4], uint64_t b, float* d, int dh,
+                                                   bool acc) {
+#pragma unroll
+  for (int ks = 0; ks < kK / 16; ++ks)
+    mma_rs<typename RS64<T>::op>(a[ks], advance(b, dh * kRowsB * 128 + ks * 2048), d, acc || ks > 0,
+                                 std::make_index_sequence<32>{});
+}
 #endif
+
+// The layout of an m64nNk16 accumulator (N / 2 fp32 registers a thread): element 4 c + e is row
+// 16 warp + g + 8 (e / 2) and column 8 c + 2 tig + e % 2 (g = lane / 4, tig = lane % 4).
+// As the A operand of a product with K = N: fragment [c / 2][2 (c % 2) + e / 2] packs elements 4 c + e,
+// 4 c + e + 1 (e = 0, 2) in T.
+template <typename T, int kN>
+__device__ __forceinline__ void accumulator_fragments(const float* acc, uint32_t (&frag)[kN / 16][4]) {
+#pragma unroll
+  for (int c = 0; c < kN / 8; ++c) {
+    frag[c >> 1][(c & 1) * 2] = pack2<T>(acc[4 * c], acc[4 * c + 1]);
+    frag[c >> 1][(c & 1) * 2 + 1] = pack2<T>(acc[4 * c + 2], acc[4 * c + 3]);
+  }
+}
+// The warp's 16 rows of an m64nNk16 accumulator (N <= 64) into a [row][column] buffer of 64 rows of 128
+// bytes (16-byte chunk n of row r at n ^ (r % 8), the swizzled row layout), in T, by stmatrix.
+template <typename T, int kN> __device__ __forceinline__ void store_accumulator_rows(const float* acc, unsigned char* buf) {
+  static_assert(kN <= 64, "one 128-byte row");
+  const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3;
+#pragma unroll
+  for (int qq = 0; qq < kN / 16; ++qq) {
+    const int mi = lane >> 3, row = 16 * warp + (mi & 1) * 8 + (lane & 7), n = 2 * qq + (mi >> 1);
+    const float* c = acc + 8 * qq;
+    stsm_x4(buf + row * 128 + ((n ^ (row & 7)) << 4), pack2<T>(c[0], c[1]), pack2<T>(c[2], c[3]),
+            pack2<T>(c[4], c[5]), pack2<T>(c[6], c[7]));
+  }
+}
 
 }  // namespace monarchrt::gmma

@@ -196,12 +196,7 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_kernel(const StageR
       const uint64_t q_desc = gmma::desc(smem_addr(s_q), 1), k_desc = gmma::desc(smem_addr(smem + Smem::kOffK), 1);
       gmma::fence_operands<kL / 2>(s);
       cute::warpgroup_arrive();
-#pragma unroll
-      for (int kk = 0; kk < kD / 16; ++kk)
-        gmma::mma_ss<typename gmma::SS<T, kL>::op>(
-            gmma::advance(q_desc, (kk >> 2) * kStageRBlockM * 128 + (kk & 3) * 32),
-            gmma::advance(k_desc, (kk >> 2) * kL * 128 + (kk & 3) * 32), s, kk > 0,
-            std::make_index_sequence<kL / 2>{});
+      gmma::mma_over_features<T, kD, kL, kStageRBlockM>(q_desc, k_desc, s, false);
       cute::warpgroup_commit_batch();
     }
     // while the logits run: this thread's rows (softmax) and the rows it stores (4 of its warp's 16)
@@ -284,10 +279,7 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_kernel(const StageR
     auto issue = [&](int part, uint64_t src) {  // src: the descriptor of K or V
       gmma::fence_operands<32>(acc[part]);
       cute::warpgroup_arrive();
-#pragma unroll
-      for (int ks = 0; ks < kL / 16; ++ks)
-        gmma::mma_rs<typename gmma::RS64<T>::op>(pf[ks], gmma::advance(src, (part % kDh) * kL * 128 + ks * 2048),
-                                                 acc[part], ks > 0, std::make_index_sequence<32>{});
+      gmma::mma_from_registers<T, kL, kL>(pf, src, acc[part], part % kDh, false);
       cute::warpgroup_commit_batch();
     };
     // cL = sum_l R log R and lse_R, natural log

@@ -65,8 +65,6 @@ struct StageRBwdQParams : StageRGradInputs {  // the first pass: a_r and c_r nul
   void* dq_out;     // like dq, in the inputs' dtype: dq + this kernel's sum
 };
 
-constexpr float kLog2e = 1.4426950408889634f;
-
 // Shared memory of one key-row CTA (byte offsets from a 1 KB aligned base): K and V rows, the block's Q',
 // daL and dY rows and its four row statistics ([lse_R, dcL, D_R, cR][row], copied with the rows so that no
 // load of the loop waits on its own), and R and dS as [j][l] buffers of 64 columns (kL <= 64: one 128-byte
@@ -89,33 +87,13 @@ template <int kD, int kL> struct StageRBwdSmem {
 };
 
 #ifdef MONARCHRT_WGMMA
-// m64nNk16, fp32 accumulators, both operands MN-major in shared memory: the products whose K is the
-// block's rows j (A = Q'^T, daL^T or dY^T; B = dS or R), N = kL in 16..64.
-template <typename T, int N> struct SSmn;
-#define MONARCHRT_GMMA_SS_MN(N)                                                                        \
-  template <> struct SSmn<__nv_bfloat16, N> {                                                          \
-    using op = gmma::atoms::MMA_64x##N##x16_F32BF16BF16_SS<gmma::atoms::Major::MN, gmma::atoms::Major::MN>; \
-  };                                                                                                   \
-  template <> struct SSmn<__half, N> {                                                                 \
-    using op = gmma::atoms::MMA_64x##N##x16_F32F16F16_SS<gmma::atoms::Major::MN, gmma::atoms::Major::MN>;   \
-  };
-MONARCHRT_GMMA_SS_MN(16)
-MONARCHRT_GMMA_SS_MN(32)
-MONARCHRT_GMMA_SS_MN(48)
-MONARCHRT_GMMA_SS_MN(64)
-#undef MONARCHRT_GMMA_SS_MN
-
 // Step 1 of both kernels: S = Q' K^T and dR = daL K^T (+ dY V^T) for one 64-row block, every operand
 // K-major in shared memory (K = head_dim; q, dal, dy: 64-row buffers, k, v: kL-row ones).
 template <typename T, int kD, int kL>
 __device__ __forceinline__ void block_logits(uint64_t q, uint64_t dal, uint64_t dy, uint64_t k, uint64_t v,
                                              bool has_y, float (&s)[kL / 2], float (&dr)[kL / 2]) {
-  auto logits = [&](uint64_t a, uint64_t b, float* d, bool acc) {
-#pragma unroll
-    for (int kk = 0; kk < kD / 16; ++kk)
-      gmma::mma_ss<typename gmma::SS<T, kL>::op>(gmma::advance(a, (kk >> 2) * kStageRBlockM * 128 + (kk & 3) * 32),
-                                                 gmma::advance(b, (kk >> 2) * kL * 128 + (kk & 3) * 32), d,
-                                                 acc || kk > 0, std::make_index_sequence<kL / 2>{});
+  auto logits = [](uint64_t a, uint64_t b, float* d, bool acc) {
+    gmma::mma_over_features<T, kD, kL, kStageRBlockM>(a, b, d, acc);
   };
   gmma::fence_operands<kL / 2>(s);
   gmma::fence_operands<kL / 2>(dr);
@@ -207,18 +185,6 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_kv_kernel(const
       cp4(stats + 3 * kStageRBlockM, p.c_r + ((afk0 + int64_t(c_stat.a) * n_f) * b1 + krow) * b2 + c_stat.j);
     }
   };
-  // a [j][l] probability buffer from an accumulator: element 4n + e is row 16 warp + g + 8 (e / 2), column
-  // 8n + 2 tig + e % 2 (stage_r.cuh's staging store, for the warp's 16 rows of a 64-row buffer)
-  auto store_probs = [&](const float* acc, unsigned char* buf) {
-#pragma unroll
-    for (int qq = 0; qq < kL / 16; ++qq) {
-      const int mi = lane >> 3, row = 16 * warp + (mi & 1) * 8 + (lane & 7), n = 2 * qq + (mi >> 1);
-      const float* c = acc + 8 * qq;
-      stsm_x4(buf + row * 128 + ((n ^ (row & 7)) << 4), pack2<T>(c[0], c[1]), pack2<T>(c[2], c[3]),
-              pack2<T>(c[4], c[5]), pack2<T>(c[6], c[7]));
-    }
-  };
-
   float dk[kDh][kAcc], dv[kDh][kAcc];
 #pragma unroll
   for (int dh = 0; dh < kDh; ++dh)
@@ -268,8 +234,8 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_kv_kernel(const
       dr[i] = grad_logit(pr, x, dr[i], dcl[r], delta[r]) * (scale[r] * kLn2);
       s[i] = pr;
     }
-    store_probs(s, smem + Smem::kOffR);
-    store_probs(dr, smem + Smem::kOffDs);
+    gmma::store_accumulator_rows<T, kL>(s, smem + Smem::kOffR);  // [j][l] buffers
+    gmma::store_accumulator_rows<T, kL>(dr, smem + Smem::kOffDs);
     gmma::fence_to_async_proxy();
     __syncthreads();  // every warp's rows of R and dS are in
 
@@ -280,13 +246,8 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_kv_kernel(const
       const uint64_t dy_desc = gmma::desc(smem_addr(smem + Smem::kOffDy), 0);
       const uint64_t r_desc = gmma::desc(smem_addr(smem + Smem::kOffR), 0);
       const uint64_t ds_desc = gmma::desc(smem_addr(smem + Smem::kOffDs), 0);
-      auto grads = [&](uint64_t a, uint64_t b, float* d, int dh) {
-#pragma unroll
-        for (int ks = 0; ks < kStageRBlockM / 16; ++ks)
-          gmma::mma_ss<typename SSmn<T, kL>::op>(gmma::advance(a, dh * kStageRBlockM * 128 + ks * 2048),
-                                                 gmma::advance(b, ks * 2048), d, true,
-                                                 std::make_index_sequence<kAcc>{});
-      };
+      auto grads = [](uint64_t a, uint64_t b, float* d, int dh) { gmma::mma_over_rows<T, kL>(a, b, d, dh); };
+      static_assert(kStageRBlockM == 64, "K of the products is one block's 64 rows");
 #pragma unroll
       for (int dh = 0; dh < kDh; ++dh) {
         gmma::fence_operands<kAcc>(dk[dh]);
@@ -456,11 +417,7 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_q_kernel(const 
     for (int dh = 0; dh < kDh; ++dh) gmma::fence_operands<32>(dq[dh]);
     cute::warpgroup_arrive();
 #pragma unroll
-    for (int dh = 0; dh < kDh; ++dh)
-#pragma unroll
-      for (int ks = 0; ks < kL / 16; ++ks)
-        gmma::mma_rs<typename gmma::RS64<T>::op>(ds[ks], gmma::advance(k_mn, dh * kL * 128 + ks * 2048), dq[dh],
-                                                 true, std::make_index_sequence<32>{});
+    for (int dh = 0; dh < kDh; ++dh) gmma::mma_from_registers<T, kL, kL>(ds, k_mn, dq[dh], dh, true);
     cute::warpgroup_commit_batch();
     cute::warpgroup_wait<0>();
 #pragma unroll

@@ -3,54 +3,20 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <atomic>
 #include <stdexcept>
 #include <string>
-#include <type_traits>
 
 #include "../launch.h"
 #include "stage_r_bwd.cuh"
+#include "wgmma_launch.h"
 
 namespace monarchrt {
 
 namespace {
 // Fewer CTAs than this many per SM split each key row's query rows over grid y.
 constexpr int kMinCtasPerSm = 8;
-
-// One launch of kKernel (two CTAs per SM of kBytes each) on `grid`. The shared-memory attribute is set
-// once per kernel and device (it belongs to the device's context): the kernel is a template argument so
-// that each has its own record (a function-pointer argument would share one between kernels of the same
-// type), and the record holds a bit per device.
-template <auto kKernel, int kBytes, class Params>
-void launch(const Params& p, dim3 grid, cudaStream_t stream, const char* name) {
-  static_assert(2 * kBytes <= 227 * 1024, "two CTAs per SM");
-  static std::atomic<uint64_t> devices_set{0};
-  int device = 0;
-  check(cudaGetDevice(&device), "cudaGetDevice");
-  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
-  if (!(devices_set.load(std::memory_order_relaxed) & bit)) {  // (devices past 64 set it every launch)
-    check(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes),
-          (std::string(name) + " shared memory attribute").c_str());
-    devices_set.fetch_or(bit, std::memory_order_relaxed);
-  }
-  kKernel<<<grid, attention::kStageRThreads, kBytes, stream>>>(p);
-  check(cudaGetLastError(), (std::string(name) + " launch").c_str());
-}
-
-// f(head_dim, kL) with both as compile-time constants: kL is b2 rounded up to 16.
-template <class F> auto with_tile(int64_t b2, int64_t head_dim, F&& f) {
-  auto per_d = [&](auto d) {
-    switch ((b2 + 15) / 16) {
-      case 1: return f(d, std::integral_constant<int, 16>{});
-      case 2: return f(d, std::integral_constant<int, 32>{});
-      case 3: return f(d, std::integral_constant<int, 48>{});
-      case 4: return f(d, std::integral_constant<int, 64>{});
-      case 5: return f(d, std::integral_constant<int, 80>{});
-      default: return f(d, std::integral_constant<int, 96>{});
-    }
-  };
-  return head_dim == 64 ? per_d(std::integral_constant<int, 64>{}) : per_d(std::integral_constant<int, 128>{});
-}
+using wgmma_launch::launch;
+using wgmma_launch::with_tile;
 }  // namespace
 
 std::string monarch_stage_r_reason(int64_t batch, int64_t nh, int64_t n_q_tiles, int64_t n_kv_tiles, int64_t b1,

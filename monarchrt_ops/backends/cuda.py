@@ -199,9 +199,18 @@ def stage_r_bwd_reason(problem: AttentionProblem, arch: Arch) -> str | None:
     return _wgmma_reason(problem, arch, "stage R's backward", "monarch_stage_r_bwd")
 
 
-def _wgmma_reason(problem: AttentionProblem, arch: Arch, what: str, launcher: str) -> str | None:
+def stage_l_bwd_reason(problem: AttentionProblem, arch: Arch) -> str | None:
+    """Why the warpgroup-MMA backward of the last pass's stage L (csrc/attention/stage_l_bwd.cuh) cannot run
+    ``problem`` (None: it can). Its shared memory grows with b1 (the rows of a column), not b2."""
+    return _wgmma_reason(problem, arch, "stage L's backward", "monarch_stage_l_bwd", width=problem.b1)
+
+
+def _wgmma_reason(
+    problem: AttentionProblem, arch: Arch, what: str, launcher: str, width: int | None = None
+) -> str | None:
     """Why the extension's warpgroup-MMA kernel ``launcher`` (its ``_reason`` and ``_smem_bytes``
-    functions answer for it) cannot run ``problem``."""
+    functions answer for it) cannot run ``problem``; ``width``: the tile size its shared memory follows
+    (None: b2)."""
     if arch is None:
         return "no device given"
     reason = arch_reason(arch, "warpgroup MMA")
@@ -220,7 +229,7 @@ def _wgmma_reason(problem: AttentionProblem, arch: Arch, what: str, launcher: st
     )
     if reason:
         return reason
-    smem = getattr(module, launcher + "_smem_bytes")(p.b2, p.head_dim)
+    smem = getattr(module, launcher + "_smem_bytes")(p.b2 if width is None else width, p.head_dim)
     if arch.smem_per_block and smem > arch.smem_per_block:
         return f"{what} needs {smem} B of shared memory per block; the device has {arch.smem_per_block}"
     return None
@@ -328,6 +337,29 @@ def stage_r_dq_wgmma(q, k, v, sc, a_r, c_r, grads, dq, dq_out, d_ar, d_cr, sm_sc
         )  # fmt: skip
 
 
+def stage_l_bwd_wgmma(q, dz, z, lse, dlse, sc, grads, dq, sm_scale, common):
+    """The last pass's stage-L backward on the warpgroup-MMA kernel (``_stage_l_bwd`` of
+    triton_kernels/monarch_attention_bwd.py with UPDATE false): daL, dY, dcL and D_R of every key row into
+    ``grads`` = (daL, dY, dcL, D_R), and dQ's stage-L part written to the fp32 ``dq``, from the scratch
+    ``sc`` (aL, Y, cL), lse and dlse ([B, A, b1, b2, nh] fp32) and the output z with its gradient dz."""
+    for name, x, dtype in (("lse", lse, torch.float32), ("dlse", dlse, torch.float32), ("dq", dq, torch.float32)):
+        if x.dtype != dtype or not x.is_contiguous():
+            raise ValueError(f"stage_l_bwd_wgmma: {name} must be contiguous {dtype}, got {x.dtype}")
+    module, _ = extension()
+    nh, n_a, n_f, b1, b2, causal_block_tiles = common
+    da_l, dy, dc_l, delta_r = grads
+    q, dz, z = _launchable(q, dz, z)
+    with torch.cuda.device(q.device):  # the launcher uses the current device
+        module.monarch_stage_l_bwd(
+            q.data_ptr(), dz.data_ptr(), z.data_ptr(), lse.data_ptr(), dlse.data_ptr(),
+            sc.a_l.data_ptr(), sc.y.data_ptr(), sc.c_l.data_ptr(),
+            da_l.data_ptr(), dy.data_ptr(), dc_l.data_ptr(), delta_r.data_ptr(), dq.data_ptr(),
+            list(q.stride()[:5]), list(dz.stride()[:5]), list(z.stride()[:5]),
+            q.shape[0], nh, n_a, n_f, b1, b2, q.shape[5], causal_block_tiles, sm_scale, _DTYPE_CODES[q.dtype],
+            torch.cuda.current_stream(q.device).cuda_stream,
+        )  # fmt: skip
+
+
 def _aligned_contiguous(x: torch.Tensor) -> torch.Tensor:
     """Contiguous with a 16-byte aligned base."""
     x = x.contiguous()
@@ -347,8 +379,8 @@ def _row_strides(*tensors: torch.Tensor) -> bool:
 
 
 def _launchable(q, k, v) -> tuple:
-    """q, k, v as the stage-R launchers take them (16-byte aligned bases and row strides): themselves,
-    or copies where one is not."""
+    """q, k, v (or q, dz, z) as the warpgroup-MMA launchers take them (16-byte aligned bases and row
+    strides): themselves, or copies where one is not."""
     if (q.data_ptr() | k.data_ptr() | v.data_ptr()) % 16 or not _row_strides(q, k, v):
         return _aligned_rows(q), _aligned_rows(k), _aligned_rows(v)
     return q, k, v

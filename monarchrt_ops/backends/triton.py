@@ -5,7 +5,8 @@ Attention's stage R is one config choice (``stage_r``): the Triton kernel, or on
 extension's warpgroup-MMA kernel (csrc/attention/stage_r.cuh, docs/attention-kernels.md (f)), which
 writes the same scratch for the same Triton stage L; the choice exists only where that kernel runs.
 So are stage R's backward kernels (csrc/attention/stage_r_bwd.cuh, docs/attention-kernels.md (g)): the
-key-row one, dK and dV (``stage_r_bwd``), and the query-row one, dQ (``stage_r_dq``).
+key-row one, dK and dV (``stage_r_bwd``), and the query-row one, dQ (``stage_r_dq``); and the last pass's
+stage-L backward (``stage_l_bwd``: csrc/attention/stage_l_bwd.cuh, docs/attention-kernels.md (h)).
 """
 
 from __future__ import annotations
@@ -135,6 +136,9 @@ class TritonAttention(_Triton):
         # tiles at b2 = 52 (90x52 1.16 / 1.09); between 8 and 20 key tiles it is not measured
         wgmma_bwd = cuda.stage_r_bwd_reason(problem, arch) is None
         wgmma_dq = wgmma_bwd and (problem.b2 <= 32 or problem.kv_tiles >= 21)
+        # the last pass's stage-L backward on warpgroup MMA (docs/attention-kernels.md (h)): in the search
+        # space where it runs, not yet a default (not measured against the Triton kernel)
+        wgmma_l_bwd = False
         l_warps = 4
         fused_rows = _fused_bwd_rows(problem)
         if wide == 16:
@@ -149,6 +153,7 @@ class TritonAttention(_Triton):
             "stage_r": "wgmma" if wgmma else "triton",
             "stage_r_bwd": "wgmma" if wgmma_bwd else "triton",
             "stage_r_dq": "wgmma" if wgmma_dq else "triton",
+            "stage_l_bwd": "wgmma" if wgmma_l_bwd else "triton",
             "fwd_block_m": wide,
             "fwd_block_l": row_block,
             "fwd_warps": 4,
@@ -171,6 +176,7 @@ class TritonAttention(_Triton):
             "stage_r": ["triton", "wgmma"] if cuda.stage_r_reason(problem, arch) is None else ["triton"],
             "stage_r_bwd": stage_r_bwd,
             "stage_r_dq": stage_r_bwd,
+            "stage_l_bwd": ["triton", "wgmma"] if cuda.stage_l_bwd_reason(problem, arch) is None else ["triton"],
             "fwd_block_m": [16, 32, 64, 128],
             "fwd_block_l": [16, 32, 64, 128],
             "fwd_warps": [4, 8],
@@ -256,7 +262,7 @@ class TritonAttention(_Triton):
             dz, dlse, q, k, v, z, lse,
             sm_scale=sm_scale, causal_block_tiles=causal_block_tiles, num_iters=num_iters, config=config,
             stage_r=_stage_r_launcher(config, kernels),
-            **_stage_r_bwd_launchers(config, kernels),
+            **_bwd_launchers(config, kernels),
         )  # fmt: skip
 
 
@@ -265,12 +271,14 @@ def _stage_r_launcher(config: dict, kernels):
     return cuda.stage_r_wgmma if config["stage_r"] == "wgmma" else kernels._stage_r
 
 
-def _stage_r_bwd_launchers(config: dict, kernels) -> dict:
-    """The launchers of stage R's backward (dK and dV; dQ) a config names: Triton's, or warpgroup MMA's."""
+def _bwd_launchers(config: dict, kernels) -> dict:
+    """The backward launchers a config names, Triton's or warpgroup MMA's: stage R's (dK and dV; dQ) and
+    the last pass's stage L (None: the Triton kernels)."""
     wgmma_dkdv, wgmma_dq = config["stage_r_bwd"] == "wgmma", config["stage_r_dq"] == "wgmma"
     return {
         "stage_r_dkdv": cuda.stage_r_dkdv_wgmma if wgmma_dkdv else kernels._stage_r_dkdv,
         "stage_r_dq": cuda.stage_r_dq_wgmma if wgmma_dq else kernels._stage_r_dq,
+        "stage_l_bwd": cuda.stage_l_bwd_wgmma if config["stage_l_bwd"] == "wgmma" else None,
     }
 
 

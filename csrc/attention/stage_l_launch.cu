@@ -1,0 +1,89 @@
+// Host launcher of stage L's backward on warpgroup MMA, the last pass (stage_l_bwd.cuh): pointers, sizes,
+// strides and a stream.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "../launch.h"
+#include "stage_l_bwd.cuh"
+#include "wgmma_launch.h"
+
+namespace monarchrt {
+
+std::string monarch_stage_l_bwd_reason(int64_t batch, int64_t nh, int64_t n_q_tiles, int64_t n_kv_tiles, int64_t b1,
+                                       int64_t b2, int64_t head_dim, int64_t causal_block_tiles, int dtype) {
+  using namespace limits;
+  bool head_dim_ok = false;
+  for (int d : kStageRHeadDims) head_dim_ok |= head_dim == d;
+  if (!head_dim_ok) return "head_dim=" + std::to_string(head_dim) + " (stage L's backward on wgmma takes 64 or 128)";
+  if (b1 < 1 || b2 < 1 || b1 > kStageLBwdMaxB1)
+    return "tile " + std::to_string(b1) + "x" + std::to_string(b2) + " (stage L's backward on wgmma takes b1 <= " +
+           std::to_string(kStageLBwdMaxB1) + ")";
+  if (n_kv_tiles < 1 || n_kv_tiles * b1 > kMaxGridX || n_q_tiles * b2 > kMaxGridX || batch * nh > kMaxGridYZ ||
+      causal_block_tiles < 0)
+    return "grid too large or no key tiles (stage L's backward on wgmma takes up to " + std::to_string(kMaxGridX) +
+           " query columns and key rows, and batch * heads up to " + std::to_string(kMaxGridYZ) + ")";
+  if (dtype != kBFloat16 && dtype != kFloat16)
+    return "dtype code " + std::to_string(dtype) + " is not fp16 (0) or bf16 (1)";
+  return "";
+}
+
+int monarch_stage_l_bwd_smem_bytes(int64_t b1, int64_t head_dim) {
+  if (b1 > limits::kStageLBwdMaxB1) return 0;
+  return wgmma_launch::with_tile(b1, head_dim, [](auto d, auto n) {
+    constexpr int kN = std::min(decltype(n)::value, limits::kStageLBwdMaxB1);
+    return attention::StageLBwdSmem<decltype(d)::value, kN>::kBytes;
+  });
+}
+
+void monarch_stage_l_bwd(uintptr_t q, uintptr_t dz, uintptr_t z, uintptr_t lse, uintptr_t dlse, uintptr_t a_l,
+                         uintptr_t y, uintptr_t c_l, uintptr_t da_l, uintptr_t dy, uintptr_t dc_l, uintptr_t delta_r,
+                         uintptr_t dq, const std::vector<int64_t>& q_strides, const std::vector<int64_t>& dz_strides,
+                         const std::vector<int64_t>& z_strides, int64_t batch, int64_t nh, int64_t n_q_tiles,
+                         int64_t n_kv_tiles, int64_t b1, int64_t b2, int64_t head_dim, int64_t causal_block_tiles,
+                         float sm_scale, int dtype, uintptr_t stream) {
+  auto fail = [](const std::string& what) { throw std::invalid_argument("monarch_stage_l_bwd: " + what); };
+  const std::string reason =
+      monarch_stage_l_bwd_reason(batch, nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, causal_block_tiles, dtype);
+  if (!reason.empty()) fail(reason);
+  const std::string strides = attention::stride_reason(q_strides, dz_strides, z_strides);
+  if (!strides.empty()) fail(strides);
+  if ((q | dz | z | a_l | y | da_l | dy) % limits::kAlignBytes)
+    fail("q, dZ, Z, aL, Y, daL and dY must be 16-byte aligned");
+  if (!lse || !dlse || !c_l || !dc_l || !delta_r || !dq || (lse | dlse | dq) % 8)
+    fail("lse, dlse, cL, dcL, D_R and dQ are required (lse, dlse and dQ 8-byte aligned)");
+  if (batch == 0 || nh == 0 || n_q_tiles == 0) return;
+  attention::StageLBwdParams p{};
+  static_cast<attention::AttnDims&>(p) = attention::make_dims(q_strides, dz_strides, z_strides, nh, n_q_tiles,
+                                                              n_kv_tiles, b1, b2, causal_block_tiles, sm_scale);
+  p.q = reinterpret_cast<const void*>(q);
+  p.dz = reinterpret_cast<const void*>(dz);
+  p.z = reinterpret_cast<const void*>(z);
+  p.lse = reinterpret_cast<const float*>(lse);
+  p.dlse = reinterpret_cast<const float*>(dlse);
+  p.a_l = reinterpret_cast<const void*>(a_l);
+  p.y = reinterpret_cast<const void*>(y);
+  p.c_l = reinterpret_cast<const float*>(c_l);
+  p.da_l = reinterpret_cast<void*>(da_l);
+  p.dy = reinterpret_cast<void*>(dy);
+  p.dc_l = reinterpret_cast<float*>(dc_l);
+  p.delta_r = reinterpret_cast<float*>(delta_r);
+  p.dq = reinterpret_cast<float*>(dq);
+  // one CTA per query column: its dQ sums over every key row it sees, and each key row's daL, dY, dcL and
+  // D_R over the column's rows, so no split (deterministic)
+  const dim3 grid{unsigned(n_q_tiles * b2), 1u, unsigned(batch * nh)};
+  auto s = reinterpret_cast<cudaStream_t>(stream);
+  wgmma_launch::with_tile(b1, head_dim, [&](auto d, auto n) {
+    constexpr int kD = decltype(d)::value, kN = std::min(decltype(n)::value, limits::kStageLBwdMaxB1);
+    constexpr int kBytes = attention::StageLBwdSmem<kD, kN>::kBytes;
+    if (dtype == kBFloat16)
+      wgmma_launch::launch<attention::stage_l_bwd_kernel<__nv_bfloat16, kD, kN>, kBytes>(p, grid, s,
+                                                                                       "stage_l_bwd_kernel");
+    else
+      wgmma_launch::launch<attention::stage_l_bwd_kernel<__half, kD, kN>, kBytes>(p, grid, s, "stage_l_bwd_kernel");
+  });
+}
+
+}  // namespace monarchrt
