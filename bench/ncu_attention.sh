@@ -3,7 +3,8 @@
 # Self-Forcing 21-frame shape (30x52, 12 heads, d = 128), bf16: KERNEL=cluster (default) the fused CUDA
 # forward, KERNEL=stage_r the warpgroup-MMA stage R (csrc/attention/stage_r.cuh), KERNEL=stage_r_triton
 # the Triton stage R, KERNEL=stage_r_bwd_kv stage R's key-row backward on warpgroup MMA
-# (csrc/attention/stage_r_bwd.cuh; random stage-L gradients, the real lse_R). Run on the GPU machine after bench/device_run.sh has installed the package
+# (csrc/attention/stage_r_bwd.cuh; random stage-L gradients, the real lse_R), KERNEL=stage_l_bwd the last
+# pass's stage-L backward on warpgroup MMA (csrc/attention/stage_l_bwd.cuh, in a whole backward). Run on the GPU machine after bench/device_run.sh has installed the package
 # (SKIP_BENCH=1 SKIP_TESTS=1 is enough). Writes $OUT/ncu-<kernel>-details.txt (sections),
 # $OUT/ncu-<kernel>-sass.csv.gz (every SASS line with its samples) and $OUT/ncu-<kernel>-sass-top.txt (the
 # instructions with the most samples, in address order, with neighbours).
@@ -17,7 +18,8 @@ case "$KERNEL" in
   stage_r) REGEX=stage_r_kernel SKIP=1 ;;  # the second of two launches
   stage_r_triton) REGEX=_stage_r_fwd SKIP=1 ;;
   stage_r_bwd_kv) REGEX=stage_r_bwd_kv_kernel SKIP=1 ;;
-  *) echo "KERNEL must be cluster, stage_r, stage_r_triton or stage_r_bwd_kv" >&2; exit 2 ;;
+  stage_l_bwd) REGEX=stage_l_bwd_kernel SKIP=1 ;;
+  *) echo "KERNEL must be cluster, stage_r, stage_r_triton, stage_r_bwd_kv or stage_l_bwd" >&2; exit 2 ;;
 esac
 cat > /tmp/one_launch.py <<PY
 import torch, monarchrt_ops as m
@@ -38,7 +40,13 @@ else:  # stage R alone, tile-order inputs, the Triton backend's default config
     sc = kernels._Scratch(q, $FRAMES, with_lse_r=True)
     common = (12, $FRAMES, $FRAMES, 30, 52, 0)
     bwd = "$KERNEL" == "stage_r_bwd_kv"
-    for _ in range(1 if bwd else 2):  # the first compiles (Triton) and sets the shared-memory attribute
+    if "$KERNEL" == "stage_l_bwd":  # a whole backward, twice (the second's stage-L kernel is profiled)
+        kw = dict(sm_scale=128**-0.5, causal_block_tiles=0, num_iters=1, config=config)
+        z, lse = kernels.monarch_attention_fwd(q, k, v, **kw)
+        for _ in range(2):
+            kernels.monarch_attention_bwd(torch.randn_like(z), torch.zeros_like(lse), q, k, v, z, lse, **kw,
+                                          stage_l_bwd=cuda.stage_l_bwd_wgmma)
+    for _ in range(0 if "$KERNEL" == "stage_l_bwd" else 1 if bwd else 2):  # the first compiles (Triton) and sets the shared-memory attribute
         launch(q, k, v, sc, None, None, 128**-0.5, common, config, write_lse=bwd)
     if bwd:  # the key-row backward of that stage R, twice (the second is profiled)
         grads = (torch.randn_like(sc.a_l), torch.randn_like(sc.y), torch.randn_like(sc.c_l), torch.randn_like(sc.c_l))

@@ -173,11 +173,13 @@ def test_gradients_match_reference(backend, name, dtype, poison_empty):
 @pytest.mark.parametrize("name", ["7x11-batch2", "causal-3", "iters3-causal"])
 def test_gradients_match_reference_unfused_stage_l(name, dtype, poison_empty, monkeypatch):
     """The two stage-L backward kernels that b1 over the fused kernel's limit takes
-    (triton_kernels/limits.py), forced here by a limit of 0 (the cases above have b1 <= 6)."""
+    (triton_kernels/limits.py), forced here by a limit of 0 (the cases above have b1 <= 6), and on the
+    GPU by config ``stage_l_bwd='triton'`` (the last pass's default there is the wgmma kernel)."""
     from monarchrt_ops.triton_kernels import limits
 
     monkeypatch.setattr(limits, "FUSED_BWD_MAX_B1", {})
-    test_gradients_match_reference("triton", name, dtype, poison_empty)
+    no_reason = lambda problem, arch: None  # noqa: E731
+    gradients_with_launchers(name, dtype, poison_empty, monkeypatch, {"stage_l_bwd": "triton"}, no_reason, None, ())
 
 
 @pytest.mark.parametrize("form", ["fused", "unfused", pytest.param("wgmma", marks=GPU_TIER)])

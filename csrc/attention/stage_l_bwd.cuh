@@ -18,7 +18,8 @@
 //   3. dQ^T += aL^T dS^T: wgmma SS with both operands MN-major (M = head_dim in parts of 64, K = the keys),
 //      fp32 accumulators held across the blocks;
 //   4. per 64 features, dY = L^T dZ and daL = s dS^T Q: wgmma RS m64n64k16 (A = the 16-bit L^T and dS^T
-//      fragments, K = kN), each stored in the dtype with its part of D_R (Y and aL read from the stage).
+//      fragments, K = kN), each with its part of D_R (Y and aL read from the stage), stored in the dtype
+//      through the dS^T buffer (stmatrix, then 16-byte stores of 128-byte runs of key rows).
 // Key rows past the visible ones are zero in shared memory and their L and dS are 0 (selected, not
 // multiplied: 0 times a garbage logit may be NaN); rows i >= b1 have lse = +inf (L = 0) and D_L = 0.
 // Limits (kernel_limits.h, checked by the launcher): head_dim 64 or 128, b1 <= kStageLBwdMaxB1, sm_90a.
@@ -134,9 +135,12 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_l_bwd_kernel(const St
   float* const lse2_s = reinterpret_cast<float*>(smem + Smem::kOffStats);  // lse_i log2(e); +inf past b1
   float* const d_l_s = lse2_s + kN;                                         // D_L; 0 past b1
   {
-    // D_L = <Z, dZ> - dlse in fp32, a row per warp at a time (lane: kD / 32 features)
-    constexpr int kPairs = kD / 64;
-    for (int i = warp; i < kN; i += kStageRThreads / 32) {
+    // D_L = <Z, dZ> - dlse in fp32, rows warp + 4 t (lane: kD / 32 features), unrolled so that every
+    // row's loads are in flight at once (one after the other they were a tenth of the kernel's stalls)
+    constexpr int kPairs = kD / 64, kWarps = kStageRThreads / 32;
+#pragma unroll
+    for (int t = 0; t < kN / kWarps; ++t) {
+      const int i = warp + kWarps * t;
       float dot = 0.f;
       if (i < b1) {
         const uint32_t* zr = reinterpret_cast<const uint32_t*>(z_col + i * p.sv[2]) + lane * kPairs;
@@ -185,6 +189,14 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_l_bwd_kernel(const St
       valid[r] = key < n_keys;
       c_l[r] = c_l_s[rows[r]];
       out_row[r] = valid[r] ? scratch_row(key) : 0;
+    }
+    // the rows whose 16-byte chunk lane % 8 this thread copies out of the staging buffer: 16 warp + lane / 8
+    // + 4 t (-1: past the visible keys)
+    int64_t copy_row[4];
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+      const int key = n * kBK + 16 * warp + (lane >> 3) + 4 * t;
+      copy_row[t] = key < n_keys ? scratch_row(key) : -1;
     }
 
     // --- 1. S^T = aL Q^T and dP^T = Y dZ^T for the block's 64 keys
@@ -235,20 +247,32 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_l_bwd_kernel(const St
 
     // --- 4. dY = L^T dZ, daL = s dS^T Q, per 64 features, each with its part of D_R
     float delta_r[2] = {0.f, 0.f};
-    // acc (scaled) stored to `out` at this thread's key rows, and D_R += acc . `rows_s` (the stage's Y or aL)
-    auto store_part = [&](const float* acc, const unsigned char* rows_s, int dh, float scale, void* out) {
+    // acc scaled, D_R += acc . `rows_s` (the stage's Y or aL), and acc stored to `out` in T: through the
+    // warp's 16 rows of the dS^T buffer (free once dQ^T's product is done), so that each store is a
+    // 16-byte chunk of a 128-byte run of a key row
+    unsigned char* const staging = smem + Smem::kOffDs;
+    auto store_part = [&](float* acc, const unsigned char* rows_s, int dh, float scale, void* out) {
 #pragma unroll
       for (int c = 0; c < 8; ++c)
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          const int col = 64 * dh + 8 * c;
-          const float2 w =
-              unpack2<T>(*reinterpret_cast<const uint32_t*>(rows_s + gmma::swizzled<kBK>(rows[r], col) + 4 * tig));
-          const float v0 = acc[4 * c + 2 * r] * scale, v1 = acc[4 * c + 2 * r + 1] * scale;
-          delta_r[r] = fmaf(v0, w.x, fmaf(v1, w.y, delta_r[r]));
-          if (valid[r])
-            *reinterpret_cast<uint32_t*>(static_cast<T*>(out) + out_row[r] * kD + col + 2 * tig) = pack2<T>(v0, v1);
+          const float2 w = unpack2<T>(
+              *reinterpret_cast<const uint32_t*>(rows_s + gmma::swizzled<kBK>(rows[r], 64 * dh + 8 * c) + 4 * tig));
+          float* const v = acc + 4 * c + 2 * r;
+          v[0] *= scale;
+          v[1] *= scale;
+          delta_r[r] = fmaf(v[0], w.x, fmaf(v[1], w.y, delta_r[r]));
         }
+      __syncwarp();  // this warp's reads of its staging rows (the previous part) are done
+      gmma::store_accumulator_rows<T, 64>(acc, staging);
+      __syncwarp();
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {
+        const int row = 16 * warp + (lane >> 3) + 4 * t, chunk = lane & 7;
+        const uint4 x = *reinterpret_cast<const uint4*>(staging + row * 128 + ((chunk ^ (row & 7)) << 4));
+        if (copy_row[t] >= 0)
+          *reinterpret_cast<uint4*>(static_cast<T*>(out) + copy_row[t] * kD + 64 * dh + chunk * 8) = x;
+      }
     };
 #pragma unroll
     for (int dh = 0; dh < kDh; ++dh) {
@@ -259,6 +283,7 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_l_bwd_kernel(const St
       cute::warpgroup_commit_batch();
       cute::warpgroup_wait<0>();
       gmma::fence_operands<32>(acc);
+      if (dh == 0) __syncthreads();  // dQ^T's product (every warp's) has read dS^T: the buffer stages now
       store_part(acc, st + Smem::kBlock, dh, 1.f, p.dy);
       gmma::fence_operands<32>(acc);
       cute::warpgroup_arrive();
