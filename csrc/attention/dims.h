@@ -26,6 +26,15 @@ inline std::string stride_reason(const std::vector<int64_t>& q, const std::vecto
   return "";
 }
 
+#ifdef __CUDACC__
+// Key tiles query tile a sees: all, or up to the end of a's causal block.
+__device__ __forceinline__ int visible_kv_tiles(int a, int n_kv_tiles, int causal_block_tiles) {
+  if (causal_block_tiles <= 0) return n_kv_tiles;
+  const int end = (a / causal_block_tiles + 1) * causal_block_tiles;
+  return end < n_kv_tiles ? end : n_kv_tiles;
+}
+#endif
+
 // The dims of a call whose strides passed stride_reason.
 inline AttnDims make_dims(const std::vector<int64_t>& q_strides, const std::vector<int64_t>& k_strides,
                           const std::vector<int64_t>& v_strides, int64_t nh, int64_t n_q_tiles, int64_t n_kv_tiles,

@@ -170,9 +170,7 @@ __global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kThreads, 1)
   const int g = lane >> 2, tig = lane & 3;
   const int b1 = p.b1, b2 = p.b2;
   const int n_sub = (b1 + kCluster - 1) / kCluster;
-  const int f_end = p.causal_block_tiles > 0
-                        ? min(p.n_kv_tiles, (a / p.causal_block_tiles + 1) * p.causal_block_tiles)
-                        : p.n_kv_tiles;
+  const int f_end = visible_kv_tiles(a, p.n_kv_tiles, p.causal_block_tiles);
   const int total = f_end * n_sub;
   const T* const q = static_cast<const T*>(p.q);
   const T* const kk = static_cast<const T*>(p.k);

@@ -80,10 +80,7 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_l_bwd_kernel(const St
   const int b1 = p.b1, b2 = p.b2, n_f = p.n_kv_tiles;
   const int a = blockIdx.x / b2, j = blockIdx.x % b2;
   const int bh = blockIdx.z, bb = bh / p.nh, h = bh % p.nh;
-  // key tiles query tile a sees: all, or up to the end of a's causal block
-  const int f_end = p.causal_block_tiles > 0
-                        ? min(n_f, (a / p.causal_block_tiles + 1) * p.causal_block_tiles)
-                        : n_f;
+  const int f_end = visible_kv_tiles(a, n_f, p.causal_block_tiles);
   const int n_keys = f_end * b1, n_blocks = (n_keys + kBK - 1) / kBK;
   const float sm_scale = p.scale_log2 * kLn2;
   // scratch row (b, h, a, f, j, k) of key f b1 + k; token (b, a, i, j) of row i = tok0 + i b2

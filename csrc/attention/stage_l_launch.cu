@@ -15,9 +15,8 @@ namespace monarchrt {
 std::string monarch_stage_l_bwd_reason(int64_t batch, int64_t nh, int64_t n_q_tiles, int64_t n_kv_tiles, int64_t b1,
                                        int64_t b2, int64_t head_dim, int64_t causal_block_tiles, int dtype) {
   using namespace limits;
-  bool head_dim_ok = false;
-  for (int d : kStageRHeadDims) head_dim_ok |= head_dim == d;
-  if (!head_dim_ok) return "head_dim=" + std::to_string(head_dim) + " (stage L's backward on wgmma takes 64 or 128)";
+  const std::string reason = wgmma_launch::head_dim_dtype_reason(head_dim, dtype, "stage L's backward");
+  if (!reason.empty()) return reason;
   if (b1 < 1 || b2 < 1 || b1 > kStageLBwdMaxB1)
     return "tile " + std::to_string(b1) + "x" + std::to_string(b2) + " (stage L's backward on wgmma takes b1 <= " +
            std::to_string(kStageLBwdMaxB1) + ")";
@@ -25,8 +24,6 @@ std::string monarch_stage_l_bwd_reason(int64_t batch, int64_t nh, int64_t n_q_ti
       causal_block_tiles < 0)
     return "grid too large or no key tiles (stage L's backward on wgmma takes up to " + std::to_string(kMaxGridX) +
            " query columns and key rows, and batch * heads up to " + std::to_string(kMaxGridYZ) + ")";
-  if (dtype != kBFloat16 && dtype != kFloat16)
-    return "dtype code " + std::to_string(dtype) + " is not fp16 (0) or bf16 (1)";
   return "";
 }
 

@@ -320,10 +320,7 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_q_kernel(const 
   const int b1 = p.b1, b2 = p.b2, n_f = p.n_kv_tiles;
   const int a = blockIdx.x / b1, krow = blockIdx.x % b1;
   const int bh = blockIdx.z, bb = bh / p.nh, h = bh % p.nh;
-  // key tiles query tile a sees: all, or up to the end of a's causal block
-  const int f_end = p.causal_block_tiles > 0
-                        ? min(n_f, (a / p.causal_block_tiles + 1) * p.causal_block_tiles)
-                        : n_f;
+  const int f_end = visible_kv_tiles(a, n_f, p.causal_block_tiles);
   const bool has_y = p.dy != nullptr;
   const T* const da_l = static_cast<const T*>(p.da_l);
   const T* const dy = static_cast<const T*>(p.dy);

@@ -22,9 +22,8 @@ using wgmma_launch::with_tile;
 std::string monarch_stage_r_reason(int64_t batch, int64_t nh, int64_t n_q_tiles, int64_t n_kv_tiles, int64_t b1,
                                    int64_t b2, int64_t head_dim, int64_t causal_block_tiles, int dtype) {
   using namespace limits;
-  bool head_dim_ok = false;
-  for (int d : kStageRHeadDims) head_dim_ok |= head_dim == d;
-  if (!head_dim_ok) return "head_dim=" + std::to_string(head_dim) + " (stage R on wgmma takes 64 or 128)";
+  const std::string reason = wgmma_launch::head_dim_dtype_reason(head_dim, dtype, "stage R");
+  if (!reason.empty()) return reason;
   if (b1 < 1 || b2 < 1 || b2 > kStageRMaxB2)
     return "tile " + std::to_string(b1) + "x" + std::to_string(b2) + " (stage R on wgmma takes b2 <= " +
            std::to_string(kStageRMaxB2) + ")";
@@ -34,8 +33,6 @@ std::string monarch_stage_r_reason(int64_t batch, int64_t nh, int64_t n_q_tiles,
   if (n_kv_tiles < 1 || n_kv_tiles * b1 > kMaxGridX || batch * nh > kMaxGridYZ || causal_block_tiles < 0)
     return "grid too large or no key tiles (stage R on wgmma takes up to " + std::to_string(kMaxGridX) +
            " key rows and batch * heads up to " + std::to_string(kMaxGridYZ) + ")";
-  if (dtype != kBFloat16 && dtype != kFloat16)
-    return "dtype code " + std::to_string(dtype) + " is not fp16 (0) or bf16 (1)";
   return "";
 }
 

@@ -35,6 +35,16 @@ void launch(const Params& p, dim3 grid, cudaStream_t stream, const char* name) {
   check(cudaGetLastError(), (std::string(name) + " launch").c_str());
 }
 
+// "" or why a warpgroup-MMA attention kernel (`what`, e.g. "stage R") cannot take this head_dim or dtype code.
+inline std::string head_dim_dtype_reason(int64_t head_dim, int dtype, const std::string& what) {
+  bool head_dim_ok = false;
+  for (int d : limits::kStageRHeadDims) head_dim_ok |= head_dim == d;
+  if (!head_dim_ok) return "head_dim=" + std::to_string(head_dim) + " (" + what + " on wgmma takes 64 or 128)";
+  if (dtype != kBFloat16 && dtype != kFloat16)
+    return "dtype code " + std::to_string(dtype) + " is not fp16 (0) or bf16 (1)";
+  return "";
+}
+
 // f(head_dim, padded) with both as compile-time constants: padded is `width` (b2 for stage R, b1 for stage
 // L) rounded up to 16, at most 96.
 template <class F> auto with_tile(int64_t width, int64_t head_dim, F&& f) {

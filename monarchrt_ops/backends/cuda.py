@@ -294,9 +294,9 @@ def stage_r_dkdv_wgmma(q, k, v, sc, a_r, c_r, grads, dk, dv, sm_scale, common, c
     kernel: dK (added to the fp32 partial ``dk`` when ``accumulate``) into ``dk_out`` or else ``dk``,
     and, where ``dv`` is given, dV of every key row. ``dk_out`` and ``dv`` in q's dtype (the kernel
     stores 16-bit outputs); ``dk`` fp32."""
-    for name, x, dtype in (("dk", dk, torch.float32), ("dk_out", dk_out, q.dtype), ("dv", dv, q.dtype)):
-        if x is not None and (x.dtype != dtype or not x.is_contiguous()):
-            raise ValueError(f"stage_r_dkdv_wgmma: {name} must be contiguous {dtype}, got {x.dtype}")
+    _require_contiguous(
+        "stage_r_dkdv_wgmma", ("dk", dk, torch.float32), ("dk_out", dk_out, q.dtype), ("dv", dv, q.dtype)
+    )
     module, _ = extension()
     nh, n_a, n_f, b1, b2, causal_block_tiles = common
     da_l, dy, dc_l, delta_r = grads
@@ -342,12 +342,14 @@ def stage_l_bwd_wgmma(q, dz, z, lse, dlse, sc, grads, dq, sm_scale, common):
     triton_kernels/monarch_attention_bwd.py with UPDATE false): daL, dY, dcL and D_R of every key row into
     ``grads`` = (daL, dY, dcL, D_R), and dQ's stage-L part written to the fp32 ``dq``, from the scratch
     ``sc`` (aL, Y, cL), lse and dlse ([B, A, b1, b2, nh] fp32) and the output z with its gradient dz."""
-    for name, x, dtype in (("lse", lse, torch.float32), ("dlse", dlse, torch.float32), ("dq", dq, torch.float32)):
-        if x.dtype != dtype or not x.is_contiguous():
-            raise ValueError(f"stage_l_bwd_wgmma: {name} must be contiguous {dtype}, got {x.dtype}")
+    da_l, dy, dc_l, delta_r = grads
+    f32 = torch.float32
+    _require_contiguous(
+        "stage_l_bwd_wgmma", ("lse", lse, f32), ("dlse", dlse, f32), ("dq", dq, f32),
+        ("daL", da_l, q.dtype), ("dY", dy, q.dtype), ("dcL", dc_l, f32), ("D_R", delta_r, f32),
+    )  # fmt: skip
     module, _ = extension()
     nh, n_a, n_f, b1, b2, causal_block_tiles = common
-    da_l, dy, dc_l, delta_r = grads
     q, dz, z = _launchable(q, dz, z)
     with torch.cuda.device(q.device):  # the launcher uses the current device
         module.monarch_stage_l_bwd(
@@ -358,6 +360,14 @@ def stage_l_bwd_wgmma(q, dz, z, lse, dlse, sc, grads, dq, sm_scale, common):
             q.shape[0], nh, n_a, n_f, b1, b2, q.shape[5], causal_block_tiles, sm_scale, _DTYPE_CODES[q.dtype],
             torch.cuda.current_stream(q.device).cuda_stream,
         )  # fmt: skip
+
+
+def _require_contiguous(launcher: str, *checks) -> None:
+    """Raise unless each (name, tensor, dtype) of ``checks`` is a contiguous tensor of that dtype (None
+    passes: an output the launch does not write)."""
+    for name, x, dtype in checks:
+        if x is not None and (x.dtype != dtype or not x.is_contiguous()):
+            raise ValueError(f"{launcher}: {name} must be contiguous {dtype}, got {x.dtype}")
 
 
 def _aligned_contiguous(x: torch.Tensor) -> torch.Tensor:
