@@ -138,8 +138,8 @@ class TritonAttention(_Triton):
         wgmma_dq = wgmma_bwd and (problem.b2 <= 32 or problem.kv_tiles >= 21)
         # the last pass's stage-L backward on warpgroup MMA (docs/attention-kernels.md (h)) wherever it runs:
         # faster than Triton's fused kernel at every shape timed (H200, bench/stage_l_check.py, session 15,
-        # bench/results/h200-stage-l-bwd.json: 30x52 3.13 against 4.01 ms, block-causal 2.11 / 2.42, 720p
-        # 7.47 / 16.95, 15x26 9.93 / 13.26, AR 3 vs 21 0.50 / 0.62); b1 > 45 (kN = 64) is tested, not timed
+        # bench/results/h200-stage-l-bwd.json: 30x52 3.13 against 3.98 ms, block-causal 2.09 / 2.41, 720p
+        # 7.43 / 16.79, 15x26 10.5 / 13.3, AR 3 vs 21 0.48 / 0.61); b1 > 45 (kN = 64) is tested, not timed
         wgmma_l_bwd = cuda.stage_l_bwd_reason(problem, arch) is None
         l_warps = 4
         fused_rows = _fused_bwd_rows(problem)
