@@ -1,7 +1,7 @@
 """Stage R and its key-row backward on warpgroup MMA against the Triton kernels: same outputs, and the
 time of each.
 
-python -m monarchrt_ops.bench.stage_r_check [--json PATH] [--quick]
+python -m monarchrt_ops.bench.stage_r_check [--json PATH] [--quick] [--cases NAME ...]
 
 docs/attention-kernels.md, decompositions (f) and (g). Both stage-R launchers fill a scratch from the
 same inputs; aL and Y must agree to the rounding of their dtype and cL / lse_R to fp32 rounding, on
@@ -231,6 +231,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path)
     ap.add_argument("--quick", action="store_true", help="checks only, no timing")
+    ap.add_argument("--cases", nargs="+", choices=[row[0] for row in TIMED], help="time only these (default: all)")
     args = ap.parse_args(argv)
     from monarchrt_ops import registry
 
@@ -267,6 +268,8 @@ def main(argv=None) -> int:
     print(f"worst relative difference {worst:.3g}", flush=True)
     if not args.quick:
         for name, b1, b2, n_a, n_f, cbt, heads, d in TIMED:
+            if args.cases and name not in args.cases:
+                continue
             q, k, v = _inputs(b1, b2, n_a, n_f, heads, d, torch.bfloat16)
             config = config_for(b1, b2, n_a, n_f, cbt, heads, d)
             row = _timed(name, q, k, v, cbt, config, name in ("30x52", "720p", "AR 3 vs 21"))

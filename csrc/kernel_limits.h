@@ -30,9 +30,9 @@ constexpr int kAttnMaxIters = 1;  // one pass (MonarchRT); num_iters > 1 runs el
 constexpr int kStageRHeadDims[] = {64, 128};
 constexpr int kStageRMaxB2 = 96;  // columns per tile: the products' N and K are b2 rounded up to 16
 constexpr int64_t kStageRMaxQueryRows = int64_t(1) << 24;  // query tiles * b2: split in fp32 exactly below this
-// Its key-row backward (csrc/attention/stage_r_bwd.cuh): dK^T and dV^T in registers, kL fp32 each a thread.
-// Otherwise the forward's limits.
-constexpr int kStageRBwdMaxB2 = 64;
+// Its backward (csrc/attention/stage_r_bwd.cuh): at kL = 96 the dK launch's K, V, block rows and R/dS
+// buffer take 113 KB + alignment, over two CTAs per SM. Otherwise the forward's limits.
+constexpr int kStageRBwdMaxB2 = 80;
 // Stage L's backward on warpgroup MMA (csrc/attention/stage_l_bwd.cuh), the last pass: a column's rows i
 // are N of its products (b1 padded to 16), dS^T one 128-byte row a key. Head dims as stage R's.
 constexpr int kStageLBwdMaxB1 = 64;

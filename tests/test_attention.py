@@ -49,6 +49,11 @@ GPU_CASES = {
     "ar-2-vs-5": (2, 5, (30, 52), 1, 3, 128, {}),
     "45x20": (2, 2, (45, 20), 1, 2, 128, {}),  # b1 = 45: the 720p frames' rows, padded to 48
     "64x6-causal-1": (3, 3, (64, 6), 1, 2, 128, {"causal_block_frames": 1}),  # b1 = 64, the widest
+    # b2 over 64: stage R's backward on wgmma forms dK and dV by two launches at d = 128, one at d = 64
+    "45x80": (2, 2, (45, 80), 1, 2, 128, {}),  # the 720p frames
+    "4x80-causal-1": (3, 3, (4, 80), 1, 2, 128, {"causal_block_frames": 1}),
+    "3x72-iters2": (2, 2, (3, 72), 1, 2, 128, {"num_iters": 2}),  # 8 padded columns; a later pass's dK alone
+    "5x70-d64-kv-slice": (2, 3, (5, 70), 1, 2, 64, {}),
 }
 ALL_CASES = {**CASES, **GPU_CASES}
 CASE_PARAMS = list(CASES) + [pytest.param(name, marks=GPU_TIER) for name in GPU_CASES]
@@ -263,9 +268,14 @@ def gradients_with_launchers(name, dtype, poison_empty, monkeypatch, choices, ru
     return calls
 
 
+# the interpreter's cases and, on the GPU, query rows across tiles at b2 = 52 and b2 over 64
+STAGE_R_BWD_CASES = GRADIENT_CASES + ["30x52-3-frames", "ar-2-vs-5", "17x8-causal-1", "45x80", "4x80-causal-1",
+                                      "3x72-iters2", "5x70-d64-kv-slice"]  # fmt: skip
+
+
 @GPU_TIER
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("name", GRADIENT_CASES)
+@pytest.mark.parametrize("name", STAGE_R_BWD_CASES)
 @pytest.mark.parametrize("stage_r_bwd", ["wgmma", "triton"])
 def test_gradients_with_each_stage_r_bwd(stage_r_bwd, name, dtype, poison_empty, monkeypatch):
     """Stage R's backward (its dK/dV and dQ kernels: configs ``stage_r_bwd``, ``stage_r_dq``) on warpgroup
@@ -279,7 +289,7 @@ def test_gradients_with_each_stage_r_bwd(stage_r_bwd, name, dtype, poison_empty,
         cuda.stage_r_bwd_reason if wgmma else lambda problem, arch: None, cuda if wgmma else kernels,
         ("stage_r_dkdv_wgmma", "stage_r_dq_wgmma") if wgmma else ("_stage_r_dkdv", "_stage_r_dq"),
     )  # fmt: skip
-    passes = CASES[name][6].get("num_iters", 1)
+    passes = ALL_CASES[name][6].get("num_iters", 1)
     assert calls == dict.fromkeys(calls, passes)
 
 

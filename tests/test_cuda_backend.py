@@ -328,7 +328,7 @@ def test_matmul_launcher_rejects_bad_arguments_before_touching_the_device(change
 @pytest.mark.parametrize(
     "change, msg",
     [
-        ({"b2": 65}, "takes b2 <= 64"),
+        ({"b2": 81}, "takes b2 <= 80"),
         ({"head_dim": 96}, "head_dim=96"),
         ({"dv": 0}, "dY with dV"),
         ({"dk": 0, "dk_out": 0}, r"dK \(or its output\) is required"),
@@ -489,7 +489,8 @@ def test_stage_r_choice_exists_only_where_the_wgmma_kernel_runs(
         ({"num_iters": 2, "causal_block_tiles": 3}, H100, True),
         ({"b2": 26, "b1": 15, "head_dim": 64}, H100, True),
         ({"b1": 90, "q_tiles": 7, "kv_tiles": 7}, H100, True),  # f_tied = 3: 7 key tiles
-        ({"b2": 80, "b1": 45}, H100, False),  # 720p: over kernel_limits.h's kStageRBwdMaxB2
+        ({"b2": 80, "b1": 45}, H100, True),  # 720p: dK and dV by two launches
+        ({"b2": 96, "b1": 8}, H100, False),  # over kernel_limits.h's kStageRBwdMaxB2
         ({"dtype": torch.float32}, H100, False),
         ({}, Arch("sm120", (12, 0), "NVIDIA RTX 5090", 170, 101376), False),  # no wgmma on sm_120
     ],
@@ -503,7 +504,7 @@ def test_stage_r_bwd_choice_exists_only_where_the_wgmma_kernels_run(monkeypatch,
     class Limited(FakeExtension):
         @staticmethod
         def monarch_stage_r_bwd_reason(batch, nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, cbt, dtype):
-            return "b2 > 64" if b2 > 64 else ""
+            return "b2 > 80" if b2 > 80 else ""
 
     monkeypatch.setattr(cuda, "extension", lambda: (Limited, None))
     problem = _attention_problem(**change)

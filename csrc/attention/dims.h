@@ -33,6 +33,11 @@ __device__ __forceinline__ int visible_kv_tiles(int a, int n_kv_tiles, int causa
   const int end = (a / causal_block_tiles + 1) * causal_block_tiles;
   return end < n_kv_tiles ? end : n_kv_tiles;
 }
+// The first query tile that sees key tile f (every later one does too): 0, or the first tile of f's causal
+// block.
+__device__ __forceinline__ int first_q_tile_seeing(int f, int causal_block_tiles) {
+  return causal_block_tiles > 0 ? (f / causal_block_tiles) * causal_block_tiles : 0;
+}
 #endif
 
 // The dims of a call whose strides passed stride_reason.

@@ -120,13 +120,23 @@ __device__ __forceinline__ void mma_over_features(uint64_t a, uint64_t b, float*
                                    std::make_index_sequence<kN / 2>{});
 }
 // d += A^T B over K = 64 rows: A a 64-row buffer read MN-major, its features 64 dh.. 64 dh + 63 as M; B a
-// [row][column] buffer of 128-byte rows, its kN columns as N.
+// [row][column] buffer (store_accumulator_rows: 64-column blocks of 64 rows of 128 bytes), its kN columns
+// as N. Past 64 columns the product is an N = 64 one on the first block and an N = kN - 64 one on the
+// second: an m64n{kN} accumulator's registers are an m64n64 one's followed by the rest's.
 template <typename T, int kN>
 __device__ __forceinline__ void mma_over_rows(uint64_t a, uint64_t b, float* d, int dh) {
+  constexpr int kFirst = kN < 64 ? kN : 64;
 #pragma unroll
   for (int ks = 0; ks < 4; ++ks)
-    mma_ss<typename SSmn<T, kN>::op>(advance(a, dh * 64 * 128 + ks * 2048), advance(b, ks * 2048), d, true,
-                                     std::make_index_sequence<kN / 2>{});
+    mma_ss<typename SSmn<T, kFirst>::op>(advance(a, dh * 64 * 128 + ks * 2048), advance(b, ks * 2048), d, true,
+                                         std::make_index_sequence<kFirst / 2>{});
+  if constexpr (kN > 64) {
+    static_assert(kN <= 128, "two column blocks");
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks)
+      mma_ss<typename SSmn<T, kN - 64>::op>(advance(a, dh * 64 * 128 + ks * 2048), advance(b, 64 * 128 + ks * 2048),
+                                            d + 32, true, std::make_index_sequence<(kN - 64) / 2>{});
+  }
 }
 // d (+)= A B over K = kK: A 16-bit fragments in registers (one [4] per 16 of K, as an m64nKk16
 // accumulator packs: accumulator_fragments), B a swizzled row buffer of kRowsB rows read MN-major, its
@@ -153,17 +163,18 @@ __device__ __forceinline__ void accumulator_fragments(const float* acc, uint32_t
     frag[c >> 1][(c & 1) * 2 + 1] = pack2<T>(acc[4 * c + 2], acc[4 * c + 3]);
   }
 }
-// The warp's 16 rows of an m64nNk16 accumulator (N <= 64) into a [row][column] buffer of 64 rows of 128
-// bytes (16-byte chunk n of row r at n ^ (r % 8), the swizzled row layout), in T, by stmatrix.
+// The warp's 16 rows of an m64nNk16 accumulator into a [row][column] buffer of 64 rows: 64-column blocks
+// of 64 rows of 128 bytes (16-byte chunk n of row r at n ^ (r % 8), the swizzled row layout), in T, by
+// stmatrix.
 template <typename T, int kN> __device__ __forceinline__ void store_accumulator_rows(const float* acc, unsigned char* buf) {
-  static_assert(kN <= 64, "one 128-byte row");
+  static_assert(kN <= 128, "two column blocks");
   const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3;
 #pragma unroll
   for (int qq = 0; qq < kN / 16; ++qq) {
     const int mi = lane >> 3, row = 16 * warp + (mi & 1) * 8 + (lane & 7), n = 2 * qq + (mi >> 1);
     const float* c = acc + 8 * qq;
-    stsm_x4(buf + row * 128 + ((n ^ (row & 7)) << 4), pack2<T>(c[0], c[1]), pack2<T>(c[2], c[3]),
-            pack2<T>(c[4], c[5]), pack2<T>(c[6], c[7]));
+    stsm_x4(buf + (n >> 3) * (64 * 128) + row * 128 + (((n & 7) ^ (row & 7)) << 4), pack2<T>(c[0], c[1]),
+            pack2<T>(c[2], c[3]), pack2<T>(c[4], c[5]), pack2<T>(c[6], c[7]));
   }
 }
 

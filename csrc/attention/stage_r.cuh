@@ -113,15 +113,15 @@ __device__ __forceinline__ void load_rows_zero_rest(unsigned char* dst, int n_ro
   }
 }
 
-// Key row (b, f, k, h)'s K and V into two swizzled buffers of kL rows, rows l >= b2 zero (their
-// probabilities are 0, and 0 * garbage may be NaN).
+// Key row (b, f, k, h)'s K and V (none where v_dst is null) into two swizzled buffers of kL rows, rows
+// l >= b2 zero (their probabilities are 0, and 0 * garbage may be NaN).
 template <typename T, int kD, int kL>
 __device__ __forceinline__ void load_key_row(unsigned char* k_dst, unsigned char* v_dst, const StageRInputs& p,
                                              int bb, int f, int krow, int h) {
   const T* k_row = static_cast<const T*>(p.k) + bb * p.sk[0] + f * p.sk[1] + krow * p.sk[2] + h * p.sk[4];
   const T* v_row = static_cast<const T*>(p.v) + bb * p.sv[0] + f * p.sv[1] + krow * p.sv[2] + h * p.sv[4];
   load_rows_zero_rest<T, kD, kL>(k_dst, p.b2, [&](int l) { return k_row + l * p.sk[3]; });
-  load_rows_zero_rest<T, kD, kL>(v_dst, p.b2, [&](int l) { return v_row + l * p.sv[3]; });
+  if (v_dst) load_rows_zero_rest<T, kD, kL>(v_dst, p.b2, [&](int l) { return v_row + l * p.sv[3]; });
 }
 
 template <typename T, int kD, int kL>
@@ -136,7 +136,7 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_kernel(const StageR
   const int f = blockIdx.x / b1, krow = blockIdx.x % b1;
   const int bh = blockIdx.z, bb = bh / p.nh, h = bh % p.nh;
   // query tiles that see key tile f: all, or from the first tile of f's causal block on
-  const int a_first = p.causal_block_tiles > 0 ? (f / p.causal_block_tiles) * p.causal_block_tiles : 0;
+  const int a_first = first_q_tile_seeing(f, p.causal_block_tiles);
   const int row_end = p.n_q_tiles * b2;
   const int row_step = kStageRBlockM * int(gridDim.y);
   int row0 = a_first * b2 + int(blockIdx.y) * kStageRBlockM;

@@ -20,7 +20,9 @@
 //   3. dK^T += Q'^T dS + daL^T R and dV^T += dY^T R: wgmma SS with both operands MN-major (M = head_dim in
 //      parts of 64, N = kL, K = the block's 64 rows), fp32 accumulators held across every block.
 // One buffer per operand, two CTAs per SM (an L2 prefetch of the next block's daL and dY, and a CTA of two
-// warpgroups over three stages, were measured slower: docs/attention-kernels.md (g), (g2)).
+// warpgroups over three stages, were measured slower: docs/attention-kernels.md (g), (g2)). Where kL > 64 at
+// d = 128 the two accumulators do not fit one thread's registers, so dK and dV are formed by two launches
+// (StageRBwdParts, docs/attention-kernels.md (g3)), the dK one keeping dS and R in one buffer in turn.
 // dK and dV are stored once at the end (dK added to its fp32 partial on earlier passes: `accumulate`;
 // in the dtype on dK's last write, `dk_out`, and always for dV, whose only writer is the last pass). Taking them
 // transposed pads only the key columns to 16 (kL) and puts head_dim on M. Columns l >= b2 need no mask
@@ -28,17 +30,18 @@
 // is not stored. Query rows past the last tile are zero in shared memory, R = dS = 0. (The query-row
 // kernel sums over l, so it masks those columns.)
 //
-// Query-row kernel (the first pass only: later passes' daR and dcR stay with the Triton kernel): for one
-// query row (b, h, a, k), its b2 columns j as the 64 rows of one block, over every key tile f it sees,
+// Query-row kernel (the first pass only: later passes' daR and dcR stay with the Triton kernel): for 64
+// query rows (a, j) of one key-row index k, flat across query tiles as the key-row kernel walks them, over
+// every key tile f the last of them sees,
 //
 //     dQ[a, k, j] (+)= s sum_f sum_l dS_R K[f, k, l]
 //
-// per key tile: K, V, daL, dY of (a, f, k) and the rows' statistics into shared memory (the next tile's
-// daL and dY prefetched into L2), S and dR as in the key-row kernel (SS), dS as 16-bit A fragments in
-// registers (as stage_r.cuh's R), and dQ += dS K (wgmma RS m64n64k16, K = kL), accumulated in fp32 over
-// the key tiles; the first pass is dQ's last writer, so it stores dQ (read-added to the fp32 partial of the
-// other kernels) in the dtype.
-// Limits (kernel_limits.h, checked by the launchers): head_dim 64 or 128, b2 <= 64, sm_90a.
+// per key tile: K and V of (f, k) (shared by every query tile), the rows' daL and dY and statistics into
+// shared memory (zero for a row whose tile does not see f; the next tile's daL and dY prefetched into L2),
+// S and dR as in the key-row kernel (SS), dS as 16-bit A fragments in registers (as stage_r.cuh's R), and
+// dQ += dS K (wgmma RS m64n64k16, K = kL), accumulated in fp32 over the key tiles; the first pass is dQ's
+// last writer, so it stores dQ (read-added to the fp32 partial of the other kernels) in the dtype.
+// Limits (kernel_limits.h, checked by the launchers): head_dim 64 or 128, b2 <= kStageRBwdMaxB2, sm_90a.
 #pragma once
 
 #include "stage_r.cuh"
@@ -65,46 +68,69 @@ struct StageRBwdQParams : StageRGradInputs {  // the first pass: a_r and c_r nul
   void* dq_out;     // like dq, in the inputs' dtype: dq + this kernel's sum
 };
 
-// Shared memory of one key-row CTA (byte offsets from a 1 KB aligned base): K and V rows, the block's Q',
-// daL and dY rows and its four row statistics ([lse_R, dcL, D_R, cR][row], copied with the rows so that no
-// load of the loop waits on its own), and R and dS as [j][l] buffers of 64 columns (kL <= 64: one 128-byte
-// row). Swizzled row buffers.
-template <int kD, int kL> struct StageRBwdSmem {
+// What one key-row launch forms: dK and dV together, or each in a launch of its own where the two
+// accumulators and the R and dS buffers do not fit one CTA (kL > 64 at d = 128: docs/attention-kernels.md
+// (g3); the launcher then runs the dK launch, and the dV one where there is a dY).
+enum StageRBwdParts : int { kPartDk = 1, kPartDv = 2, kPartBoth = 3 };
+constexpr bool stage_r_bwd_splits(int kD, int kL) { return kD == 128 && kL > 64; }
+
+// Shared memory of one key-row CTA (byte offsets from a 1 KB aligned base): K (and V, for dR) rows, the
+// block's Q', daL (for dK) and dY rows and its four row statistics ([lse_R, dcL, D_R, cR][row], copied with
+// the rows so that no load of the loop waits on its own), and R and dS as [j][l] buffers of 64-column blocks
+// (store_accumulator_rows). A dK-only launch keeps dS and R in one buffer, one after the other. Swizzled
+// row buffers.
+template <int kD, int kL, int kParts> struct StageRBwdSmem {
+  static constexpr bool kDk = kParts & kPartDk;
   static constexpr int kKV = kL * kD * 2;
   static constexpr int kBlock = kStageRBlockM * kD * 2;
-  static constexpr int kProb = kStageRBlockM * 64 * 2;
+  static constexpr int kProb = kStageRBlockM * (kL <= 64 ? 64 : 128) * 2;
   static constexpr int kOffK = 0;
   static constexpr int kOffV = kOffK + kKV;
-  static constexpr int kOffQ = kOffV + kKV;
+  static constexpr int kOffQ = kOffV + (kDk ? kKV : 0);
   static constexpr int kOffDaL = kOffQ + kBlock;
-  static constexpr int kOffDy = kOffDaL + kBlock;
+  static constexpr int kOffDy = kOffDaL + (kDk ? kBlock : 0);
   static constexpr int kOffStats = kOffDy + kBlock;
   static constexpr int kOffR = kOffStats + 4 * kStageRBlockM * 4;
-  static constexpr int kOffDs = kOffR + kProb;
+  static constexpr int kOffDs = kOffR + (kParts == kPartBoth ? kProb : 0);
   static constexpr int kBytes = kOffDs + kProb + 1024;  // + alignment of the base to 1 KB
-  static_assert(kL <= 64, "R and dS rows are one 128-byte row");
+  static_assert(kL <= 128, "R and dS rows are two 64-column blocks at most");
   static_assert(kKV % 1024 == 0 && kBlock % 1024 == 0, "swizzled buffers on 1 KB boundaries");
 };
 
 #ifdef MONARCHRT_WGMMA
-// Step 1 of both kernels: S = Q' K^T and dR = daL K^T (+ dY V^T) for one 64-row block, every operand
-// K-major in shared memory (K = head_dim; q, dal, dy: 64-row buffers, k, v: kL-row ones).
-template <typename T, int kD, int kL>
+// Step 1 of both kernels: S = Q' K^T and, with kGrad, dR = daL K^T (+ dY V^T) for one 64-row block, every
+// operand K-major in shared memory (K = head_dim; q, dal, dy: 64-row buffers, k, v: kL-row ones).
+template <typename T, int kD, int kL, bool kGrad = true>
 __device__ __forceinline__ void block_logits(uint64_t q, uint64_t dal, uint64_t dy, uint64_t k, uint64_t v,
                                              bool has_y, float (&s)[kL / 2], float (&dr)[kL / 2]) {
   auto logits = [](uint64_t a, uint64_t b, float* d, bool acc) {
     gmma::mma_over_features<T, kD, kL, kStageRBlockM>(a, b, d, acc);
   };
   gmma::fence_operands<kL / 2>(s);
-  gmma::fence_operands<kL / 2>(dr);
+  if constexpr (kGrad) gmma::fence_operands<kL / 2>(dr);
   cute::warpgroup_arrive();
   logits(q, k, s, false);
-  logits(dal, k, dr, false);
-  if (has_y) logits(dy, v, dr, true);
+  if constexpr (kGrad) {
+    logits(dal, k, dr, false);
+    if (has_y) logits(dy, v, dr, true);
+  }
   cute::warpgroup_commit_batch();
   cute::warpgroup_wait<0>();
   gmma::fence_operands<kL / 2>(s);
-  gmma::fence_operands<kL / 2>(dr);
+  if constexpr (kGrad) gmma::fence_operands<kL / 2>(dr);
+}
+// One batch of warpgroup MMAs (`issue`) into the accumulators `acc...` (each [parts][registers]), and its wait.
+template <int kP, int kN> __device__ __forceinline__ void fence_parts(float (&acc)[kP][kN]) {
+#pragma unroll
+  for (int i = 0; i < kP; ++i) gmma::fence_operands<kN>(acc[i]);
+}
+template <class Issue, class... Acc> __device__ __forceinline__ void mma_batch(Issue&& issue, Acc&... acc) {
+  (fence_parts(acc), ...);
+  cute::warpgroup_arrive();
+  issue();
+  cute::warpgroup_commit_batch();
+  cute::warpgroup_wait<0>();
+  (fence_parts(acc), ...);
 }
 #endif
 
@@ -113,10 +139,11 @@ __device__ __forceinline__ float grad_logit(float r, float x, float dr, float dc
   return r * (dr + fmaf(dcl, fmaf(x, kLn2, 1.f), -delta));
 }
 
-template <typename T, int kD, int kL>
+template <typename T, int kD, int kL, int kParts>
 __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_kv_kernel(const StageRBwdParams p) {
 #ifdef MONARCHRT_WGMMA
-  using Smem = StageRBwdSmem<kD, kL>;
+  using Smem = StageRBwdSmem<kD, kL, kParts>;
+  constexpr bool kDk = kParts & kPartDk, kDv = kParts & kPartDv;
   constexpr int kDh = kD / 64;  // 64-feature parts of dK^T and dV^T: M of one wgmma each
   constexpr int kAcc = kL / 2;  // fp32 registers of one m64n{kL} accumulator
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -125,9 +152,9 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_kv_kernel(const
   const int b1 = p.b1, b2 = p.b2, n_f = p.n_kv_tiles;
   const int f = blockIdx.x / b1, krow = blockIdx.x % b1;
   const int bh = blockIdx.z, bb = bh / p.nh, h = bh % p.nh;
-  const int a_first = p.causal_block_tiles > 0 ? (f / p.causal_block_tiles) * p.causal_block_tiles : 0;
+  const int a_first = first_q_tile_seeing(f, p.causal_block_tiles);
   const float inv_b2 = 1.f / float(b2);
-  const bool first = p.a_r == nullptr, has_y = p.dy != nullptr;
+  const bool first = p.a_r == nullptr, has_y = p.dy != nullptr;  // a dV-only launch always has dY
   const int64_t afk0 = int64_t(bh) * p.n_q_tiles * n_f + f;  // scratch index (b, h, a, f) = afk0 + a * F
   const T* const q_row = static_cast<const T*>(p.q) + bb * p.sq[0] + krow * p.sq[2] + h * p.sq[4];
   const T* const a_r = static_cast<const T*>(p.a_r);
@@ -161,11 +188,11 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_kv_kernel(const
       if (c.a < p.n_q_tiles) {
         const int64_t row = scratch_row(c) * kD + ch * 8;
         cp16(smem + Smem::kOffQ + off, query(c) + ch * 8);
-        cp16(smem + Smem::kOffDaL + off, da_l + row);
+        if constexpr (kDk) cp16(smem + Smem::kOffDaL + off, da_l + row);
         if (has_y) cp16(smem + Smem::kOffDy + off, dy + row);
       } else {
         *reinterpret_cast<uint4*>(smem + Smem::kOffQ + off) = make_uint4(0, 0, 0, 0);
-        *reinterpret_cast<uint4*>(smem + Smem::kOffDaL + off) = make_uint4(0, 0, 0, 0);
+        if constexpr (kDk) *reinterpret_cast<uint4*>(smem + Smem::kOffDaL + off) = make_uint4(0, 0, 0, 0);
         if (has_y) *reinterpret_cast<uint4*>(smem + Smem::kOffDy + off) = make_uint4(0, 0, 0, 0);
       }
     }
@@ -176,8 +203,10 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_kv_kernel(const
       const int64_t row = scratch_row(c_stat);
       if (valid) {
         cp4(stats, p.lse_r + row);
-        cp4(stats + kStageRBlockM, p.dc_l + row);
-        cp4(stats + 2 * kStageRBlockM, p.delta_r + row);
+        if constexpr (kDk) {
+          cp4(stats + kStageRBlockM, p.dc_l + row);
+          cp4(stats + 2 * kStageRBlockM, p.delta_r + row);
+        }
       } else {
         stats[0] = stats[kStageRBlockM] = stats[2 * kStageRBlockM] = 0.f;
       }
@@ -185,14 +214,19 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_kv_kernel(const
       cp4(stats + 3 * kStageRBlockM, p.c_r + ((afk0 + int64_t(c_stat.a) * n_f) * b1 + krow) * b2 + c_stat.j);
     }
   };
-  float dk[kDh][kAcc], dv[kDh][kAcc];
+  // dK^T and dV^T parts (a one-element array stands in for the one a launch does not form)
+  float dk[kDk ? kDh : 1][kAcc], dv[kDv ? kDh : 1][kAcc];
 #pragma unroll
-  for (int dh = 0; dh < kDh; ++dh)
+  for (int dh = 0; dh < (kDk ? kDh : 1); ++dh)
 #pragma unroll
-    for (int i = 0; i < kAcc; ++i) dk[dh][i] = dv[dh][i] = 0.f;
+    for (int i = 0; i < kAcc; ++i) dk[dh][i] = 0.f;
+#pragma unroll
+  for (int dh = 0; dh < (kDv ? kDh : 1); ++dh)
+#pragma unroll
+    for (int i = 0; i < kAcc; ++i) dv[dh][i] = 0.f;
   const uint64_t k_desc = gmma::desc(smem_addr(smem + Smem::kOffK), 1);
   const uint64_t v_desc = gmma::desc(smem_addr(smem + Smem::kOffV), 1);
-  load_key_row<T, kD, kL>(smem + Smem::kOffK, smem + Smem::kOffV, p, bb, f, krow, h);
+  load_key_row<T, kD, kL>(smem + Smem::kOffK, kDk ? smem + Smem::kOffV : nullptr, p, bb, f, krow, h);
   const int n_blocks = (p.n_q_tiles * b2 - a_first * b2 + kStageRBlockM - 1) / kStageRBlockM;
   RowCursor blk = split_row(a_first * b2, b2, inv_b2);
   for (int n = 0; n < n_blocks; ++n, blk = add_rows(blk, block_step, b2)) {
@@ -220,10 +254,11 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_kv_kernel(const
       }
     }
 
-    // --- 1. S = Q' K^T and dR = daL K^T + dY V^T for the block's 64 rows
+    // --- 1. S = Q' K^T and (for dK) dR = daL K^T + dY V^T for the block's 64 rows
     float s[kAcc], dr[kAcc];
-    block_logits<T, kD, kL>(gmma::desc(smem_addr(smem + Smem::kOffQ), 1), gmma::desc(smem_addr(smem + Smem::kOffDaL), 1),
-                            gmma::desc(smem_addr(smem + Smem::kOffDy), 1), k_desc, v_desc, has_y, s, dr);
+    block_logits<T, kD, kL, kDk>(gmma::desc(smem_addr(smem + Smem::kOffQ), 1),
+                                 gmma::desc(smem_addr(smem + Smem::kOffDaL), 1),
+                                 gmma::desc(smem_addr(smem + Smem::kOffDy), 1), k_desc, v_desc, has_y, s, dr);
 
     // --- 2. R = exp2(x), x = s t log2(e) S - lse_R log2(e) (ln R = x ln 2), and dS times the row's s t
 #pragma unroll
@@ -231,42 +266,53 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_kv_kernel(const
       const int r = (i & 3) >> 1;
       const float x = fmaf(s[i], scale[r], -lse2[r]);
       const float pr = valid[r] ? fast_exp2(x) : 0.f;
-      dr[i] = grad_logit(pr, x, dr[i], dcl[r], delta[r]) * (scale[r] * kLn2);
+      if constexpr (kDk) dr[i] = grad_logit(pr, x, dr[i], dcl[r], delta[r]) * (scale[r] * kLn2);
       s[i] = pr;
     }
-    gmma::store_accumulator_rows<T, kL>(s, smem + Smem::kOffR);  // [j][l] buffers
-    gmma::store_accumulator_rows<T, kL>(dr, smem + Smem::kOffDs);
-    gmma::fence_to_async_proxy();
-    __syncthreads();  // every warp's rows of R and dS are in
 
     // --- 3. dK^T += Q'^T dS + daL^T R, dV^T += dY^T R: K = the block's rows, 16 a step
-    {
-      const uint64_t q_desc = gmma::desc(smem_addr(smem + Smem::kOffQ), 0);
-      const uint64_t dal_desc = gmma::desc(smem_addr(smem + Smem::kOffDaL), 0);
-      const uint64_t dy_desc = gmma::desc(smem_addr(smem + Smem::kOffDy), 0);
-      const uint64_t r_desc = gmma::desc(smem_addr(smem + Smem::kOffR), 0);
-      const uint64_t ds_desc = gmma::desc(smem_addr(smem + Smem::kOffDs), 0);
-      auto grads = [](uint64_t a, uint64_t b, float* d, int dh) { gmma::mma_over_rows<T, kL>(a, b, d, dh); };
-      static_assert(kStageRBlockM == 64, "K of the products is one block's 64 rows");
+    static_assert(kStageRBlockM == 64, "K of the products is one block's 64 rows");
+    const uint64_t q_mn = gmma::desc(smem_addr(smem + Smem::kOffQ), 0);
+    const uint64_t dal_mn = gmma::desc(smem_addr(smem + Smem::kOffDaL), 0);
+    const uint64_t dy_mn = gmma::desc(smem_addr(smem + Smem::kOffDy), 0);
+    const uint64_t r_mn = gmma::desc(smem_addr(smem + Smem::kOffR), 0);
+    const uint64_t ds_mn = gmma::desc(smem_addr(smem + Smem::kOffDs), 0);
+    auto grads = [](uint64_t a, uint64_t b, float* d, int dh) { gmma::mma_over_rows<T, kL>(a, b, d, dh); };
+    // a buffer of every warp's rows, then visible to the products
+    auto stage_rows = [&](const float* acc, int off) {
+      gmma::store_accumulator_rows<T, kL>(acc, smem + off);
+      gmma::fence_to_async_proxy();
+      __syncthreads();
+    };
+    if constexpr (kParts == kPartBoth) {
+      gmma::store_accumulator_rows<T, kL>(s, smem + Smem::kOffR);  // [j][l] buffers
+      stage_rows(dr, Smem::kOffDs);
+      mma_batch([&] {
 #pragma unroll
-      for (int dh = 0; dh < kDh; ++dh) {
-        gmma::fence_operands<kAcc>(dk[dh]);
-        gmma::fence_operands<kAcc>(dv[dh]);
-      }
-      cute::warpgroup_arrive();
+        for (int dh = 0; dh < kDh; ++dh) {
+          grads(q_mn, ds_mn, dk[dh], dh);
+          grads(dal_mn, r_mn, dk[dh], dh);
+          if (has_y) grads(dy_mn, r_mn, dv[dh], dh);
+        }
+      }, dk, dv);
+    } else if constexpr (kDk) {  // dS, then R in the same buffer
+      stage_rows(dr, Smem::kOffDs);
+      mma_batch([&] {
 #pragma unroll
-      for (int dh = 0; dh < kDh; ++dh) {
-        grads(q_desc, ds_desc, dk[dh], dh);
-        grads(dal_desc, r_desc, dk[dh], dh);
-        if (has_y) grads(dy_desc, r_desc, dv[dh], dh);
-      }
-      cute::warpgroup_commit_batch();
-      cute::warpgroup_wait<0>();
+        for (int dh = 0; dh < kDh; ++dh) grads(q_mn, ds_mn, dk[dh], dh);
+      }, dk);
+      __syncthreads();  // every warp's product has read dS
+      stage_rows(s, Smem::kOffR);
+      mma_batch([&] {
 #pragma unroll
-      for (int dh = 0; dh < kDh; ++dh) {
-        gmma::fence_operands<kAcc>(dk[dh]);
-        gmma::fence_operands<kAcc>(dv[dh]);
-      }
+        for (int dh = 0; dh < kDh; ++dh) grads(dal_mn, r_mn, dk[dh], dh);
+      }, dk);
+    } else {
+      stage_rows(s, Smem::kOffR);
+      mma_batch([&] {
+#pragma unroll
+        for (int dh = 0; dh < kDh; ++dh) grads(dy_mn, r_mn, dv[dh], dh);
+      }, dv);
     }
     __syncthreads();  // every warpgroup read of this block's buffers is done: the next block may overwrite them
   }
@@ -282,18 +328,21 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_kv_kernel(const
       const int l = 8 * (i >> 2) + 2 * tig + (i & 1);
       if (l >= b2) continue;
       const int64_t at = ((kv_row0 + l) * p.nh + h) * kD + 64 * dh + 16 * warp + g + 8 * ((i & 3) >> 1);
-      const float dk_at = p.accumulate ? p.dk[at] + dk[dh][i] : dk[dh][i];
-      if (p.dk_out)
-        static_cast<T*>(p.dk_out)[at] = from_float<T>(dk_at);
-      else
-        p.dk[at] = dk_at;
-      if (has_y) static_cast<T*>(p.dv)[at] = from_float<T>(dv[dh][i]);
+      if constexpr (kDk) {
+        const float dk_at = p.accumulate ? p.dk[at] + dk[dh][i] : dk[dh][i];
+        if (p.dk_out)
+          static_cast<T*>(p.dk_out)[at] = from_float<T>(dk_at);
+        else
+          p.dk[at] = dk_at;
+      }
+      if constexpr (kDv)
+        if (has_y) static_cast<T*>(p.dv)[at] = from_float<T>(dv[dh][i]);
     }
 #endif
 }
 
-// Shared memory of the query-row kernel: the query rows (once), K and V of a key tile, and its daL and dY
-// rows (64 rows: the columns j).
+// Shared memory of the query-row kernel: the block's query rows (once), K and V of a key tile, and the
+// block's daL and dY rows of that tile.
 template <int kD, int kL> struct StageRBwdQSmem {
   static constexpr int kKV = kL * kD * 2;
   static constexpr int kBlock = kStageRBlockM * kD * 2;
@@ -302,9 +351,8 @@ template <int kD, int kL> struct StageRBwdQSmem {
   static constexpr int kOffV = kOffK + kKV;
   static constexpr int kOffDaL = kOffV + kKV;
   static constexpr int kOffDy = kOffDaL + kBlock;
-  static constexpr int kOffStats = kOffDy + kBlock;  // [lse_R, dcL, D_R][row j], copied with the tile
+  static constexpr int kOffStats = kOffDy + kBlock;  // [lse_R, dcL, D_R][row], copied with the tile
   static constexpr int kBytes = kOffStats + 3 * kStageRBlockM * 4 + 1024;  // + alignment of the base to 1 KB
-  static_assert(kL <= kStageRBlockM, "b2 columns are the rows of one block");
   static_assert(kKV % 1024 == 0 && kBlock % 1024 == 0, "swizzled buffers on 1 KB boundaries");
 };
 
@@ -316,49 +364,87 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_q_kernel(const 
   constexpr int kAcc = kL / 2;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* const smem = smem_raw + ((1024 - smem_addr(smem_raw) % 1024) % 1024);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tig = lane & 3;
-  const int b1 = p.b1, b2 = p.b2, n_f = p.n_kv_tiles;
-  const int a = blockIdx.x / b1, krow = blockIdx.x % b1;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tig = lane & 3;
+  const int b1 = p.b1, b2 = p.b2, n_f = p.n_kv_tiles, n_a = p.n_q_tiles;
+  // 64 query rows (a, j) flat across query tiles from row0 on, all of key-row index k
+  const int krow = blockIdx.x % b1, row0 = (blockIdx.x / b1) * kStageRBlockM;
   const int bh = blockIdx.z, bb = bh / p.nh, h = bh % p.nh;
-  const int f_end = visible_kv_tiles(a, n_f, p.causal_block_tiles);
+  const float inv_b2 = 1.f / float(b2);
+  // the key tiles the block's last query tile sees (an earlier tile sees no more)
+  const int a_last = min(n_a - 1, (row0 + kStageRBlockM - 1) / b2);
+  const int f_end = visible_kv_tiles(a_last, n_f, p.causal_block_tiles);
   const bool has_y = p.dy != nullptr;
   const T* const da_l = static_cast<const T*>(p.da_l);
   const T* const dy = static_cast<const T*>(p.dy);
-  // scratch row (b, h, a, f, j, k) = row0(f) + j * b1
-  const int64_t af0 = (int64_t(bh) * p.n_q_tiles + a) * n_f;
-  auto scratch_row0 = [&](int f) { return (af0 + f) * b2 * b1 + krow; };
-  {
-    const T* q_row = static_cast<const T*>(p.q) + bb * p.sq[0] + a * p.sq[1] + krow * p.sq[2] + h * p.sq[4];
-    load_rows_zero_rest<T, kD, kStageRBlockM>(smem + Smem::kOffQ, b2, [&](int j) { return q_row + j * p.sq[3]; });
+  // per-thread rows, split once (as the key-row kernel): the rows this thread copies, the row whose
+  // statistics it copies (t < 64) and the two rows of its accumulator fragments (16 warp + g, + 8)
+  constexpr int kChunks = kD / 8, kLdStep = kStageRThreads / kChunks, kLdRows = kStageRBlockM / kLdStep;
+  const int ch = tid % kChunks, ld_row = tid / kChunks;
+  const RowCursor blk = split_row(row0, b2, inv_b2), ld_step = split_row(kLdStep, b2, inv_b2);
+  const RowCursor ld0 = add_rows(blk, split_row(ld_row, b2, inv_b2), b2);
+  const RowCursor stat = add_rows(blk, split_row(tid % kStageRBlockM, b2, inv_b2), b2);
+  const RowCursor frag[2] = {add_rows(blk, split_row(16 * warp + g, b2, inv_b2), b2),
+                             add_rows(blk, split_row(16 * warp + g + 8, b2, inv_b2), b2)};
+  const uint32_t ld_dst = gmma::swizzled<kStageRBlockM>(ld_row, ch * 8);  // + i * kLdStep * 128
+  static_assert(kLdStep % 8 == 0, "the copied rows keep their swizzle phase");
+  // scratch row (b, h, a, f, j, k) of query row (a, j)
+  const int64_t a0 = int64_t(bh) * n_a;
+  auto scratch_row = [&](RowCursor c, int f) { return ((a0 + c.a) * n_f + f) * b2 * b1 + int64_t(c.j) * b1 + krow; };
+  {  // the block's query rows; rows past the last query tile zero
+    const T* q_row = static_cast<const T*>(p.q) + bb * p.sq[0] + krow * p.sq[2] + h * p.sq[4];
+    RowCursor c = ld0;
+#pragma unroll
+    for (int i = 0; i < kLdRows; ++i, c = add_rows(c, ld_step, b2)) {
+      unsigned char* const dst = smem + Smem::kOffQ + ld_dst + i * kLdStep * 128;
+      if (c.a < n_a)
+        cp16(dst, q_row + c.a * p.sq[1] + c.j * p.sq[3] + ch * 8);
+      else
+        *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+    }
   }
-  auto load_tile = [&](int f) {
-    const int64_t row0 = scratch_row0(f);
+  // whether query row c sees key tile f (a tile before f's causal block, or past the last, does not)
+  auto sees = [&](RowCursor c, int a_min) { return c.a >= a_min && c.a < n_a; };
+  // key tile f's K, V and the block's daL, dY rows and statistics (zero for a row that does not see f: it
+  // meets R = dS = 0, and 0 * garbage may be NaN)
+  auto load_tile = [&](int f, int a_min) {
     load_key_row<T, kD, kL>(smem + Smem::kOffK, smem + Smem::kOffV, p, bb, f, krow, h);
-    load_rows_zero_rest<T, kD, kStageRBlockM>(smem + Smem::kOffDaL, b2,
-                                              [&](int j) { return da_l + (row0 + int64_t(j) * b1) * kD; });
-    if (has_y)
-      load_rows_zero_rest<T, kD, kStageRBlockM>(smem + Smem::kOffDy, b2,
-                                                [&](int j) { return dy + (row0 + int64_t(j) * b1) * kD; });
-    if (threadIdx.x < b2) {  // row j's statistics (rows j >= b2 are never read)
-      const int64_t row = row0 + int64_t(threadIdx.x) * b1;
-      float* const stats = reinterpret_cast<float*>(smem + Smem::kOffStats) + threadIdx.x;
-      cp4(stats, p.lse_r + row);
-      cp4(stats + kStageRBlockM, p.dc_l + row);
-      cp4(stats + 2 * kStageRBlockM, p.delta_r + row);
+    RowCursor c = ld0;
+#pragma unroll
+    for (int i = 0; i < kLdRows; ++i, c = add_rows(c, ld_step, b2)) {
+      const uint32_t off = ld_dst + i * kLdStep * 128;
+      if (sees(c, a_min)) {
+        const int64_t row = scratch_row(c, f) * kD + ch * 8;
+        cp16(smem + Smem::kOffDaL + off, da_l + row);
+        if (has_y) cp16(smem + Smem::kOffDy + off, dy + row);
+      } else {
+        *reinterpret_cast<uint4*>(smem + Smem::kOffDaL + off) = make_uint4(0, 0, 0, 0);
+        if (has_y) *reinterpret_cast<uint4*>(smem + Smem::kOffDy + off) = make_uint4(0, 0, 0, 0);
+      }
+    }
+    if (tid < kStageRBlockM) {
+      float* const stats = reinterpret_cast<float*>(smem + Smem::kOffStats) + tid;
+      if (sees(stat, a_min)) {
+        const int64_t row = scratch_row(stat, f);
+        cp4(stats, p.lse_r + row);
+        cp4(stats + kStageRBlockM, p.dc_l + row);
+        cp4(stats + 2 * kStageRBlockM, p.delta_r + row);
+      } else {
+        stats[0] = stats[kStageRBlockM] = stats[2 * kStageRBlockM] = 0.f;
+      }
     }
   };
-  // the next key tile's daL and dY rows into L2 (one 128-byte line per thread and row)
-  auto prefetch_tile = [&](int f) {
-    const int64_t row0 = scratch_row0(f);
-    constexpr int kLines = kD * 2 / 128;
-    for (int i = threadIdx.x; i < b2 * kLines; i += kStageRThreads) {
-      const int64_t at = (row0 + int64_t(i / kLines) * b1) * kD + (i % kLines) * 64;
-      prefetch_l2(da_l + at);
-      if (has_y) prefetch_l2(dy + at);
-    }
+  // the next key tile's daL and dY rows into L2 (each 128-byte line of this thread's rows once)
+  auto prefetch_tile = [&](int f, int a_min) {
+    if (ch % 8) return;
+    RowCursor c = ld0;
+#pragma unroll
+    for (int i = 0; i < kLdRows; ++i, c = add_rows(c, ld_step, b2))
+      if (sees(c, a_min)) {
+        const int64_t at = scratch_row(c, f) * kD + ch * 8;
+        prefetch_l2(da_l + at);
+        if (has_y) prefetch_l2(dy + at);
+      }
   };
-  // this thread's two rows j of every accumulator (16 warp + g, + 8)
-  const int rows[2] = {16 * warp + g, 16 * warp + g + 8};
 
   float dq[kDh][32];
 #pragma unroll
@@ -372,23 +458,25 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_q_kernel(const 
   const uint64_t dy_desc = gmma::desc(smem_addr(smem + Smem::kOffDy), 1);
   const uint64_t k_mn = gmma::desc(smem_addr(smem + Smem::kOffK), 0);
   for (int f = 0; f < f_end; ++f) {
-    load_tile(f);
+    const int a_min = first_q_tile_seeing(f, p.causal_block_tiles);
+    load_tile(f, a_min);
     cute::cp_async_fence();
-    if (f + 1 < f_end) prefetch_tile(f + 1);
+    if (f + 1 < f_end) prefetch_tile(f + 1, first_q_tile_seeing(f + 1, p.causal_block_tiles));
     cute::cp_async_wait<0>();
     gmma::fence_to_async_proxy();
     __syncthreads();  // the tile's rows and statistics are in shared memory
     float lse2[2], dcl[2], delta[2];
+    bool live[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const float* stats = reinterpret_cast<const float*>(smem + Smem::kOffStats) + rows[r];
-      const bool row_in = rows[r] < b2;
-      lse2[r] = row_in ? stats[0] * kLog2e : 0.f;
-      dcl[r] = row_in ? stats[kStageRBlockM] : 0.f;
-      delta[r] = row_in ? stats[2 * kStageRBlockM] : 0.f;
+      const float* stats = reinterpret_cast<const float*>(smem + Smem::kOffStats) + 16 * warp + g + 8 * r;
+      live[r] = sees(frag[r], a_min);
+      lse2[r] = stats[0] * kLog2e;
+      dcl[r] = stats[kStageRBlockM];
+      delta[r] = stats[2 * kStageRBlockM];
     }
 
-    // --- S = Q K^T and dR = daL K^T + dY V^T for the b2 columns j (rows of the block)
+    // --- S = Q K^T and dR = daL K^T + dY V^T for the block's rows
     float s[kAcc], dr[kAcc];
     block_logits<T, kD, kL>(q_desc, dal_desc, dy_desc, k_desc, v_desc, has_y, s, dr);
     // --- dS = R (dR + dcL (1 + ln R) - D_R), R = exp2(s log2(e) S - lse_R log2(e)), as A fragments (K = l)
@@ -401,24 +489,19 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_q_kernel(const 
         const int r = e >> 1, i = 4 * n + e;
         // columns l >= b2 (only in the last two 8-column chunks) meet zero K rows, but their dS may
         // overflow the 16-bit A fragment (R = exp(-lse_R) with lse_R far below 0), and inf * 0 is NaN
-        const bool live = rows[r] < b2 && (n < kL / 8 - 2 || 8 * n + 2 * tig + (e & 1) < b2);
+        const bool in = live[r] && (n < kL / 8 - 2 || 8 * n + 2 * tig + (e & 1) < b2);
         const float x = fmaf(s[i], p.scale_log2, -lse2[r]);
-        const float pr = live ? fast_exp2(x) : 0.f;
+        const float pr = in ? fast_exp2(x) : 0.f;
         v4[e] = grad_logit(pr, x, dr[i], dcl[r], delta[r]);
       }
       ds[n >> 1][(n & 1) * 2] = pack2<T>(v4[0], v4[1]);
       ds[n >> 1][(n & 1) * 2 + 1] = pack2<T>(v4[2], v4[3]);
     }
     // --- dQ += dS K: K = the key columns l, one product per 64 features
+    mma_batch([&] {
 #pragma unroll
-    for (int dh = 0; dh < kDh; ++dh) gmma::fence_operands<32>(dq[dh]);
-    cute::warpgroup_arrive();
-#pragma unroll
-    for (int dh = 0; dh < kDh; ++dh) gmma::mma_from_registers<T, kL, kL>(ds, k_mn, dq[dh], dh, true);
-    cute::warpgroup_commit_batch();
-    cute::warpgroup_wait<0>();
-#pragma unroll
-    for (int dh = 0; dh < kDh; ++dh) gmma::fence_operands<32>(dq[dh]);
+      for (int dh = 0; dh < kDh; ++dh) gmma::mma_from_registers<T, kL, kL>(ds, k_mn, dq[dh], dh, true);
+    }, dq);
 #pragma unroll
     for (int ks = 0; ks < kL / 16; ++ks)
 #pragma unroll
@@ -426,15 +509,15 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_q_kernel(const 
     __syncthreads();  // every read of this tile's buffers is done: the next tile may overwrite them
   }
 
-  // dQ: element 4n + e of part dh is row j = 16 warp + g + 8 (e / 2), feature 64 dh + 8n + 2 tig + e % 2;
-  // token (b, a, k, j), head h
+  // dQ: element 4n + e of part dh is row 16 warp + g + 8 (e / 2) of the block, feature 64 dh + 8n + 2 tig +
+  // e % 2; row (a, j) is token (b, a, k, j), head h
   const float sm_scale = p.scale_log2 * kLn2;
-  const int64_t tok0 = ((int64_t(bb) * p.n_q_tiles + a) * b1 + krow) * b2;
   T* const out = static_cast<T*>(p.dq_out);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    if (rows[r] >= b2) continue;
-    const int64_t base = ((tok0 + rows[r]) * p.nh + h) * kD + 2 * tig;
+    if (frag[r].a >= n_a) continue;
+    const int64_t tok = ((int64_t(bb) * n_a + frag[r].a) * b1 + krow) * b2 + frag[r].j;
+    const int64_t base = (tok * p.nh + h) * kD + 2 * tig;
 #pragma unroll
     for (int dh = 0; dh < kDh; ++dh)
 #pragma unroll

@@ -17,6 +17,10 @@ namespace {
 constexpr int kMinCtasPerSm = 8;
 using wgmma_launch::launch;
 using wgmma_launch::with_tile;
+// Blocks of 64 query rows (a, j) flat across the query tiles: what stage R's kernels walk.
+int64_t q_row_blocks(int64_t n_q_tiles, int64_t b2) {
+  return (n_q_tiles * b2 + attention::kStageRBlockM - 1) / attention::kStageRBlockM;
+}
 }  // namespace
 
 std::string monarch_stage_r_reason(int64_t batch, int64_t nh, int64_t n_q_tiles, int64_t n_kv_tiles, int64_t b1,
@@ -71,7 +75,7 @@ void monarch_stage_r(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t a_r, uintp
   check(cudaGetDevice(&device), "cudaGetDevice");
   check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "SM count");
   const int64_t key_rows = n_kv_tiles * b1, batch_heads = batch * nh;
-  const int64_t row_blocks = (n_q_tiles * b2 + attention::kStageRBlockM - 1) / attention::kStageRBlockM;
+  const int64_t row_blocks = q_row_blocks(n_q_tiles, b2);
   const int64_t wanted = (int64_t(kMinCtasPerSm) * sms + key_rows * batch_heads - 1) / (key_rows * batch_heads);
   const int split = int(std::max<int64_t>(1, std::min({row_blocks, wanted, limits::kMaxGridYZ})));
   const dim3 grid{unsigned(key_rows), unsigned(split), unsigned(batch_heads)};
@@ -92,17 +96,20 @@ std::string monarch_stage_r_bwd_reason(int64_t batch, int64_t nh, int64_t n_q_ti
     return "tile " + std::to_string(b1) + "x" + std::to_string(b2) + " (stage R's backward on wgmma takes b2 <= " +
            std::to_string(limits::kStageRBwdMaxB2) + ")";
   if (n_q_tiles < 1) return "no query tiles (stage R's backward on wgmma writes dK and dV only for some)";
-  if (n_q_tiles * b1 > limits::kMaxGridX)
+  if (q_row_blocks(n_q_tiles, b2) * b1 > limits::kMaxGridX)
     return "grid too large (stage R's backward on wgmma takes up to " + std::to_string(limits::kMaxGridX) +
-           " query rows)";
+           " blocks of 64 query rows)";
   return monarch_stage_r_reason(batch, nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, causal_block_tiles, dtype);
 }
 
 int monarch_stage_r_bwd_smem_bytes(int64_t b2, int64_t head_dim) {
+  using namespace attention;
   if (b2 > limits::kStageRBwdMaxB2) return 0;
   return with_tile(b2, head_dim, [](auto d, auto l) {
     constexpr int kD = decltype(d)::value, kL = std::min(decltype(l)::value, limits::kStageRBwdMaxB2);
-    return std::max(attention::StageRBwdSmem<kD, kL>::kBytes, attention::StageRBwdQSmem<kD, kL>::kBytes);
+    constexpr int kKeyRow = stage_r_bwd_splits(kD, kL) ? StageRBwdSmem<kD, kL, kPartDk>::kBytes
+                                                       : StageRBwdSmem<kD, kL, kPartBoth>::kBytes;
+    return std::max(kKeyRow, StageRBwdQSmem<kD, kL>::kBytes);
   });
 }
 
@@ -166,11 +173,22 @@ void monarch_stage_r_bwd_kv(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t a_r
   auto s = reinterpret_cast<cudaStream_t>(stream);
   with_tile(b2, head_dim, [&](auto d, auto l) {
     constexpr int kD = decltype(d)::value, kL = std::min(decltype(l)::value, limits::kStageRBwdMaxB2);
-    constexpr int kBytes = attention::StageRBwdSmem<kD, kL>::kBytes;
-    if (dtype == kBFloat16)
-      launch<attention::stage_r_bwd_kv_kernel<__nv_bfloat16, kD, kL>, kBytes>(p, grid, s, "stage_r_bwd_kv_kernel");
-    else
-      launch<attention::stage_r_bwd_kv_kernel<__half, kD, kL>, kBytes>(p, grid, s, "stage_r_bwd_kv_kernel");
+    auto run = [&](auto parts) {
+      constexpr int kParts = decltype(parts)::value;
+      constexpr int kBytes = attention::StageRBwdSmem<kD, kL, kParts>::kBytes;
+      if (dtype == kBFloat16)
+        launch<attention::stage_r_bwd_kv_kernel<__nv_bfloat16, kD, kL, kParts>, kBytes>(p, grid, s,
+                                                                                         "stage_r_bwd_kv_kernel");
+      else
+        launch<attention::stage_r_bwd_kv_kernel<__half, kD, kL, kParts>, kBytes>(p, grid, s, "stage_r_bwd_kv_kernel");
+    };
+    using Parts = attention::StageRBwdParts;
+    if constexpr (attention::stage_r_bwd_splits(kD, kL)) {
+      run(std::integral_constant<int, Parts::kPartDk>{});
+      if (dy) run(std::integral_constant<int, Parts::kPartDv>{});
+    } else {
+      run(std::integral_constant<int, Parts::kPartBoth>{});
+    }
   });
 }
 
@@ -190,8 +208,9 @@ void monarch_stage_r_bwd_q(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t lse_
   if (batch == 0 || nh == 0 || n_q_tiles == 0) return;
   p.dq = reinterpret_cast<const float*>(dq);
   p.dq_out = reinterpret_cast<void*>(dq_out);
-  // one CTA per query row (a, k): its dQ sums over every key tile, so no split of it (deterministic)
-  const dim3 grid{unsigned(n_q_tiles * b1), 1u, unsigned(batch * nh)};
+  // one CTA per 64 query rows (a, j) of a row index k: their dQ sums over every key tile, so no split of it
+  // (deterministic)
+  const dim3 grid{unsigned(q_row_blocks(n_q_tiles, b2) * b1), 1u, unsigned(batch * nh)};
   auto s = reinterpret_cast<cudaStream_t>(stream);
   with_tile(b2, head_dim, [&](auto d, auto l) {
     constexpr int kD = decltype(d)::value, kL = std::min(decltype(l)::value, limits::kStageRBwdMaxB2);
