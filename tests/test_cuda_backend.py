@@ -497,7 +497,8 @@ def test_stage_r_choice_exists_only_where_the_wgmma_kernel_runs(
 )
 def test_stage_r_bwd_choice_exists_only_where_the_wgmma_kernels_run(monkeypatch, change, arch, wgmma):
     """The triton backend's ``stage_r_bwd`` and ``stage_r_dq`` configs (stage R's backward kernels): 'wgmma'
-    is in the search space exactly where cuda.stage_r_bwd_reason allows it, and the default there for both."""
+    is in the search space exactly where cuda.stage_r_bwd_reason allows it, the default for dK/dV, and for dQ
+    where b2 <= 32, b2 > 64 or with 21 key tiles or more (measured faster there)."""
     from monarchrt_ops.backends.triton import TritonAttention
 
     class Limited(FakeExtension):
@@ -512,7 +513,8 @@ def test_stage_r_bwd_choice_exists_only_where_the_wgmma_kernels_run(monkeypatch,
     default = backend.default_config(problem, arch)
     assert default["stage_r_bwd"] == ("wgmma" if wgmma else "triton")
     assert backend.is_valid(default, problem, arch) is None
-    assert default["stage_r_dq"] == default["stage_r_bwd"]
+    dq_wgmma = wgmma and (problem.b2 <= 32 or problem.b2 > 64 or problem.kv_tiles >= 21)
+    assert default["stage_r_dq"] == ("wgmma" if dq_wgmma else "triton")
     forced = {**default, "stage_r_bwd": "wgmma"}
     assert (backend.is_valid(forced, problem, arch) is None) == wgmma
     assert (backend.is_valid({**default, "stage_r_dq": "wgmma"}, problem, arch) is None) == wgmma

@@ -128,13 +128,15 @@ class TritonAttention(_Triton):
         # 6.49, 3 vs 21 frames 0.35 / 0.39) and in the backward, but num_iters = 2 slower at 30x52 (8.18
         # against 7.82 ms), block-causal and 15x26, faster at 720p (24.5 / 30.3)
         wgmma = (problem.num_iters == 1 or problem.b2 > 64) and cuda.stage_r_reason(problem, arch) is None
-        # stage R's backward on warpgroup MMA (docs/attention-kernels.md (g), (g3)) wherever it runs (b2 <= 80):
-        # the H200 run of bench/stage_r_check.py, session 16 (bench/results/h200-stage-r-bwd.json), measured
-        # the key-row kernel (dK, dV) and the flat-row dQ kernel against Triton's at 30x52 2.66 / 4.68 and
-        # 2.70 / 2.84 ms, block-causal 1.61 / 2.69 and 1.75 / 1.74, 720p 9.72 / 19.05 and 7.08 / 11.96, 15x26
-        # 7.50 / 11.75 and 7.15 / 12.96
+        # stage R's backward on warpgroup MMA (docs/attention-kernels.md (g), (g3); b2 <= 80): the H200 run of
+        # bench/stage_r_check.py, session 16 (bench/results/h200-stage-r-bwd.json), against Triton's: the
+        # key-row kernel (dK, dV) faster at every shape (30x52 2.61 / 4.66 ms, block-causal 1.58 / 2.69,
+        # 720p 9.52 / 19.01, 15x26 7.35 / 11.68, 3 vs 21 frames 0.65 / 0.94, 90x52 1.07 / 1.80); the
+        # flat-row dQ kernel faster with 21 key tiles (30x52 2.56 / 2.82; block-causal 1.75 / 1.75, 3 vs 21
+        # frames 0.50 / 0.50), at b2 <= 32 (15x26 7.10 / 12.87) and b2 > 64 (720p 6.93 / 11.95), slower with
+        # 7 key tiles at b2 = 52 (90x52 1.13 / 1.09); between 8 and 20 key tiles it is not measured
         wgmma_bwd = cuda.stage_r_bwd_reason(problem, arch) is None
-        wgmma_dq = wgmma_bwd
+        wgmma_dq = wgmma_bwd and (problem.b2 <= 32 or problem.b2 > 64 or problem.kv_tiles >= 21)
         # the last pass's stage-L backward on warpgroup MMA (docs/attention-kernels.md (h)) wherever it runs:
         # faster than Triton's fused kernel at every shape timed (H200, bench/stage_l_check.py, session 15,
         # bench/results/h200-stage-l-bwd.json: 30x52 3.13 against 3.98 ms, block-causal 2.09 / 2.41, 720p
