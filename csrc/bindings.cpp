@@ -74,6 +74,9 @@ static py::dict limits_dict() {
   py::dict stage_l_bwd;
   stage_l_bwd["max_b1"] = kStageLBwdMaxB1;
   out["attention_stage_l_bwd"] = stage_l_bwd;  // otherwise attention_stage_r's head dims, strides and dtypes
+  py::dict stage_l;
+  stage_l["max_b1"] = kStageLMaxB1;
+  out["attention_stage_l"] = stage_l;  // as attention_stage_l_bwd
   out["hadamard"] = hadamard;
   out["monarch_matmul"] = matmul;
   return out;
@@ -128,6 +131,18 @@ PYBIND11_MODULE(_C, m) {
         py::arg("nh"), py::arg("n_q_tiles"), py::arg("n_kv_tiles"), py::arg("b1"), py::arg("b2"),
         py::arg("head_dim"), py::arg("causal_block_tiles"), py::arg("dtype"),
         "why monarch_stage_r_bwd_kv() and _q() cannot run this problem ('' when they can)");
+  m.def("monarch_stage_l", &monarchrt::monarch_stage_l, py::arg("q"), py::arg("a_l"), py::arg("y"), py::arg("c_l"),
+        py::arg("z"), py::arg("lse"), py::arg("q_strides"), py::arg("batch"), py::arg("nh"), py::arg("n_q_tiles"),
+        py::arg("n_kv_tiles"), py::arg("b1"), py::arg("b2"), py::arg("head_dim"), py::arg("causal_block_tiles"),
+        py::arg("sm_scale"), py::arg("dtype"), py::arg("stream"),
+        "Stage L's forward on warpgroup MMA (sm_90a): lse (fp32) and, where z is given, Z in the dtype from the "
+        "scratch aL, Y, cL");
+  m.def("monarch_stage_l_smem_bytes", &monarchrt::monarch_stage_l_smem_bytes, py::arg("b1"), py::arg("head_dim"),
+        "shared memory per CTA of monarch_stage_l (0 over its b1 limit)");
+  m.def("monarch_stage_l_reason", &monarchrt::monarch_stage_l_reason, py::arg("batch"), py::arg("nh"),
+        py::arg("n_q_tiles"), py::arg("n_kv_tiles"), py::arg("b1"), py::arg("b2"), py::arg("head_dim"),
+        py::arg("causal_block_tiles"), py::arg("dtype"),
+        "why monarch_stage_l() cannot run this problem ('' when it can), pointers, strides and the device aside");
   m.def("monarch_stage_l_bwd", &monarchrt::monarch_stage_l_bwd, py::arg("q"), py::arg("dz"), py::arg("z"),
         py::arg("lse"), py::arg("dlse"), py::arg("a_l"), py::arg("y"), py::arg("c_l"), py::arg("da_l"), py::arg("dy"),
         py::arg("dc_l"), py::arg("delta_r"), py::arg("dq"), py::arg("q_strides"), py::arg("dz_strides"),

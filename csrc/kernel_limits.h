@@ -36,6 +36,8 @@ constexpr int kStageRBwdMaxB2 = 80;
 // Stage L's backward on warpgroup MMA (csrc/attention/stage_l_bwd.cuh), the last pass: a column's rows i
 // are N of its products (b1 padded to 16), dS^T one 128-byte row a key. Head dims as stage R's.
 constexpr int kStageLBwdMaxB1 = 64;
+// Stage L's forward on warpgroup MMA (csrc/attention/stage_l.cuh): a column's rows i are M of one wgmma.
+constexpr int kStageLMaxB1 = 64;
 
 // Hadamard transform (csrc/hadamard): n = m * 2^k.
 constexpr int kHadamardOrders[] = {1, 12, 20, 28};  // m (n = 40 * 2^k is 20 * 2^(k+1))

@@ -80,6 +80,18 @@ std::string monarch_stage_r_bwd_reason(int64_t batch, int64_t nh, int64_t n_q_ti
                                           int64_t b1, int64_t b2, int64_t head_dim, int64_t causal_block_tiles,
                                           int dtype);
 
+// Stage L's forward on warpgroup MMA (csrc/attention/stage_l.cuh, sm_90a): per query column, lse [B, A, b1, b2,
+// nh] (contiguous fp32) and, where z is not 0, Z [B, A, b1, b2, nh, d] (contiguous, in the dtype) from the
+// scratch aL, Y, cL; q with its strides.
+void monarch_stage_l(uintptr_t q, uintptr_t a_l, uintptr_t y, uintptr_t c_l, uintptr_t z, uintptr_t lse,
+                     const std::vector<int64_t>& q_strides, int64_t batch, int64_t nh, int64_t n_q_tiles,
+                     int64_t n_kv_tiles, int64_t b1, int64_t b2, int64_t head_dim, int64_t causal_block_tiles,
+                     float sm_scale, int dtype, uintptr_t stream);
+int monarch_stage_l_smem_bytes(int64_t b1, int64_t head_dim);
+// Why monarch_stage_l() cannot run this problem ("" when it can), pointers, strides and the device aside.
+std::string monarch_stage_l_reason(int64_t batch, int64_t nh, int64_t n_q_tiles, int64_t n_kv_tiles, int64_t b1,
+                                   int64_t b2, int64_t head_dim, int64_t causal_block_tiles, int dtype);
+
 // Stage L's backward on warpgroup MMA, the last pass (csrc/attention/stage_l_bwd.cuh, sm_90a): per query column,
 // daL, dY (in the dtype), dcL and D_R [B, nh, A, F, b2, b1(, d)] of every key row it sees, and dQ's stage-L
 // part written to the fp32 dq [B, A, b1, b2, nh, d], from the forward's aL, Y, cL (the scratch), lse and the

@@ -183,6 +183,14 @@ class FakeExtension:
         return 97 * 1024
 
     @staticmethod
+    def monarch_stage_l_reason(batch, nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, cbt, dtype):
+        return ""
+
+    @staticmethod
+    def monarch_stage_l_smem_bytes(b1, head_dim):
+        return 83 * 1024
+
+    @staticmethod
     def monarch_stage_l_bwd_reason(batch, nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, cbt, dtype):
         return ""
 

@@ -126,6 +126,37 @@ def test_stage_r_on_wgmma_matches_reference(name, dtype, poison_empty, monkeypat
     assert name not in GRADIENT_CASES or len(calls) > grads_before
 
 
+@GPU_TIER
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", list(ALL_CASES))
+def test_stage_l_on_wgmma_matches_reference(name, dtype, poison_empty, monkeypatch):
+    """The forward's stage L on warpgroup MMA (config ``stage_l='wgmma'``, csrc/attention/stage_l.cuh) forced
+    wherever cuda.stage_l_reason allows it: one launch per pass (lse only on the passes before the last),
+    through the one-pass plan's prepared call and the launcher alike."""
+    from monarchrt_ops.backends import triton as triton_backend
+
+    default = triton_backend.TritonAttention.default_config
+    module, _ = cuda.extension()
+    launch = module.monarch_stage_l
+    calls = []
+
+    def forced(self, problem, arch):
+        if cuda.stage_l_reason(problem, arch) is not None:
+            pytest.skip(f"stage L on wgmma does not run {name} here: {cuda.stage_l_reason(problem, arch)}")
+        return {**default(self, problem, arch), "stage_l": "wgmma"}
+
+    with monkeypatch.context() as patched:
+        patched.setattr(triton_backend.TritonAttention, "default_config", forced)
+        patched.setattr(module, "monarch_stage_l", lambda *a: calls.append(a[4] != 0) or launch(*a))
+        registry.invalidate()  # selections made with the unpatched default
+        try:
+            test_forward_matches_reference("triton", name, dtype, poison_empty)
+        finally:
+            registry.invalidate()
+    passes = ALL_CASES[name][6].get("num_iters", 1)
+    assert calls == [False] * (passes - 1) + [True]  # Z on the last pass only
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_kv_cache_slice_of_a_longer_buffer_batch2(backend, poison_empty):
     hw, shape, dtype = 30, (5, 6), torch.float32

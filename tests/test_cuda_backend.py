@@ -405,6 +405,62 @@ def test_stage_l_bwd_launcher_rejects_bad_arguments_before_touching_the_device(c
         module.monarch_stage_l_bwd(**{**args, **change})
 
 
+@pytest.mark.skipif(cuda.extension()[0] is None, reason="the extension is not built on this machine")
+@pytest.mark.parametrize(
+    "change, msg",
+    [
+        ({"b1": 65}, "takes b1 <= 64"),
+        ({"head_dim": 96}, "head_dim=96"),
+        ({"n_kv_tiles": 0}, "no key tiles"),
+        ({"q_strides": [8, 8, 8, 12, 8]}, "multiples of 8"),
+        ({"a_l": 8}, "16-byte aligned"),
+        ({"y": 0}, "Y with Z"),
+        ({"lse": 0}, "lse are required"),
+        ({"dtype": 2}, "dtype code 2"),
+    ],
+    ids=["b1", "head_dim", "no-key-tiles", "stride-multiple", "misaligned", "z-without-y", "no-lse", "dtype"],
+)
+def test_stage_l_launcher_rejects_bad_arguments_before_touching_the_device(change, msg):
+    module, _ = cuda.extension()
+    strides = [21 * 30 * 52 * 2 * 128, 30 * 52 * 2 * 128, 52 * 2 * 128, 2 * 128, 128]
+    args = dict(q=16, a_l=16, y=16, c_l=16, z=16, lse=16, q_strides=strides, batch=1, nh=2, n_q_tiles=21,
+                n_kv_tiles=21, b1=30, b2=52, head_dim=128, causal_block_tiles=0, sm_scale=0.1, dtype=1,
+                stream=0)  # fmt: skip
+    with pytest.raises(ValueError, match=msg):
+        module.monarch_stage_l(**{**args, **change})
+
+
+@pytest.mark.parametrize(
+    ("change", "arch", "wgmma", "default"),
+    [
+        ({}, H100, True, False),  # 30x52: b1 = 30
+        ({"b2": 80, "b1": 45}, H100, True, True),  # 720p
+        ({"b1": 64, "causal_block_tiles": 3}, H100, True, True),
+        ({"b1": 90, "q_tiles": 7, "kv_tiles": 7}, H100, False, False),  # f_tied = 3: over kStageLMaxB1
+        ({"dtype": torch.float32}, H100, False, False),
+        ({"b2": 80, "b1": 45}, Arch("sm100", (10, 0), "NVIDIA B200", 148, 232448), False, False),  # no wgmma
+    ],
+)
+def test_stage_l_choice_exists_only_where_the_wgmma_kernel_runs(monkeypatch, change, arch, wgmma, default):
+    """The triton backend's ``stage_l`` config (the forward's stage L): 'wgmma' is in the search space
+    exactly where cuda.stage_l_reason allows it, and the default where b1 > 32 (docs/attention-kernels.md (i))."""
+    from monarchrt_ops.backends.triton import TritonAttention
+
+    class Limited(FakeExtension):
+        @staticmethod
+        def monarch_stage_l_reason(batch, nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, cbt, dtype):
+            return "b1 > 64" if b1 > 64 else ""
+
+    monkeypatch.setattr(cuda, "extension", lambda: (Limited, None))
+    problem = _attention_problem(**change)
+    backend = TritonAttention()
+    assert ("wgmma" in backend.search_space(problem, arch)["stage_l"]) == wgmma
+    config = backend.default_config(problem, arch)
+    assert config["stage_l"] == ("wgmma" if default else "triton")
+    assert backend.is_valid(config, problem, arch) is None
+    assert (backend.is_valid({**config, "stage_l": "wgmma"}, problem, arch) is None) == wgmma
+
+
 @pytest.mark.parametrize(
     ("change", "arch", "wgmma"),
     [

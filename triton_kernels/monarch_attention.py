@@ -130,7 +130,8 @@ class _OnePass:
     is scratch too (the caller discards it), and a call that the prepared launches cannot take (the
     wgmma stage R on a misaligned base or another current device) returns None before any launch."""
 
-    def __init__(self, q, k, v, sm_scale, causal_block_tiles, config, stage_r, z_shape=None, runner=False):
+    def __init__(self, q, k, v, sm_scale, causal_block_tiles, config, stage_r, z_shape=None, runner=False,
+                 stage_l=None):  # fmt: skip
         self.copy = tuple(x.stride(-1) != 1 for x in (q, k, v))
         q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
         bsz, n_a, b1, b2, nh, d = q.shape
@@ -152,7 +153,13 @@ class _OnePass:
         elif getattr(stage_r, "prepare_first_pass", None) is not None:
             self.wgmma_r = stage_r.prepare_first_pass(q, k, v, sm_scale, common)
         self.stage_r, self.stage_r_rest = stage_r, (None, None, sm_scale, common, config)
+        # the Triton stage L prepared, or another launcher's own prepared call (else, or where that does not
+        # run, the launcher called with _stage_l's arguments)
         self.stage_l = Prepared(_stage_l_fwd, *_stage_l_args(q, sm_scale, common, config, True))
+        self.other_l = None if stage_l in (None, _stage_l) else stage_l
+        self.other_l_rest = (sm_scale, common, config, True)
+        prepare_l = getattr(self.other_l, "prepare_one_pass", None)
+        self.prepared_l = None if prepare_l is None else prepare_l(q, sm_scale, common)
 
     def _new_scratch(self) -> tuple:
         # shapes as separate ints: ~0.4 us less a call than a tuple or torch.Size (the argument parser)
@@ -174,11 +181,17 @@ class _OnePass:
                 return None
             with torch.cuda.device(self.device):
                 return self(q, k, v)
-        wgmma_r = self.wgmma_r
+        wgmma_r, prepared_l = self.wgmma_r, self.prepared_l
         if wgmma_r is not None and not wgmma_r.runs(device, q, k, v):
             if self.runner:
                 return None
             wgmma_r = None  # the launcher itself: it copies
+        if prepared_l is not None and not prepared_l.runs(device, q):
+            if self.runner:
+                return None
+            prepared_l = None
+        if self.runner and self.other_l is not None and prepared_l is None:
+            return None  # (the launcher reads q's own strides: not a stand-in's)
         z = torch.empty(*self.z, dtype=self.dtype, device=self.device)
         # scratch is kept between calls only on the eager fast path: the op's path is also what compiled
         # graphs run (CUDA-graph trees allocate their warm-up calls from a private pool that they reset)
@@ -196,7 +209,12 @@ class _OnePass:
                 wgmma_r(stream, q, k, v, a_l, y, c_l)
             else:
                 self.stage_r(q, k, v, types.SimpleNamespace(a_l=a_l, y=y, c_l=c_l, lse_r=c_l), *self.stage_r_rest)
-            self.stage_l.on(device, stream, q, a_l, y, c_l, z, lse)
+            if self.other_l is None:
+                self.stage_l.on(device, stream, q, a_l, y, c_l, z, lse)
+            elif prepared_l is not None:
+                prepared_l(stream, q, a_l, y, c_l, z, lse)
+            else:
+                self.other_l(q, types.SimpleNamespace(a_l=a_l, y=y, c_l=c_l), z, lse, *self.other_l_rest)
         finally:
             keep_scratch(ticket, scratch)
         return z, lse
@@ -208,7 +226,7 @@ _MAX_PLANS = 1024  # distinct problems (batch sizes, KV lengths) before it start
 
 @guarded(_stage_r_fwd, _stage_l_fwd, _stage_l_update)
 def prepare_fwd(q, k, v, *, sm_scale: float, causal_block_tiles: int, num_iters: int, config: dict, z_shape,
-                stage_r=_stage_r):  # fmt: skip
+                stage_r=_stage_r, stage_l=_stage_l):  # fmt: skip
     """The eager fast path's forward of one problem and layout (:class:`_OnePass` with ``runner``): a
     callable ``(q, k, v) -> (z, lse) | None`` for tensors with the data pointers of tile-order tensors laid
     out as these, ``z`` of ``z_shape`` and ``lse`` scratch; or None where no launch is prepared (more than
@@ -216,28 +234,38 @@ def prepare_fwd(q, k, v, *, sm_scale: float, causal_block_tiles: int, num_iters:
     caller keeps it as long as its selection stands (the config, and the environment that the guard reads)."""
     if num_iters != 1 or interpreting() or any(x.stride(-1) != 1 for x in (q, k, v)):
         return None
-    plan = _OnePass(q, k, v, sm_scale, causal_block_tiles, config, stage_r, z_shape=z_shape, runner=True)
+    plan = _OnePass(q, k, v, sm_scale, causal_block_tiles, config, stage_r, z_shape=z_shape, runner=True,
+                    stage_l=stage_l)  # fmt: skip
     return plan if plan.triton_r is not None or plan.wgmma_r is not None else None
 
 
 @guarded(_stage_r_fwd, _stage_l_fwd, _stage_l_update)
 def monarch_attention_fwd(
-    q, k, v, *, sm_scale: float, causal_block_tiles: int, num_iters: int, config: dict, stage_r=_stage_r
+    q,
+    k,
+    v,
+    *,
+    sm_scale: float,
+    causal_block_tiles: int,
+    num_iters: int,
+    config: dict,
+    stage_r=_stage_r,
+    stage_l=_stage_l,
 ):
     """-> ``(z [B, A, b1, b2, nh, d]`` in q's dtype, ``lse [B, A, b1, b2, nh]`` float32).
 
-    ``stage_r``: the stage-R launcher, ``_stage_r``'s arguments and effect (the cuda backend passes
-    its warpgroup-MMA kernel's)."""
+    ``stage_r``, ``stage_l``: the stage-R and stage-L launchers, ``_stage_r``'s and ``_stage_l``'s arguments
+    and effect (the triton backend passes the warpgroup-MMA kernels' where its config names them)."""
     if num_iters == 1:  # the common call: its launches prepared once per problem (the kernels' ids in
         # the key, the plan keeping them alive: a stand-in for one, a test's recorder, is a new problem)
         key = (q.shape, q.stride(), k.shape, k.stride(), v.stride(), q.dtype, q.device, sm_scale, type(sm_scale),
-               causal_block_tiles, type(causal_block_tiles), tuple(config.items()), stage_r,
+               causal_block_tiles, type(causal_block_tiles), tuple(config.items()), stage_r, stage_l,
                id(_stage_r_fwd), id(_stage_l_fwd))  # fmt: skip
         plan = _plans.get(key)
         if plan is None:
             if len(_plans) >= _MAX_PLANS:
                 _plans.clear()
-            plan = _plans[key] = _OnePass(q, k, v, sm_scale, causal_block_tiles, config, stage_r)
+            plan = _plans[key] = _OnePass(q, k, v, sm_scale, causal_block_tiles, config, stage_r, stage_l=stage_l)
         return plan(q, k, v)
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
     bsz, n_a, b1, b2, nh, d = q.shape
@@ -249,7 +277,7 @@ def monarch_attention_fwd(
     for it in range(num_iters):
         last = it == num_iters - 1
         stage_r(q, k, v, sc, a_r, c_r, sm_scale, common, config, write_y=last)
-        _stage_l(q, sc, z, lse, sm_scale, common, config, write_z=last)
+        stage_l(q, sc, z, lse, sm_scale, common, config, write_z=last)
         if not last:
             a_r, c_r = _update(q, sc, lse, sm_scale, common, config)
     return z, lse

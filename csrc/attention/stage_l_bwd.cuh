@@ -27,7 +27,7 @@
 
 #include <cmath>
 
-#include "stage_r.cuh"
+#include "stage_l.cuh"
 
 namespace monarchrt::attention {
 
@@ -47,8 +47,6 @@ struct StageLBwdParams : AttnDims {
   float* delta_r;      // like c_l, written: D_R
   float* dq;           // [B, A, b1, b2, nh, d] contiguous fp32, written: dQ's stage-L part
 };
-
-constexpr int kStageLBlockK = 64;  // key rows per block: M of the products
 
 // Shared memory of one CTA (byte offsets from a 1 KB aligned base): the column's Q and dZ rows, two stages
 // of a block's aL, Y and cL, dS^T as a [key][i] buffer of 128-byte rows, the rows' statistics. Swizzled

@@ -1,5 +1,5 @@
-// Host launcher of stage L's backward on warpgroup MMA, the last pass (stage_l_bwd.cuh): pointers, sizes,
-// strides and a stream.
+// Host launchers of stage L on warpgroup MMA, the forward (stage_l.cuh) and the last pass's backward
+// (stage_l_bwd.cuh): pointers, sizes, strides and a stream.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -7,10 +7,69 @@
 #include <string>
 
 #include "../launch.h"
+#include "stage_l.cuh"
 #include "stage_l_bwd.cuh"
 #include "wgmma_launch.h"
 
 namespace monarchrt {
+
+std::string monarch_stage_l_reason(int64_t batch, int64_t nh, int64_t n_q_tiles, int64_t n_kv_tiles, int64_t b1,
+                                   int64_t b2, int64_t head_dim, int64_t causal_block_tiles, int dtype) {
+  using namespace limits;
+  const std::string reason = wgmma_launch::head_dim_dtype_reason(head_dim, dtype, "stage L");
+  if (!reason.empty()) return reason;
+  if (b1 < 1 || b2 < 1 || b1 > kStageLMaxB1)
+    return "tile " + std::to_string(b1) + "x" + std::to_string(b2) + " (stage L on wgmma takes b1 <= " +
+           std::to_string(kStageLMaxB1) + ")";
+  if (n_kv_tiles < 1 || n_kv_tiles * b1 > kMaxGridX || n_q_tiles * b2 > kMaxGridX || batch * nh > kMaxGridYZ ||
+      causal_block_tiles < 0)
+    return "grid too large or no key tiles (stage L on wgmma takes up to " + std::to_string(kMaxGridX) +
+           " query columns and key rows, and batch * heads up to " + std::to_string(kMaxGridYZ) + ")";
+  return "";
+}
+
+int monarch_stage_l_smem_bytes(int64_t b1, int64_t head_dim) {
+  if (b1 > limits::kStageLMaxB1) return 0;
+  return head_dim == 64 ? attention::StageLSmem<64>::kBytes : attention::StageLSmem<128>::kBytes;
+}
+
+void monarch_stage_l(uintptr_t q, uintptr_t a_l, uintptr_t y, uintptr_t c_l, uintptr_t z, uintptr_t lse,
+                     const std::vector<int64_t>& q_strides, int64_t batch, int64_t nh, int64_t n_q_tiles,
+                     int64_t n_kv_tiles, int64_t b1, int64_t b2, int64_t head_dim, int64_t causal_block_tiles,
+                     float sm_scale, int dtype, uintptr_t stream) {
+  auto fail = [](const std::string& what) { throw std::invalid_argument("monarch_stage_l: " + what); };
+  const std::string reason =
+      monarch_stage_l_reason(batch, nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, causal_block_tiles, dtype);
+  if (!reason.empty()) fail(reason);
+  const std::string strides = attention::stride_reason(q_strides, q_strides, q_strides);
+  if (!strides.empty()) fail(strides);
+  if ((q | a_l | y | z) % limits::kAlignBytes) fail("q, aL, Y and Z must be 16-byte aligned");
+  if (!a_l || !c_l || !lse || (z && !y)) fail("aL, cL and lse are required, and Y with Z");
+  if (batch == 0 || nh == 0 || n_q_tiles == 0) return;
+  attention::StageLParams p{};
+  static_cast<attention::AttnDims&>(p) = attention::make_dims(q_strides, q_strides, q_strides, nh, n_q_tiles,
+                                                              n_kv_tiles, b1, b2, causal_block_tiles, sm_scale);
+  p.q = reinterpret_cast<const void*>(q);
+  p.a_l = reinterpret_cast<const void*>(a_l);
+  p.y = reinterpret_cast<const void*>(y);
+  p.c_l = reinterpret_cast<const float*>(c_l);
+  p.z = reinterpret_cast<void*>(z);
+  p.lse = reinterpret_cast<float*>(lse);
+  // one CTA per query column: its softmax runs over every key row it sees
+  const dim3 grid{unsigned(n_q_tiles * b2), 1u, unsigned(batch * nh)};
+  auto s = reinterpret_cast<cudaStream_t>(stream);
+  auto run = [&](auto d) {
+    constexpr int kD = decltype(d)::value, kBytes = attention::StageLSmem<kD>::kBytes;
+    if (dtype == kBFloat16)
+      wgmma_launch::launch<attention::stage_l_kernel<__nv_bfloat16, kD>, kBytes>(p, grid, s, "stage_l_kernel");
+    else
+      wgmma_launch::launch<attention::stage_l_kernel<__half, kD>, kBytes>(p, grid, s, "stage_l_kernel");
+  };
+  if (head_dim == 64)
+    run(std::integral_constant<int, 64>{});
+  else
+    run(std::integral_constant<int, 128>{});
+}
 
 std::string monarch_stage_l_bwd_reason(int64_t batch, int64_t nh, int64_t n_q_tiles, int64_t n_kv_tiles, int64_t b1,
                                        int64_t b2, int64_t head_dim, int64_t causal_block_tiles, int dtype) {

@@ -199,6 +199,12 @@ def stage_r_bwd_reason(problem: AttentionProblem, arch: Arch) -> str | None:
     return _wgmma_reason(problem, arch, "stage R's backward", "monarch_stage_r_bwd")
 
 
+def stage_l_reason(problem: AttentionProblem, arch: Arch) -> str | None:
+    """Why the warpgroup-MMA forward of stage L (csrc/attention/stage_l.cuh) cannot run ``problem`` (None: it
+    can)."""
+    return _wgmma_reason(problem, arch, "stage L", "monarch_stage_l", width=problem.b1)
+
+
 def stage_l_bwd_reason(problem: AttentionProblem, arch: Arch) -> str | None:
     """Why the warpgroup-MMA backward of the last pass's stage L (csrc/attention/stage_l_bwd.cuh) cannot run
     ``problem`` (None: it can). Its shared memory grows with b1 (the rows of a column), not b2."""
@@ -337,6 +343,56 @@ def stage_r_dq_wgmma(q, k, v, sc, a_r, c_r, grads, dq, dq_out, d_ar, d_cr, sm_sc
         )  # fmt: skip
 
 
+def stage_l_wgmma(q, sc, z, lse, sm_scale, common, config, write_z):
+    """``triton_kernels.monarch_attention._stage_l``'s arguments and effect, on the warpgroup-MMA kernel:
+    lse ([B, A, b1, b2, nh] fp32) and, when ``write_z``, z ([B, A, b1, b2, nh, d] memory, q's dtype) from the
+    scratch ``sc`` (aL, Y, cL)."""
+    _require_contiguous("stage_l_wgmma", ("lse", lse, torch.float32), ("z", z if write_z else None, q.dtype))
+    module, _ = extension()
+    nh, n_a, n_f, b1, b2, causal_block_tiles = common
+    (q,) = _launchable(q)
+    with torch.cuda.device(q.device):  # the launcher uses the current device
+        module.monarch_stage_l(
+            q.data_ptr(), sc.a_l.data_ptr(), sc.y.data_ptr(), sc.c_l.data_ptr(), z.data_ptr() if write_z else 0,
+            lse.data_ptr(), list(q.stride()[:5]),
+            q.shape[0], nh, n_a, n_f, b1, b2, q.shape[5], causal_block_tiles, sm_scale, _DTYPE_CODES[q.dtype],
+            torch.cuda.current_stream(q.device).cuda_stream,
+        )  # fmt: skip
+
+
+class _OnePassStageL:
+    """:func:`stage_l_wgmma` with Z written, for one problem and q layout with its sizes and strides built
+    once (the one-pass forward's plan): a call passes the data pointers and the stream. Where it does not
+    run (:meth:`runs`), the caller takes :func:`stage_l_wgmma`, which copies."""
+
+    __slots__ = ("index", "strides", "sizes")
+
+    def __init__(self, q, sm_scale, common):
+        nh, n_a, n_f, b1, b2, causal_block_tiles = common
+        self.index = q.get_device()
+        self.strides = list(q.stride()[:5])
+        self.sizes = (q.shape[0], nh, n_a, n_f, b1, b2, q.shape[5], causal_block_tiles, sm_scale, _DTYPE_CODES[q.dtype])
+
+    def runs(self, device: int, q) -> bool:
+        """Whether a call on the current ``device`` takes it: q's, with a 16-byte aligned base."""
+        return device == self.index and not q.data_ptr() & 15
+
+    def __call__(self, stream, q, a_l, y, c_l, z, lse):
+        extension()[0].monarch_stage_l(
+            q.data_ptr(), a_l.data_ptr(), y.data_ptr(), c_l.data_ptr(), z.data_ptr(), lse.data_ptr(), self.strides,
+            *self.sizes, stream,
+        )  # fmt: skip
+
+
+def _prepare_one_pass(q, sm_scale, common) -> _OnePassStageL | None:
+    """:func:`stage_l_wgmma` prepared for a tile-order q of fixed strides, or None where they are not whole
+    16-byte rows."""
+    return _OnePassStageL(q, sm_scale, common) if _row_strides(q) else None
+
+
+stage_l_wgmma.prepare_one_pass = _prepare_one_pass  # what the one-pass plan looks for on a stage-L launcher
+
+
 def stage_l_bwd_wgmma(q, dz, z, lse, dlse, sc, grads, dq, sm_scale, common):
     """The last pass's stage-L backward on the warpgroup-MMA kernel (``_stage_l_bwd`` of
     triton_kernels/monarch_attention_bwd.py with UPDATE false): daL, dY, dcL and D_R of every key row into
@@ -388,12 +444,12 @@ def _row_strides(*tensors: torch.Tensor) -> bool:
     return True
 
 
-def _launchable(q, k, v) -> tuple:
-    """q, k, v (or q, dz, z) as the warpgroup-MMA launchers take them (16-byte aligned bases and row
-    strides): themselves, or copies where one is not."""
-    if (q.data_ptr() | k.data_ptr() | v.data_ptr()) % 16 or not _row_strides(q, k, v):
-        return _aligned_rows(q), _aligned_rows(k), _aligned_rows(v)
-    return q, k, v
+def _launchable(*xs) -> tuple:
+    """q, k, v (or q, dz, z; or q alone) as the warpgroup-MMA launchers take them (16-byte aligned bases and
+    row strides): themselves, or copies where one is not."""
+    if any(x.data_ptr() % 16 for x in xs) or not _row_strides(*xs):
+        return tuple(_aligned_rows(x) for x in xs)
+    return xs
 
 
 def _aligned_rows(x: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,9 @@ Attention's stage R is one config choice (``stage_r``): the Triton kernel, or on
 extension's warpgroup-MMA kernel (csrc/attention/stage_r.cuh, docs/attention-kernels.md (f)), which
 writes the same scratch for the same Triton stage L; the choice exists only where that kernel runs.
 So are stage R's backward kernels (csrc/attention/stage_r_bwd.cuh, docs/attention-kernels.md (g)): the
-key-row one, dK and dV (``stage_r_bwd``), and the query-row one, dQ (``stage_r_dq``); and the last pass's
-stage-L backward (``stage_l_bwd``: csrc/attention/stage_l_bwd.cuh, docs/attention-kernels.md (h)).
+key-row one, dK and dV (``stage_r_bwd``), and the query-row one, dQ (``stage_r_dq``); the last pass's
+stage-L backward (``stage_l_bwd``: csrc/attention/stage_l_bwd.cuh, docs/attention-kernels.md (h)); and the
+forward's stage L (``stage_l``: csrc/attention/stage_l.cuh, docs/attention-kernels.md (i)).
 """
 
 from __future__ import annotations
@@ -142,6 +143,9 @@ class TritonAttention(_Triton):
         # bench/results/h200-stage-l-bwd.json: 30x52 3.13 against 3.98 ms, block-causal 2.09 / 2.41, 720p
         # 7.43 / 16.79, 15x26 10.5 / 13.3, AR 3 vs 21 0.48 / 0.61); b1 > 45 (kN = 64) is tested, not timed
         wgmma_l_bwd = cuda.stage_l_bwd_reason(problem, arch) is None
+        # the forward's stage L on warpgroup MMA (docs/attention-kernels.md (i)) where predicted faster: b1
+        # over 32, where the Triton kernel's 64-row blocks stream at ~2 TB/s (720p)
+        wgmma_l = problem.b1 > 32 and cuda.stage_l_reason(problem, arch) is None
         l_warps = 4
         fused_rows = _fused_bwd_rows(problem)
         if wide == 16:
@@ -156,6 +160,7 @@ class TritonAttention(_Triton):
             "stage_r": "wgmma" if wgmma else "triton",
             "stage_r_bwd": "wgmma" if wgmma_bwd else "triton",
             "stage_r_dq": "wgmma" if wgmma_dq else "triton",
+            "stage_l": "wgmma" if wgmma_l else "triton",
             "stage_l_bwd": "wgmma" if wgmma_l_bwd else "triton",
             "fwd_block_m": wide,
             "fwd_block_l": row_block,
@@ -179,6 +184,7 @@ class TritonAttention(_Triton):
             "stage_r": ["triton", "wgmma"] if cuda.stage_r_reason(problem, arch) is None else ["triton"],
             "stage_r_bwd": stage_r_bwd,
             "stage_r_dq": stage_r_bwd,
+            "stage_l": ["triton", "wgmma"] if cuda.stage_l_reason(problem, arch) is None else ["triton"],
             "stage_l_bwd": ["triton", "wgmma"] if cuda.stage_l_bwd_reason(problem, arch) is None else ["triton"],
             "fwd_block_m": [16, 32, 64, 128],
             "fwd_block_l": [16, 32, 64, 128],
@@ -247,7 +253,7 @@ class TritonAttention(_Triton):
         kernels = _kernels("monarch_attention")
         return kernels.monarch_attention_fwd(
             q, k, v, sm_scale=sm_scale, causal_block_tiles=causal_block_tiles, num_iters=num_iters, config=config,
-            stage_r=_stage_r_launcher(config, kernels),
+            stage_r=_stage_r_launcher(config, kernels), stage_l=_stage_l_launcher(config, kernels),
         )  # fmt: skip
 
     def prepare(self, config, q, k, v, *, sm_scale, causal_block_tiles, num_iters, z_shape):
@@ -255,7 +261,7 @@ class TritonAttention(_Triton):
         kernels = _kernels("monarch_attention")
         return kernels.prepare_fwd(
             q, k, v, sm_scale=sm_scale, causal_block_tiles=causal_block_tiles, num_iters=num_iters, config=config,
-            z_shape=z_shape, stage_r=_stage_r_launcher(config, kernels),
+            z_shape=z_shape, stage_r=_stage_r_launcher(config, kernels), stage_l=_stage_l_launcher(config, kernels),
         )  # fmt: skip
 
     def launch_backward(self, config, dz, dlse, q, k, v, z, lse, *, sm_scale, causal_block_tiles, num_iters):
@@ -272,6 +278,11 @@ class TritonAttention(_Triton):
 def _stage_r_launcher(config: dict, kernels):
     """The stage-R launcher a config names: the Triton kernel's, or the warpgroup-MMA kernel's."""
     return cuda.stage_r_wgmma if config["stage_r"] == "wgmma" else kernels._stage_r
+
+
+def _stage_l_launcher(config: dict, kernels):
+    """The forward's stage-L launcher a config names: the Triton kernel's, or the warpgroup-MMA kernel's."""
+    return cuda.stage_l_wgmma if config["stage_l"] == "wgmma" else kernels._stage_l
 
 
 def _bwd_launchers(config: dict, kernels) -> dict:
