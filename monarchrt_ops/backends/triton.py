@@ -143,8 +143,10 @@ class TritonAttention(_Triton):
         # bench/results/h200-stage-l-bwd.json: 30x52 3.13 against 3.98 ms, block-causal 2.09 / 2.41, 720p
         # 7.43 / 16.79, 15x26 10.5 / 13.3, AR 3 vs 21 0.48 / 0.61); b1 > 45 (kN = 64) is tested, not timed
         wgmma_l_bwd = cuda.stage_l_bwd_reason(problem, arch) is None
-        # the forward's stage L on warpgroup MMA (docs/attention-kernels.md (i)) where predicted faster: b1
-        # over 32, where the Triton kernel's 64-row blocks stream at ~2 TB/s (720p)
+        # the forward's stage L on warpgroup MMA (docs/attention-kernels.md (i)) for b1 over 32, where the
+        # Triton kernel's 64-row blocks stream at ~2 TB/s: the H200 run of bench/stage_l_fwd_check.py,
+        # session 16 (bench/results/h200-stage-l-fwd.json), wgmma against Triton 720p 3.31 / 4.96 ms, but
+        # 30x52 1.46 / 1.16, block-causal 0.92 / 0.79, 15x26 5.62 / 3.91, 3 vs 21 frames 0.233 / 0.186
         wgmma_l = problem.b1 > 32 and cuda.stage_l_reason(problem, arch) is None
         l_warps = 4
         fused_rows = _fused_bwd_rows(problem)
