@@ -48,6 +48,48 @@ template <int kD> struct StageLSmem {
   static_assert(kBlock % 1024 == 0, "swizzled buffers on 1 KB boundaries");
 };
 
+// The visible keys of one query column (b, h, a, j), flat: key f b1 + k is scratch row (b, h, a, f, j, k).
+struct ColumnKeys {
+  int64_t col0;  // the scratch row of key 0
+  int b1, b2;
+  __device__ __forceinline__ int64_t row(int key) const {
+    const int f = key / b1;
+    return col0 + int64_t(f) * b2 * b1 + (key - f * b1);
+  }
+};
+__device__ __forceinline__ ColumnKeys column_keys(const AttnDims& p, int bh, int a, int j) {
+  return {((int64_t(bh) * p.n_q_tiles + a) * p.n_kv_tiles * p.b2 + j) * p.b1, p.b1, p.b2};
+}
+
+// Block n of a column's keys (kStageLBlockK rows) into a stage of both stage-L kernels: aL at 0, Y (none
+// where y is null) at kBlock, cL [64] after. Thread t copies chunk t % (kD / 8) of rows t / (kD / 8) + i
+// kLdStep, and cL of key t for t < 64; keys past the visible ones zero.
+template <typename T, int kD>
+__device__ __forceinline__ void load_key_block(unsigned char* st, int n, int n_keys, const ColumnKeys& keys,
+                                               const T* a_l, const T* y, const float* c_l) {
+  constexpr int kBlock = kStageLBlockK * kD * 2, kChunks = kD / 8, kLdStep = kStageRThreads / kChunks;
+  const int tid = threadIdx.x, ch = tid % kChunks, key0 = n * kStageLBlockK;
+#pragma unroll
+  for (int r = tid / kChunks; r < kStageLBlockK; r += kLdStep) {
+    const uint32_t off = gmma::swizzled<kStageLBlockK>(r, ch * 8);
+    if (key0 + r < n_keys) {
+      const int64_t row = keys.row(key0 + r) * kD + ch * 8;
+      cp16(st + off, a_l + row);
+      if (y) cp16(st + kBlock + off, y + row);
+    } else {
+      *reinterpret_cast<uint4*>(st + off) = make_uint4(0, 0, 0, 0);
+      if (y) *reinterpret_cast<uint4*>(st + kBlock + off) = make_uint4(0, 0, 0, 0);
+    }
+  }
+  if (tid < kStageLBlockK) {
+    float* const dst = reinterpret_cast<float*>(st + 2 * kBlock) + tid;
+    if (key0 + tid < n_keys)
+      cp4(dst, c_l + keys.row(key0 + tid));
+    else
+      *dst = 0.f;
+  }
+}
+
 template <typename T, int kD>
 __global__ void __launch_bounds__(kStageRThreads, 2) stage_l_kernel(const StageLParams p) {
 #ifdef MONARCHRT_WGMMA
@@ -62,43 +104,13 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_l_kernel(const StageL
   const int bh = blockIdx.z, bb = bh / p.nh, h = bh % p.nh;
   const int n_keys = visible_kv_tiles(a, n_f, p.causal_block_tiles) * b1, n_blocks = (n_keys + kBK - 1) / kBK;
   const bool has_z = p.z != nullptr;
-  // scratch row (b, h, a, f, j, k) of key f b1 + k; token (b, a, i, j) of row i = tok0 + i b2
-  const int64_t col0 = ((int64_t(bh) * p.n_q_tiles + a) * n_f * b2 + j) * b1;
-  auto scratch_row = [&](int key) {
-    const int f = key / b1;
-    return col0 + int64_t(f) * b2 * b1 + (key - f * b1);
-  };
-  const int64_t tok0 = (int64_t(bb) * p.n_q_tiles + a) * b1 * b2 + j;
+  const ColumnKeys keys = column_keys(p, bh, a, j);
+  const int64_t tok0 = (int64_t(bb) * p.n_q_tiles + a) * b1 * b2 + j;  // token (b, a, i, j) of row i: + i b2
   const T* const q_col = static_cast<const T*>(p.q) + bb * p.sq[0] + a * p.sq[1] + j * p.sq[3] + h * p.sq[4];
-  const T* const a_l = static_cast<const T*>(p.a_l);
-  const T* const y = static_cast<const T*>(p.y);
-
-  // block n's aL, Y and cL into stage n % 2 (thread t copies chunk t % (kD / 8) of rows t / (kD / 8) + i
-  // kLdStep, and cL of key t for t < 64); keys past the visible ones zero
-  constexpr int kChunks = kD / 8, kLdStep = kStageRThreads / kChunks;
-  const int ch = tid % kChunks, ld_row = tid / kChunks;
+  const T* const y = has_z ? static_cast<const T*>(p.y) : nullptr;
   auto load_block = [&](int n) {
-    unsigned char* const st = smem + Smem::kOffStage + (n & 1) * Smem::kStage;
-    const int key0 = n * kBK;
-#pragma unroll
-    for (int r = ld_row; r < kBK; r += kLdStep) {
-      const uint32_t off = gmma::swizzled<kBK>(r, ch * 8);
-      if (key0 + r < n_keys) {
-        const int64_t row = scratch_row(key0 + r) * kD + ch * 8;
-        cp16(st + off, a_l + row);
-        if (has_z) cp16(st + Smem::kBlock + off, y + row);
-      } else {
-        *reinterpret_cast<uint4*>(st + off) = make_uint4(0, 0, 0, 0);
-        if (has_z) *reinterpret_cast<uint4*>(st + Smem::kBlock + off) = make_uint4(0, 0, 0, 0);
-      }
-    }
-    if (tid < kBK) {
-      float* const c_l = reinterpret_cast<float*>(st + 2 * Smem::kBlock) + tid;
-      if (key0 + tid < n_keys)
-        cp4(c_l, p.c_l + scratch_row(key0 + tid));
-      else
-        *c_l = 0.f;
-    }
+    load_key_block<T, kD>(smem + Smem::kOffStage + (n & 1) * Smem::kStage, n, n_keys, keys,
+                          static_cast<const T*>(p.a_l), y, p.c_l);
   };
 
   load_rows_zero_rest<T, kD, kStageLRows>(smem + Smem::kOffQ, b1, [&](int i) { return q_col + i * p.sq[2]; });

@@ -81,45 +81,14 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_l_bwd_kernel(const St
   const int f_end = visible_kv_tiles(a, n_f, p.causal_block_tiles);
   const int n_keys = f_end * b1, n_blocks = (n_keys + kBK - 1) / kBK;
   const float sm_scale = p.scale_log2 * kLn2;
-  // scratch row (b, h, a, f, j, k) of key f b1 + k; token (b, a, i, j) of row i = tok0 + i b2
-  const int64_t col0 = ((int64_t(bh) * p.n_q_tiles + a) * n_f * b2 + j) * b1;
-  auto scratch_row = [&](int key) {
-    const int f = key / b1;
-    return col0 + int64_t(f) * b2 * b1 + (key - f * b1);
-  };
-  const int64_t tok0 = (int64_t(bb) * p.n_q_tiles + a) * b1 * b2 + j;
+  const ColumnKeys keys = column_keys(p, bh, a, j);
+  const int64_t tok0 = (int64_t(bb) * p.n_q_tiles + a) * b1 * b2 + j;  // token (b, a, i, j) of row i: + i b2
   const T* const q_col = static_cast<const T*>(p.q) + bb * p.sq[0] + a * p.sq[1] + j * p.sq[3] + h * p.sq[4];
   const T* const dz_col = static_cast<const T*>(p.dz) + bb * p.sk[0] + a * p.sk[1] + j * p.sk[3] + h * p.sk[4];
   const T* const z_col = static_cast<const T*>(p.z) + bb * p.sv[0] + a * p.sv[1] + j * p.sv[3] + h * p.sv[4];
-  const T* const a_l = static_cast<const T*>(p.a_l);
-  const T* const y = static_cast<const T*>(p.y);
-
-  // block n's aL, Y and cL into stage n % 2 (thread t copies chunk t % (kD / 8) of rows t / (kD / 8) + i
-  // kLdStep, and cL of row t for t < 64); keys past the visible ones zero
-  constexpr int kChunks = kD / 8, kLdStep = kStageRThreads / kChunks;
-  const int ch = tid % kChunks, ld_row = tid / kChunks;
   auto load_block = [&](int n) {
-    unsigned char* const st = smem + Smem::kOffStage + (n & 1) * Smem::kStage;
-    const int key0 = n * kBK;
-#pragma unroll
-    for (int r = ld_row; r < kBK; r += kLdStep) {
-      const uint32_t off = gmma::swizzled<kBK>(r, ch * 8);
-      if (key0 + r < n_keys) {
-        const int64_t row = scratch_row(key0 + r) * kD + ch * 8;
-        cp16(st + off, a_l + row);
-        cp16(st + Smem::kBlock + off, y + row);
-      } else {
-        *reinterpret_cast<uint4*>(st + off) = make_uint4(0, 0, 0, 0);
-        *reinterpret_cast<uint4*>(st + Smem::kBlock + off) = make_uint4(0, 0, 0, 0);
-      }
-    }
-    if (tid < kBK) {
-      float* const c_l = reinterpret_cast<float*>(st + 2 * Smem::kBlock) + tid;
-      if (key0 + tid < n_keys)
-        cp4(c_l, p.c_l + scratch_row(key0 + tid));
-      else
-        *c_l = 0.f;
-    }
+    load_key_block<T, kD>(smem + Smem::kOffStage + (n & 1) * Smem::kStage, n, n_keys, keys,
+                          static_cast<const T*>(p.a_l), static_cast<const T*>(p.y), p.c_l);
   };
 
   // --- prologue: Q and dZ (rows past b1 zero) and block 0 in flight while the rows' statistics are formed
@@ -183,7 +152,7 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_l_bwd_kernel(const St
       const int key = n * kBK + rows[r];
       valid[r] = key < n_keys;
       c_l[r] = c_l_s[rows[r]];
-      out_row[r] = valid[r] ? scratch_row(key) : 0;
+      out_row[r] = valid[r] ? keys.row(key) : 0;
     }
     // the rows whose 16-byte chunk lane % 8 this thread copies out of the staging buffer: 16 warp + lane / 8
     // + 4 t (-1: past the visible keys)
@@ -191,7 +160,7 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_l_bwd_kernel(const St
 #pragma unroll
     for (int t = 0; t < 4; ++t) {
       const int key = n * kBK + 16 * warp + (lane >> 3) + 4 * t;
-      copy_row[t] = key < n_keys ? scratch_row(key) : -1;
+      copy_row[t] = key < n_keys ? keys.row(key) : -1;
     }
 
     // --- 1. S^T = aL Q^T and dP^T = Y dZ^T for the block's 64 keys

@@ -13,19 +13,30 @@
 
 namespace monarchrt {
 
-std::string monarch_stage_l_reason(int64_t batch, int64_t nh, int64_t n_q_tiles, int64_t n_kv_tiles, int64_t b1,
-                                   int64_t b2, int64_t head_dim, int64_t causal_block_tiles, int dtype) {
+namespace {
+// "" or why a stage-L kernel on warpgroup MMA (`what`, one CTA per query column, b1 <= max_b1) cannot run
+// this problem.
+std::string column_kernel_reason(const std::string& what, int max_b1, int64_t batch, int64_t nh, int64_t n_q_tiles,
+                                 int64_t n_kv_tiles, int64_t b1, int64_t b2, int64_t head_dim,
+                                 int64_t causal_block_tiles, int dtype) {
   using namespace limits;
-  const std::string reason = wgmma_launch::head_dim_dtype_reason(head_dim, dtype, "stage L");
+  const std::string reason = wgmma_launch::head_dim_dtype_reason(head_dim, dtype, what);
   if (!reason.empty()) return reason;
-  if (b1 < 1 || b2 < 1 || b1 > kStageLMaxB1)
-    return "tile " + std::to_string(b1) + "x" + std::to_string(b2) + " (stage L on wgmma takes b1 <= " +
-           std::to_string(kStageLMaxB1) + ")";
+  if (b1 < 1 || b2 < 1 || b1 > max_b1)
+    return "tile " + std::to_string(b1) + "x" + std::to_string(b2) + " (" + what + " on wgmma takes b1 <= " +
+           std::to_string(max_b1) + ")";
   if (n_kv_tiles < 1 || n_kv_tiles * b1 > kMaxGridX || n_q_tiles * b2 > kMaxGridX || batch * nh > kMaxGridYZ ||
       causal_block_tiles < 0)
-    return "grid too large or no key tiles (stage L on wgmma takes up to " + std::to_string(kMaxGridX) +
+    return "grid too large or no key tiles (" + what + " on wgmma takes up to " + std::to_string(kMaxGridX) +
            " query columns and key rows, and batch * heads up to " + std::to_string(kMaxGridYZ) + ")";
   return "";
+}
+}  // namespace
+
+std::string monarch_stage_l_reason(int64_t batch, int64_t nh, int64_t n_q_tiles, int64_t n_kv_tiles, int64_t b1,
+                                   int64_t b2, int64_t head_dim, int64_t causal_block_tiles, int dtype) {
+  return column_kernel_reason("stage L", limits::kStageLMaxB1, batch, nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim,
+                              causal_block_tiles, dtype);
 }
 
 int monarch_stage_l_smem_bytes(int64_t b1, int64_t head_dim) {
@@ -73,17 +84,8 @@ void monarch_stage_l(uintptr_t q, uintptr_t a_l, uintptr_t y, uintptr_t c_l, uin
 
 std::string monarch_stage_l_bwd_reason(int64_t batch, int64_t nh, int64_t n_q_tiles, int64_t n_kv_tiles, int64_t b1,
                                        int64_t b2, int64_t head_dim, int64_t causal_block_tiles, int dtype) {
-  using namespace limits;
-  const std::string reason = wgmma_launch::head_dim_dtype_reason(head_dim, dtype, "stage L's backward");
-  if (!reason.empty()) return reason;
-  if (b1 < 1 || b2 < 1 || b1 > kStageLBwdMaxB1)
-    return "tile " + std::to_string(b1) + "x" + std::to_string(b2) + " (stage L's backward on wgmma takes b1 <= " +
-           std::to_string(kStageLBwdMaxB1) + ")";
-  if (n_kv_tiles < 1 || n_kv_tiles * b1 > kMaxGridX || n_q_tiles * b2 > kMaxGridX || batch * nh > kMaxGridYZ ||
-      causal_block_tiles < 0)
-    return "grid too large or no key tiles (stage L's backward on wgmma takes up to " + std::to_string(kMaxGridX) +
-           " query columns and key rows, and batch * heads up to " + std::to_string(kMaxGridYZ) + ")";
-  return "";
+  return column_kernel_reason("stage L's backward", limits::kStageLBwdMaxB1, batch, nh, n_q_tiles, n_kv_tiles, b1,
+                              b2, head_dim, causal_block_tiles, dtype);
 }
 
 int monarch_stage_l_bwd_smem_bytes(int64_t b1, int64_t head_dim) {
