@@ -128,7 +128,8 @@ class _OnePass:
     identity tiling, a KV cache whose first rows the slice is), since only their data pointers and
     dtypes are read; z is allocated as ``z_shape`` (the natural order's, the same memory layout), lse
     is scratch too (the caller discards it), and a call that the prepared launches cannot take (the
-    wgmma stage R on a misaligned base or another current device) returns None before any launch."""
+    wgmma stage R or stage L on a misaligned base or another current device, or a stage-L launcher with
+    nothing prepared, which would read the stand-ins' strides) returns None before any launch."""
 
     def __init__(self, q, k, v, sm_scale, causal_block_tiles, config, stage_r, z_shape=None, runner=False,
                  stage_l=None):  # fmt: skip
@@ -236,6 +237,8 @@ def prepare_fwd(q, k, v, *, sm_scale: float, causal_block_tiles: int, num_iters:
         return None
     plan = _OnePass(q, k, v, sm_scale, causal_block_tiles, config, stage_r, z_shape=z_shape, runner=True,
                     stage_l=stage_l)  # fmt: skip
+    if plan.other_l is not None and plan.prepared_l is None:  # a stage-L launcher with nothing prepared
+        return None
     return plan if plan.triton_r is not None or plan.wgmma_r is not None else None
 
 

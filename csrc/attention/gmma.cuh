@@ -92,6 +92,14 @@ template <int kN> __device__ __forceinline__ void fence_operands(float* d) {
 #pragma unroll
   for (int i = 0; i < kN; ++i) cute::warpgroup_fence_operand(d[i]);
 }
+// The same for 16-bit A fragments in registers (an RS product's): before the arrive that starts the
+// products that read them (their writes done), and after the wait (kept until then).
+template <int kK> __device__ __forceinline__ void fence_fragments(uint32_t (&a)[kK][4]) {
+#pragma unroll
+  for (int ks = 0; ks < kK; ++ks)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) cute::warpgroup_fence_operand(a[ks][i]);
+}
 
 // m64nNk16, fp32 accumulators, both operands MN-major in shared memory: the products whose K is a block's
 // 64 rows (A a row buffer read transposed, B a [row][column] buffer), N in 16..64.

@@ -176,6 +176,7 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_l_kernel(const StageL
     if (has_z) {
       uint32_t p_frag[kBK / 16][4];
       gmma::accumulator_fragments<T, kBK>(s, p_frag);
+      gmma::fence_fragments<kBK / 16>(p_frag);
       const uint64_t y_mn = gmma::desc(smem_addr(st + Smem::kBlock), 0);
 #pragma unroll
       for (int dh = 0; dh < kDh; ++dh) {
@@ -190,10 +191,7 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_l_kernel(const StageL
       cute::warpgroup_wait<0>();
 #pragma unroll
       for (int dh = 0; dh < kDh; ++dh) gmma::fence_operands<32>(z[dh]);
-#pragma unroll
-      for (int ks = 0; ks < kBK / 16; ++ks)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) cute::warpgroup_fence_operand(p_frag[ks][i]);
+      gmma::fence_fragments<kBK / 16>(p_frag);
     }
     __syncthreads();  // every read of this block's stage is done: the next block may overwrite it
   }

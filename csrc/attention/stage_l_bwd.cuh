@@ -196,6 +196,8 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_l_bwd_kernel(const St
     uint32_t l_frag[kN / 16][4], ds_frag[kN / 16][4];
     gmma::accumulator_fragments<T, kN>(s, l_frag);
     gmma::accumulator_fragments<T, kN>(dp, ds_frag);
+    gmma::fence_fragments<kN / 16>(l_frag);
+    gmma::fence_fragments<kN / 16>(ds_frag);
     gmma::store_accumulator_rows<T, kN>(dp, smem + Smem::kOffDs);
     gmma::fence_to_async_proxy();
     __syncthreads();  // every warp's keys of dS^T are in
@@ -259,13 +261,8 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_l_bwd_kernel(const St
     }
 #pragma unroll
     for (int dh = 0; dh < kDh; ++dh) gmma::fence_operands<kAcc>(dq[dh]);
-#pragma unroll
-    for (int ks = 0; ks < kN / 16; ++ks)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        cute::warpgroup_fence_operand(l_frag[ks][i]);
-        cute::warpgroup_fence_operand(ds_frag[ks][i]);
-      }
+    gmma::fence_fragments<kN / 16>(l_frag);
+    gmma::fence_fragments<kN / 16>(ds_frag);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       dc_l[r] = quad_sum(dc_l[r]);

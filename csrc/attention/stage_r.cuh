@@ -276,6 +276,7 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_kernel(const StageR
 
     // --- 3. aL = R K and Y = R V: one group of kL / 16 products per 64 features
     float acc[2 * kDh][32];
+    gmma::fence_fragments<kL / 16>(pf);
     auto issue = [&](int part, uint64_t src) {  // src: the descriptor of K or V
       gmma::fence_operands<32>(acc[part]);
       cute::warpgroup_arrive();
@@ -294,12 +295,7 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_kernel(const StageR
       }
     };
     // R's registers stay allocated until the products that read them are done
-    auto fence_r = [&]() {
-#pragma unroll
-      for (int ks = 0; ks < kL / 16; ++ks)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) cute::warpgroup_fence_operand(pf[ks][i]);
-    };
+    auto fence_r = [&]() { gmma::fence_fragments<kL / 16>(pf); };
     // --- 4. one output (kDh parts of 16 rows x 64 features per warp) through the staging buffer
     auto store = [&](float (*parts)[32], T* out) {
 #pragma unroll

@@ -19,7 +19,7 @@
 //   2. R and dS (scaled by the row's s t) in registers, stored as 16-bit [j][l] buffers (stmatrix);
 //   3. dK^T += Q'^T dS + daL^T R and dV^T += dY^T R: wgmma SS with both operands MN-major (M = head_dim in
 //      parts of 64, N = kL, K = the block's 64 rows), fp32 accumulators held across every block.
-// One buffer per operand, two CTAs per SM (an L2 prefetch of the next block's daL and dY, and a CTA of two
+// One buffer per operand (but R and dS in a dK-only launch), two CTAs per SM (an L2 prefetch of the next block's daL and dY, and a CTA of two
 // warpgroups over three stages, were measured slower: docs/attention-kernels.md (g), (g2)). Where kL > 64 at
 // d = 128 the two accumulators do not fit one thread's registers, so dK and dV are formed by two launches
 // (StageRBwdParts, docs/attention-kernels.md (g3)), the dK one keeping dS and R in one buffer in turn.
@@ -236,7 +236,7 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_kv_kernel(const
     gmma::fence_to_async_proxy();
     __syncthreads();  // the block's rows and statistics are in shared memory
     // the statistics of this thread's two rows, with the log2-domain scale s t log2(e)
-    float scale[2], lse2[2], dcl[2], delta[2];
+    float scale[2], lse2[2], dcl[2] = {0.f, 0.f}, delta[2] = {0.f, 0.f};
     bool valid[2];
     {
       const float* stats = reinterpret_cast<const float*>(smem + Smem::kOffStats);
@@ -246,8 +246,10 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_kv_kernel(const
         const int row = 16 * warp + g + 8 * r;
         valid[r] = c.a < p.n_q_tiles;
         lse2[r] = stats[row] * kLog2e;
-        dcl[r] = stats[kStageRBlockM + row];
-        delta[r] = stats[2 * kStageRBlockM + row];
+        if constexpr (kDk) {  // (a dV-only launch copies no dcL, D_R)
+          dcl[r] = stats[kStageRBlockM + row];
+          delta[r] = stats[2 * kStageRBlockM + row];
+        }
         scale[r] = p.scale_log2;
         if (!first && valid[r])
           scale[r] *= fminf(1.f / (stats[3 * kStageRBlockM + row] + kStageRTemperatureEps), kStageRTemperatureMax);
@@ -498,14 +500,12 @@ __global__ void __launch_bounds__(kStageRThreads, 2) stage_r_bwd_q_kernel(const 
       ds[n >> 1][(n & 1) * 2 + 1] = pack2<T>(v4[2], v4[3]);
     }
     // --- dQ += dS K: K = the key columns l, one product per 64 features
+    gmma::fence_fragments<kL / 16>(ds);
     mma_batch([&] {
 #pragma unroll
       for (int dh = 0; dh < kDh; ++dh) gmma::mma_from_registers<T, kL, kL>(ds, k_mn, dq[dh], dh, true);
     }, dq);
-#pragma unroll
-    for (int ks = 0; ks < kL / 16; ++ks)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) cute::warpgroup_fence_operand(ds[ks][i]);
+    gmma::fence_fragments<kL / 16>(ds);
     __syncthreads();  // every read of this tile's buffers is done: the next tile may overwrite them
   }
 
