@@ -444,21 +444,24 @@ def test_stage_l_launcher_rejects_bad_arguments_before_touching_the_device(chang
 def test_stage_l_choice_exists_only_where_the_wgmma_kernel_runs(monkeypatch, change, arch, wgmma, default):
     """The triton backend's ``stage_l`` config (the forward's stage L): 'wgmma' is in the search space
     exactly where cuda.stage_l_reason allows it, and the default where b1 > 32 (docs/attention-kernels.md (i))."""
+    limit = staticmethod(lambda batch, nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, cbt, dtype: "b1 > 64" * (b1 > 64))
+    _check_wgmma_choice(monkeypatch, "stage_l", "monarch_stage_l_reason", limit, change, arch, wgmma, default)
+
+
+def _check_wgmma_choice(monkeypatch, key, reason_name, reason, change, arch, allowed, default):
+    """The triton backend's config ``key`` on the extension whose ``reason_name`` is ``reason``: 'wgmma' in
+    its search space exactly when ``allowed``, the default when ``default``, and the default and the
+    forced choice valid accordingly."""
     from monarchrt_ops.backends.triton import TritonAttention
 
-    class Limited(FakeExtension):
-        @staticmethod
-        def monarch_stage_l_reason(batch, nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, cbt, dtype):
-            return "b1 > 64" if b1 > 64 else ""
-
-    monkeypatch.setattr(cuda, "extension", lambda: (Limited, None))
+    monkeypatch.setattr(cuda, "extension", lambda: (type("Limited", (FakeExtension,), {reason_name: reason}), None))
     problem = _attention_problem(**change)
     backend = TritonAttention()
-    assert ("wgmma" in backend.search_space(problem, arch)["stage_l"]) == wgmma
+    assert ("wgmma" in backend.search_space(problem, arch)[key]) == allowed
     config = backend.default_config(problem, arch)
-    assert config["stage_l"] == ("wgmma" if default else "triton")
+    assert config[key] == ("wgmma" if default else "triton")
     assert backend.is_valid(config, problem, arch) is None
-    assert (backend.is_valid({**config, "stage_l": "wgmma"}, problem, arch) is None) == wgmma
+    assert (backend.is_valid({**config, key: "wgmma"}, problem, arch) is None) == allowed
 
 
 @pytest.mark.parametrize(
@@ -520,22 +523,9 @@ def test_stage_r_choice_exists_only_where_the_wgmma_kernel_runs(
     """The triton backend's ``stage_r`` config: 'wgmma' is in the search space (so the tuner and the
     tables may pick it) only where cuda.stage_r_reason allows it, and the default where it was measured
     faster (one pass, or b2 > 64)."""
-    from monarchrt_ops.backends.triton import TritonAttention
-
-    class Limited(FakeExtension):
-        @staticmethod
-        def monarch_stage_r_reason(batch, nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, cbt, dtype):
-            return "b2 > 96" if b2 > 96 else ""
-
-    monkeypatch.setattr(cuda, "extension", lambda: (Limited, None))
-    problem = _attention_problem(**change)
-    backend = TritonAttention()
-    assert ("wgmma" in backend.search_space(problem, arch)["stage_r"]) == wgmma_allowed
-    default = backend.default_config(problem, arch)
-    assert default["stage_r"] == ("wgmma" if wgmma_default else "triton")
-    assert backend.is_valid(default, problem, arch) is None
-    forced = {**default, "stage_r": "wgmma"}
-    assert (backend.is_valid(forced, problem, arch) is None) == wgmma_allowed
+    limit = staticmethod(lambda batch, nh, n_q_tiles, n_kv_tiles, b1, b2, head_dim, cbt, dtype: "b2 > 96" * (b2 > 96))
+    _check_wgmma_choice(monkeypatch, "stage_r", "monarch_stage_r_reason", limit, change, arch, wgmma_allowed,
+                        wgmma_default)  # fmt: skip
 
 
 @pytest.mark.parametrize(
