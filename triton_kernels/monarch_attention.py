@@ -188,11 +188,9 @@ class _OnePass:
                 return None
             wgmma_r = None  # the launcher itself: it copies
         if prepared_l is not None and not prepared_l.runs(device, q):
-            if self.runner:
+            if self.runner:  # (the launcher would read q's own strides: not a stand-in's)
                 return None
             prepared_l = None
-        if self.runner and self.other_l is not None and prepared_l is None:
-            return None  # (the launcher reads q's own strides: not a stand-in's)
         z = torch.empty(*self.z, dtype=self.dtype, device=self.device)
         # scratch is kept between calls only on the eager fast path: the op's path is also what compiled
         # graphs run (CUDA-graph trees allocate their warm-up calls from a private pool that they reset)
@@ -244,17 +242,9 @@ def prepare_fwd(q, k, v, *, sm_scale: float, causal_block_tiles: int, num_iters:
 
 @guarded(_stage_r_fwd, _stage_l_fwd, _stage_l_update)
 def monarch_attention_fwd(
-    q,
-    k,
-    v,
-    *,
-    sm_scale: float,
-    causal_block_tiles: int,
-    num_iters: int,
-    config: dict,
-    stage_r=_stage_r,
+    q, k, v, *, sm_scale: float, causal_block_tiles: int, num_iters: int, config: dict, stage_r=_stage_r,
     stage_l=_stage_l,
-):
+):  # fmt: skip
     """-> ``(z [B, A, b1, b2, nh, d]`` in q's dtype, ``lse [B, A, b1, b2, nh]`` float32).
 
     ``stage_r``, ``stage_l``: the stage-R and stage-L launchers, ``_stage_r``'s and ``_stage_l``'s arguments

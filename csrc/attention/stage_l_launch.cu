@@ -71,10 +71,9 @@ void monarch_stage_l(uintptr_t q, uintptr_t a_l, uintptr_t y, uintptr_t c_l, uin
   auto s = reinterpret_cast<cudaStream_t>(stream);
   auto run = [&](auto d) {
     constexpr int kD = decltype(d)::value, kBytes = attention::StageLSmem<kD>::kBytes;
-    if (dtype == kBFloat16)
-      wgmma_launch::launch<attention::stage_l_kernel<__nv_bfloat16, kD>, kBytes>(p, grid, s, "stage_l_kernel");
-    else
-      wgmma_launch::launch<attention::stage_l_kernel<__half, kD>, kBytes>(p, grid, s, "stage_l_kernel");
+    wgmma_launch::with_dtype(dtype, [&](auto t) {
+      wgmma_launch::launch<attention::stage_l_kernel<decltype(t), kD>, kBytes>(p, grid, s, "stage_l_kernel");
+    });
   };
   if (head_dim == 64)
     run(std::integral_constant<int, 64>{});
@@ -136,11 +135,10 @@ void monarch_stage_l_bwd(uintptr_t q, uintptr_t dz, uintptr_t z, uintptr_t lse, 
   wgmma_launch::with_tile(b1, head_dim, [&](auto d, auto n) {
     constexpr int kD = decltype(d)::value, kN = std::min(decltype(n)::value, limits::kStageLBwdMaxB1);
     constexpr int kBytes = attention::StageLBwdSmem<kD, kN>::kBytes;
-    if (dtype == kBFloat16)
-      wgmma_launch::launch<attention::stage_l_bwd_kernel<__nv_bfloat16, kD, kN>, kBytes>(p, grid, s,
-                                                                                       "stage_l_bwd_kernel");
-    else
-      wgmma_launch::launch<attention::stage_l_bwd_kernel<__half, kD, kN>, kBytes>(p, grid, s, "stage_l_bwd_kernel");
+    wgmma_launch::with_dtype(dtype, [&](auto t) {
+      wgmma_launch::launch<attention::stage_l_bwd_kernel<decltype(t), kD, kN>, kBytes>(p, grid, s,
+                                                                                     "stage_l_bwd_kernel");
+    });
   });
 }
 

@@ -16,6 +16,7 @@ namespace {
 // Fewer CTAs than this many per SM split each key row's query rows over grid y.
 constexpr int kMinCtasPerSm = 8;
 using wgmma_launch::launch;
+using wgmma_launch::with_dtype;
 using wgmma_launch::with_tile;
 // Blocks of 64 query rows (a, j) flat across the query tiles: what stage R's kernels walk.
 int64_t q_row_blocks(int64_t n_q_tiles, int64_t b2) {
@@ -83,10 +84,9 @@ void monarch_stage_r(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t a_r, uintp
   with_tile(b2, head_dim, [&](auto d, auto l) {
     constexpr int kD = decltype(d)::value, kL = decltype(l)::value;
     constexpr int kBytes = attention::StageRSmem<kD, kL>::kBytes;
-    if (dtype == kBFloat16)
-      launch<attention::stage_r_kernel<__nv_bfloat16, kD, kL>, kBytes>(p, grid, s, "stage_r_kernel");
-    else
-      launch<attention::stage_r_kernel<__half, kD, kL>, kBytes>(p, grid, s, "stage_r_kernel");
+    with_dtype(dtype, [&](auto t) {
+      launch<attention::stage_r_kernel<decltype(t), kD, kL>, kBytes>(p, grid, s, "stage_r_kernel");
+    });
   });
 }
 
@@ -176,11 +176,10 @@ void monarch_stage_r_bwd_kv(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t a_r
     auto run = [&](auto parts) {
       constexpr int kParts = decltype(parts)::value;
       constexpr int kBytes = attention::StageRBwdSmem<kD, kL, kParts>::kBytes;
-      if (dtype == kBFloat16)
-        launch<attention::stage_r_bwd_kv_kernel<__nv_bfloat16, kD, kL, kParts>, kBytes>(p, grid, s,
-                                                                                         "stage_r_bwd_kv_kernel");
-      else
-        launch<attention::stage_r_bwd_kv_kernel<__half, kD, kL, kParts>, kBytes>(p, grid, s, "stage_r_bwd_kv_kernel");
+      with_dtype(dtype, [&](auto t) {
+        launch<attention::stage_r_bwd_kv_kernel<decltype(t), kD, kL, kParts>, kBytes>(p, grid, s,
+                                                                                       "stage_r_bwd_kv_kernel");
+      });
     };
     using Parts = attention::StageRBwdParts;
     if constexpr (attention::stage_r_bwd_splits(kD, kL)) {
@@ -215,10 +214,9 @@ void monarch_stage_r_bwd_q(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t lse_
   with_tile(b2, head_dim, [&](auto d, auto l) {
     constexpr int kD = decltype(d)::value, kL = std::min(decltype(l)::value, limits::kStageRBwdMaxB2);
     constexpr int kBytes = attention::StageRBwdQSmem<kD, kL>::kBytes;
-    if (dtype == kBFloat16)
-      launch<attention::stage_r_bwd_q_kernel<__nv_bfloat16, kD, kL>, kBytes>(p, grid, s, "stage_r_bwd_q_kernel");
-    else
-      launch<attention::stage_r_bwd_q_kernel<__half, kD, kL>, kBytes>(p, grid, s, "stage_r_bwd_q_kernel");
+    with_dtype(dtype, [&](auto t) {
+      launch<attention::stage_r_bwd_q_kernel<decltype(t), kD, kL>, kBytes>(p, grid, s, "stage_r_bwd_q_kernel");
+    });
   });
 }
 

@@ -35,6 +35,15 @@ void launch(const Params& p, dim3 grid, cudaStream_t stream, const char* name) {
   check(cudaGetLastError(), (std::string(name) + " launch").c_str());
 }
 
+// f(T{}) with T the 16-bit element type of a dtype code that head_dim_dtype_reason allowed: bf16 for
+// kBFloat16, else fp16.
+template <class F> void with_dtype(int dtype, F&& f) {
+  if (dtype == kBFloat16)
+    f(__nv_bfloat16{});
+  else
+    f(__half{});
+}
+
 // "" or why a warpgroup-MMA attention kernel (`what`, e.g. "stage R") cannot take this head_dim or dtype code.
 inline std::string head_dim_dtype_reason(int64_t head_dim, int dtype, const std::string& what) {
   bool head_dim_ok = false;
